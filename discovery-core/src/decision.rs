@@ -1,0 +1,433 @@
+//! The pure formation decision: no I/O, no clock reads. Every input is a value, so the rule can be
+//! tested from a table and replayed from a trace. The rule and its safety argument are written
+//! down in `docs/formation.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FormationConfig, OnExhausted};
+use crate::discovery::DiscoveryResult;
+use crate::membership::{ClusterId, PeerInfo};
+use crate::node_name::NodeName;
+
+/// What a probe of one candidate produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The peer answered.
+    Answered(PeerInfo),
+    /// The peer did not answer (refused, timed out, not running); the text says how.
+    Unreachable(String),
+}
+
+/// The state of the backend's formation lock for this decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockState {
+    /// The backend has no lock: only the seed may form.
+    NotSupported,
+    /// The backend has a lock that this node does not hold.
+    Available,
+    /// This node holds the lock and the probes were taken under it.
+    Held,
+}
+
+/// Everything the decision looks at.
+#[derive(Debug, Clone)]
+pub struct DecisionInput<'a> {
+    /// This node.
+    pub local: &'a NodeName,
+    /// This round's listing.
+    pub discovery: &'a DiscoveryResult,
+    /// The candidate set the decision works on, always holding `local`: the listing itself for
+    /// authoritative backends, the union of every listing this run for the others.
+    pub view: &'a BTreeSet<NodeName>,
+    /// How long `view` has been unchanged.
+    pub view_unchanged_for: Duration,
+    /// A probe result for every member of `view` except `local`.
+    pub probes: &'a BTreeMap<NodeName, Probe>,
+    /// The lock.
+    pub lock: LockState,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The configuration.
+    pub config: &'a FormationConfig,
+}
+
+/// Why a node waits. Each variant reads as one line of the decision trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The backend listed no candidates.
+    NoCandidates,
+    /// The backend's full membership does not list this node yet.
+    NotListed,
+    /// A cluster is visible but none of its reachable members accepts joins yet.
+    ClusterNotReady {
+        /// The cluster.
+        cluster: ClusterId,
+        /// Its reachable members.
+        members: Vec<NodeName>,
+    },
+    /// Another node is the seed; this one waits for it to form.
+    WaitingForSeed {
+        /// The seed.
+        seed: NodeName,
+        /// Whether the seed answered its probe.
+        reachable: bool,
+    },
+    /// Fewer candidates discovered than `target_cluster_size_hint`.
+    TooFewCandidates {
+        /// Discovered, counting this node.
+        discovered: usize,
+        /// Required.
+        required: usize,
+    },
+    /// Fewer candidates reachable than required.
+    TooFewReachable {
+        /// Reachable, counting this node.
+        reachable: usize,
+        /// Required.
+        required: usize,
+        /// Discovered, counting this node.
+        discovered: usize,
+        /// Those that did not answer.
+        unreachable: Vec<NodeName>,
+    },
+    /// This node's discovered set changed too recently.
+    ViewChanging {
+        /// Time since the last change.
+        unchanged_for: Duration,
+        /// Required.
+        required: Duration,
+    },
+    /// A peer believes in another seed, sees a cluster, or has no view yet.
+    PeerDisagrees {
+        /// The peer.
+        peer: NodeName,
+        /// What the peer believes.
+        peer_seed: Option<NodeName>,
+        /// A cluster the peer has seen.
+        peer_sees: Option<ClusterId>,
+    },
+    /// A peer's discovered set changed too recently.
+    PeerViewChanging {
+        /// The peer.
+        peer: NodeName,
+        /// Time since its last change.
+        unchanged_for: Duration,
+        /// Required.
+        required: Duration,
+    },
+    /// The backend records a cluster but none of its members is reachable.
+    RecordedCluster {
+        /// The recorded cluster.
+        cluster: ClusterId,
+    },
+    /// The backend failed this round.
+    BackendError {
+        /// The error text.
+        message: String,
+    },
+    /// The lock could not be taken this round.
+    LockFailed {
+        /// The error text.
+        message: String,
+    },
+    /// Joining or forming failed this round.
+    ActionFailed {
+        /// The error text.
+        message: String,
+    },
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn names(nodes: &[NodeName]) -> String {
+    nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::NoCandidates => write!(f, "the backend lists no candidates yet"),
+            WaitReason::NotListed => write!(f, "the backend does not list this node yet"),
+            WaitReason::ClusterNotReady { cluster, members } => write!(
+                f,
+                "cluster {cluster} is visible but none of its reachable members ({}) is ready",
+                names(members)
+            ),
+            WaitReason::WaitingForSeed { seed, reachable: true } => {
+                write!(f, "waiting for seed {seed} to form the cluster")
+            }
+            WaitReason::WaitingForSeed { seed, reachable: false } => {
+                write!(f, "waiting for seed {seed} (unreachable) to form the cluster")
+            }
+            WaitReason::TooFewCandidates { discovered, required } => write!(
+                f,
+                "{discovered} of {required} expected candidates discovered"
+            ),
+            WaitReason::TooFewReachable { reachable, required, discovered, unreachable } => write!(
+                f,
+                "{reachable} of {discovered} candidates reachable, {required} required \
+                 (unreachable: {})",
+                names(unreachable)
+            ),
+            WaitReason::ViewChanging { unchanged_for, required } => write!(
+                f,
+                "discovered set changed {} ago (needs {} stable)",
+                secs(*unchanged_for),
+                secs(*required)
+            ),
+            WaitReason::PeerDisagrees { peer, peer_sees: Some(c), .. } => {
+                write!(f, "peer {peer} has seen cluster {c}")
+            }
+            WaitReason::PeerDisagrees { peer, peer_seed: Some(s), .. } => {
+                write!(f, "peer {peer} believes the seed is {s}")
+            }
+            WaitReason::PeerDisagrees { peer, .. } => {
+                write!(f, "peer {peer} has not settled on a seed yet")
+            }
+            WaitReason::PeerViewChanging { peer, unchanged_for, required } => write!(
+                f,
+                "peer {peer}'s discovered set changed {} ago (needs {} stable)",
+                secs(*unchanged_for),
+                secs(*required)
+            ),
+            WaitReason::RecordedCluster { cluster } => write!(
+                f,
+                "the backend records cluster {cluster} but none of its members is reachable; \
+                 refusing to form another"
+            ),
+            WaitReason::BackendError { message } => write!(f, "backend error: {message}"),
+            WaitReason::LockFailed { message } => write!(f, "could not take the lock: {message}"),
+            WaitReason::ActionFailed { message } => write!(f, "last action failed: {message}"),
+        }
+    }
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Decision {
+    /// Join the cluster `cluster` through its member `via`.
+    Join {
+        /// The member to join through.
+        via: NodeName,
+        /// Its cluster.
+        cluster: ClusterId,
+    },
+    /// Form a new cluster. `standalone` is true when only `on_exhausted = "standalone"` allows it.
+    Form {
+        /// Formed because retries ran out.
+        standalone: bool,
+    },
+    /// Take the backend lock, probe again under it, and decide again with [`LockState::Held`].
+    Lock,
+    /// Wait for the next attempt.
+    Wait(WaitReason),
+    /// Stop: retries ran out with `on_exhausted = "fail"`.
+    GiveUp(WaitReason),
+}
+
+/// The decision plus the seed this node believes in (published to peers' probes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// What to do.
+    pub decision: Decision,
+    /// The node this one believes is entitled to form (`None` once a cluster is visible).
+    pub seed: Option<NodeName>,
+    /// The cluster this node has seen among its peers.
+    pub sees_cluster: Option<ClusterId>,
+}
+
+/// A majority of `n`.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// The cluster to join when several are visible: most members, then lowest member, then id.
+/// Returns the cluster and its ready reachable members (lowest first), or its reachable members
+/// when none is ready.
+fn choose_cluster(probes: &BTreeMap<NodeName, Probe>) -> Option<(ClusterId, Vec<NodeName>, Vec<NodeName>)> {
+    struct Seen {
+        members: BTreeSet<NodeName>,
+        reachable: Vec<NodeName>,
+        ready: Vec<NodeName>,
+    }
+    let mut clusters: BTreeMap<ClusterId, Seen> = BTreeMap::new();
+    for (node, probe) in probes {
+        let Probe::Answered(info) = probe else { continue };
+        let Some(id) = &info.cluster else { continue };
+        let seen = clusters.entry(id.clone()).or_insert_with(|| Seen {
+            members: BTreeSet::new(),
+            reachable: Vec::new(),
+            ready: Vec::new(),
+        });
+        seen.members.extend(info.members.iter().cloned());
+        seen.members.insert(node.clone());
+        seen.reachable.push(node.clone());
+        if info.ready {
+            seen.ready.push(node.clone());
+        }
+    }
+    clusters
+        .into_iter()
+        .min_by(|(ida, a), (idb, b)| {
+            b.members
+                .len()
+                .cmp(&a.members.len())
+                .then_with(|| a.members.first().cmp(&b.members.first()))
+                .then_with(|| ida.cmp(idb))
+        })
+        .map(|(id, seen)| (id, seen.ready, seen.reachable))
+}
+
+/// Decides the next step. Pure: the same input always gives the same verdict.
+pub fn decide(input: &DecisionInput<'_>) -> Verdict {
+    let clusters = choose_cluster(input.probes);
+    if let Some((cluster, ready, reachable)) = clusters {
+        // Rule 1: a visible cluster is always joined, never competed with.
+        let decision = match ready.first() {
+            Some(_) if input.lock == LockState::Available => Decision::Lock,
+            Some(via) => Decision::Join {
+                via: via.clone(),
+                cluster: cluster.clone(),
+            },
+            None => exhausted(
+                input,
+                WaitReason::ClusterNotReady {
+                    cluster: cluster.clone(),
+                    members: reachable,
+                },
+                false,
+            ),
+        };
+        return Verdict {
+            decision,
+            seed: None,
+            sees_cluster: Some(cluster),
+        };
+    }
+
+    let seed = input
+        .discovery
+        .preferred_seed
+        .clone()
+        .or_else(|| input.view.first().cloned());
+    let decision = match formation_blocker(input, seed.as_ref()) {
+        None if input.lock == LockState::Available => Decision::Lock,
+        None => Decision::Form { standalone: false },
+        Some(reason) => exhausted(input, reason, true),
+    };
+    Verdict {
+        decision,
+        seed,
+        sees_cluster: None,
+    }
+}
+
+/// Applies `on_exhausted` to a wait.
+fn exhausted(input: &DecisionInput<'_>, reason: WaitReason, may_form: bool) -> Decision {
+    if input.attempt < input.config.discovery_retry_limit {
+        return Decision::Wait(reason);
+    }
+    match input.config.on_exhausted {
+        OnExhausted::Wait => Decision::Wait(reason),
+        OnExhausted::Standalone if may_form && !matches!(reason, WaitReason::RecordedCluster { .. }) => {
+            Decision::Form { standalone: true }
+        }
+        OnExhausted::Standalone | OnExhausted::Fail => Decision::GiveUp(reason),
+    }
+}
+
+/// Why this node may not form now (no cluster being visible), or `None` when it may.
+fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Option<WaitReason> {
+    let cfg = input.config;
+    let d = input.discovery;
+    if let Some(cluster) = &d.recorded_cluster {
+        return Some(WaitReason::RecordedCluster { cluster: cluster.clone() });
+    }
+    if d.nodes.is_empty() && d.preferred_seed.is_none() {
+        return Some(WaitReason::NoCandidates);
+    }
+    if d.authoritative && !d.nodes.contains(input.local) {
+        return Some(WaitReason::NotListed);
+    }
+    let discovered = input.view.len();
+    let hint = cfg.target_cluster_size_hint as usize;
+    if discovered < hint {
+        return Some(WaitReason::TooFewCandidates { discovered, required: hint });
+    }
+    let unreachable: Vec<NodeName> = input
+        .probes
+        .iter()
+        .filter(|(n, p)| matches!(p, Probe::Unreachable(_)) && input.view.contains(*n))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let reachable = discovered - unreachable.len();
+    let lock_path = input.lock != LockState::NotSupported;
+    let with_preferred = d.preferred_seed.is_some();
+
+    if !lock_path {
+        let seed = seed?;
+        if seed != input.local {
+            let reachable = matches!(input.probes.get(seed), Some(Probe::Answered(_)));
+            return Some(WaitReason::WaitingForSeed { seed: seed.clone(), reachable });
+        }
+    }
+    // How many candidates must answer: all of them under a lock (the previous holder may have
+    // formed) and for lists that are not authoritative; a majority of an authoritative list.
+    let required = if lock_path || !d.authoritative {
+        discovered
+    } else if with_preferred {
+        hint
+    } else {
+        majority(discovered).max(hint)
+    };
+    if reachable < required {
+        return Some(WaitReason::TooFewReachable { reachable, required, discovered, unreachable });
+    }
+    if !d.authoritative && input.view_unchanged_for < cfg.stable_margin {
+        return Some(WaitReason::ViewChanging {
+            unchanged_for: input.view_unchanged_for,
+            required: cfg.stable_margin,
+        });
+    }
+    if lock_path {
+        return None;
+    }
+    // Every reachable candidate must agree that this node is the seed and have seen no cluster.
+    for (peer, probe) in input.probes {
+        let Probe::Answered(info) = probe else { continue };
+        if !input.view.contains(peer) {
+            continue;
+        }
+        let agrees = info
+            .view
+            .as_ref()
+            .is_some_and(|v| v.sees_cluster.is_none() && v.seed.as_ref() == Some(input.local));
+        if !agrees {
+            return Some(WaitReason::PeerDisagrees {
+                peer: peer.clone(),
+                peer_seed: info.view.as_ref().and_then(|v| v.seed.clone()),
+                peer_sees: info.view.as_ref().and_then(|v| v.sees_cluster.clone()),
+            });
+        }
+        let unchanged_for = info.view.as_ref().map(|v| v.unchanged_for).unwrap_or_default();
+        if !d.authoritative && unchanged_for < cfg.stable_margin {
+            return Some(WaitReason::PeerViewChanging {
+                peer: peer.clone(),
+                unchanged_for,
+                required: cfg.stable_margin,
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

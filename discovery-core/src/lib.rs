@@ -1,0 +1,35 @@
+//! # muster-discovery-core
+//!
+//! The contract and the engine of Muster, a peer discovery and cluster formation framework:
+//!
+//! - [`NodeName`]: validated `prefix@host[:port]` names with a total order;
+//! - [`Discovery`]: what a backend implements (list, capabilities, register, lock, fencing);
+//! - [`Membership`]: what the embedding broker implements (probe, form, join, forget, resume);
+//! - [`decision::decide`]: the pure formation rule (see `docs/formation.md`);
+//! - [`FormationEngine`]: the loop that runs the rule, plus the restart window;
+//! - [`cleanup`]: forced removal of members the backend no longer lists;
+//! - [`config`]: the `[cluster_formation]` table;
+//! - `testing` (feature): in-memory backend and cluster, and the deterministic simulator.
+
+pub mod cleanup;
+pub mod config;
+pub mod decision;
+pub mod discovery;
+pub mod engine;
+pub mod error;
+pub mod membership;
+pub mod node_name;
+pub mod probe;
+pub mod retry;
+pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{ConfigError, FormationConfig, OnExhausted};
+pub use decision::{Decision, WaitReason};
+pub use discovery::{Capabilities, Discovery, DiscoveryResult, LockGuard};
+pub use engine::{AwaitError, FormationEngine, FormationHandle};
+pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retry as RetryClass};
+pub use membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState};
+pub use node_name::{Host, NodeName, NodeNameError};
+pub use status::{FormationOutcome, FormationStatus, Phase};

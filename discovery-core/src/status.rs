@@ -1,0 +1,140 @@
+//! The live formation status (published on a watch channel) and its decision trace.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Decision;
+use crate::membership::ClusterId;
+use crate::node_name::NodeName;
+
+/// Where formation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not started.
+    Starting,
+    /// Running discovery rounds.
+    Discovering,
+    /// A previously clustered node waiting for its peers.
+    Restarting,
+    /// Done: see the outcome.
+    Formed,
+    /// Gave up: see `detail`.
+    Failed,
+}
+
+/// How formation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum FormationOutcome {
+    /// This node formed a new cluster.
+    NewCluster {
+        /// The new cluster.
+        cluster: ClusterId,
+        /// True when only `on_exhausted = "standalone"` allowed it.
+        standalone: bool,
+    },
+    /// This node joined an existing cluster.
+    JoinedExisting {
+        /// The cluster.
+        cluster: ClusterId,
+        /// The member it joined through.
+        via: NodeName,
+    },
+    /// A previously clustered node came back.
+    Rejoined {
+        /// Its cluster.
+        cluster: ClusterId,
+        /// The peer it synced from (`None`: booted on its own state).
+        via: Option<NodeName>,
+    },
+}
+
+impl FormationOutcome {
+    /// The cluster formation ended in.
+    pub fn cluster(&self) -> &ClusterId {
+        match self {
+            FormationOutcome::NewCluster { cluster, .. }
+            | FormationOutcome::JoinedExisting { cluster, .. }
+            | FormationOutcome::Rejoined { cluster, .. } => cluster,
+        }
+    }
+}
+
+/// One line of the decision trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEntry {
+    /// Time since the engine started.
+    pub at: Duration,
+    /// The attempt.
+    pub attempt: u32,
+    /// Candidates in the view, counting this node.
+    pub discovered: usize,
+    /// Candidates that answered, counting this node.
+    pub reachable: usize,
+    /// What was decided.
+    pub decision: Decision,
+    /// The same, as a sentence.
+    pub summary: String,
+}
+
+/// How many trace entries the status keeps.
+pub const TRACE_LEN: usize = 32;
+
+/// The live status of the formation engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormationStatus {
+    /// The phase.
+    pub phase: Phase,
+    /// The current attempt.
+    pub attempt: u32,
+    /// What the node is doing or waiting for, as a sentence.
+    pub detail: String,
+    /// The outcome, once formed.
+    pub outcome: Option<FormationOutcome>,
+    /// The last backend error, if any.
+    pub last_backend_error: Option<String>,
+    /// Registration with the backend succeeded.
+    pub registered: bool,
+    /// The latest decisions, oldest first.
+    pub trace: Vec<TraceEntry>,
+}
+
+impl Default for FormationStatus {
+    fn default() -> Self {
+        FormationStatus {
+            phase: Phase::Starting,
+            attempt: 0,
+            detail: "starting".to_string(),
+            outcome: None,
+            last_backend_error: None,
+            registered: false,
+            trace: Vec::new(),
+        }
+    }
+}
+
+impl FormationStatus {
+    /// Appends a trace entry, keeping the last [`TRACE_LEN`].
+    pub fn push_trace(&mut self, entry: TraceEntry) {
+        if self.trace.len() == TRACE_LEN {
+            self.trace.remove(0);
+        }
+        self.trace.push(entry);
+    }
+}
+
+/// A sentence for a decision.
+pub fn summarize(decision: &Decision) -> String {
+    match decision {
+        Decision::Join { via, cluster } => format!("joining cluster {cluster} via {via}"),
+        Decision::Form { standalone: false } => "forming a new cluster".to_string(),
+        Decision::Form { standalone: true } => {
+            "retries exhausted: forming a standalone cluster (on_exhausted = \"standalone\")".to_string()
+        }
+        Decision::Lock => "taking the backend lock to re-check under it".to_string(),
+        Decision::Wait(reason) => reason.to_string(),
+        Decision::GiveUp(reason) => format!("giving up: {reason}"),
+    }
+}

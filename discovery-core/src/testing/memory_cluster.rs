@@ -1,0 +1,327 @@
+//! An in-memory cluster of `Membership` nodes on a simulated network.
+//!
+//! Each cluster's member set lives in one shared place (a perfectly replicated store), so the
+//! simulator checks the formation rule, not a replication protocol. Probes and joins take a
+//! random latency and may fail; crashed nodes keep their persisted state (cluster id, last-to-stop,
+//! force-boot) and lose everything else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::MembershipError;
+use crate::membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState};
+use crate::node_name::NodeName;
+use crate::testing::SimRng;
+
+/// Latency and failure injection for probes and joins.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetworkFaults {
+    /// Smallest one-way latency of a call.
+    pub min_latency: Duration,
+    /// Largest one-way latency of a call.
+    pub max_latency: Duration,
+    /// Probability that a call to a running node fails anyway.
+    pub failure_rate: f64,
+}
+
+impl Default for NetworkFaults {
+    fn default() -> Self {
+        NetworkFaults {
+            min_latency: Duration::from_millis(1),
+            max_latency: Duration::from_millis(5),
+            failure_rate: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    up: bool,
+    ready: bool,
+    cluster: Option<ClusterId>,
+    last_to_stop: bool,
+    force_boot: bool,
+    view: Option<FormationView>,
+    start_ms: u64,
+    /// Every cluster this node was ever a member of (the simulator's "never dropped" check).
+    joined: Vec<ClusterId>,
+}
+
+#[derive(Debug)]
+struct NetInner {
+    nodes: BTreeMap<NodeName, NodeState>,
+    clusters: BTreeMap<ClusterId, BTreeSet<NodeName>>,
+    next_cluster: u64,
+    faults: NetworkFaults,
+    rng: SimRng,
+    probes: u64,
+    epoch: tokio::time::Instant,
+}
+
+/// The simulated network and the shared membership store.
+#[derive(Debug, Clone)]
+pub struct Network {
+    inner: Arc<Mutex<NetInner>>,
+}
+
+impl Network {
+    /// An empty network; `seed` drives latencies and failures.
+    pub fn new(faults: NetworkFaults, seed: u64) -> Self {
+        Network {
+            inner: Arc::new(Mutex::new(NetInner {
+                nodes: BTreeMap::new(),
+                clusters: BTreeMap::new(),
+                next_cluster: 1,
+                faults,
+                rng: SimRng::new(seed),
+                probes: 0,
+                epoch: tokio::time::Instant::now(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetInner> {
+        self.inner.lock().expect("network mutex poisoned")
+    }
+
+    /// Starts (or restarts) a node process and returns its `Membership`.
+    pub fn start(&self, node: &NodeName) -> MemoryMember {
+        let mut g = self.lock();
+        let now_ms = g.epoch.elapsed().as_millis() as u64;
+        let st = g.nodes.entry(node.clone()).or_default();
+        st.up = true;
+        st.ready = false;
+        st.view = None;
+        st.start_ms = now_ms;
+        MemoryMember {
+            net: self.clone(),
+            local: node.clone(),
+        }
+    }
+
+    /// Kills a node: volatile state is lost, persisted state stays.
+    pub fn crash(&self, node: &NodeName) {
+        if let Some(st) = self.lock().nodes.get_mut(node) {
+            st.up = false;
+            st.ready = false;
+            st.view = None;
+        }
+    }
+
+    /// Stops a node gracefully, recording whether it was the last running member.
+    pub fn stop(&self, node: &NodeName) {
+        let mut g = self.lock();
+        let cluster = g.nodes.get(node).and_then(|s| s.cluster.clone());
+        let others_running = cluster.as_ref().is_some_and(|c| {
+            g.clusters.get(c).is_some_and(|members| {
+                members
+                    .iter()
+                    .any(|m| m != node && g.nodes.get(m).is_some_and(|s| s.up && s.ready))
+            })
+        });
+        if let Some(st) = g.nodes.get_mut(node) {
+            st.up = false;
+            st.ready = false;
+            st.view = None;
+            st.last_to_stop = cluster.is_some() && !others_running;
+        }
+    }
+
+    /// Marks a stopped node to boot without its peers.
+    pub fn force_boot(&self, node: &NodeName) {
+        if let Some(st) = self.lock().nodes.get_mut(node) {
+            st.force_boot = true;
+        }
+    }
+
+    /// Every cluster and its members.
+    pub fn clusters(&self) -> BTreeMap<ClusterId, BTreeSet<NodeName>> {
+        self.lock().clusters.clone()
+    }
+
+    /// The cluster a node belongs to.
+    pub fn cluster_of(&self, node: &NodeName) -> Option<ClusterId> {
+        self.lock().nodes.get(node).and_then(|s| s.cluster.clone())
+    }
+
+    /// Whether a node is up and ready.
+    pub fn is_ready(&self, node: &NodeName) -> bool {
+        self.lock().nodes.get(node).is_some_and(|s| s.up && s.ready)
+    }
+
+    /// Whether a node's process is running.
+    pub fn is_up(&self, node: &NodeName) -> bool {
+        self.lock().nodes.get(node).is_some_and(|s| s.up)
+    }
+
+    /// Every cluster a node has ever joined or formed.
+    pub fn history(&self, node: &NodeName) -> Vec<ClusterId> {
+        self.lock().nodes.get(node).map(|s| s.joined.clone()).unwrap_or_default()
+    }
+
+    /// Probes served so far.
+    pub fn probe_count(&self) -> u64 {
+        self.lock().probes
+    }
+
+    /// Draws a latency and whether a call fails.
+    fn call_faults(&self) -> (Duration, bool) {
+        let mut g = self.lock();
+        let f = g.faults;
+        let ms = g.rng.range(f.min_latency.as_millis() as u64, f.max_latency.as_millis() as u64);
+        let fails = g.rng.chance(f.failure_rate);
+        (Duration::from_millis(ms), fails)
+    }
+}
+
+/// One node's `Membership` on a `Network`.
+#[derive(Debug, Clone)]
+pub struct MemoryMember {
+    net: Network,
+    local: NodeName,
+}
+
+fn unreachable(peer: &NodeName, why: &str) -> MembershipError {
+    MembershipError::Unreachable(peer.clone(), why.to_string())
+}
+
+#[async_trait]
+impl Membership for MemoryMember {
+    fn local_node(&self) -> NodeName {
+        self.local.clone()
+    }
+
+    async fn probe(&self, peer: &NodeName) -> Result<PeerInfo, MembershipError> {
+        let (latency, fails) = self.net.call_faults();
+        tokio::time::sleep(latency).await;
+        let info = {
+            let mut g = self.net.lock();
+            g.probes += 1;
+            let st = g.nodes.get(peer).filter(|s| s.up).ok_or_else(|| unreachable(peer, "not running"))?;
+            if fails {
+                return Err(unreachable(peer, "injected network failure"));
+            }
+            let members = st
+                .cluster
+                .as_ref()
+                .and_then(|c| g.clusters.get(c))
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default();
+            PeerInfo {
+                node: peer.clone(),
+                cluster: st.cluster.clone(),
+                members,
+                ready: st.ready,
+                start_time_ms: st.start_ms,
+                view: st.view.clone(),
+            }
+        };
+        tokio::time::sleep(latency).await;
+        Ok(info)
+    }
+
+    async fn form(&self) -> Result<ClusterId, MembershipError> {
+        let mut g = self.net.lock();
+        if let Some(c) = g.nodes.get(&self.local).and_then(|s| s.cluster.clone()) {
+            return Err(MembershipError::Invalid(format!("already a member of cluster {c}")));
+        }
+        let id = ClusterId(format!("c{}", g.next_cluster));
+        g.next_cluster += 1;
+        g.clusters.insert(id.clone(), BTreeSet::from([self.local.clone()]));
+        let st = g.nodes.entry(self.local.clone()).or_default();
+        st.cluster = Some(id.clone());
+        st.ready = true;
+        st.joined.push(id.clone());
+        Ok(id)
+    }
+
+    async fn join(&self, member: &NodeName) -> Result<ClusterId, MembershipError> {
+        let (latency, fails) = self.net.call_faults();
+        tokio::time::sleep(latency).await;
+        if fails {
+            return Err(unreachable(member, "injected network failure"));
+        }
+        let id = {
+            let mut g = self.net.lock();
+            let via = g.nodes.get(member).filter(|s| s.up).ok_or_else(|| unreachable(member, "not running"))?;
+            let id = match (&via.cluster, via.ready) {
+                (Some(c), true) => c.clone(),
+                _ => return Err(MembershipError::Refused(member.clone(), "not a ready cluster member".into())),
+            };
+            if let Some(c) = g.nodes.get(&self.local).and_then(|s| s.cluster.clone()) {
+                return Err(MembershipError::Invalid(format!("already a member of cluster {c}")));
+            }
+            g.clusters.entry(id.clone()).or_default().insert(self.local.clone());
+            let st = g.nodes.entry(self.local.clone()).or_default();
+            st.cluster = Some(id.clone());
+            st.ready = true;
+            st.joined.push(id.clone());
+            id
+        };
+        tokio::time::sleep(latency).await;
+        Ok(id)
+    }
+
+    async fn members(&self) -> Vec<NodeName> {
+        let g = self.net.lock();
+        g.nodes
+            .get(&self.local)
+            .and_then(|s| s.cluster.as_ref())
+            .and_then(|c| g.clusters.get(c))
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn forget(&self, node: &NodeName) -> Result<(), MembershipError> {
+        let mut g = self.net.lock();
+        let cluster = g
+            .nodes
+            .get(&self.local)
+            .and_then(|s| s.cluster.clone())
+            .ok_or_else(|| MembershipError::Invalid("not clustered".into()))?;
+        if let Some(m) = g.clusters.get_mut(&cluster) {
+            m.remove(node);
+        }
+        if let Some(st) = g.nodes.get_mut(node) {
+            st.cluster = None;
+        }
+        Ok(())
+    }
+
+    fn restart_state(&self) -> RestartState {
+        let g = self.net.lock();
+        let Some(st) = g.nodes.get(&self.local) else {
+            return RestartState::default();
+        };
+        let known_peers = st
+            .cluster
+            .as_ref()
+            .and_then(|c| g.clusters.get(c))
+            .map(|m| m.iter().filter(|n| **n != self.local).cloned().collect())
+            .unwrap_or_default();
+        RestartState {
+            cluster: st.cluster.clone(),
+            known_peers,
+            last_to_stop: st.last_to_stop,
+            force_boot: st.force_boot,
+        }
+    }
+
+    async fn resume(&self, _via: Option<&NodeName>) -> Result<(), MembershipError> {
+        let mut g = self.net.lock();
+        let st = g.nodes.entry(self.local.clone()).or_default();
+        st.ready = true;
+        st.force_boot = false;
+        st.last_to_stop = false;
+        Ok(())
+    }
+
+    fn publish_view(&self, view: Option<FormationView>) {
+        if let Some(st) = self.net.lock().nodes.get_mut(&self.local) {
+            st.view = view;
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Test support (feature `testing`): an in-memory backend, an in-memory cluster of `Membership`
+//! nodes, and a deterministic simulator of parallel formation.
+
+mod memory_backend;
+mod memory_cluster;
+mod rng;
+pub mod sim;
+
+pub use memory_backend::{BackendMode, Directory, MemoryBackend};
+pub use memory_cluster::{MemoryMember, Network, NetworkFaults};
+pub use rng::SimRng;
