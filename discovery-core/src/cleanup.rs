@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::CleanupConfig;
+use crate::decision::Probe;
 use crate::discovery::{Discovery, DiscoveryResult};
 use crate::error::DiscoveryError;
 use crate::membership::Membership;
-use crate::decision::Probe;
 use crate::node_name::NodeName;
 use crate::probe::probe_all;
 

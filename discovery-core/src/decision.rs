@@ -17,7 +17,7 @@ use crate::node_name::NodeName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     /// The peer answered.
-    Answered(PeerInfo),
+    Answered(Box<PeerInfo>),
     /// The peer did not answer (refused, timed out, not running); the text says how.
     Unreachable(String),
 }
@@ -160,38 +160,63 @@ impl fmt::Display for WaitReason {
                 "cluster {cluster} is visible but none of its reachable members ({}) is ready",
                 names(members)
             ),
-            WaitReason::WaitingForSeed { seed, reachable: true } => {
+            WaitReason::WaitingForSeed {
+                seed,
+                reachable: true,
+            } => {
                 write!(f, "waiting for seed {seed} to form the cluster")
             }
-            WaitReason::WaitingForSeed { seed, reachable: false } => {
+            WaitReason::WaitingForSeed {
+                seed,
+                reachable: false,
+            } => {
                 write!(f, "waiting for seed {seed} (unreachable) to form the cluster")
             }
-            WaitReason::TooFewCandidates { discovered, required } => write!(
-                f,
-                "{discovered} of {required} expected candidates discovered"
-            ),
-            WaitReason::TooFewReachable { reachable, required, discovered, unreachable } => write!(
+            WaitReason::TooFewCandidates { discovered, required } => {
+                write!(f, "{discovered} of {required} expected candidates discovered")
+            }
+            WaitReason::TooFewReachable {
+                reachable,
+                required,
+                discovered,
+                unreachable,
+            } => write!(
                 f,
                 "{reachable} of {discovered} candidates reachable, {required} required \
                  (unreachable: {})",
                 names(unreachable)
             ),
-            WaitReason::ViewChanging { unchanged_for, required } => write!(
+            WaitReason::ViewChanging {
+                unchanged_for,
+                required,
+            } => write!(
                 f,
                 "discovered set changed {} ago (needs {} stable)",
                 secs(*unchanged_for),
                 secs(*required)
             ),
-            WaitReason::PeerDisagrees { peer, peer_sees: Some(c), .. } => {
+            WaitReason::PeerDisagrees {
+                peer,
+                peer_sees: Some(c),
+                ..
+            } => {
                 write!(f, "peer {peer} has seen cluster {c}")
             }
-            WaitReason::PeerDisagrees { peer, peer_seed: Some(s), .. } => {
+            WaitReason::PeerDisagrees {
+                peer,
+                peer_seed: Some(s),
+                ..
+            } => {
                 write!(f, "peer {peer} believes the seed is {s}")
             }
             WaitReason::PeerDisagrees { peer, .. } => {
                 write!(f, "peer {peer} has not settled on a seed yet")
             }
-            WaitReason::PeerViewChanging { peer, unchanged_for, required } => write!(
+            WaitReason::PeerViewChanging {
+                peer,
+                unchanged_for,
+                required,
+            } => write!(
                 f,
                 "peer {peer}'s discovered set changed {} ago (needs {} stable)",
                 secs(*unchanged_for),
@@ -349,7 +374,9 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
     let cfg = input.config;
     let d = input.discovery;
     if let Some(cluster) = &d.recorded_cluster {
-        return Some(WaitReason::RecordedCluster { cluster: cluster.clone() });
+        return Some(WaitReason::RecordedCluster {
+            cluster: cluster.clone(),
+        });
     }
     if d.nodes.is_empty() && d.preferred_seed.is_none() {
         return Some(WaitReason::NoCandidates);
@@ -360,7 +387,10 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
     let discovered = input.view.len();
     let hint = cfg.target_cluster_size_hint as usize;
     if discovered < hint {
-        return Some(WaitReason::TooFewCandidates { discovered, required: hint });
+        return Some(WaitReason::TooFewCandidates {
+            discovered,
+            required: hint,
+        });
     }
     let unreachable: Vec<NodeName> = input
         .probes
@@ -376,7 +406,10 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
         let seed = seed?;
         if seed != input.local {
             let reachable = matches!(input.probes.get(seed), Some(Probe::Answered(_)));
-            return Some(WaitReason::WaitingForSeed { seed: seed.clone(), reachable });
+            return Some(WaitReason::WaitingForSeed {
+                seed: seed.clone(),
+                reachable,
+            });
         }
     }
     // How many candidates must answer: all of them under a lock (the previous holder may have
@@ -389,7 +422,12 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
         majority(discovered).max(hint)
     };
     if reachable < required {
-        return Some(WaitReason::TooFewReachable { reachable, required, discovered, unreachable });
+        return Some(WaitReason::TooFewReachable {
+            reachable,
+            required,
+            discovered,
+            unreachable,
+        });
     }
     if !d.authoritative && input.view_unchanged_for < cfg.stable_margin {
         return Some(WaitReason::ViewChanging {

@@ -131,11 +131,7 @@ pub trait Discovery: Send + Sync {
     }
 
     /// Takes the backend's formation lock for `owner`, waiting at most `timeout`.
-    async fn lock(
-        &self,
-        owner: &NodeName,
-        timeout: Duration,
-    ) -> Result<Box<dyn LockGuard>, DiscoveryError> {
+    async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         let _ = (owner, timeout);
         Err(DiscoveryError::unsupported(self.name(), "locking"))
     }

@@ -48,7 +48,11 @@ struct RunState {
 
 impl FormationEngine {
     /// A new engine. Nothing runs until [`FormationEngine::run`].
-    pub fn new(config: FormationConfig, discovery: Arc<dyn Discovery>, membership: Arc<dyn Membership>) -> Self {
+    pub fn new(
+        config: FormationConfig,
+        discovery: Arc<dyn Discovery>,
+        membership: Arc<dyn Membership>,
+    ) -> Self {
         let local = membership.local_node();
         let (status, _) = watch::channel(FormationStatus::default());
         FormationEngine {
@@ -107,10 +111,10 @@ impl FormationEngine {
 
     /// Graceful shutdown: withdraws the registration.
     pub async fn shutdown(&self) {
-        if self.registration_on() {
-            if let Err(e) = self.discovery.unregister().await {
-                warn!(node = %self.local, "unregister failed: {e}");
-            }
+        if self.registration_on()
+            && let Err(e) = self.discovery.unregister().await
+        {
+            warn!(node = %self.local, "unregister failed: {e}");
         }
     }
 
@@ -191,7 +195,8 @@ impl FormationEngine {
             Err(e) if e.kind == ErrorKind::Misconfigured => return ControlFlow::Break(Err(e.into())),
             Err(e) => {
                 let message = e.to_string();
-                self.status.send_modify(|s| s.last_backend_error = Some(message.clone()));
+                self.status
+                    .send_modify(|s| s.last_backend_error = Some(message.clone()));
                 let decision = Decision::Wait(WaitReason::BackendError { message });
                 self.record(attempt, st.view.len(), 0, &decision);
                 return ControlFlow::Continue(());
@@ -208,13 +213,20 @@ impl FormationEngine {
         match self.act(&decision).await {
             Some(Ok(outcome)) => ControlFlow::Break(Ok(outcome)),
             Some(Err(e)) => {
-                let decision = Decision::Wait(WaitReason::ActionFailed { message: e.to_string() });
+                let decision = Decision::Wait(WaitReason::ActionFailed {
+                    message: e.to_string(),
+                });
                 self.record(attempt, st.view.len(), 0, &decision);
                 ControlFlow::Continue(())
             }
             None if matches!(decision, Decision::GiveUp(_)) => {
-                let Decision::GiveUp(reason) = decision else { unreachable!() };
-                ControlFlow::Break(Err(FormationError::Exhausted { attempts: attempt, reason: reason.to_string() }))
+                let Decision::GiveUp(reason) = decision else {
+                    unreachable!()
+                };
+                ControlFlow::Break(Err(FormationError::Exhausted {
+                    attempts: attempt,
+                    reason: reason.to_string(),
+                }))
             }
             None => ControlFlow::Continue(()),
         }
@@ -222,11 +234,21 @@ impl FormationEngine {
 
     /// Takes the lock, runs a round under it, acts, records the cluster, releases the lock.
     /// `Err(None)`: try again next attempt; `Err(Some(e))`: stop.
-    async fn under_lock(&self, st: &mut RunState, attempt: u32) -> Result<FormationOutcome, Option<FormationError>> {
-        let guard = match self.discovery.lock(&self.local, self.config.lock_acquire_timeout).await {
+    async fn under_lock(
+        &self,
+        st: &mut RunState,
+        attempt: u32,
+    ) -> Result<FormationOutcome, Option<FormationError>> {
+        let guard = match self
+            .discovery
+            .lock(&self.local, self.config.lock_acquire_timeout)
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
-                let decision = Decision::Wait(WaitReason::LockFailed { message: e.to_string() });
+                let decision = Decision::Wait(WaitReason::LockFailed {
+                    message: e.to_string(),
+                });
                 self.record(attempt, st.view.len(), 0, &decision);
                 return Err(None);
             }
@@ -242,7 +264,9 @@ impl FormationEngine {
                         Ok(outcome)
                     }
                     Some(Err(e)) => {
-                        let d = Decision::Wait(WaitReason::ActionFailed { message: e.to_string() });
+                        let d = Decision::Wait(WaitReason::ActionFailed {
+                            message: e.to_string(),
+                        });
                         self.record(attempt, st.view.len(), 0, &d);
                         Err(None)
                     }
@@ -256,7 +280,9 @@ impl FormationEngine {
                 }
             }
             Err(e) => {
-                let d = Decision::Wait(WaitReason::BackendError { message: e.to_string() });
+                let d = Decision::Wait(WaitReason::BackendError {
+                    message: e.to_string(),
+                });
                 self.record(attempt, st.view.len(), 0, &d);
                 Err(None)
             }
@@ -268,10 +294,10 @@ impl FormationEngine {
     }
 
     async fn record_cluster(&self, cluster: &ClusterId) {
-        if self.discovery.capabilities().fencing {
-            if let Err(e) = self.discovery.record_cluster(cluster).await {
-                warn!(node = %self.local, "could not record cluster {cluster} in the backend: {e}");
-            }
+        if self.discovery.capabilities().fencing
+            && let Err(e) = self.discovery.record_cluster(cluster).await
+        {
+            warn!(node = %self.local, "could not record cluster {cluster} in the backend: {e}");
         }
     }
 
@@ -292,7 +318,10 @@ impl FormationEngine {
             st.view = view;
             st.view_changed_at = Instant::now();
         }
-        st.seed = listing.preferred_seed.clone().or_else(|| st.view.first().cloned());
+        st.seed = listing
+            .preferred_seed
+            .clone()
+            .or_else(|| st.view.first().cloned());
         self.publish(st);
         let peers: Vec<NodeName> = st.view.iter().filter(|n| **n != self.local).cloned().collect();
         let probes = probe_all(self.membership.as_ref(), &peers, self.config.probe_timeout).await;
@@ -301,7 +330,11 @@ impl FormationEngine {
 
     fn publish(&self, st: &RunState) {
         self.membership.publish_view(Some(FormationView {
-            seed: if st.sees_cluster.is_some() { None } else { st.seed.clone() },
+            seed: if st.sees_cluster.is_some() {
+                None
+            } else {
+                st.seed.clone()
+            },
             sees_cluster: st.sees_cluster.clone(),
             candidates: st.view.len(),
             unchanged_for: st.view_changed_at.elapsed(),
@@ -326,7 +359,11 @@ impl FormationEngine {
             st.sees_cluster = verdict.sees_cluster.clone();
             self.publish(st);
         }
-        let reachable = 1 + round.probes.values().filter(|p| matches!(p, Probe::Answered(_))).count();
+        let reachable = 1 + round
+            .probes
+            .values()
+            .filter(|p| matches!(p, Probe::Answered(_)))
+            .count();
         self.record(attempt, st.view.len(), reachable, &verdict.decision);
         verdict
     }
@@ -358,7 +395,10 @@ impl FormationEngine {
                 .membership
                 .join(via)
                 .await
-                .map(|cluster| FormationOutcome::JoinedExisting { cluster, via: via.clone() })
+                .map(|cluster| FormationOutcome::JoinedExisting {
+                    cluster,
+                    via: via.clone(),
+                })
                 .map_err(Into::into),
             Decision::Form { standalone } => {
                 if *standalone {
@@ -371,7 +411,10 @@ impl FormationEngine {
                 self.membership
                     .form()
                     .await
-                    .map(|cluster| FormationOutcome::NewCluster { cluster, standalone: *standalone })
+                    .map(|cluster| FormationOutcome::NewCluster {
+                        cluster,
+                        standalone: *standalone,
+                    })
                     .map_err(Into::into)
             }
             _ => return None,
@@ -423,7 +466,11 @@ impl FormationEngine {
                                 "restart attempt {attempt} of {}: waiting for a running member of cluster \
                                  {cluster} among [{}]",
                                 cfg.retry_limit,
-                                waiting.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                                waiting
+                                    .iter()
+                                    .map(|n| n.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             );
                             info!(node = %self.local, "{detail}");
                             self.status.send_modify(|s| s.detail = detail);
@@ -449,7 +496,11 @@ impl FormationEngine {
     /// One restart check: `Ok(Some(peer))` to sync from a running member, `Ok(None)` when every
     /// known member is present and waiting and this one is the lowest (it boots first), or the
     /// peers still waited for.
-    async fn restart_probe(&self, cluster: &ClusterId, peers: &[NodeName]) -> Result<Option<NodeName>, Vec<NodeName>> {
+    async fn restart_probe(
+        &self,
+        cluster: &ClusterId,
+        peers: &[NodeName],
+    ) -> Result<Option<NodeName>, Vec<NodeName>> {
         let answers = probe_all(self.membership.as_ref(), peers, self.config.probe_timeout).await;
         let mut waiting = Vec::new();
         let mut all_present_and_waiting = true;
@@ -482,12 +533,23 @@ impl FormationEngine {
 
 fn summarize_outcome(outcome: &FormationOutcome) -> String {
     match outcome {
-        FormationOutcome::NewCluster { cluster, standalone: false } => format!("formed new cluster {cluster}"),
-        FormationOutcome::NewCluster { cluster, standalone: true } => {
+        FormationOutcome::NewCluster {
+            cluster,
+            standalone: false,
+        } => format!("formed new cluster {cluster}"),
+        FormationOutcome::NewCluster {
+            cluster,
+            standalone: true,
+        } => {
             format!("formed standalone cluster {cluster} after retries ran out")
         }
-        FormationOutcome::JoinedExisting { cluster, via } => format!("joined existing cluster {cluster} via {via}"),
-        FormationOutcome::Rejoined { cluster, via: Some(v) } => {
+        FormationOutcome::JoinedExisting { cluster, via } => {
+            format!("joined existing cluster {cluster} via {via}")
+        }
+        FormationOutcome::Rejoined {
+            cluster,
+            via: Some(v),
+        } => {
             format!("rejoined cluster {cluster} after restart (synced from {v})")
         }
         FormationOutcome::Rejoined { cluster, via: None } => {
@@ -528,7 +590,11 @@ impl FormationHandle {
 
     /// Waits until formation finished and the cluster has at least `min_members` members; says
     /// whether this node formed a new cluster, joined an existing one (via whom) or rejoined.
-    pub async fn await_formed(&mut self, min_members: usize, timeout: Duration) -> Result<FormationOutcome, AwaitError> {
+    pub async fn await_formed(
+        &mut self,
+        min_members: usize,
+        timeout: Duration,
+    ) -> Result<FormationOutcome, AwaitError> {
         let wait = async {
             loop {
                 let status = self.status.borrow_and_update().clone();

@@ -121,7 +121,11 @@ impl fmt::Display for DiscoveryError {
             Retry::Temporary => "temporary",
             Retry::Permanent => "permanent",
         };
-        write!(f, "{} backend {} ({class}): {}", self.backend, self.kind, self.message)?;
+        write!(
+            f,
+            "{} backend {} ({class}): {}",
+            self.backend, self.kind, self.message
+        )?;
         if let Some(fix) = &self.remediation {
             write!(f, "; {fix}")?;
         }
@@ -196,8 +200,12 @@ mod tests {
 
     #[test]
     fn display_says_kind_class_and_remediation() {
-        let e = DiscoveryError::new("etcd", ErrorKind::PermissionDenied, "user muster may not read /muster")
-            .with_remediation("grant read on the prefix");
+        let e = DiscoveryError::new(
+            "etcd",
+            ErrorKind::PermissionDenied,
+            "user muster may not read /muster",
+        )
+        .with_remediation("grant read on the prefix");
         let text = e.to_string();
         assert_eq!(
             text,

@@ -102,7 +102,10 @@ fn validate_prefix(input: &str, prefix: &str) -> Result<(), NodeNameError> {
         return Err(err(input, "the prefix before '@' is empty"));
     }
     if prefix.len() > MAX_PREFIX {
-        return Err(err(input, format!("the prefix is longer than {MAX_PREFIX} characters")));
+        return Err(err(
+            input,
+            format!("the prefix is longer than {MAX_PREFIX} characters"),
+        ));
     }
     if let Some(c) = prefix
         .chars()
@@ -130,7 +133,10 @@ fn parse_dns(input: &str, host: &str) -> Result<Host, NodeNameError> {
             return Err(err(input, "the host name has an empty label ('..')"));
         }
         if label.len() > 63 {
-            return Err(err(input, format!("the label {label:?} is longer than 63 characters")));
+            return Err(err(
+                input,
+                format!("the label {label:?} is longer than 63 characters"),
+            ));
         }
         if let Some(c) = label
             .chars()
@@ -142,7 +148,10 @@ fn parse_dns(input: &str, host: &str) -> Result<Host, NodeNameError> {
             return Err(err(input, format!("the label {label:?} starts or ends with '-'")));
         }
     }
-    if labels.last().is_some_and(|l| l.chars().all(|c| c.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
         return Err(err(
             input,
             "the host is neither a valid IPv4 address nor a DNS name (its last label is numeric)",
@@ -153,7 +162,10 @@ fn parse_dns(input: &str, host: &str) -> Result<Host, NodeNameError> {
 
 fn parse_port(input: &str, text: &str) -> Result<u16, NodeNameError> {
     match text.parse::<u16>() {
-        Ok(0) | Err(_) => Err(err(input, format!("the port {text:?} is not a number from 1 to 65535"))),
+        Ok(0) | Err(_) => Err(err(
+            input,
+            format!("the port {text:?} is not a number from 1 to 65535"),
+        )),
         Ok(p) => Ok(p),
     }
 }
@@ -184,13 +196,17 @@ impl FromStr for NodeName {
                 "" => None,
                 p => Some(parse_port(
                     input,
-                    p.strip_prefix(':').ok_or_else(|| err(input, "expected ':port' after ']'"))?,
+                    p.strip_prefix(':')
+                        .ok_or_else(|| err(input, "expected ':port' after ']'"))?,
                 )?),
             };
             (Host::V6(addr), port)
         } else {
             if rest.matches(':').count() > 1 {
-                return Err(err(input, "an IPv6 host must be written in brackets, e.g. muster@[fd00::1]"));
+                return Err(err(
+                    input,
+                    "an IPv6 host must be written in brackets, e.g. muster@[fd00::1]",
+                ));
             }
             let (host, port) = match rest.split_once(':') {
                 Some((h, p)) => (h, Some(parse_port(input, p)?)),

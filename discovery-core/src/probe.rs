@@ -30,13 +30,19 @@ pub async fn probe(membership: &dyn Membership, peer: &NodeName, timeout: Durati
         })
         .await;
     match result {
-        Ok(info) => Probe::Answered(info),
-        Err(RetryError::Stopped(why)) | Err(RetryError::Exhausted { last: why, .. }) => Probe::Unreachable(why),
+        Ok(info) => Probe::Answered(Box::new(info)),
+        Err(RetryError::Stopped(why)) | Err(RetryError::Exhausted { last: why, .. }) => {
+            Probe::Unreachable(why)
+        }
     }
 }
 
 /// Probes every peer concurrently.
-pub async fn probe_all(membership: &dyn Membership, peers: &[NodeName], timeout: Duration) -> BTreeMap<NodeName, Probe> {
+pub async fn probe_all(
+    membership: &dyn Membership,
+    peers: &[NodeName],
+    timeout: Duration,
+) -> BTreeMap<NodeName, Probe> {
     let answers = join_all(peers.iter().map(|p| probe(membership, p, timeout))).await;
     peers.iter().cloned().zip(answers).collect()
 }

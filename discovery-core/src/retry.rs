@@ -83,7 +83,10 @@ impl Retry {
             let out_of_attempts = self.max_attempts.is_some_and(|m| attempt >= m);
             let out_of_time = self.deadline.is_some_and(|d| start.elapsed() + pause > d);
             if out_of_attempts || out_of_time {
-                return Err(RetryError::Exhausted { attempts: attempt, last });
+                return Err(RetryError::Exhausted {
+                    attempts: attempt,
+                    last,
+                });
             }
             tokio::time::sleep(pause).await;
             if let Some(max) = self.max_interval {
@@ -123,7 +126,11 @@ mod tests {
         let r = Retry::every(Duration::from_secs(1));
         let ok: Result<u32, RetryError<(), ()>> = r
             .run(|n| async move {
-                if n == 2 { ControlFlow::Break(Ok(n)) } else { ControlFlow::Continue(()) }
+                if n == 2 {
+                    ControlFlow::Break(Ok(n))
+                } else {
+                    ControlFlow::Continue(())
+                }
             })
             .await;
         assert_eq!(ok, Ok(2));

@@ -13,7 +13,9 @@ const DEFAULT_SEEDS: u64 = 2_000;
 
 fn seeds_from_env() -> u64 {
     match std::env::var("MUSTER_SIM_SEEDS") {
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("MUSTER_SIM_SEEDS={v:?} is not a number")),
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("MUSTER_SIM_SEEDS={v:?} is not a number")),
         Err(_) => DEFAULT_SEEDS,
     }
 }
@@ -29,14 +31,22 @@ fn many_seeds_form_exactly_one_cluster() {
         if !report.ok() {
             failures.push(report.to_string());
         } else if let Some(t) = report.formed_after_last_start {
-            let e = by_family.entry(format!("{:?}", report.scenario.family)).or_default();
+            let e = by_family
+                .entry(format!("{:?}", report.scenario.family))
+                .or_default();
             e.0 += 1;
             e.1 = e.1.max(t);
         }
     }
-    eprintln!("simulated {seeds} seeds in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "simulated {seeds} seeds in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     for (family, (n, worst)) in &by_family {
-        eprintln!("  {family:<14} {n:>7} seeds ok, slowest formation {:.1} s after the last start", worst.as_secs_f64());
+        eprintln!(
+            "  {family:<14} {n:>7} seeds ok, slowest formation {:.1} s after the last start",
+            worst.as_secs_f64()
+        );
     }
     assert!(
         failures.is_empty(),
@@ -67,17 +77,24 @@ fn replay() {
 /// The rule RabbitMQ-era systems fell into: form whenever no reachable peer is clustered.
 fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
     for (node, probe) in input.probes {
-        if let Probe::Answered(info) = probe {
-            if let (Some(cluster), true) = (&info.cluster, info.ready) {
-                return Verdict {
-                    decision: Decision::Join { via: node.clone(), cluster: cluster.clone() },
-                    seed: None,
-                    sees_cluster: Some(cluster.clone()),
-                };
-            }
+        if let Probe::Answered(info) = probe
+            && let (Some(cluster), true) = (&info.cluster, info.ready)
+        {
+            return Verdict {
+                decision: Decision::Join {
+                    via: node.clone(),
+                    cluster: cluster.clone(),
+                },
+                seed: None,
+                sees_cluster: Some(cluster.clone()),
+            };
         }
     }
-    Verdict { decision: Decision::Form { standalone: false }, seed: None, sees_cluster: None }
+    Verdict {
+        decision: Decision::Form { standalone: false },
+        seed: None,
+        sees_cluster: None,
+    }
 }
 
 #[test]
@@ -96,6 +113,9 @@ fn simulator_finds_the_split_of_a_known_unsafe_rule() {
             first.get_or_insert(seed);
         }
     }
-    assert!(splits > 0, "the simulator must catch the unsafe rule splitting the cluster");
+    assert!(
+        splits > 0,
+        "the simulator must catch the unsafe rule splitting the cluster"
+    );
     eprintln!("unsafe rule split the cluster in {splits} of 200 seeds (first: seed {first:?})");
 }

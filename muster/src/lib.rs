@@ -1,1 +1,208 @@
-pub fn x(){}
+//! # muster
+//!
+//! Peer discovery and cluster formation for clustered services. This facade re-exports
+//! [`muster_discovery_core`] and the backends compiled in with cargo features, and builds the
+//! backend the configuration names:
+//!
+//! | feature | backend | crate |
+//! |---|---|---|
+//! | `classic` (default) | static list | `muster-backend-classic` |
+//! | `dns`, `k8s`, `aws`, `consul`, `etcd` | reserved: each arrives with its own crate | — |
+//!
+//! ```
+//! use muster::{FormationConfig, NodeName};
+//!
+//! let config = FormationConfig::from_toml(r#"
+//! [cluster_formation]
+//! peer_discovery_backend = "classic"
+//! [cluster_formation.classic_config]
+//! nodes = ["muster@a", "muster@b", "muster@c"]
+//! "#).unwrap();
+//! let local: NodeName = "muster@a".parse().unwrap();
+//! let backend = muster::build_backend(&config, &local).unwrap();
+//! assert_eq!(backend.name(), "classic");
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use muster_discovery_core::*;
+
+#[cfg(feature = "classic")]
+pub use muster_backend_classic as classic;
+
+/// Every backend Muster knows, compiled in or not.
+pub const BACKENDS: &[&str] = &["classic", "dns", "k8s", "aws", "consul", "etcd"];
+
+/// Why no backend could be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The backend exists but this build does not include it.
+    NotCompiled(&'static str),
+    /// The feature is on but this release has no implementation of the backend yet.
+    NotImplemented(&'static str),
+    /// No backend has that name.
+    Unknown {
+        /// The configured name.
+        name: String,
+        /// The closest known name, if any.
+        suggestion: Option<&'static str>,
+    },
+    /// The backend's settings are invalid.
+    Config(ConfigError),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NotCompiled(name) => {
+                write!(
+                    f,
+                    "backend '{name}' is not compiled in; rebuild with --features {name}"
+                )
+            }
+            BuildError::NotImplemented(name) => write!(
+                f,
+                "backend '{name}' is not implemented in this release of muster; available: {}",
+                compiled_backends().join(", ")
+            ),
+            BuildError::Unknown { name, suggestion } => {
+                write!(
+                    f,
+                    "unknown backend '{name}' in cluster_formation.peer_discovery_backend"
+                )?;
+                if let Some(s) = suggestion {
+                    write!(f, "; did you mean '{s}'?")?;
+                }
+                write!(f, " (known backends: {})", BACKENDS.join(", "))
+            }
+            BuildError::Config(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl From<ConfigError> for BuildError {
+    fn from(e: ConfigError) -> Self {
+        BuildError::Config(e)
+    }
+}
+
+/// The backends this build can construct.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "classic") {
+        v.push("classic");
+    }
+    v
+}
+
+/// Maps RabbitMQ's aliases (`classic_config`, `config`, `kubernetes`) to Muster's names.
+fn canonical(name: &str) -> Option<&'static str> {
+    let lower = name.trim().to_ascii_lowercase();
+    let name = match lower.as_str() {
+        "classic_config" | "config" => "classic",
+        "kubernetes" => "k8s",
+        other => other,
+    };
+    BACKENDS.iter().copied().find(|b| *b == name)
+}
+
+/// Builds the backend named by `cluster_formation.peer_discovery_backend` for node `local`.
+pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<dyn Discovery>, BuildError> {
+    let name = &config.peer_discovery_backend;
+    let Some(backend) = canonical(name) else {
+        return Err(BuildError::Unknown {
+            name: name.clone(),
+            suggestion: config::closest(&name.to_ascii_lowercase(), BACKENDS.iter().copied()),
+        });
+    };
+    match backend {
+        #[cfg(feature = "classic")]
+        "classic" => Ok(Arc::new(classic::ClassicBackend::from_config(config, local)?)),
+        #[cfg(feature = "dns")]
+        "dns" => Err(BuildError::NotImplemented("dns")),
+        #[cfg(feature = "k8s")]
+        "k8s" => Err(BuildError::NotImplemented("k8s")),
+        #[cfg(feature = "aws")]
+        "aws" => Err(BuildError::NotImplemented("aws")),
+        #[cfg(feature = "consul")]
+        "consul" => Err(BuildError::NotImplemented("consul")),
+        #[cfg(feature = "etcd")]
+        "etcd" => Err(BuildError::NotImplemented("etcd")),
+        other => {
+            let _ = local;
+            Err(BuildError::NotCompiled(other))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(backend: &str) -> FormationConfig {
+        FormationConfig {
+            peer_discovery_backend: backend.to_string(),
+            ..FormationConfig::default()
+        }
+    }
+
+    fn local() -> NodeName {
+        "muster@a".parse().unwrap()
+    }
+
+    #[test]
+    #[cfg(feature = "classic")]
+    fn builds_classic_and_its_rabbitmq_aliases() {
+        for name in ["classic", "classic_config", "config", "Classic"] {
+            assert_eq!(
+                build_backend(&cfg(name), &local()).unwrap().name(),
+                "classic",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "etcd"))]
+    fn a_known_backend_not_compiled_in_says_how_to_get_it() {
+        let e = build_backend(&cfg("etcd"), &local()).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            "backend 'etcd' is not compiled in; rebuild with --features etcd"
+        );
+        let e = build_backend(&cfg("kubernetes"), &local())
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e, "backend 'k8s' is not compiled in; rebuild with --features k8s");
+    }
+
+    #[test]
+    fn an_unknown_backend_suggests_the_closest() {
+        let e = build_backend(&cfg("etdc"), &local()).err().unwrap().to_string();
+        assert!(e.contains("unknown backend 'etdc'"), "{e}");
+        assert!(e.contains("did you mean 'etcd'?"), "{e}");
+        let e = build_backend(&cfg("zookeeper"), &local())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+        assert!(
+            e.contains("known backends: classic, dns, k8s, aws, consul, etcd"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "classic")]
+    fn backend_config_errors_pass_through() {
+        let c =
+            FormationConfig::from_toml("[cluster_formation.classic_config]\nnodes = [\"bad\"]\n").unwrap();
+        let e = build_backend(&c, &local()).err().unwrap().to_string();
+        assert!(e.contains("invalid node name \"bad\""), "{e}");
+    }
+}

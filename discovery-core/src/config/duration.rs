@@ -13,7 +13,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         )
     };
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
     let (number, unit) = t.split_at(split);
     if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
         return Err(bad());
@@ -36,13 +38,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way the config accepts it.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if d.subsec_micros() % 1000 != 0 {
+    if !d.subsec_micros().is_multiple_of(1000) {
         format!("{}ms", d.as_micros() as f64 / 1000.0)
-    } else if ms % 3_600_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

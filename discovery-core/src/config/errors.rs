@@ -27,7 +27,12 @@ impl ConfigError {
     }
 
     /// A value outside its allowed range.
-    pub fn out_of_range(key: &str, value: impl fmt::Display, min: impl fmt::Display, max: impl fmt::Display) -> Self {
+    pub fn out_of_range(
+        key: &str,
+        value: impl fmt::Display,
+        min: impl fmt::Display,
+        max: impl fmt::Display,
+    ) -> Self {
         ConfigError::new(
             Some(key.to_string()),
             format!("{key} = {value} is out of range: allowed {min} to {max}"),
@@ -53,7 +58,7 @@ pub fn from_toml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> 
             Some(span) => (
                 Some(line_of(text, span.start)),
                 table_at(text, span.start),
-                Some(text[span.clone()].trim().to_string()),
+                line_text(text, span.start),
             ),
             None => (None, String::new(), None),
         };
@@ -68,6 +73,14 @@ pub fn from_toml_table<T: DeserializeOwned>(table: &toml::Table, path: &str) -> 
     T::deserialize(toml::Value::Table(table.clone())).map_err(|e| explain(e.message(), path, None))
 }
 
+/// The whole line holding `offset` (the key of a bad value sits before its `=`).
+fn line_text(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    Some(text[start..end].trim().to_string())
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -79,7 +92,14 @@ fn table_at(text: &str, offset: usize) -> String {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string())
+        .map(|l| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -105,13 +125,14 @@ fn explain(message: &str, table: &str, key_text: Option<&str>) -> ConfigError {
                 format!("unknown key `{}`", join(table, &bad))
             } else {
                 let key = key_text
+                    .filter(|k| k.contains('='))
                     .and_then(|k| k.split('=').next())
                     .map(|k| join(table, k.trim()))
                     .unwrap_or_else(|| table.to_string());
                 format!("invalid value `{bad}` for {key}")
             };
             let mut text = subject;
-            if let Some(best) = closest(&bad, &valid) {
+            if let Some(best) = closest(&bad, valid.iter().map(String::as_str)) {
                 text.push_str(&format!("; did you mean `{best}`?"));
             }
             if !valid.is_empty() {
@@ -141,14 +162,14 @@ fn backticked(text: &str) -> Vec<String> {
 }
 
 /// The valid name nearest to `bad` by edit distance, if it is near enough to be a typo.
-pub(crate) fn closest<'a>(bad: &str, valid: &'a [String]) -> Option<&'a str> {
+pub fn closest<'a>(bad: &str, valid: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (bad.len() / 3).max(2);
     valid
-        .iter()
+        .into_iter()
         .map(|v| (edit_distance(bad, v), v))
         .filter(|(d, _)| *d <= limit)
         .min()
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use errors::{ConfigError, from_toml_str, from_toml_table};
+pub use errors::{ConfigError, closest, from_toml_str, from_toml_table};
 
 /// What to do when `discovery_retry_limit` attempts have not produced a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -213,7 +213,12 @@ impl FormationConfig {
             ms(10),
             s(600),
         )?;
-        check_range(&format!("{P}.discovery_retry_limit"), self.discovery_retry_limit, 1, 1_000_000)?;
+        check_range(
+            &format!("{P}.discovery_retry_limit"),
+            self.discovery_retry_limit,
+            1,
+            1_000_000,
+        )?;
         check_range(
             &format!("{P}.target_cluster_size_hint"),
             self.target_cluster_size_hint,
@@ -241,15 +246,30 @@ impl FormationConfig {
             ms(100),
             s(600),
         )?;
-        check_duration(&format!("{P}.node_cleanup.interval"), self.node_cleanup.interval, s(1), s(86_400))?;
+        check_duration(
+            &format!("{P}.node_cleanup.interval"),
+            self.node_cleanup.interval,
+            s(1),
+            s(86_400),
+        )?;
         check_range(
             &format!("{P}.node_cleanup.consecutive_absences"),
             self.node_cleanup.consecutive_absences,
             1,
             1000,
         )?;
-        check_range(&format!("{P}.restart.retry_limit"), self.restart.retry_limit, 1, 1000)?;
-        check_duration(&format!("{P}.restart.retry_timeout"), self.restart.retry_timeout, ms(100), s(3600))?;
+        check_range(
+            &format!("{P}.restart.retry_limit"),
+            self.restart.retry_limit,
+            1,
+            1000,
+        )?;
+        check_duration(
+            &format!("{P}.restart.retry_timeout"),
+            self.restart.retry_timeout,
+            ms(100),
+            s(3600),
+        )?;
         Ok(())
     }
 

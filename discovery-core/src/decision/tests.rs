@@ -1,0 +1,494 @@
+//! Table-driven tests of the pure decision rule.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::*;
+use crate::membership::FormationView;
+
+fn n(i: u32) -> NodeName {
+    format!("m@n{i}").parse().unwrap()
+}
+
+fn c(id: &str) -> ClusterId {
+    ClusterId(id.to_string())
+}
+
+/// A blank peer whose view names `seed`.
+fn blank(i: u32, seed: Option<u32>, stable_ms: u64) -> (NodeName, Probe) {
+    (
+        n(i),
+        Probe::Answered(Box::new(PeerInfo {
+            node: n(i),
+            cluster: None,
+            members: vec![],
+            ready: false,
+            start_time_ms: 0,
+            view: Some(FormationView {
+                seed: seed.map(n),
+                sees_cluster: None,
+                candidates: 3,
+                unchanged_for: Duration::from_millis(stable_ms),
+            }),
+        })),
+    )
+}
+
+fn member(i: u32, cluster: &str, members: &[u32], ready: bool) -> (NodeName, Probe) {
+    (
+        n(i),
+        Probe::Answered(Box::new(PeerInfo {
+            node: n(i),
+            cluster: Some(c(cluster)),
+            members: members.iter().map(|m| n(*m)).collect(),
+            ready,
+            start_time_ms: 0,
+            view: None,
+        })),
+    )
+}
+
+fn down(i: u32) -> (NodeName, Probe) {
+    (n(i), Probe::Unreachable("connection refused".into()))
+}
+
+struct Case {
+    name: &'static str,
+    local: u32,
+    listed: Vec<u32>,
+    authoritative: bool,
+    preferred: Option<u32>,
+    recorded: Option<&'static str>,
+    peers: Vec<(NodeName, Probe)>,
+    lock: LockState,
+    attempt: u32,
+    on_exhausted: OnExhausted,
+    hint: u32,
+    unchanged_ms: u64,
+    expect: Decision,
+}
+
+impl Default for Case {
+    fn default() -> Self {
+        Case {
+            name: "",
+            local: 1,
+            listed: vec![1, 2, 3],
+            authoritative: true,
+            preferred: None,
+            recorded: None,
+            peers: vec![],
+            lock: LockState::NotSupported,
+            attempt: 1,
+            on_exhausted: OnExhausted::Fail,
+            hint: 1,
+            unchanged_ms: 10_000,
+            expect: Decision::Lock,
+        }
+    }
+}
+
+fn run(case: &Case) -> Verdict {
+    let mut listing = DiscoveryResult::new(case.listed.iter().map(|i| n(*i)), case.authoritative);
+    listing.preferred_seed = case.preferred.map(n);
+    listing.recorded_cluster = case.recorded.map(c);
+    let mut view: BTreeSet<NodeName> = listing.nodes.iter().cloned().collect();
+    view.extend(listing.preferred_seed.clone());
+    view.insert(n(case.local));
+    let probes: BTreeMap<NodeName, Probe> = case.peers.iter().cloned().collect();
+    let config = FormationConfig {
+        discovery_retry_limit: 5,
+        on_exhausted: case.on_exhausted,
+        target_cluster_size_hint: case.hint,
+        stable_margin: Duration::from_secs(3),
+        ..FormationConfig::default()
+    };
+    let local = n(case.local);
+    decide(&DecisionInput {
+        local: &local,
+        discovery: &listing,
+        view: &view,
+        view_unchanged_for: Duration::from_millis(case.unchanged_ms),
+        probes: &probes,
+        lock: case.lock,
+        attempt: case.attempt,
+        config: &config,
+    })
+}
+
+fn wait_seed(seed: u32, reachable: bool) -> Decision {
+    Decision::Wait(WaitReason::WaitingForSeed {
+        seed: n(seed),
+        reachable,
+    })
+}
+
+#[test]
+fn decision_table() {
+    let cases = vec![
+        Case {
+            name: "no peers: an empty listing waits",
+            listed: vec![],
+            authoritative: false,
+            expect: Decision::Wait(WaitReason::NoCandidates),
+            ..Case::default()
+        },
+        Case {
+            name: "no peers: a one-node static list forms",
+            listed: vec![1],
+            expect: Decision::Form { standalone: false },
+            ..Case::default()
+        },
+        Case {
+            name: "no peers yet: the seed of an authoritative list waits for a majority",
+            peers: vec![down(2), down(3)],
+            expect: Decision::Wait(WaitReason::TooFewReachable {
+                reachable: 1,
+                required: 2,
+                discovered: 3,
+                unreachable: vec![n(2), n(3)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "one cluster visible: join it, even as the seed",
+            peers: vec![member(2, "c1", &[2], true), blank(3, Some(1), 0)],
+            expect: Decision::Join {
+                via: n(2),
+                cluster: c("c1"),
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "one cluster visible but not ready: wait, never form",
+            peers: vec![member(2, "c1", &[2], false), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::ClusterNotReady {
+                cluster: c("c1"),
+                members: vec![n(2)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "two clusters visible: the one with most members wins",
+            listed: vec![1, 2, 3, 4],
+            local: 4,
+            peers: vec![
+                member(1, "a", &[1], true),
+                member(2, "b", &[2, 3], true),
+                member(3, "b", &[2, 3], true),
+            ],
+            expect: Decision::Join {
+                via: n(2),
+                cluster: c("b"),
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "two clusters of equal size: the one with the lowest member wins",
+            listed: vec![1, 2, 3],
+            local: 3,
+            peers: vec![member(2, "z", &[2], true), member(1, "y", &[1], true)],
+            expect: Decision::Join {
+                via: n(1),
+                cluster: c("y"),
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "seed unreachable: a non-seed waits for it",
+            local: 2,
+            peers: vec![down(1), blank(3, Some(1), 0)],
+            expect: wait_seed(1, false),
+            ..Case::default()
+        },
+        Case {
+            name: "seed reachable: a non-seed waits for it to form",
+            local: 3,
+            peers: vec![blank(1, Some(1), 0), blank(2, Some(1), 0)],
+            expect: wait_seed(1, true),
+            ..Case::default()
+        },
+        Case {
+            name: "the seed forms with a majority that agrees",
+            peers: vec![blank(2, Some(1), 0), down(3)],
+            expect: Decision::Form { standalone: false },
+            ..Case::default()
+        },
+        Case {
+            name: "a peer believing in another seed blocks the seed",
+            peers: vec![blank(2, Some(0), 0), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::PeerDisagrees {
+                peer: n(2),
+                peer_seed: Some(n(0)),
+                peer_sees: None,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "a peer without a view yet blocks the seed",
+            peers: vec![blank(2, None, 0), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::PeerDisagrees {
+                peer: n(2),
+                peer_seed: None,
+                peer_sees: None,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "lock available: a node that may form takes the lock first",
+            local: 3,
+            peers: vec![blank(1, Some(1), 0), blank(2, Some(1), 0)],
+            lock: LockState::Available,
+            expect: Decision::Lock,
+            ..Case::default()
+        },
+        Case {
+            name: "lock available: joining also goes through the lock",
+            peers: vec![member(2, "c1", &[2], true), blank(3, None, 0)],
+            lock: LockState::Available,
+            expect: Decision::Lock,
+            ..Case::default()
+        },
+        Case {
+            name: "lock held and nobody clustered: any holder forms (no seed needed)",
+            local: 3,
+            peers: vec![blank(1, Some(1), 0), blank(2, Some(1), 0)],
+            lock: LockState::Held,
+            expect: Decision::Form { standalone: false },
+            ..Case::default()
+        },
+        Case {
+            name: "lock held but a candidate is unreachable: wait (it may be the last holder)",
+            local: 3,
+            peers: vec![blank(1, Some(1), 0), down(2)],
+            lock: LockState::Held,
+            expect: Decision::Wait(WaitReason::TooFewReachable {
+                reachable: 2,
+                required: 3,
+                discovered: 3,
+                unreachable: vec![n(2)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "lock held and a cluster visible under it: join",
+            local: 3,
+            peers: vec![member(1, "c1", &[1], true), blank(2, None, 0)],
+            lock: LockState::Held,
+            expect: Decision::Join {
+                via: n(1),
+                cluster: c("c1"),
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "backend-preferred seed forms even though it is not the lowest",
+            local: 3,
+            preferred: Some(3),
+            peers: vec![blank(1, Some(3), 0), blank(2, Some(3), 0)],
+            expect: Decision::Form { standalone: false },
+            ..Case::default()
+        },
+        Case {
+            name: "backend-preferred seed: the lowest node still waits for it",
+            preferred: Some(3),
+            peers: vec![blank(2, Some(3), 0), down(3)],
+            expect: wait_seed(3, false),
+            ..Case::default()
+        },
+        Case {
+            name: "view still changing: the seed of a non-authoritative list waits",
+            authoritative: false,
+            unchanged_ms: 400,
+            peers: vec![blank(2, Some(1), 9000), blank(3, Some(1), 9000)],
+            expect: Decision::Wait(WaitReason::ViewChanging {
+                unchanged_for: Duration::from_millis(400),
+                required: Duration::from_secs(3),
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "a peer's view still changing blocks the seed of a non-authoritative list",
+            authoritative: false,
+            peers: vec![blank(2, Some(1), 9000), blank(3, Some(1), 100)],
+            expect: Decision::Wait(WaitReason::PeerViewChanging {
+                peer: n(3),
+                unchanged_for: Duration::from_millis(100),
+                required: Duration::from_secs(3),
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "non-authoritative: every candidate must answer",
+            authoritative: false,
+            peers: vec![blank(2, Some(1), 9000), down(3)],
+            expect: Decision::Wait(WaitReason::TooFewReachable {
+                reachable: 2,
+                required: 3,
+                discovered: 3,
+                unreachable: vec![n(3)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "non-authoritative: fewer candidates than the hint",
+            authoritative: false,
+            hint: 4,
+            peers: vec![blank(2, Some(1), 9000), blank(3, Some(1), 9000)],
+            expect: Decision::Wait(WaitReason::TooFewCandidates {
+                discovered: 3,
+                required: 4,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "non-authoritative, settled and agreed: the seed forms",
+            authoritative: false,
+            peers: vec![blank(2, Some(1), 9000), blank(3, Some(1), 9000)],
+            expect: Decision::Form { standalone: false },
+            ..Case::default()
+        },
+        Case {
+            name: "the backend does not list this node yet",
+            listed: vec![2, 3],
+            peers: vec![blank(2, Some(1), 0), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::NotListed),
+            ..Case::default()
+        },
+        Case {
+            name: "the backend records a cluster nobody can reach: refuse to form",
+            recorded: Some("old"),
+            peers: vec![blank(2, Some(1), 0), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::RecordedCluster { cluster: c("old") }),
+            ..Case::default()
+        },
+        Case {
+            name: "retries exhausted, on_exhausted = fail: give up with the reason",
+            local: 2,
+            attempt: 5,
+            peers: vec![down(1), blank(3, Some(1), 0)],
+            expect: Decision::GiveUp(WaitReason::WaitingForSeed {
+                seed: n(1),
+                reachable: false,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "retries exhausted, on_exhausted = standalone: form alone",
+            local: 2,
+            attempt: 5,
+            on_exhausted: OnExhausted::Standalone,
+            peers: vec![down(1), blank(3, Some(1), 0)],
+            expect: Decision::Form { standalone: true },
+            ..Case::default()
+        },
+        Case {
+            name: "retries exhausted, on_exhausted = wait: keep waiting",
+            local: 2,
+            attempt: 5,
+            on_exhausted: OnExhausted::Wait,
+            peers: vec![down(1), blank(3, Some(1), 0)],
+            expect: wait_seed(1, false),
+            ..Case::default()
+        },
+        Case {
+            name: "retries exhausted but a cluster is visible: join anyway",
+            local: 2,
+            attempt: 50,
+            peers: vec![member(1, "c1", &[1], true), blank(3, None, 0)],
+            expect: Decision::Join {
+                via: n(1),
+                cluster: c("c1"),
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "retries exhausted with a recorded cluster: standalone still refuses",
+            attempt: 5,
+            on_exhausted: OnExhausted::Standalone,
+            recorded: Some("old"),
+            expect: Decision::GiveUp(WaitReason::RecordedCluster { cluster: c("old") }),
+            ..Case::default()
+        },
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let got = run(case).decision;
+        if got != case.expect {
+            failures.push(format!(
+                "{}:\n    expected {:?}\n    got      {:?}",
+                case.name, case.expect, got
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn verdict_publishes_the_seed_or_the_cluster_seen() {
+    let v = run(&Case {
+        local: 3,
+        peers: vec![blank(1, Some(1), 0), blank(2, Some(1), 0)],
+        ..Case::default()
+    });
+    assert_eq!(v.seed, Some(n(1)));
+    assert_eq!(v.sees_cluster, None);
+    let v = run(&Case {
+        peers: vec![member(2, "c1", &[2], true)],
+        ..Case::default()
+    });
+    assert_eq!(v.seed, None);
+    assert_eq!(v.sees_cluster, Some(c("c1")));
+}
+
+#[test]
+fn wait_reasons_read_as_the_trace_says() {
+    let r = WaitReason::ViewChanging {
+        unchanged_for: Duration::from_millis(400),
+        required: Duration::from_secs(3),
+    };
+    assert_eq!(
+        r.to_string(),
+        "discovered set changed 0.4 s ago (needs 3.0 s stable)"
+    );
+    let r = WaitReason::TooFewReachable {
+        reachable: 2,
+        required: 3,
+        discovered: 3,
+        unreachable: vec![n(3)],
+    };
+    assert_eq!(
+        r.to_string(),
+        "2 of 3 candidates reachable, 3 required (unreachable: m@n3)"
+    );
+    assert_eq!(
+        wait_seed(1, true),
+        Decision::Wait(WaitReason::WaitingForSeed {
+            seed: n(1),
+            reachable: true
+        })
+    );
+    assert_eq!(
+        WaitReason::WaitingForSeed {
+            seed: n(1),
+            reachable: true
+        }
+        .to_string(),
+        "waiting for seed m@n1 to form the cluster"
+    );
+}
+
+#[test]
+fn the_same_input_gives_the_same_verdict() {
+    let case = Case {
+        peers: vec![blank(2, Some(1), 0), down(3)],
+        ..Case::default()
+    };
+    assert_eq!(run(&case), run(&case));
+}

@@ -125,7 +125,10 @@ impl Directory {
     /// Who holds the lock now, if anyone (an expired lease counts as free).
     pub fn lock_holder(&self) -> Option<NodeName> {
         let g = self.lock();
-        g.lock.as_ref().filter(|h| h.expires > Instant::now()).map(|h| h.owner.clone())
+        g.lock
+            .as_ref()
+            .filter(|h| h.expires > Instant::now())
+            .map(|h| h.owner.clone())
     }
 
     /// Listings served so far.
@@ -156,7 +159,9 @@ impl Discovery for MemoryBackend {
     fn capabilities(&self) -> Capabilities {
         let g = self.dir.lock();
         match g.mode {
-            BackendMode::Static(_) | BackendMode::PreferredSeed(..) => Capabilities::none().with_full_membership(true),
+            BackendMode::Static(_) | BackendMode::PreferredSeed(..) => {
+                Capabilities::none().with_full_membership(true)
+            }
             BackendMode::Eventual => Capabilities::none().with_registration(true),
             BackendMode::Locking => Capabilities::none()
                 .with_registration(true)
@@ -171,7 +176,11 @@ impl Discovery for MemoryBackend {
         g.lists += 1;
         let rate = g.error_rate;
         if g.fail_all || g.rng.chance(rate) {
-            return Err(DiscoveryError::new(NAME, ErrorKind::Unavailable, "injected backend failure"));
+            return Err(DiscoveryError::new(
+                NAME,
+                ErrorKind::Unavailable,
+                "injected backend failure",
+            ));
         }
         let now = Instant::now();
         let result = match &g.mode {
@@ -184,7 +193,10 @@ impl Discovery for MemoryBackend {
                     let delay = if **node == self.local {
                         Duration::ZERO
                     } else {
-                        g.delays.get(&(self.local.clone(), (*node).clone())).copied().unwrap_or_default()
+                        g.delays
+                            .get(&(self.local.clone(), (*node).clone()))
+                            .copied()
+                            .unwrap_or_default()
                     };
                     **at + delay <= now
                 });
@@ -201,7 +213,9 @@ impl Discovery for MemoryBackend {
 
     async fn register(&self) -> Result<(), DiscoveryError> {
         let mut g = self.dir.lock();
-        g.registered.entry(self.local.clone()).or_insert_with(Instant::now);
+        g.registered
+            .entry(self.local.clone())
+            .or_insert_with(Instant::now);
         Ok(())
     }
 
@@ -223,8 +237,15 @@ impl Discovery for MemoryBackend {
                     let token = g.next_token;
                     g.next_token += 1;
                     let expires = now + g.lock_lease;
-                    g.lock = Some(LockHolder { token, owner: owner.clone(), expires });
-                    return Ok(Box::new(MemoryLock { dir: self.dir.clone(), token }));
+                    g.lock = Some(LockHolder {
+                        token,
+                        owner: owner.clone(),
+                        expires,
+                    });
+                    return Ok(Box::new(MemoryLock {
+                        dir: self.dir.clone(),
+                        token,
+                    }));
                 }
             }
             if Instant::now() >= deadline {

@@ -159,7 +159,11 @@ impl Network {
 
     /// Every cluster a node has ever joined or formed.
     pub fn history(&self, node: &NodeName) -> Vec<ClusterId> {
-        self.lock().nodes.get(node).map(|s| s.joined.clone()).unwrap_or_default()
+        self.lock()
+            .nodes
+            .get(node)
+            .map(|s| s.joined.clone())
+            .unwrap_or_default()
     }
 
     /// Probes served so far.
@@ -171,7 +175,9 @@ impl Network {
     fn call_faults(&self) -> (Duration, bool) {
         let mut g = self.lock();
         let f = g.faults;
-        let ms = g.rng.range(f.min_latency.as_millis() as u64, f.max_latency.as_millis() as u64);
+        let ms = g
+            .rng
+            .range(f.min_latency.as_millis() as u64, f.max_latency.as_millis() as u64);
         let fails = g.rng.chance(f.failure_rate);
         (Duration::from_millis(ms), fails)
     }
@@ -200,7 +206,11 @@ impl Membership for MemoryMember {
         let info = {
             let mut g = self.net.lock();
             g.probes += 1;
-            let st = g.nodes.get(peer).filter(|s| s.up).ok_or_else(|| unreachable(peer, "not running"))?;
+            let st = g
+                .nodes
+                .get(peer)
+                .filter(|s| s.up)
+                .ok_or_else(|| unreachable(peer, "not running"))?;
             if fails {
                 return Err(unreachable(peer, "injected network failure"));
             }
@@ -226,11 +236,14 @@ impl Membership for MemoryMember {
     async fn form(&self) -> Result<ClusterId, MembershipError> {
         let mut g = self.net.lock();
         if let Some(c) = g.nodes.get(&self.local).and_then(|s| s.cluster.clone()) {
-            return Err(MembershipError::Invalid(format!("already a member of cluster {c}")));
+            return Err(MembershipError::Invalid(format!(
+                "already a member of cluster {c}"
+            )));
         }
         let id = ClusterId(format!("c{}", g.next_cluster));
         g.next_cluster += 1;
-        g.clusters.insert(id.clone(), BTreeSet::from([self.local.clone()]));
+        g.clusters
+            .insert(id.clone(), BTreeSet::from([self.local.clone()]));
         let st = g.nodes.entry(self.local.clone()).or_default();
         st.cluster = Some(id.clone());
         st.ready = true;
@@ -246,15 +259,29 @@ impl Membership for MemoryMember {
         }
         let id = {
             let mut g = self.net.lock();
-            let via = g.nodes.get(member).filter(|s| s.up).ok_or_else(|| unreachable(member, "not running"))?;
+            let via = g
+                .nodes
+                .get(member)
+                .filter(|s| s.up)
+                .ok_or_else(|| unreachable(member, "not running"))?;
             let id = match (&via.cluster, via.ready) {
                 (Some(c), true) => c.clone(),
-                _ => return Err(MembershipError::Refused(member.clone(), "not a ready cluster member".into())),
+                _ => {
+                    return Err(MembershipError::Refused(
+                        member.clone(),
+                        "not a ready cluster member".into(),
+                    ));
+                }
             };
             if let Some(c) = g.nodes.get(&self.local).and_then(|s| s.cluster.clone()) {
-                return Err(MembershipError::Invalid(format!("already a member of cluster {c}")));
+                return Err(MembershipError::Invalid(format!(
+                    "already a member of cluster {c}"
+                )));
             }
-            g.clusters.entry(id.clone()).or_default().insert(self.local.clone());
+            g.clusters
+                .entry(id.clone())
+                .or_default()
+                .insert(self.local.clone());
             let st = g.nodes.entry(self.local.clone()).or_default();
             st.cluster = Some(id.clone());
             st.ready = true;

@@ -115,7 +115,11 @@ impl fmt::Display for SimReport {
         for v in &self.violations {
             writeln!(f, "  - {v}")?;
         }
-        writeln!(f, "  replay: MUSTER_SIM_SEED={} cargo test -p muster-discovery-core --test simulator replay -- --nocapture", s.seed)
+        writeln!(
+            f,
+            "  replay: MUSTER_SIM_SEED={} cargo test -p muster-discovery-core --test simulator replay -- --nocapture",
+            s.seed
+        )
     }
 }
 
@@ -134,7 +138,12 @@ impl Scenario {
         let nodes: Vec<NodeName> = (0..n)
             .map(|i| format!("sim@node{i}").parse().expect("valid sim node name"))
             .collect();
-        let family = *rng.pick(&[Family::Static, Family::PreferredSeed, Family::Eventual, Family::Locking]);
+        let family = *rng.pick(&[
+            Family::Static,
+            Family::PreferredSeed,
+            Family::Eventual,
+            Family::Locking,
+        ]);
         let spread = *rng.pick(&[0, 50, 500, 2000]);
         let starts = (0..n).map(|_| ms(rng.range(0, spread))).collect();
         let crash_count = *rng.pick(&[0, 0, 1, 2]);
@@ -224,8 +233,12 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
     for (i, node) in s.nodes.iter().enumerate() {
         let (dir, net, node, cfg) = (dir.clone(), net.clone(), node.clone(), s.config.clone());
         let statuses = statuses.clone();
-        let mut events: Vec<(Duration, Duration)> =
-            s.crashes.iter().filter(|c| c.node == i).map(|c| (c.at, c.down)).collect();
+        let mut events: Vec<(Duration, Duration)> = s
+            .crashes
+            .iter()
+            .filter(|c| c.node == i)
+            .map(|c| (c.at, c.down))
+            .collect();
         events.sort();
         let first = s.starts[i];
         tasks.push(tokio::spawn(async move {
@@ -236,7 +249,10 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
                 let member = Arc::new(net.start(&node));
                 let engine = FormationEngine::new(cfg.clone(), Arc::new(dir.backend_for(&node)), member)
                     .with_rule(rule);
-                statuses.lock().expect("status map").insert(node.clone(), engine.status());
+                statuses
+                    .lock()
+                    .expect("status map")
+                    .insert(node.clone(), engine.status());
                 let crash = events.next();
                 match crash {
                     Some((at, down)) => {
@@ -294,7 +310,11 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
                 format!("{c}: [{}]", m.join(", "))
             })
             .collect();
-        violations.push(format!("split: {} clusters: {}", live_clusters.len(), detail.join("; ")));
+        violations.push(format!(
+            "split: {} clusters: {}",
+            live_clusters.len(),
+            detail.join("; ")
+        ));
     }
     if formed_at.is_none() {
         let statuses = statuses.lock().expect("status map");
@@ -303,7 +323,10 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
             .iter()
             .filter(|n| !net.is_ready(n))
             .map(|n| {
-                let detail = statuses.get(n).map(|rx| rx.borrow().detail.clone()).unwrap_or_default();
+                let detail = statuses
+                    .get(n)
+                    .map(|rx| rx.borrow().detail.clone())
+                    .unwrap_or_default();
                 format!("{n} ({detail})")
             })
             .collect();
