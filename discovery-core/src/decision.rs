@@ -413,11 +413,14 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
         }
     }
     // How many candidates must answer: all of them under a lock (the previous holder may have
-    // formed) and for lists that are not authoritative; a majority of an authoritative list.
-    let required = if lock_path || !d.authoritative {
+    // formed) and for lists that are not authoritative; the hint for a backend-chosen seed; a
+    // majority of an authoritative list.
+    let required = if lock_path {
         discovered
     } else if with_preferred {
         hint
+    } else if !d.authoritative {
+        discovered
     } else {
         majority(discovered).max(hint)
     };

@@ -23,6 +23,10 @@
 //! assert_eq!(backend.name(), "classic");
 //! ```
 
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -103,7 +103,7 @@ pub struct FormationConfig {
     /// The number of candidates a node must see (and reach) before the seed may form.
     pub target_cluster_size_hint: u32,
     /// For backends whose list is not authoritative: how long every view must be unchanged
-    /// before the seed may form. Must exceed `discovery_retry_interval + probe_timeout`.
+    /// before the seed may form. At least `2 x (discovery_retry_interval + probe_timeout)`.
     #[serde(with = "duration")]
     pub stable_margin: Duration,
     /// How long to wait for one peer's probe answer.
@@ -146,7 +146,7 @@ impl Default for FormationConfig {
             discovery_retry_limit: 60,
             on_exhausted: OnExhausted::Fail,
             target_cluster_size_hint: 1,
-            stable_margin: Duration::from_secs(3),
+            stable_margin: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(1),
             lock_acquire_timeout: Duration::from_secs(10),
             registration: RegistrationConfig::default(),
@@ -227,14 +227,14 @@ impl FormationConfig {
         )?;
         check_duration(&format!("{P}.probe_timeout"), self.probe_timeout, ms(10), s(60))?;
         check_duration(&format!("{P}.stable_margin"), self.stable_margin, ms(0), s(600))?;
-        let floor = self.discovery_retry_interval + self.probe_timeout;
+        let floor = (self.discovery_retry_interval + self.probe_timeout) * 2;
         if self.stable_margin < floor {
             return Err(ConfigError::new(
                 Some(format!("{P}.stable_margin")),
                 format!(
                     "{P}.stable_margin = \"{}\" is too short: it must be at least \
-                     discovery_retry_interval + probe_timeout = \"{}\", or a peer may not notice a \
-                     new cluster before the view settles",
+                     2 x (discovery_retry_interval + probe_timeout) = \"{}\", or a peer may not \
+                     notice a new cluster before its view settles (docs/formation.md)",
                     duration::format(self.stable_margin),
                     duration::format(floor)
                 ),

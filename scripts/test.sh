@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine: installs what the tests need, checks
+# formatting and lints, then runs the test suite once (one build, one feature set).
+#
+# Usage: scripts/test.sh            (from anywhere inside the repository)
+# Env:   MUSTER_SIM_SEEDS=N         simulator seeds (default 2000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# System packages the server-backed tests need. Backends add theirs here as they land (etcd-server,
+# dnsmasq-base, bind9, protobuf-compiler, libprotobuf-dev; moto through pip). apt-get update runs
+# once, and only when something is missing.
+APT_PACKAGES=()
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked
