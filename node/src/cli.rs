@@ -1,0 +1,161 @@
+//! The `muster` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::NodeConfig;
+use crate::ctl::CtlArgs;
+
+/// Muster: peer discovery and cluster formation — reference broker node.
+#[derive(Debug, Parser)]
+#[command(name = "muster", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Start {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Config file tools.
+    Config {
+        /// The action.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Run the configured backend's listing once (dry run) and print the candidates.
+    Discover {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control a running node.
+    Ctl(CtlArgs),
+    /// Start N nodes on loopback, show them form one cluster, and stop them.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Leave the nodes running.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// `config` actions.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate a config and print the effective settings (defaults and env overrides applied).
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn discover(config: PathBuf, json: bool) -> Result<i32, String> {
+    let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+    let backend = muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
+    let r = backend.list().await.map_err(|e| e.to_string())?;
+    if json {
+        let v = serde_json::json!({
+            "backend": backend.name(),
+            "nodes": r.nodes,
+            "authoritative": r.authoritative,
+            "preferred_seed": r.preferred_seed,
+            "recorded_cluster": r.recorded_cluster,
+        });
+        println!("{v:#}");
+    } else {
+        println!(
+            "{} backend listed {} node(s){}:",
+            backend.name(),
+            r.nodes.len(),
+            if r.authoritative { " (authoritative)" } else { "" }
+        );
+        for n in &r.nodes {
+            println!("  {n}");
+        }
+        if let Some(s) = &r.preferred_seed {
+            println!("preferred seed: {s}");
+        }
+    }
+    Ok(0)
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, String> {
+    match cli.command {
+        Command::Start { config } => {
+            let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+            crate::run::run(cfg).await.map(|()| 0)
+        }
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => {
+            let cfg = NodeConfig::load(&file).map_err(|e| e.to_string())?;
+            println!("# {} is valid. Effective settings:", file.display());
+            print!("{}", toml::to_string(&cfg.file).map_err(|e| e.to_string())?);
+            Ok(0)
+        }
+        Command::Discover { config, json } => discover(config, json).await,
+        Command::Ctl(args) => crate::ctl::run(args).await,
+        Command::Demo { nodes, keep } => {
+            let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+            crate::demo::run(&exe, nodes, keep).await
+        }
+    }
+}
+
+/// The program: parse arguments, run, exit with 0 or one line on stderr and a non-zero code.
+pub fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let code = match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(line) => {
+            eprintln!("muster: {line}");
+            1
+        }
+    };
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

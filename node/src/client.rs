@@ -1,0 +1,126 @@
+//! The peer-protocol client: one authenticated connection per call.
+
+use std::time::Duration;
+
+use muster::NodeName;
+use tokio::net::TcpStream;
+
+use crate::config::peer_address;
+use crate::cookie::Cookie;
+use crate::proto::auth::{self, AuthError};
+use crate::proto::frame::{FrameError, recv, send};
+use crate::proto::{Request, Response};
+
+/// Who the client is: the cookie, the cluster name and (for nodes) its own name.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The shared cookie.
+    pub cookie: Cookie,
+    /// The cluster name.
+    pub cluster_name: String,
+    /// The calling node, `None` for the CLI.
+    pub node: Option<NodeName>,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No TCP connection could be made.
+    #[error("cannot connect to {node} at {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        node: NodeName,
+        /// Its address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The handshake failed.
+    #[error("{node}: {source}")]
+    Auth {
+        /// The peer.
+        node: NodeName,
+        /// Why.
+        source: AuthError,
+    },
+    /// The connection broke or the answer was malformed.
+    #[error("{node}: {source}")]
+    Frame {
+        /// The peer.
+        node: NodeName,
+        /// Why.
+        source: FrameError,
+    },
+    /// No answer in time.
+    #[error("{node} did not answer within {timeout:?}")]
+    Timeout {
+        /// The peer.
+        node: NodeName,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The peer is another node than the one asked for.
+    #[error("asked {asked} but {answered} answered at that address")]
+    WrongNode {
+        /// Who was asked.
+        asked: NodeName,
+        /// Who answered.
+        answered: NodeName,
+    },
+}
+
+impl CallError {
+    /// True when the peer answered and failed authentication (as opposed to being down).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, CallError::Auth { .. })
+    }
+}
+
+/// Calls `node` once: connect, authenticate, send `req`, read the answer; all within `timeout`.
+pub async fn call(
+    creds: &Credentials,
+    node: &NodeName,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, CallError> {
+    match tokio::time::timeout(timeout, call_inner(creds, node, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Timeout {
+            node: node.clone(),
+            timeout,
+        }),
+    }
+}
+
+async fn call_inner(creds: &Credentials, node: &NodeName, req: &Request) -> Result<Response, CallError> {
+    let addr = peer_address(node);
+    let mut stream = TcpStream::connect(&addr).await.map_err(|e| CallError::Connect {
+        node: node.clone(),
+        addr: addr.clone(),
+        reason: e.to_string(),
+    })?;
+    let _ = stream.set_nodelay(true);
+    let answered = auth::client(
+        &mut stream,
+        &creds.cookie,
+        &creds.cluster_name,
+        creds.node.as_ref(),
+    )
+    .await
+    .map_err(|source| CallError::Auth {
+        node: node.clone(),
+        source,
+    })?;
+    if answered != *node {
+        return Err(CallError::WrongNode {
+            asked: node.clone(),
+            answered,
+        });
+    }
+    let frame = |source| CallError::Frame {
+        node: node.clone(),
+        source,
+    };
+    send(&mut stream, req).await.map_err(frame)?;
+    recv(&mut stream).await.map_err(frame)
+}

@@ -1,0 +1,247 @@
+//! The node's TOML config: `[node]`, optional `[http]`, and discovery-core's `[cluster_formation]`.
+//!
+//! Environment overrides (applied after the file): `MUSTER_NODE_NAME`, `MUSTER_LISTEN`,
+//! `MUSTER_DATA_DIR`, `MUSTER_COOKIE_FILE`, `MUSTER_CLUSTER_NAME`, `MUSTER_HTTP_LISTEN`; the cookie
+//! itself may come from `MUSTER_COOKIE` instead of a file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use muster::config::{ConfigError, duration, from_toml_str};
+use muster::{FormationConfig, Host, NodeName};
+use serde::{Deserialize, Serialize};
+
+/// The default peer port when a node name carries none.
+pub const DEFAULT_PORT: u16 = 4370;
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// `prefix@host[:port]`; peers reach the node at host:port (default port 4370).
+    pub name: Option<NodeName>,
+    /// Where to listen for peers (default: the name's address if it is an IP, else 0.0.0.0, on the
+    /// name's port).
+    pub listen: Option<SocketAddr>,
+    /// Where membership state is persisted.
+    pub data_dir: Option<PathBuf>,
+    /// The cookie file (mode 0600), unless `MUSTER_COOKIE` is set.
+    pub cookie_file: Option<PathBuf>,
+    /// Nodes only talk to nodes with the same cluster name.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    /// Anti-entropy period: how often membership is exchanged with one peer.
+    #[serde(default = "default_sync", with = "duration")]
+    pub sync_interval: Duration,
+}
+
+fn default_cluster_name() -> String {
+    "default".to_string()
+}
+
+fn default_sync() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of the health/status/metrics endpoints.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[http]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSection>,
+    /// `[cluster_formation]`.
+    #[serde(default)]
+    pub cluster_formation: FormationConfig,
+}
+
+/// A validated config with the required values resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The file's content after overrides (printed by `config check`).
+    pub file: NodeConfig,
+    /// The node name.
+    pub name: NodeName,
+    /// The peer listen address.
+    pub listen: SocketAddr,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The HTTP listen address.
+    pub http: Option<SocketAddr>,
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+fn parse_env<T: std::str::FromStr>(key: &str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    env(key)
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| ConfigError::new(Some(key.into()), format!("{key}={v:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// The port peers use to reach `name`.
+pub fn peer_port(name: &NodeName) -> u16 {
+    name.port().unwrap_or(DEFAULT_PORT)
+}
+
+/// The `host:port` peers use to reach `name`.
+pub fn peer_address(name: &NodeName) -> String {
+    format!("{}:{}", name.host(), peer_port(name))
+}
+
+impl NodeConfig {
+    /// Reads, applies environment overrides and validates a config file.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(None, format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::from_text(&text)
+    }
+
+    /// Same as [`NodeConfig::load`] from text.
+    pub fn from_text(text: &str) -> Result<Resolved, ConfigError> {
+        let mut file: NodeConfig = from_toml_str(text)?;
+        file.apply_env()?;
+        file.resolve()
+    }
+
+    fn apply_env(&mut self) -> Result<(), ConfigError> {
+        if let Some(v) = parse_env("MUSTER_NODE_NAME")? {
+            self.node.name = Some(v);
+        }
+        if let Some(v) = parse_env("MUSTER_LISTEN")? {
+            self.node.listen = Some(v);
+        }
+        if let Some(v) = env("MUSTER_DATA_DIR") {
+            self.node.data_dir = Some(v.into());
+        }
+        if let Some(v) = env("MUSTER_COOKIE_FILE") {
+            self.node.cookie_file = Some(v.into());
+        }
+        if let Some(v) = env("MUSTER_CLUSTER_NAME") {
+            self.node.cluster_name = v;
+        }
+        if let Some(v) = parse_env("MUSTER_HTTP_LISTEN")? {
+            self.http = Some(HttpSection { listen: Some(v) });
+        }
+        Ok(())
+    }
+
+    fn resolve(self) -> Result<Resolved, ConfigError> {
+        self.cluster_formation.validate()?;
+        let name = self.node.name.clone().ok_or_else(|| {
+            ConfigError::new(
+                Some("node.name".into()),
+                "node.name is required (or set MUSTER_NODE_NAME)",
+            )
+        })?;
+        let data_dir = self.node.data_dir.clone().ok_or_else(|| {
+            ConfigError::new(
+                Some("node.data_dir".into()),
+                "node.data_dir is required (or set MUSTER_DATA_DIR)",
+            )
+        })?;
+        let port = peer_port(&name);
+        let listen = match self.node.listen {
+            Some(l) => l,
+            None => match name.host() {
+                Host::V4(ip) => SocketAddr::from((*ip, port)),
+                Host::V6(ip) => SocketAddr::from((*ip, port)),
+                Host::Dns(_) => SocketAddr::from(([0, 0, 0, 0], port)),
+            },
+        };
+        if listen.port() != port {
+            return Err(ConfigError::new(
+                Some("node.listen".into()),
+                format!(
+                    "node.listen port {} differs from the port peers use to reach {name} ({port}); \
+                     put the port in node.name, e.g. {}@{}:{}",
+                    listen.port(),
+                    name.prefix(),
+                    name.host(),
+                    listen.port()
+                ),
+            ));
+        }
+        if self.node.cluster_name.is_empty() || self.node.cluster_name.len() > 255 {
+            return Err(ConfigError::new(
+                Some("node.cluster_name".into()),
+                "node.cluster_name must be 1-255 characters",
+            ));
+        }
+        check_duration("node.sync_interval", self.node.sync_interval)?;
+        let http = self.http.as_ref().and_then(|h| h.listen);
+        Ok(Resolved {
+            file: self,
+            name,
+            listen,
+            data_dir,
+            http,
+        })
+    }
+}
+
+fn check_duration(key: &str, d: Duration) -> Result<(), ConfigError> {
+    let (min, max) = (Duration::from_millis(100), Duration::from_secs(3600));
+    if d < min || d > max {
+        return Err(ConfigError::out_of_range(key, duration::format(d), "100ms", "1h"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_resolves_with_defaults() {
+        let r = NodeConfig::from_text("[node]\nname = \"muster@127.0.0.1:5001\"\ndata_dir = \"/tmp/x\"\n")
+            .unwrap();
+        assert_eq!(r.listen, "127.0.0.1:5001".parse().unwrap());
+        assert_eq!(r.file.node.cluster_name, "default");
+        assert_eq!(r.file.cluster_formation.peer_discovery_backend, "classic");
+        let r = NodeConfig::from_text("[node]\nname = \"muster@rpi-node1\"\ndata_dir = \"/x\"\n").unwrap();
+        assert_eq!(r.listen, "0.0.0.0:4370".parse().unwrap());
+        assert_eq!(peer_address(&r.name), "rpi-node1:4370");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = NodeConfig::from_text("[node]\ndata_dir = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.name is required"), "{e}");
+        let e = NodeConfig::from_text("[node]\nname = \"m@h\"\ndata_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.listen port 1 differs"), "{e}");
+        let e = NodeConfig::from_text("[node]\nname = \"m@h\"\ndata_dri = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `data_dir`?"), "{e}");
+        let e = NodeConfig::from_text(
+            "[node]\nname = \"m@h\"\ndata_dir = \"/x\"\n[cluster_formation]\ndiscovery_retry_limit = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("discovery_retry_limit = 0 is out of range"), "{e}");
+    }
+}

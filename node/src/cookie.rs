@@ -1,0 +1,170 @@
+//! The shared cookie: read from a file that only its owner may read, or from `MUSTER_COOKIE`.
+//! The value is never logged or printed; `Debug` shows `Cookie(<redacted>)`.
+
+use std::fmt;
+use std::path::Path;
+
+/// The shared secret every node and the CLI authenticate with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cookie(String);
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cookie(<redacted>)")
+    }
+}
+
+/// Why no cookie could be had. Messages say how to fix it and never include the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CookieError {
+    /// The file could not be read.
+    #[error("cannot read cookie file {path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Group or others may read or write the file.
+    #[error(
+        "cookie file {path} is accessible by group or others (mode {mode:o}); \
+         run: chmod 600 {path}"
+    )]
+    Permissions {
+        /// The file.
+        path: String,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// The value is empty, too long, or has characters that are not printable ASCII.
+    #[error("cookie from {source_name} is invalid: {reason} (it must be 1-255 printable ASCII characters)")]
+    Invalid {
+        /// Where it came from.
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Cookie {
+    /// Validates a cookie value; `source_name` names where it came from for the error.
+    pub fn parse(value: &str, source_name: &str) -> Result<Cookie, CookieError> {
+        let v = value.trim_end_matches(['\n', '\r']);
+        let invalid = |reason: &str| CookieError::Invalid {
+            source_name: source_name.to_string(),
+            reason: reason.to_string(),
+        };
+        if v.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if v.len() > 255 {
+            return Err(invalid("it is longer than 255 characters"));
+        }
+        if !v.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return Err(invalid("it contains a character that is not printable ASCII"));
+        }
+        Ok(Cookie(v.to_string()))
+    }
+
+    /// Reads a cookie file, refusing files that group or others can access.
+    pub fn from_file(path: &Path) -> Result<Cookie, CookieError> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| CookieError::Unreadable {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CookieError::Permissions { path: shown, mode });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| CookieError::Unreadable {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        Cookie::parse(&text, &shown)
+    }
+
+    /// The cookie from `MUSTER_COOKIE` if set, else from `file`.
+    pub fn load(file: Option<&Path>) -> Result<Cookie, CookieError> {
+        if let Ok(v) = std::env::var("MUSTER_COOKIE") {
+            return Cookie::parse(&v, "MUSTER_COOKIE");
+        }
+        match file {
+            Some(p) => Cookie::from_file(p),
+            None => Err(CookieError::Unreadable {
+                path: "(none)".into(),
+                reason: "no cookie: set [node] cookie_file, pass --cookie-file, or set MUSTER_COOKIE".into(),
+            }),
+        }
+    }
+
+    /// Writes a new random cookie to `path` with mode 0600.
+    pub fn generate(path: &Path) -> std::io::Result<Cookie> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(value.as_bytes())?;
+        f.sync_all()?;
+        Ok(Cookie(value))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn validates_length_and_characters() {
+        assert!(Cookie::parse("secret\n", "t").is_ok());
+        assert!(Cookie::parse(&"x".repeat(255), "t").is_ok());
+        for bad in ["", "\n", &"x".repeat(256), "tab\there", "naïve"] {
+            let e = Cookie::parse(bad, "t").unwrap_err().to_string();
+            assert!(e.contains("1-255 printable ASCII"), "{e}");
+        }
+    }
+
+    #[test]
+    fn refuses_group_or_world_readable_files_and_says_how_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cookie");
+        std::fs::write(&path, "secret").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Cookie::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("mode 644"), "{e}");
+        assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
+        assert!(!e.contains("secret"), "the cookie must never appear in messages");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Cookie::from_file(&path).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let c = Cookie::parse("hunter2", "t").unwrap();
+        assert_eq!(format!("{c:?}"), "Cookie(<redacted>)");
+    }
+
+    #[test]
+    fn generated_cookies_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let c = Cookie::generate(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(Cookie::from_file(&path).unwrap(), c);
+    }
+}

@@ -1,0 +1,231 @@
+//! `muster ctl`: talk to a running node over the authenticated peer protocol.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use muster::NodeName;
+
+use crate::client::{Credentials, call};
+use crate::config::NodeConfig;
+use crate::cookie::Cookie;
+use crate::proto::{NodeStatus, Request, Response};
+use crate::state::Store;
+
+/// Options shared by every `ctl` command.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The node to talk to (`prefix@host[:port]`); defaults to the node in --config.
+    #[arg(long)]
+    pub node: Option<NodeName>,
+    /// The cookie file (or set MUSTER_COOKIE); defaults to the one in --config.
+    #[arg(long)]
+    pub cookie_file: Option<PathBuf>,
+    /// The cluster name; defaults to the one in --config, else "default".
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// A node config file to take --node, --cookie-file and --cluster-name from.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    /// The command.
+    pub command: CtlCommand,
+}
+
+/// `ctl` commands (rabbitmqctl-style).
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Members, running members, cluster id and formation state.
+    ClusterStatus {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join the cluster PEER belongs to (the node must be blank: reset it first).
+    JoinCluster {
+        /// A member of the cluster to join.
+        peer: NodeName,
+    },
+    /// Remove NODE (running or stopped) from the cluster.
+    ForgetClusterNode {
+        /// The member to forget.
+        member: NodeName,
+    },
+    /// Leave the cluster and become a blank node.
+    Reset,
+    /// Boot without waiting for peers next time; with --data-dir, works on a stopped node.
+    ForceBoot {
+        /// The stopped node's data dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Exit 0 when the node process answers (liveness).
+    Ping,
+    /// Exit 0 only when the node is clustered and in sync (readiness).
+    CheckRunning,
+    /// The formation engine's state and decision trace.
+    FormationStatus {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the node gracefully.
+    Stop,
+}
+
+fn credentials(args: &CtlArgs) -> Result<(Credentials, NodeName), String> {
+    let file = match &args.config {
+        Some(p) => Some(NodeConfig::load(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let node = args
+        .node
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.name.clone()))
+        .ok_or("no node given: pass --node NODE or --config FILE")?;
+    let cookie_file = args
+        .cookie_file
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.file.node.cookie_file.clone()));
+    let cookie = Cookie::load(cookie_file.as_deref()).map_err(|e| e.to_string())?;
+    let cluster_name = args
+        .cluster_name
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.file.node.cluster_name.clone()))
+        .unwrap_or_else(|| "default".to_string());
+    Ok((
+        Credentials {
+            cookie,
+            cluster_name,
+            node: None,
+        },
+        node,
+    ))
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn list(nodes: &[NodeName]) -> String {
+    if nodes.is_empty() {
+        "(none)".to_string()
+    } else {
+        nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Prints a node status as `cluster-status` does.
+pub fn print_status(s: &NodeStatus) {
+    println!("Cluster status of node {}", s.node);
+    println!(
+        "  cluster:   {}",
+        s.cluster
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "(none: blank node)".into())
+    );
+    println!("  members:   {}", list(&s.members));
+    println!("  running:   {}", list(&s.running));
+    println!("  ready:     {}", yes(s.ready));
+    println!("  in sync:   {}", yes(s.in_sync));
+    println!("  formation: {} — {}", s.formation, s.detail);
+}
+
+/// Runs a `ctl` command; `Ok(code)` is the exit code, `Err` one line for stderr.
+pub async fn run(args: CtlArgs) -> Result<i32, String> {
+    if let CtlCommand::ForceBoot { data_dir: Some(dir) } = &args.command {
+        let store = Store::open(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        store
+            .set_force_boot(true)
+            .map_err(|e| format!("cannot write the force-boot marker: {e}"))?;
+        println!(
+            "force-boot set in {}: the node will boot without waiting for its peers",
+            dir.display()
+        );
+        return Ok(0);
+    }
+    let (creds, node) = credentials(&args)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let req = match &args.command {
+        CtlCommand::ClusterStatus { .. } | CtlCommand::CheckRunning => Request::Status,
+        CtlCommand::JoinCluster { peer } => Request::JoinCluster { peer: peer.clone() },
+        CtlCommand::ForgetClusterNode { member } => Request::Forget { node: member.clone() },
+        CtlCommand::Reset => Request::Reset,
+        CtlCommand::ForceBoot { .. } => Request::ForceBoot,
+        CtlCommand::Ping => Request::Ping,
+        CtlCommand::FormationStatus { .. } => Request::FormationStatus,
+        CtlCommand::Stop => Request::Stop,
+    };
+    let resp = call(&creds, &node, &req, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    match (&args.command, resp) {
+        (_, Response::Error { message }) => Err(format!("{node}: {message}")),
+        (CtlCommand::ClusterStatus { json }, Response::Status { status }) => {
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serializes")
+                );
+            } else {
+                print_status(&status);
+            }
+            Ok(0)
+        }
+        (CtlCommand::CheckRunning, Response::Status { status }) => {
+            if status.ready && status.in_sync {
+                println!(
+                    "{node} is running and in sync with {} members",
+                    status.members.len()
+                );
+                Ok(0)
+            } else if !status.ready {
+                Err(format!("{node} is not ready: {}", status.detail))
+            } else {
+                Err(format!(
+                    "{node} is ready but its members disagree on membership (not in sync yet)"
+                ))
+            }
+        }
+        (CtlCommand::FormationStatus { json }, Response::Formation { status }) => {
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serializes")
+                );
+            } else {
+                println!(
+                    "Formation on {node}: {:?}, attempt {} — {}",
+                    status.phase, status.attempt, status.detail
+                );
+                for t in &status.trace {
+                    println!(
+                        "  {:>8.3}s  #{:<3} {}/{} reachable  {}",
+                        t.at.as_secs_f64(),
+                        t.attempt,
+                        t.reachable,
+                        t.discovered,
+                        t.summary
+                    );
+                }
+            }
+            Ok(0)
+        }
+        (CtlCommand::Ping, Response::Pong { node }) => {
+            println!("{node} is alive");
+            Ok(0)
+        }
+        (cmd, Response::Ok) => {
+            println!(
+                "{node}: {} done",
+                format!("{cmd:?}").split([' ', '{']).next().unwrap_or("command")
+            );
+            Ok(0)
+        }
+        (_, other) => Err(format!("{node}: unexpected answer {other:?}")),
+    }
+}

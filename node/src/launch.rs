@@ -1,0 +1,318 @@
+//! Running a cluster of node processes on loopback: the demo, the multi-process tests and the
+//! formation benchmark all use this. Every process it starts is a child it owns; dropping the
+//! `LocalCluster` kills those children (and only those), by their handles.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use muster::NodeName;
+
+use crate::client::{CallError, Credentials, call};
+use crate::cookie::Cookie;
+use crate::proto::{NodeStatus, Request, Response};
+
+/// One node of a local cluster.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// Its name (`prefix@127.0.0.1:port`).
+    pub name: NodeName,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Its log file (stderr of the process).
+    pub log: PathBuf,
+    /// Its HTTP address, when enabled.
+    pub http: Option<std::net::SocketAddr>,
+    /// The running process, if any.
+    pub child: Option<Child>,
+    /// When the process was last started.
+    pub started: Option<Instant>,
+}
+
+/// How to lay out a local cluster.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Node name prefix (`demo` → `demo1@…`, `demo2@…`).
+    pub prefix: String,
+    /// Extra lines for the `[cluster_formation]` table.
+    pub formation: String,
+    /// Extra TOML appended to every config (more tables).
+    pub extra: String,
+    /// Enable the HTTP endpoints on a free port per node.
+    pub http: bool,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            nodes: 3,
+            prefix: "node".into(),
+            formation:
+                "discovery_retry_interval = \"100ms\"\nprobe_timeout = \"250ms\"\nstable_margin = \"1s\"\n"
+                    .into(),
+            extra: String::new(),
+            http: false,
+        }
+    }
+}
+
+/// Node processes sharing a cookie, each with its own config and data dir under one directory.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The binary started for each node (`muster` or a test wrapper of the same code).
+    pub exe: PathBuf,
+    /// The directory holding configs, data and logs.
+    pub dir: PathBuf,
+    /// The cookie file.
+    pub cookie_file: PathBuf,
+    /// The nodes.
+    pub nodes: Vec<LocalNode>,
+    creds: Credentials,
+    log_format: &'static str,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn toml_list(nodes: &[NodeName]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl LocalCluster {
+    /// Writes a cookie and one config per node into `dir`, each listing every node (classic).
+    pub fn create(exe: &Path, dir: &Path, layout: &Layout) -> std::io::Result<LocalCluster> {
+        std::fs::create_dir_all(dir)?;
+        let cookie_file = dir.join("cookie");
+        let cookie = Cookie::generate(&cookie_file)?;
+        let mut names = Vec::new();
+        for i in 1..=layout.nodes {
+            let name: NodeName = format!("{}{i}@127.0.0.1:{}", layout.prefix, free_port()?)
+                .parse()
+                .map_err(std::io::Error::other)?;
+            names.push(name);
+        }
+        let mut nodes = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let data_dir = dir.join(format!("data{}", i + 1));
+            let config = dir.join(format!("node{}.toml", i + 1));
+            let http = if layout.http {
+                Some(format!("127.0.0.1:{}", free_port()?).parse().expect("addr"))
+            } else {
+                None
+            };
+            let http_table = http
+                .map(|a| format!("[http]\nlisten = \"{a}\"\n\n"))
+                .unwrap_or_default();
+            let text = format!(
+                "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\ncookie_file = \"{}\"\ncluster_name = \"local\"\nsync_interval = \"500ms\"\n\n\
+                 {http_table}[cluster_formation]\npeer_discovery_backend = \"classic\"\n{}\n\
+                 [cluster_formation.classic_config]\nnodes = [{}]\n{}",
+                data_dir.display(),
+                cookie_file.display(),
+                layout.formation,
+                toml_list(&names),
+                layout.extra
+            );
+            std::fs::write(&config, text)?;
+            nodes.push(LocalNode {
+                name: name.clone(),
+                config,
+                data_dir,
+                log: dir.join(format!("node{}.log", i + 1)),
+                http,
+                child: None,
+                started: None,
+            });
+        }
+        Ok(LocalCluster {
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            cookie_file,
+            nodes,
+            creds: Credentials {
+                cookie,
+                cluster_name: "local".into(),
+                node: None,
+            },
+            log_format: "text",
+        })
+    }
+
+    /// Makes node processes log JSON.
+    pub fn json_logs(&mut self) {
+        self.log_format = "json";
+    }
+
+    /// Starts node `i` (0-based); its stderr goes to its log file (appended).
+    pub fn start(&mut self, i: usize) -> std::io::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let child = Command::new(&self.exe)
+            .args(["--log-format", self.log_format, "start", "--config"])
+            .arg(&node.config)
+            .env_remove("MUSTER_COOKIE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        node.started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Starts every node, in order, as fast as possible.
+    pub fn start_all(&mut self) -> std::io::Result<()> {
+        (0..self.nodes.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// Calls node `i`.
+    pub async fn call(&self, i: usize, req: &Request) -> Result<Response, CallError> {
+        call(&self.creds, &self.nodes[i].name, req, Duration::from_secs(5)).await
+    }
+
+    /// Node `i`'s status, if it answers.
+    pub async fn status(&self, i: usize) -> Option<NodeStatus> {
+        match self.call(i, &Request::Status).await {
+            Ok(Response::Status { status }) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Cheap readiness check: the node's own probe answer (no fan-out to its peers).
+    async fn members_if_ready(&self, i: usize) -> Option<usize> {
+        match self.call(i, &Request::Probe).await {
+            Ok(Response::Peer { info }) if info.ready => Some(info.members.len()),
+            _ => None,
+        }
+    }
+
+    /// Waits until every node in `which` is ready with `members` members; returns, per node, when
+    /// it first was. Fails with each laggard's state after `timeout`.
+    pub async fn wait_members(
+        &self,
+        which: &[usize],
+        members: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Instant>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut done: Vec<Option<Instant>> = vec![None; which.len()];
+        loop {
+            for (k, &i) in which.iter().enumerate() {
+                if done[k].is_none() && self.members_if_ready(i).await == Some(members) {
+                    done[k] = Some(Instant::now());
+                }
+            }
+            if done.iter().all(Option::is_some) {
+                return Ok(done.into_iter().flatten().collect());
+            }
+            if Instant::now() > deadline {
+                let mut lag = Vec::new();
+                for (k, &i) in which.iter().enumerate() {
+                    if done[k].is_none() {
+                        let why = match self.status(i).await {
+                            Some(s) => format!("{} members, {}", s.members.len(), s.detail),
+                            None => "not answering".into(),
+                        };
+                        lag.push(format!("{} ({why})", self.nodes[i].name));
+                    }
+                }
+                return Err(format!(
+                    "not formed with {members} members within {timeout:?}: {}",
+                    lag.join("; ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Asks node `i` to stop and waits for its process to exit (kills it after `grace`).
+    pub async fn stop(
+        &mut self,
+        i: usize,
+        grace: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let _ = self.call(i, &Request::Stop).await;
+        self.wait_exit(i, grace).await
+    }
+
+    /// Waits for node `i`'s process to exit; kills it after `grace`.
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        grace: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let Some(child) = self.nodes[i].child.as_mut() else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.nodes[i].child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                let status = child.wait()?;
+                self.nodes[i].child = None;
+                return Ok(Some(status));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Kills node `i` with SIGKILL (no graceful shutdown).
+    pub fn kill(&mut self, i: usize) -> std::io::Result<()> {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops every running node gracefully.
+    pub async fn stop_all(&mut self, grace: Duration) {
+        for i in 0..self.nodes.len() {
+            let _ = self.stop(i, grace).await;
+        }
+    }
+
+    /// Peak resident memory (VmHWM, KiB) of node `i`'s process, while it runs.
+    pub fn peak_rss_kib(&self, i: usize) -> Option<u64> {
+        let pid = self.nodes[i].child.as_ref()?.id();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        text.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// The tail of node `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! # muster-node
+//!
+//! The reference broker node that embeds Muster: an authenticated peer protocol, persisted
+//! membership that implements discovery-core's `Membership`, a rabbitmqctl-style CLI, health,
+//! status and metrics endpoints, and `muster demo`.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod cookie;
+pub mod ctl;
+pub mod demo;
+pub mod http;
+pub mod launch;
+pub mod metrics;
+pub mod node;
+pub mod proto;
+pub mod run;
+pub mod server;
+pub mod state;

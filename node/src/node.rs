@@ -1,0 +1,584 @@
+//! The node's shared state: persisted membership, readiness, the published formation view, and
+//! the handlers behind every peer request. `NodeMembership` exposes it to discovery-core's engine.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use muster::status::FormationStatus;
+use muster::{ClusterId, FormationView, Membership, MembershipError, NodeName, PeerInfo, RestartState};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::client::{CallError, Credentials, call};
+use crate::cookie::Cookie;
+use crate::metrics::Metrics;
+use crate::proto::{NodeStatus, Request, Response};
+use crate::state::{ClusterState, Persisted, Store};
+
+/// How long one peer call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Inner {
+    p: Persisted,
+    ready: bool,
+    view: Option<FormationView>,
+    removed_logged: bool,
+}
+
+/// Everything a running node shares between its server, engine and tasks.
+pub struct Node {
+    name: NodeName,
+    creds: Credentials,
+    store: Store,
+    inner: Mutex<Inner>,
+    start_ms: u64,
+    /// The node's counters.
+    pub metrics: Arc<Metrics>,
+    formation: OnceLock<watch::Receiver<FormationStatus>>,
+    stop: watch::Sender<bool>,
+    probe_timeout: Duration,
+    sync_cursor: Mutex<usize>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_id() -> ClusterId {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    ClusterId(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn state_err(e: std::io::Error) -> MembershipError {
+    MembershipError::State(e.to_string())
+}
+
+impl Node {
+    /// Opens the node's store and loads its persisted state.
+    pub fn open(
+        name: NodeName,
+        cluster_name: String,
+        cookie: Cookie,
+        store: Store,
+        probe_timeout: Duration,
+    ) -> std::io::Result<Arc<Node>> {
+        let p = store.load()?;
+        let (stop, _) = watch::channel(false);
+        Ok(Arc::new(Node {
+            creds: Credentials {
+                cookie,
+                cluster_name,
+                node: Some(name.clone()),
+            },
+            name,
+            store,
+            inner: Mutex::new(Inner {
+                p,
+                ready: false,
+                view: None,
+                removed_logged: false,
+            }),
+            start_ms: now_ms(),
+            metrics: Arc::default(),
+            formation: OnceLock::new(),
+            stop,
+            probe_timeout,
+            sync_cursor: Mutex::new(0),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("node state mutex poisoned")
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    /// The credentials for calls to peers.
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Connects the engine's status channel (once).
+    pub fn set_formation(&self, rx: watch::Receiver<FormationStatus>) {
+        let _ = self.formation.set(rx);
+    }
+
+    /// The engine's status.
+    pub fn formation(&self) -> FormationStatus {
+        self.formation
+            .get()
+            .map(|rx| rx.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// A receiver that turns true when the node should stop.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Asks the node to stop.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Ready: formation finished and the node is a current member of its cluster.
+    pub fn is_ready(&self) -> bool {
+        self.lock().ready
+    }
+
+    /// The current membership state.
+    pub fn state(&self) -> ClusterState {
+        self.lock().p.state.clone()
+    }
+
+    fn save(&self, p: &Persisted) -> Result<(), MembershipError> {
+        self.store.save(p).map_err(state_err)
+    }
+
+    /// Calls a peer, counting messages.
+    pub async fn call(&self, peer: &NodeName, req: &Request) -> Result<Response, CallError> {
+        Metrics::inc(&self.metrics.messages_sent);
+        let r = call(&self.creds, peer, req, CALL_TIMEOUT).await;
+        if r.is_ok() {
+            Metrics::inc(&self.metrics.messages_received);
+        }
+        r
+    }
+
+    /// Facts for a peer's probe.
+    pub fn peer_info(&self) -> PeerInfo {
+        let g = self.lock();
+        PeerInfo {
+            node: self.name.clone(),
+            cluster: g.p.state.cluster.clone(),
+            members: g.p.state.alive(),
+            ready: g.ready,
+            start_time_ms: self.start_ms,
+            view: g.view.clone(),
+        }
+    }
+
+    /// Applies a merged state: persists it and notices if this node was forgotten.
+    fn adopt(&self, g: &mut Inner) -> Result<(), MembershipError> {
+        if g.p.state.cluster.is_some() && !g.p.state.is_member(&self.name) && g.ready {
+            g.ready = false;
+            if !g.removed_logged {
+                g.removed_logged = true;
+                error!(
+                    node = %self.name,
+                    "this node was removed from cluster {} (forget-cluster-node); run `muster ctl reset` \
+                     and join again",
+                    g.p.state.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default()
+                );
+            }
+        }
+        self.save(&g.p)
+    }
+
+    /// Merges a state received from a peer; answers with the merged state.
+    pub fn accept_sync(&self, theirs: &ClusterState) -> Response {
+        let mut g = self.lock();
+        if g.p.state.cluster.is_none() {
+            return Response::Error {
+                message: format!("{} is not in a cluster", self.name),
+            };
+        }
+        match g.p.state.merge(theirs) {
+            Ok(changed) => {
+                if changed {
+                    if let Err(e) = self.adopt(&mut g) {
+                        return Response::Error {
+                            message: e.to_string(),
+                        };
+                    }
+                }
+                Response::State {
+                    state: g.p.state.clone(),
+                }
+            }
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// Adds a joining node to this node's cluster.
+    pub fn accept_join(self: &Arc<Self>, node: &NodeName, incarnation: u64) -> Response {
+        let state = {
+            let mut g = self.lock();
+            if g.p.state.cluster.is_none() || !g.ready {
+                return Response::Error {
+                    message: format!("{} is not a ready cluster member; try another member", self.name),
+                };
+            }
+            match g.p.state.add(node, incarnation) {
+                Ok(true) => {
+                    if let Err(e) = self.save(&g.p) {
+                        return Response::Error {
+                            message: e.to_string(),
+                        };
+                    }
+                }
+                Ok(false) => {}
+                Err(message) => return Response::Error { message },
+            }
+            g.p.state.clone()
+        };
+        Metrics::inc(&self.metrics.joins);
+        info!(node = %self.name, "{node} joined cluster {}", state.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default());
+        self.clone().broadcast();
+        Response::State { state }
+    }
+
+    /// Pushes the current state to every other member in the background.
+    pub fn broadcast(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let state = self.state();
+            let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
+            let this = &self;
+            join_all(peers.iter().map(|p| this.sync_with(p, state.clone()))).await;
+        });
+    }
+
+    /// One push-pull exchange with `peer`.
+    async fn sync_with(&self, peer: &NodeName, state: ClusterState) {
+        match self.call(peer, &Request::Sync { state }).await {
+            Ok(Response::State { state: theirs }) => {
+                let mut g = self.lock();
+                if let Ok(true) = g.p.state.merge(&theirs) {
+                    if let Err(e) = self.adopt(&mut g) {
+                        warn!(node = %self.name, "could not persist membership: {e}");
+                    }
+                }
+            }
+            Ok(Response::Error { message }) => {
+                warn!(node = %self.name, "sync with {peer} refused: {message}")
+            }
+            Ok(_) => {}
+            Err(e) if e.is_auth() => warn!(node = %self.name, "{e}"),
+            Err(_) => {}
+        }
+    }
+
+    /// Anti-entropy: exchange state with the next member in turn, every `interval`.
+    pub async fn anti_entropy(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if !self.is_ready() {
+                continue;
+            }
+            let state = self.state();
+            let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
+            if peers.is_empty() {
+                continue;
+            }
+            let peer = {
+                let mut c = self.sync_cursor.lock().expect("cursor");
+                *c = (*c + 1) % peers.len();
+                peers[*c].clone()
+            };
+            self.sync_with(&peer, state).await;
+        }
+    }
+
+    /// Membership, running members and formation summary (probes every member).
+    pub async fn status(&self) -> NodeStatus {
+        let (state, ready) = {
+            let g = self.lock();
+            (g.p.state.clone(), g.ready)
+        };
+        let members = state.alive();
+        let peers: Vec<NodeName> = members.iter().filter(|n| **n != self.name).cloned().collect();
+        let answers = join_all(peers.iter().map(|p| self.call(p, &Request::Probe))).await;
+        let mut running = Vec::new();
+        let mut in_sync = ready;
+        if ready {
+            running.push(self.name.clone());
+        }
+        for (peer, answer) in peers.iter().zip(answers) {
+            if let Ok(Response::Peer { info }) = answer {
+                if info.ready {
+                    running.push(peer.clone());
+                }
+                if info.members != members || info.cluster != state.cluster {
+                    in_sync = false;
+                }
+            }
+        }
+        running.sort();
+        self.metrics.reachable_peers.store(
+            running.iter().filter(|n| **n != self.name).count() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let f = self.formation();
+        NodeStatus {
+            node: self.name.clone(),
+            cluster: state.cluster.clone(),
+            members,
+            running,
+            ready,
+            in_sync,
+            formation: serde_json::to_value(f.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            detail: f.detail,
+            version: state.version,
+            messages_sent: Metrics::get(&self.metrics.messages_sent),
+            messages_received: Metrics::get(&self.metrics.messages_received),
+        }
+    }
+
+    /// `forget-cluster-node`: removes a member and tells the others.
+    pub fn forget_member(self: &Arc<Self>, node: &NodeName) -> Result<(), MembershipError> {
+        if *node == self.name {
+            return Err(MembershipError::Invalid(
+                "a node cannot forget itself; run `reset` on it instead".into(),
+            ));
+        }
+        {
+            let mut g = self.lock();
+            if g.p.state.cluster.is_none() {
+                return Err(MembershipError::Invalid(format!(
+                    "{} is not in a cluster",
+                    self.name
+                )));
+            }
+            if !g.p.state.remove(node) {
+                return Err(MembershipError::Invalid(format!(
+                    "{node} is not a member of this cluster"
+                )));
+            }
+            self.save(&g.p)?;
+        }
+        Metrics::inc(&self.metrics.forgotten);
+        info!(node = %self.name, "forgot member {node}");
+        self.clone().broadcast();
+        Ok(())
+    }
+
+    /// `reset`: leave the cluster (telling the members) and become a blank, idle node.
+    pub async fn reset(&self) -> Result<(), MembershipError> {
+        let state = {
+            let mut g = self.lock();
+            g.p.state.remove(&self.name);
+            g.p.state.clone()
+        };
+        let peers: Vec<NodeName> = state.alive();
+        let req = Request::Sync { state };
+        join_all(peers.iter().map(|p| self.call(p, &req))).await;
+        let mut g = self.lock();
+        g.p = Persisted::default();
+        g.ready = false;
+        g.removed_logged = false;
+        self.save(&g.p)?;
+        self.store.set_force_boot(false).map_err(state_err)?;
+        info!(node = %self.name, "reset: left the cluster; this node is blank and waits for join-cluster");
+        Ok(())
+    }
+
+    /// Records, at graceful shutdown, which members are still running.
+    pub async fn record_shutdown(&self) {
+        let members: Vec<NodeName> = self
+            .state()
+            .alive()
+            .into_iter()
+            .filter(|n| *n != self.name)
+            .collect();
+        let answers = join_all(members.iter().map(|p| self.call(p, &Request::Probe))).await;
+        let running: Vec<NodeName> = members
+            .into_iter()
+            .zip(answers)
+            .filter(|(_, a)| matches!(a, Ok(Response::Peer { info }) if info.ready))
+            .map(|(n, _)| n)
+            .collect();
+        let mut g = self.lock();
+        if g.p.state.cluster.is_none() {
+            return;
+        }
+        g.p.last_to_stop = running.is_empty();
+        g.p.running_at_shutdown = running;
+        g.ready = false;
+        if let Err(e) = self.save(&g.p) {
+            warn!(node = %self.name, "could not record shutdown state: {e}");
+        }
+        info!(
+            node = %self.name,
+            "stopping; last member to stop: {}",
+            if g.p.last_to_stop { "yes" } else { "no" }
+        );
+    }
+}
+
+/// `Membership` for the formation engine.
+#[derive(Clone)]
+pub struct NodeMembership(pub Arc<Node>);
+
+fn to_membership(peer: &NodeName, e: CallError) -> MembershipError {
+    match e {
+        CallError::Auth { .. } => MembershipError::Refused(peer.clone(), e.to_string()),
+        other => MembershipError::Unreachable(peer.clone(), other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Membership for NodeMembership {
+    fn local_node(&self) -> NodeName {
+        self.0.name.clone()
+    }
+
+    async fn probe(&self, peer: &NodeName) -> Result<PeerInfo, MembershipError> {
+        let r = tokio::time::timeout(self.0.probe_timeout, self.0.call(peer, &Request::Probe)).await;
+        match r {
+            Ok(Ok(Response::Peer { info })) => Ok(info),
+            Ok(Ok(other)) => Err(MembershipError::Refused(
+                peer.clone(),
+                format!("unexpected answer {other:?}"),
+            )),
+            Ok(Err(e)) => {
+                if e.is_auth() {
+                    warn!(node = %self.0.name, "{e}");
+                }
+                Err(to_membership(peer, e))
+            }
+            Err(_) => Err(MembershipError::Unreachable(
+                peer.clone(),
+                "probe timed out".into(),
+            )),
+        }
+    }
+
+    async fn form(&self) -> Result<ClusterId, MembershipError> {
+        let n = &self.0;
+        let mut g = n.lock();
+        if let Some(c) = &g.p.state.cluster {
+            return Err(MembershipError::Invalid(format!(
+                "already a member of cluster {c}"
+            )));
+        }
+        let id = random_id();
+        g.p.incarnation = now_ms();
+        g.p.state = ClusterState::formed(id.clone(), &n.name, g.p.incarnation);
+        n.save(&g.p)?;
+        g.ready = true;
+        Ok(id)
+    }
+
+    async fn join(&self, member: &NodeName) -> Result<ClusterId, MembershipError> {
+        let n = &self.0;
+        let incarnation = {
+            let g = n.lock();
+            if let Some(c) = &g.p.state.cluster {
+                return Err(MembershipError::Invalid(format!(
+                    "already a member of cluster {c}; run reset first"
+                )));
+            }
+            now_ms()
+        };
+        let req = Request::Join {
+            node: n.name.clone(),
+            incarnation,
+        };
+        let state = match n.call(member, &req).await.map_err(|e| to_membership(member, e))? {
+            Response::State { state } => state,
+            Response::Error { message } => return Err(MembershipError::Refused(member.clone(), message)),
+            other => {
+                return Err(MembershipError::Refused(
+                    member.clone(),
+                    format!("unexpected answer {other:?}"),
+                ));
+            }
+        };
+        let id = state
+            .cluster
+            .clone()
+            .ok_or_else(|| MembershipError::Refused(member.clone(), "answered without a cluster".into()))?;
+        {
+            let mut g = n.lock();
+            g.p.incarnation = incarnation;
+            g.p.state = state;
+            n.save(&g.p)?;
+            g.ready = true;
+        }
+        Metrics::inc(&n.metrics.joins);
+        n.clone().broadcast();
+        Ok(id)
+    }
+
+    async fn members(&self) -> Vec<NodeName> {
+        self.0.state().alive()
+    }
+
+    async fn forget(&self, node: &NodeName) -> Result<(), MembershipError> {
+        self.0.forget_member(node)
+    }
+
+    fn restart_state(&self) -> RestartState {
+        let n = &self.0;
+        let g = n.lock();
+        RestartState {
+            cluster: g.p.state.cluster.clone(),
+            known_peers: g.p.state.alive().into_iter().filter(|p| *p != n.name).collect(),
+            last_to_stop: g.p.last_to_stop,
+            force_boot: n.store.force_boot(),
+        }
+    }
+
+    async fn resume(&self, via: Option<&NodeName>) -> Result<(), MembershipError> {
+        let n = &self.0;
+        if let Some(peer) = via {
+            let state = n.state();
+            if let Ok(Response::State { state: theirs }) = n.call(peer, &Request::Sync { state }).await {
+                let mut g = n.lock();
+                if g.p
+                    .state
+                    .merge(&theirs)
+                    .map_err(|e| MembershipError::Refused(peer.clone(), e.to_string()))?
+                {
+                    n.save(&g.p)?;
+                }
+            }
+        }
+        {
+            let mut g = n.lock();
+            if !g.p.state.is_member(&n.name) {
+                return Err(MembershipError::Invalid(format!(
+                    "{} was removed from cluster {} while it was down; run `muster ctl reset` and join again",
+                    n.name,
+                    g.p.state
+                        .cluster
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default()
+                )));
+            }
+            g.p.last_to_stop = false;
+            g.p.running_at_shutdown.clear();
+            n.save(&g.p)?;
+            g.ready = true;
+        }
+        n.store.set_force_boot(false).map_err(state_err)?;
+        n.clone().broadcast();
+        Ok(())
+    }
+
+    fn publish_view(&self, view: Option<FormationView>) {
+        self.0.lock().view = view;
+    }
+}

@@ -1,0 +1,158 @@
+//! Versioned peer-protocol messages (JSON inside frames).
+
+use muster::status::FormationStatus;
+use muster::{ClusterId, NodeName, PeerInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::state::ClusterState;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// Handshake messages, in order: Hello (client), Challenge (server), Proof (client), then
+/// Welcome or Rejected (server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Handshake {
+    /// Client opens: who it is and a fresh nonce.
+    Hello {
+        /// Protocol version.
+        version: u32,
+        /// The cluster name the client belongs to.
+        cluster_name: String,
+        /// The client node (`None` for the CLI).
+        node: Option<NodeName>,
+        /// 32 random bytes, hex.
+        nonce: String,
+    },
+    /// Server answers with its own nonce and its proof over both nonces.
+    Challenge {
+        /// Protocol version.
+        version: u32,
+        /// The server node.
+        node: NodeName,
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// HMAC-SHA256 proof, hex.
+        proof: String,
+    },
+    /// Client proves it knows the cookie too.
+    Proof {
+        /// HMAC-SHA256 proof, hex.
+        proof: String,
+    },
+    /// Authenticated.
+    Welcome,
+    /// Refused, with a reason that reveals no secret.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a client asks once authenticated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness.
+    Ping,
+    /// Read-only facts for formation.
+    Probe,
+    /// Add `node` (with its incarnation) to this node's cluster.
+    Join {
+        /// The joining node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// Push-pull anti-entropy: merge this state and answer with the merged one.
+    Sync {
+        /// The sender's state.
+        state: ClusterState,
+    },
+    /// Remove a member from the cluster.
+    Forget {
+        /// The member.
+        node: NodeName,
+    },
+    /// Membership and formation summary.
+    Status,
+    /// The formation engine's status and decision trace.
+    FormationStatus,
+    /// Leave the cluster and become blank.
+    Reset,
+    /// Join the cluster that `peer` belongs to (the node must be blank).
+    JoinCluster {
+        /// A member of the target cluster.
+        peer: NodeName,
+    },
+    /// Mark the node to boot without its peers next time.
+    ForceBoot,
+    /// Stop the node gracefully.
+    Stop,
+}
+
+/// Membership and health of one node, as `cluster-status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: NodeName,
+    /// Its cluster.
+    pub cluster: Option<ClusterId>,
+    /// The members it knows.
+    pub members: Vec<NodeName>,
+    /// Members that answered a probe just now (this node included when ready).
+    pub running: Vec<NodeName>,
+    /// Formation finished and the node serves its cluster.
+    pub ready: bool,
+    /// Every running member reports the same members.
+    pub in_sync: bool,
+    /// The formation phase and what it is doing or waiting for.
+    pub formation: String,
+    /// The formation detail line.
+    pub detail: String,
+    /// The membership version.
+    pub version: u64,
+    /// Peer-protocol messages this node sent.
+    pub messages_sent: u64,
+    /// Peer-protocol messages this node received.
+    pub messages_received: u64,
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to Ping.
+    Pong {
+        /// The node that answered.
+        node: NodeName,
+    },
+    /// Answer to Probe.
+    Peer {
+        /// The facts.
+        info: PeerInfo,
+    },
+    /// A membership state (Join, Sync).
+    State {
+        /// The state.
+        state: ClusterState,
+    },
+    /// Answer to Status.
+    Status {
+        /// The status.
+        status: Box<NodeStatus>,
+    },
+    /// Answer to FormationStatus.
+    Formation {
+        /// The status.
+        status: Box<FormationStatus>,
+    },
+    /// Done.
+    Ok,
+    /// Refused or failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}

@@ -1,0 +1,87 @@
+//! Booting and stopping a node: cookie, store, listeners, formation engine, cleanup, anti-entropy.
+
+use std::sync::Arc;
+
+use muster::FormationEngine;
+use muster::cleanup::Cleanup;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::config::Resolved;
+use crate::cookie::Cookie;
+use crate::metrics::Counting;
+use crate::node::{Node, NodeMembership};
+use crate::state::Store;
+
+/// Runs a node until it is stopped (`ctl stop`, SIGTERM, SIGINT) or formation fails.
+pub async fn run(cfg: Resolved) -> Result<(), String> {
+    let cookie =
+        Cookie::load(cfg.file.node.cookie_file.as_deref()).map_err(|e| format!("refusing to start: {e}"))?;
+    let store = Store::open(&cfg.data_dir)
+        .map_err(|e| format!("cannot open data dir {}: {e}", cfg.data_dir.display()))?;
+    let cf = cfg.file.cluster_formation.clone();
+    let node = Node::open(
+        cfg.name.clone(),
+        cfg.file.node.cluster_name.clone(),
+        cookie,
+        store,
+        cf.probe_timeout,
+    )
+    .map_err(|e| format!("cannot load state from {}: {e}", cfg.data_dir.display()))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    if let Some(addr) = cfg.http {
+        let http = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+        tokio::spawn(crate::http::serve(http, node.clone()));
+        info!(node = %cfg.name, "HTTP endpoints on http://{addr}/ (health/live, health/ready, status, metrics)");
+    }
+    let backend = muster::build_backend(&cf, &cfg.name).map_err(|e| e.to_string())?;
+    let backend: Arc<dyn muster::Discovery> = Arc::new(Counting::new(backend, node.metrics.clone()));
+    let membership = Arc::new(NodeMembership(node.clone()));
+    let engine = FormationEngine::new(cf.clone(), backend.clone(), membership.clone());
+    node.set_formation(engine.status());
+    tokio::spawn(crate::server::serve(listener, node.clone()));
+    tokio::spawn(node.clone().anti_entropy(cfg.file.node.sync_interval));
+    info!(
+        node = %cfg.name,
+        "listening for peers on {} (cluster name {:?}, backend {})",
+        cfg.listen,
+        cfg.file.node.cluster_name,
+        backend.name()
+    );
+
+    let mut stop = node.stop_signal();
+    let stopped = async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+    };
+    tokio::pin!(stopped);
+    tokio::select! {
+        result = engine.run() => match result {
+            Ok(_) => {
+                let cleanup = Cleanup::new(cf.node_cleanup.clone(), cf.probe_timeout, backend.clone(), membership.clone());
+                // Forgotten members are counted by the node itself (forget_member).
+                tokio::spawn(cleanup.run(|_| {}));
+                (&mut stopped).await;
+            }
+            Err(e) => {
+                error!(node = %cfg.name, "{e}");
+                engine.shutdown().await;
+                return Err(e.to_string());
+            }
+        },
+        _ = &mut stopped => {}
+    }
+    node.record_shutdown().await;
+    engine.shutdown().await;
+    info!(node = %cfg.name, "stopped");
+    Ok(())
+}

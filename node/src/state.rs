@@ -1,0 +1,310 @@
+//! Membership state, its merge rule, and its atomic persistence in the data dir.
+//!
+//! Each member entry carries an incarnation and a removed flag. Merging takes, per node, the entry
+//! with the higher incarnation, and at equal incarnations a removal wins ("adds minus removes",
+//! keyed by node and incarnation). So concurrent joins through different members never lose a
+//! member, a forget is never undone by an old copy, and a reset node (new incarnation) can rejoin.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use muster::{ClusterId, NodeName};
+use serde::{Deserialize, Serialize};
+
+/// One member's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Bumped when the node resets and rejoins.
+    pub incarnation: u64,
+    /// Forgotten.
+    pub removed: bool,
+}
+
+/// A cluster's membership as one node knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The cluster, `None` when blank.
+    pub cluster: Option<ClusterId>,
+    /// Every node ever added, with removals kept as tombstones.
+    pub members: BTreeMap<NodeName, Member>,
+    /// Increases with every change this node makes or merges.
+    pub version: u64,
+}
+
+/// Merging states of two different clusters is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state belongs to cluster {theirs}, this node is in cluster {ours}")]
+pub struct ForeignCluster {
+    /// This node's cluster.
+    pub ours: ClusterId,
+    /// The other state's cluster.
+    pub theirs: ClusterId,
+}
+
+impl ClusterState {
+    /// A new cluster with one member.
+    pub fn formed(cluster: ClusterId, node: &NodeName, incarnation: u64) -> Self {
+        ClusterState {
+            cluster: Some(cluster),
+            members: BTreeMap::from([(
+                node.clone(),
+                Member {
+                    incarnation,
+                    removed: false,
+                },
+            )]),
+            version: 1,
+        }
+    }
+
+    /// The members that are not removed.
+    pub fn alive(&self) -> Vec<NodeName> {
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.removed)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Whether `node` is a current member.
+    pub fn is_member(&self, node: &NodeName) -> bool {
+        self.members.get(node).is_some_and(|m| !m.removed)
+    }
+
+    /// Adds or re-adds `node` at `incarnation`; refused if it was removed at that incarnation or
+    /// later. Returns whether anything changed.
+    pub fn add(&mut self, node: &NodeName, incarnation: u64) -> Result<bool, String> {
+        match self.members.get(node) {
+            Some(m) if m.removed && m.incarnation >= incarnation => Err(format!(
+                "{node} was removed from cluster {}; reset it before it rejoins",
+                self.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default()
+            )),
+            Some(m) if !m.removed && m.incarnation >= incarnation => Ok(false),
+            _ => {
+                self.members.insert(
+                    node.clone(),
+                    Member {
+                        incarnation,
+                        removed: false,
+                    },
+                );
+                self.version += 1;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Marks `node` removed at its current incarnation. Returns whether anything changed.
+    pub fn remove(&mut self, node: &NodeName) -> bool {
+        match self.members.get_mut(node) {
+            Some(m) if !m.removed => {
+                m.removed = true;
+                self.version += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Merges another copy of the same cluster's state. Returns whether this state changed.
+    pub fn merge(&mut self, other: &ClusterState) -> Result<bool, ForeignCluster> {
+        match (&self.cluster, &other.cluster) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ForeignCluster {
+                    ours: a.clone(),
+                    theirs: b.clone(),
+                });
+            }
+            (None, Some(b)) => self.cluster = Some(b.clone()),
+            _ => {}
+        }
+        let mut changed = false;
+        for (node, theirs) in &other.members {
+            let wins = match self.members.get(node) {
+                None => true,
+                Some(mine) => {
+                    theirs.incarnation > mine.incarnation
+                        || (theirs.incarnation == mine.incarnation && theirs.removed && !mine.removed)
+                }
+            };
+            if wins {
+                self.members.insert(node.clone(), *theirs);
+                changed = true;
+            }
+        }
+        self.version = self.version.max(other.version) + u64::from(changed);
+        Ok(changed)
+    }
+}
+
+/// Everything a node persists.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Persisted {
+    /// The membership.
+    pub state: ClusterState,
+    /// This node's incarnation (set when it forms or joins; a reset picks a new one).
+    pub incarnation: u64,
+    /// Members that were running when this node last stopped gracefully.
+    pub running_at_shutdown: Vec<NodeName>,
+    /// No other member was running when this node stopped.
+    pub last_to_stop: bool,
+}
+
+const STATE_FILE: &str = "state.json";
+const FORCE_BOOT_FILE: &str = "force_boot";
+
+/// The data dir: atomic state writes and the force-boot marker.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// A store in `dir`, creating it (mode 0700) if needed.
+    pub fn open(dir: &Path) -> std::io::Result<Store> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads the persisted state; a missing file is a blank node.
+    pub fn load(&self) -> std::io::Result<Persisted> {
+        let path = self.dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::other(format!(
+                    "{} is corrupt: {e}; restore it or reset the node",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
+    pub fn save(&self, p: &Persisted) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.dir.join(STATE_FILE))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// Whether the force-boot marker is set.
+    pub fn force_boot(&self) -> bool {
+        self.dir.join(FORCE_BOOT_FILE).exists()
+    }
+
+    /// Sets or clears the force-boot marker.
+    pub fn set_force_boot(&self, on: bool) -> std::io::Result<()> {
+        let path = self.dir.join(FORCE_BOOT_FILE);
+        if on {
+            std::fs::write(&path, b"force boot at next start\n")
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeName {
+        format!("m@{s}").parse().unwrap()
+    }
+
+    fn c() -> ClusterId {
+        ClusterId("c1".into())
+    }
+
+    #[test]
+    fn concurrent_joins_through_different_members_are_both_kept() {
+        let base = ClusterState::formed(c(), &n("a"), 1);
+        let mut x = base.clone();
+        let mut y = base.clone();
+        x.add(&n("b"), 5).unwrap();
+        y.add(&n("c"), 7).unwrap();
+        let mut x2 = x.clone();
+        x2.merge(&y).unwrap();
+        y.merge(&x).unwrap();
+        assert_eq!(x2.alive(), vec![n("a"), n("b"), n("c")]);
+        assert_eq!(y.alive(), x2.alive());
+    }
+
+    #[test]
+    fn a_removal_wins_at_equal_incarnation_and_is_not_undone_by_an_old_copy() {
+        let mut s = ClusterState::formed(c(), &n("a"), 1);
+        s.add(&n("b"), 5).unwrap();
+        let old = s.clone();
+        s.remove(&n("b"));
+        assert!(!s.merge(&old).unwrap());
+        assert_eq!(s.alive(), vec![n("a")]);
+        let mut o = old.clone();
+        o.merge(&s).unwrap();
+        assert_eq!(o.alive(), vec![n("a")]);
+        assert!(s.add(&n("b"), 5).unwrap_err().contains("reset it"));
+        assert!(
+            s.add(&n("b"), 6).unwrap(),
+            "a reset node (new incarnation) may rejoin"
+        );
+    }
+
+    #[test]
+    fn merge_refuses_another_cluster_and_is_idempotent() {
+        let mut a = ClusterState::formed(c(), &n("a"), 1);
+        let b = ClusterState::formed(ClusterId("c2".into()), &n("b"), 1);
+        assert!(a.merge(&b).is_err());
+        let copy = a.clone();
+        assert!(!a.merge(&copy).unwrap());
+        assert_eq!(a, copy);
+    }
+
+    #[test]
+    fn store_round_trips_atomically_and_keeps_the_marker_separately() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        assert_eq!(store.load().unwrap(), Persisted::default());
+        let p = Persisted {
+            state: ClusterState::formed(c(), &n("a"), 9),
+            incarnation: 9,
+            ..Persisted::default()
+        };
+        store.save(&p).unwrap();
+        assert_eq!(store.load().unwrap(), p);
+        assert!(!dir.path().join("data/state.json.tmp").exists());
+        assert!(!store.force_boot());
+        store.set_force_boot(true).unwrap();
+        assert!(store.force_boot());
+        store.set_force_boot(false).unwrap();
+        store.set_force_boot(false).unwrap();
+        assert!(!store.force_boot());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
+        assert!(store.load().unwrap_err().to_string().contains("is corrupt"));
+    }
+}
