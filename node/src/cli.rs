@@ -53,7 +53,7 @@ pub enum Command {
         json: bool,
     },
     /// Control a running node.
-    Ctl(CtlArgs),
+    Ctl(Box<CtlArgs>),
     /// Start N nodes on loopback, show them form one cluster, and stop them.
     Demo {
         /// How many nodes.
@@ -132,7 +132,7 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             Ok(0)
         }
         Command::Discover { config, json } => discover(config, json).await,
-        Command::Ctl(args) => crate::ctl::run(args).await,
+        Command::Ctl(args) => crate::ctl::run(*args).await,
         Command::Demo { nodes, keep } => {
             let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
             crate::demo::run(&exe, nodes, keep).await

@@ -75,8 +75,42 @@ pub struct LocalCluster {
     log_format: &'static str,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Hands out distinct free loopback ports below the kernel's ephemeral range, so that outgoing
+/// connections (which take ephemeral ports) can never grab a port before its node binds it.
+struct Ports {
+    next: u16,
+    lo: u16,
+    hi: u16,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u16>().ok()))
+            .unwrap_or(32768);
+        let hi = ephemeral_lo.max(11_000);
+        let lo = hi.saturating_sub(20_000).max(10_000);
+        let mut r = [0u8; 2];
+        let _ = getrandom::fill(&mut r);
+        let next = lo + u16::from_le_bytes(r) % (hi - lo);
+        Ports { next, lo, hi }
+    }
+
+    fn take(&mut self) -> std::io::Result<u16> {
+        for _ in 0..(self.hi - self.lo) {
+            let port = self.next;
+            self.next = if self.next + 1 >= self.hi {
+                self.lo
+            } else {
+                self.next + 1
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+        Err(std::io::Error::other("no free port below the ephemeral range"))
+    }
 }
 
 fn toml_list(nodes: &[NodeName]) -> String {
@@ -93,9 +127,10 @@ impl LocalCluster {
         std::fs::create_dir_all(dir)?;
         let cookie_file = dir.join("cookie");
         let cookie = Cookie::generate(&cookie_file)?;
+        let mut ports = Ports::new();
         let mut names = Vec::new();
         for i in 1..=layout.nodes {
-            let name: NodeName = format!("{}{i}@127.0.0.1:{}", layout.prefix, free_port()?)
+            let name: NodeName = format!("{}{i}@127.0.0.1:{}", layout.prefix, ports.take()?)
                 .parse()
                 .map_err(std::io::Error::other)?;
             names.push(name);
@@ -105,7 +140,7 @@ impl LocalCluster {
             let data_dir = dir.join(format!("data{}", i + 1));
             let config = dir.join(format!("node{}.toml", i + 1));
             let http = if layout.http {
-                Some(format!("127.0.0.1:{}", free_port()?).parse().expect("addr"))
+                Some(format!("127.0.0.1:{}", ports.take()?).parse().expect("addr"))
             } else {
                 None
             };

@@ -199,12 +199,10 @@ impl Node {
         }
         match g.p.state.merge(theirs) {
             Ok(changed) => {
-                if changed {
-                    if let Err(e) = self.adopt(&mut g) {
-                        return Response::Error {
-                            message: e.to_string(),
-                        };
-                    }
+                if changed && let Err(e) = self.adopt(&mut g) {
+                    return Response::Error {
+                        message: e.to_string(),
+                    };
                 }
                 Response::State {
                     state: g.p.state.clone(),
@@ -259,10 +257,10 @@ impl Node {
         match self.call(peer, &Request::Sync { state }).await {
             Ok(Response::State { state: theirs }) => {
                 let mut g = self.lock();
-                if let Ok(true) = g.p.state.merge(&theirs) {
-                    if let Err(e) = self.adopt(&mut g) {
-                        warn!(node = %self.name, "could not persist membership: {e}");
-                    }
+                if let Ok(true) = g.p.state.merge(&theirs)
+                    && let Err(e) = self.adopt(&mut g)
+                {
+                    warn!(node = %self.name, "could not persist membership: {e}");
                 }
             }
             Ok(Response::Error { message }) => {

@@ -40,8 +40,9 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let creds = node.credentials();
     let hs = auth::server(&mut stream, &creds.cookie, &creds.cluster_name, node.name());
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
-        Ok(Ok(_)) => {}
+    // Only node-to-node traffic counts as peer messages (the CLI's calls do not).
+    let from_peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
+        Ok(Ok(client)) => client.is_some(),
         Ok(Err(AuthError::BadProof)) => {
             Metrics::inc(&node.metrics.auth_failures);
             warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused");
@@ -59,7 +60,7 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream, addr: SocketAddr) {
             debug!(node = %node.name(), "handshake with {addr} timed out");
             return;
         }
-    }
+    };
     loop {
         let req: Request = match tokio::time::timeout(IDLE_TIMEOUT, recv(&mut stream)).await {
             Ok(Ok(r)) => r,
@@ -69,10 +70,14 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream, addr: SocketAddr) {
                 return;
             }
         };
-        Metrics::inc(&node.metrics.messages_received);
+        if from_peer {
+            Metrics::inc(&node.metrics.messages_received);
+        }
         let stop = matches!(req, Request::Stop);
         let resp = dispatch(&node, req).await;
-        Metrics::inc(&node.metrics.messages_sent);
+        if from_peer {
+            Metrics::inc(&node.metrics.messages_sent);
+        }
         if send(&mut stream, &resp).await.is_err() {
             return;
         }

@@ -1,1 +1,74 @@
+//! Helpers for Muster's integration tests: local clusters of real node processes and the CLI.
 
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub use muster_node::launch::{Layout, LocalCluster};
+
+/// The node binary these tests run (the `muster` CLI); expands in the integration test, where
+/// cargo defines `CARGO_BIN_EXE_muster-test-node`.
+#[macro_export]
+macro_rules! node_exe {
+    () => {
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_muster-test-node"))
+    };
+}
+
+/// A local cluster of `exe` processes in a fresh temp dir (removed when the guard drops).
+pub fn local_cluster_of(exe: &Path, layout: &Layout) -> (tempfile::TempDir, LocalCluster) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let cluster = LocalCluster::create(exe, dir.path(), layout).expect("cluster files");
+    (dir, cluster)
+}
+
+/// Runs `muster ctl --node <node i> --cookie-file <cookie> --cluster-name local <args>`.
+pub fn ctl(cluster: &LocalCluster, i: usize, args: &[&str]) -> Output {
+    ctl_with_cookie(cluster, i, &cluster.cookie_file, args)
+}
+
+/// Same as [`ctl`] with another cookie file.
+pub fn ctl_with_cookie(cluster: &LocalCluster, i: usize, cookie: &Path, args: &[&str]) -> Output {
+    Command::new(&cluster.exe)
+        .args([
+            "ctl",
+            "--node",
+            cluster.nodes[i].name.as_str(),
+            "--cluster-name",
+            "local",
+            "--cookie-file",
+        ])
+        .arg(cookie)
+        .args(args)
+        .env_remove("MUSTER_COOKIE")
+        .output()
+        .expect("the muster binary runs")
+}
+
+/// stdout and stderr as text, for assertions.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cluster-status --json` of node i, parsed.
+pub fn cluster_status(cluster: &LocalCluster, i: usize) -> serde_json::Value {
+    let out = ctl(cluster, i, &["cluster-status", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "cluster-status on node {i} failed: {stderr}"
+    );
+    serde_json::from_str(&stdout).expect("cluster-status --json prints JSON")
+}
+
+/// The member names in a `cluster-status --json` value.
+pub fn members(status: &serde_json::Value) -> Vec<String> {
+    status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}

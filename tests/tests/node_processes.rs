@@ -1,0 +1,284 @@
+//! Real `muster` node processes on loopback: parallel formation, restarts, forget/reset/join,
+//! authentication, hostile bytes, and cleanup.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use muster_tests::{
+    Layout, LocalCluster, cluster_status, ctl, ctl_with_cookie, local_cluster_of, members, node_exe, text,
+};
+
+fn local_cluster(layout: &Layout) -> (tempfile::TempDir, LocalCluster) {
+    local_cluster_of(&node_exe!(), layout)
+}
+
+const FORM: Duration = Duration::from_secs(20);
+const GRACE: Duration = Duration::from_secs(5);
+
+fn layout(nodes: usize, extra: &str) -> Layout {
+    Layout {
+        nodes,
+        extra: extra.to_string(),
+        ..Layout::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_started_at_once_form_one_cluster_twenty_times() {
+    for round in 1..=20 {
+        let (_dir, mut c) = local_cluster(&layout(5, ""));
+        c.start_all().unwrap();
+        let all: Vec<usize> = (0..5).collect();
+        if let Err(e) = c.wait_members(&all, 5, FORM).await {
+            panic!("round {round}: {e}\n{}", c.log_tail(0, 20));
+        }
+        let expected: Vec<String> = c.nodes.iter().map(|n| n.name.to_string()).collect::<Vec<_>>();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
+        let mut clusters = std::collections::BTreeSet::new();
+        for i in 0..5 {
+            let s = cluster_status(&c, i);
+            assert_eq!(members(&s), expected_sorted, "round {round}, node {i}");
+            clusters.insert(s["cluster"].as_str().unwrap().to_string());
+        }
+        assert_eq!(
+            clusters.len(),
+            1,
+            "round {round}: every node reports the same cluster"
+        );
+        c.stop_all(GRACE).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_full_stop_nodes_started_in_reverse_order_all_rejoin() {
+    let (_dir, mut c) = local_cluster(&layout(5, ""));
+    c.start_all().unwrap();
+    let all: Vec<usize> = (0..5).collect();
+    c.wait_members(&all, 5, FORM).await.unwrap();
+    let cluster = cluster_status(&c, 0)["cluster"].clone();
+    for i in 0..5 {
+        c.stop(i, GRACE).await.unwrap();
+    }
+    // Node 5 stopped last; start the others first, in reverse order, then node 5 last.
+    for i in (0..5).rev() {
+        c.start(i).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    c.wait_members(&all, 5, FORM).await.unwrap();
+    for i in 0..5 {
+        let s = cluster_status(&c, i);
+        assert_eq!(s["cluster"], cluster, "node {i} rejoined the same cluster");
+        assert_eq!(s["running"].as_array().unwrap().len(), 5, "node {i}: {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_returns_fails_the_restart_by_name_and_force_boot_starts_it() {
+    let extra = "[cluster_formation.restart]\nretry_limit = 2\nretry_timeout = \"1s\"\n";
+    let (_dir, mut c) = local_cluster(&layout(3, extra));
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    for i in 0..3 {
+        c.stop(i, GRACE).await.unwrap();
+    }
+    // Node 1 stopped first and is not the last to stop: it must wait for the others.
+    c.start(0).unwrap();
+    let started = Instant::now();
+    let status = c
+        .wait_exit(0, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .expect("it ran");
+    let waited = started.elapsed();
+    assert!(!status.success(), "the waiting node exits with an error");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let log = c.log_tail(0, 5);
+    for peer in [&c.nodes[1].name, &c.nodes[2].name] {
+        assert!(log.contains(peer.as_str()), "the error names {peer}:\n{log}");
+    }
+    assert!(log.contains("force-boot"), "the error names force-boot:\n{log}");
+
+    let data_dir = c.nodes[0].data_dir.to_str().unwrap().to_string();
+    let out = ctl(&c, 0, &["force-boot", "--data-dir", &data_dir]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    c.start(0).unwrap();
+    c.wait_members(&[0], 3, FORM).await.unwrap();
+    let s = cluster_status(&c, 0);
+    assert_eq!(s["ready"], true);
+    assert_eq!(s["running"].as_array().unwrap().len(), 1, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_a_stopped_node_then_reset_and_join_again() {
+    let (_dir, mut c) = local_cluster(&layout(3, ""));
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    c.stop(2, GRACE).await.unwrap();
+    let gone = c.nodes[2].name.to_string();
+    let out = ctl(&c, 0, &["forget-cluster-node", &gone]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    c.wait_members(&[0, 1], 2, FORM).await.unwrap();
+    assert!(!members(&cluster_status(&c, 1)).contains(&gone));
+
+    let out = ctl(&c, 1, &["reset"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        cluster_status(&c, 1)["cluster"].is_null(),
+        "reset leaves a blank node"
+    );
+    c.wait_members(&[0], 1, FORM).await.unwrap();
+
+    let seed = c.nodes[0].name.to_string();
+    let out = ctl(&c, 1, &["join-cluster", &seed]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    c.wait_members(&[0, 1], 2, FORM).await.unwrap();
+    assert_eq!(cluster_status(&c, 0)["cluster"], cluster_status(&c, 1)["cluster"]);
+    let out = ctl(&c, 1, &["check-running"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_cookie_is_rejected_on_both_sides_without_revealing_it() {
+    let (dir, mut c) = local_cluster(&layout(1, ""));
+    c.start_all().unwrap();
+    c.wait_members(&[0], 1, FORM).await.unwrap();
+    let wrong = dir.path().join("wrong-cookie");
+    muster_node::cookie::Cookie::generate(&wrong).unwrap();
+    let out = ctl_with_cookie(&c, 0, &wrong, &["ping"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("authentication failed (cookie mismatch?)"),
+        "{stderr}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = c.log_tail(0, 50);
+    assert!(log.contains("authentication failed (cookie mismatch?)"), "{log}");
+    let cookie = std::fs::read_to_string(&c.cookie_file).unwrap();
+    let wrong_value = std::fs::read_to_string(&wrong).unwrap();
+    assert!(!log.contains(&cookie) && !log.contains(&wrong_value) && !stderr.contains(&wrong_value));
+    assert!(
+        ctl(&c, 0, &["ping"]).status.success(),
+        "the right cookie still works"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_file_readable_by_others_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, mut c) = local_cluster(&layout(1, ""));
+    std::fs::set_permissions(&c.cookie_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    c.start(0).unwrap();
+    let status = c.wait_exit(0, Duration::from_secs(10)).await.unwrap().unwrap();
+    assert!(!status.success());
+    let log = c.log_tail(0, 5);
+    assert!(log.contains("refusing to start"), "{log}");
+    assert!(
+        log.contains(&format!("chmod 600 {}", c.cookie_file.display())),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_huge_and_truncated_frames_do_not_hurt_the_node() {
+    let (_dir, mut c) = local_cluster(&layout(1, ""));
+    c.start_all().unwrap();
+    c.wait_members(&[0], 1, FORM).await.unwrap();
+    let addr = format!("127.0.0.1:{}", c.nodes[0].name.port().unwrap());
+    // A stalled connection that sent half a frame stays open during the rest.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled.write_all(&100u32.to_be_bytes()).unwrap();
+    stalled.write_all(b"{\"type\":").unwrap();
+    let mut seed = 0x1234_5678_u64;
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let bytes: Vec<u8> = (0..512)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = s.write_all(&bytes);
+    }
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    huge.write_all(&(2u32 << 30).to_be_bytes()).unwrap();
+    let mut truncated = TcpStream::connect(&addr).unwrap();
+    truncated.write_all(&64u32.to_be_bytes()).unwrap();
+    truncated.write_all(b"{\"type\":\"hello\"").unwrap();
+    drop(truncated);
+    for _ in 0..3 {
+        let out = ctl(&c, 0, &["ping"]);
+        assert!(out.status.success(), "{}", text(&out).1);
+        assert_eq!(members(&cluster_status(&c, 0)).len(), 1);
+    }
+    drop(stalled);
+    drop(huge);
+    let out = ctl(&c, 0, &["check-running"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+fn cleanup_layout() -> Layout {
+    layout(
+        3,
+        "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n",
+    )
+}
+
+/// Rewrites node i's classic list to `keep` (indices) and restarts it (rolling).
+async fn relist_and_restart(c: &mut LocalCluster, i: usize, keep: &[usize]) {
+    let list = keep
+        .iter()
+        .map(|k| format!("\"{}\"", c.nodes[*k].name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
+    let start = text.find("nodes = [").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    let new = format!("{}nodes = [{list}]{}", &text[..start], &text[end..]);
+    std::fs::write(&c.nodes[i].config, new).unwrap();
+    c.stop(i, GRACE).await.unwrap();
+    c.start(i).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_forgets_a_stopped_unlisted_member_within_interval_times_absences() {
+    let (_dir, mut c) = local_cluster(&cleanup_layout());
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    c.stop(2, GRACE).await.unwrap();
+    relist_and_restart(&mut c, 1, &[0, 1]).await;
+    relist_and_restart(&mut c, 0, &[0, 1]).await;
+    let restarted = Instant::now();
+    // interval 1 s x 2 absences, plus formation and one propagation.
+    c.wait_members(&[0, 1], 2, Duration::from_secs(8)).await.unwrap();
+    let took = restarted.elapsed();
+    assert!(took <= Duration::from_secs(5), "forgotten after {took:?}");
+    let gone = c.nodes[2].name.to_string();
+    assert!(!members(&cluster_status(&c, 0)).contains(&gone));
+    assert!(c.log_tail(0, 50).contains(&format!("forgot member {gone}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_never_forgets_a_running_member_even_when_unlisted() {
+    let (_dir, mut c) = local_cluster(&cleanup_layout());
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    relist_and_restart(&mut c, 1, &[0, 1]).await;
+    relist_and_restart(&mut c, 0, &[0, 1]).await;
+    c.wait_members(&[0, 1], 3, FORM).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await; // five cleanup intervals
+    for i in 0..3 {
+        assert_eq!(
+            members(&cluster_status(&c, i)).len(),
+            3,
+            "node {i} kept every running member"
+        );
+    }
+}
