@@ -103,9 +103,7 @@ impl Cookie {
     pub fn generate(path: &Path) -> std::io::Result<Cookie> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut bytes = [0u8; 24];
-        getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let value = crate::random::hex(24);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

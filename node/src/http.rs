@@ -14,11 +14,15 @@ const MAX_HEAD: usize = 8192;
 /// Serves HTTP forever.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     loop {
-        if let Ok((stream, _)) = listener.accept().await {
-            let node = node.clone();
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, node)).await;
-            });
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, node)).await;
+                });
+            }
+            // Out of file descriptors or similar: pause instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }

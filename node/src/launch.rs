@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::ops::ControlFlow;
+
 use muster::NodeName;
+use muster::retry::{Retry, RetryError};
 
 use crate::client::{CallError, Credentials, call};
 use crate::cookie::Cookie;
@@ -58,6 +61,11 @@ impl Default for Layout {
             http: false,
         }
     }
+}
+
+/// Polls every 10 ms until `timeout`, with the core's retry mechanism.
+fn poll(timeout: Duration) -> Retry {
+    Retry::every(Duration::from_millis(10)).within(timeout)
 }
 
 /// Node processes sharing a cookie, each with its own config and data dir under one directory.
@@ -241,35 +249,41 @@ impl LocalCluster {
         members: usize,
         timeout: Duration,
     ) -> Result<Vec<Instant>, String> {
-        let deadline = Instant::now() + timeout;
-        let mut done: Vec<Option<Instant>> = vec![None; which.len()];
-        loop {
-            for (k, &i) in which.iter().enumerate() {
-                if done[k].is_none() && self.members_if_ready(i).await == Some(members) {
-                    done[k] = Some(Instant::now());
-                }
-            }
-            if done.iter().all(Option::is_some) {
-                return Ok(done.into_iter().flatten().collect());
-            }
-            if Instant::now() > deadline {
-                let mut lag = Vec::new();
+        let done = std::sync::Mutex::new(vec![None::<Instant>; which.len()]);
+        let polled = poll(timeout)
+            .run(|_| async {
                 for (k, &i) in which.iter().enumerate() {
-                    if done[k].is_none() {
-                        let why = match self.status(i).await {
-                            Some(s) => format!("{} members, {}", s.members.len(), s.detail),
-                            None => "not answering".into(),
-                        };
-                        lag.push(format!("{} ({why})", self.nodes[i].name));
+                    let pending = done.lock().expect("poll state")[k].is_none();
+                    if pending && self.members_if_ready(i).await == Some(members) {
+                        done.lock().expect("poll state")[k] = Some(Instant::now());
                     }
                 }
-                return Err(format!(
-                    "not formed with {members} members within {timeout:?}: {}",
-                    lag.join("; ")
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+                let done = done.lock().expect("poll state");
+                if done.iter().all(Option::is_some) {
+                    ControlFlow::Break(Ok::<_, ()>(done.iter().flatten().copied().collect()))
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .await;
+        if let Ok(times) = polled {
+            return Ok(times);
         }
+        let done = done.into_inner().expect("poll state");
+        let mut lag = Vec::new();
+        for (k, &i) in which.iter().enumerate() {
+            if done[k].is_none() {
+                let why = match self.status(i).await {
+                    Some(s) => format!("{} members, {}", s.members.len(), s.detail),
+                    None => "not answering".into(),
+                };
+                lag.push(format!("{} ({why})", self.nodes[i].name));
+            }
+        }
+        Err(format!(
+            "not formed with {members} members within {timeout:?}: {}",
+            lag.join("; ")
+        ))
     }
 
     /// Asks node `i` to stop and waits for its process to exit (kills it after `grace`).
@@ -288,22 +302,32 @@ impl LocalCluster {
         i: usize,
         grace: Duration,
     ) -> std::io::Result<Option<std::process::ExitStatus>> {
-        let Some(child) = self.nodes[i].child.as_mut() else {
+        let Some(mut child) = self.nodes[i].child.take() else {
             return Ok(None);
         };
-        let deadline = Instant::now() + grace;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.nodes[i].child = None;
-                return Ok(Some(status));
+        let exited = poll(grace)
+            .run(|_| {
+                let status = child.try_wait();
+                async move {
+                    match status {
+                        Ok(Some(s)) => ControlFlow::Break(Ok(s)),
+                        Ok(None) => ControlFlow::Continue(()),
+                        Err(e) => ControlFlow::Break(Err(e)),
+                    }
+                }
+            })
+            .await;
+        match exited {
+            Ok(status) => Ok(Some(status)),
+            Err(RetryError::Stopped(e)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
             }
-            if Instant::now() > deadline {
+            Err(RetryError::Exhausted { .. }) => {
                 child.kill()?;
-                let status = child.wait()?;
-                self.nodes[i].child = None;
-                return Ok(Some(status));
+                Ok(Some(child.wait()?))
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -15,6 +15,7 @@ pub mod launch;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod random;
 pub mod run;
 pub mod server;
 pub mod state;

@@ -50,9 +50,7 @@ fn now_ms() -> u64 {
 }
 
 fn random_id() -> ClusterId {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    ClusterId(b.iter().map(|x| format!("{x:02x}")).collect())
+    ClusterId(crate::random::hex(8))
 }
 
 fn state_err(e: std::io::Error) -> MembershipError {
@@ -302,21 +300,17 @@ impl Node {
             (g.p.state.clone(), g.ready)
         };
         let members = state.alive();
-        let peers: Vec<NodeName> = members.iter().filter(|n| **n != self.name).cloned().collect();
-        let answers = join_all(peers.iter().map(|p| self.call(p, &Request::Probe))).await;
         let mut running = Vec::new();
         let mut in_sync = ready;
         if ready {
             running.push(self.name.clone());
         }
-        for (peer, answer) in peers.iter().zip(answers) {
-            if let Ok(Response::Peer { info }) = answer {
-                if info.ready {
-                    running.push(peer.clone());
-                }
-                if info.members != members || info.cluster != state.cluster {
-                    in_sync = false;
-                }
+        for info in self.probe_members(&state).await {
+            if info.ready {
+                running.push(info.node.clone());
+            }
+            if info.members != members || info.cluster != state.cluster {
+                in_sync = false;
             }
         }
         running.sort();
@@ -341,6 +335,19 @@ impl Node {
             messages_sent: Metrics::get(&self.metrics.messages_sent),
             messages_received: Metrics::get(&self.metrics.messages_received),
         }
+    }
+
+    /// Probes every other member of `state` at once; returns the answers of those that answered.
+    async fn probe_members(&self, state: &ClusterState) -> Vec<PeerInfo> {
+        let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
+        let answers = join_all(peers.iter().map(|p| self.call(p, &Request::Probe))).await;
+        answers
+            .into_iter()
+            .filter_map(|a| match a {
+                Ok(Response::Peer { info }) => Some(info),
+                _ => None,
+            })
+            .collect()
     }
 
     /// `forget-cluster-node`: removes a member and tells the others.
@@ -393,18 +400,12 @@ impl Node {
 
     /// Records, at graceful shutdown, which members are still running.
     pub async fn record_shutdown(&self) {
-        let members: Vec<NodeName> = self
-            .state()
-            .alive()
+        let running: Vec<NodeName> = self
+            .probe_members(&self.state())
+            .await
             .into_iter()
-            .filter(|n| *n != self.name)
-            .collect();
-        let answers = join_all(members.iter().map(|p| self.call(p, &Request::Probe))).await;
-        let running: Vec<NodeName> = members
-            .into_iter()
-            .zip(answers)
-            .filter(|(_, a)| matches!(a, Ok(Response::Peer { info }) if info.ready))
-            .map(|(n, _)| n)
+            .filter(|info| info.ready)
+            .map(|info| info.node)
             .collect();
         let mut g = self.lock();
         if g.p.state.cluster.is_none() {

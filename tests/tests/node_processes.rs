@@ -282,3 +282,35 @@ async fn cleanup_never_forgets_a_running_member_even_when_unlisted() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_through_different_members_lose_nobody() {
+    let (_dir, mut c) = local_cluster(&layout(4, ""));
+    c.start_all().unwrap();
+    let all = [0, 1, 2, 3];
+    c.wait_members(&all, 4, FORM).await.unwrap();
+    for i in [2, 3] {
+        let out = ctl(&c, i, &["reset"]);
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    c.wait_members(&[0, 1], 2, FORM).await.unwrap();
+    let (via_a, via_b) = (c.nodes[0].name.to_string(), c.nodes[1].name.to_string());
+    let c = std::sync::Arc::new(c);
+    let joins: Vec<_> = [(2, via_a), (3, via_b)]
+        .into_iter()
+        .map(|(i, via)| {
+            let c = c.clone();
+            std::thread::spawn(move || ctl(&c, i, &["join-cluster", &via]))
+        })
+        .collect();
+    for j in joins {
+        let out = j.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    c.wait_members(&all, 4, FORM).await.unwrap();
+    let expected = members(&cluster_status(&c, 0));
+    assert_eq!(expected.len(), 4);
+    for i in 1..4 {
+        assert_eq!(members(&cluster_status(&c, i)), expected, "node {i}");
+    }
+}

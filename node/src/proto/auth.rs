@@ -45,9 +45,7 @@ pub enum AuthError {
 }
 
 fn nonce() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::random::hex(32)
 }
 
 fn proof(cookie: &Cookie, label: &str, first: &str, second: &str, cluster: &str) -> HmacSha256 {
