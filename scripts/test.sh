@@ -31,4 +31,8 @@ log "cargo clippy --all-targets"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
-cargo test --workspace --locked
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$out"
+# One closing line over every test binary and doctest run ("total: N passed, N failed").
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$out"
