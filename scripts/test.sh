@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
-# System packages the server-backed tests need. Backends add theirs here as they land (etcd-server,
-# dnsmasq-base, bind9, protobuf-compiler, libprotobuf-dev; moto through pip). apt-get update runs
-# once, and only when something is missing.
-APT_PACKAGES=()
+# System packages the build and the server-backed tests need: etcd for the etcd backend's tests,
+# protoc and the well-known .proto files for etcd-client's build, openssl for TLS test certificates.
+# apt-get update runs once, and only when something is missing.
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

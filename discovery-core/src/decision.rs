@@ -124,6 +124,9 @@ pub enum WaitReason {
     RecordedCluster {
         /// The recorded cluster.
         cluster: ClusterId,
+        /// The backend's remediation text.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hint: Option<String>,
     },
     /// The backend failed this round.
     BackendError {
@@ -222,11 +225,17 @@ impl fmt::Display for WaitReason {
                 secs(*unchanged_for),
                 secs(*required)
             ),
-            WaitReason::RecordedCluster { cluster } => write!(
-                f,
-                "the backend records cluster {cluster} but none of its members is reachable; \
-                 refusing to form another"
-            ),
+            WaitReason::RecordedCluster { cluster, hint } => {
+                write!(
+                    f,
+                    "cluster {cluster} exists (recorded in the backend) but none of its members is \
+                     reachable; refusing to form another"
+                )?;
+                if let Some(hint) = hint {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
             WaitReason::BackendError { message } => write!(f, "backend error: {message}"),
             WaitReason::LockFailed { message } => write!(f, "could not take the lock: {message}"),
             WaitReason::ActionFailed { message } => write!(f, "last action failed: {message}"),
@@ -376,6 +385,7 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
     if let Some(cluster) = &d.recorded_cluster {
         return Some(WaitReason::RecordedCluster {
             cluster: cluster.clone(),
+            hint: d.fencing_hint.clone(),
         });
     }
     if d.nodes.is_empty() && d.preferred_seed.is_none() {

@@ -26,6 +26,9 @@ pub struct DiscoveryResult {
     /// A cluster identity the backend has recorded (see [`Discovery::record_cluster`]). When set,
     /// a node that cannot reach any member of that cluster must not form another.
     pub recorded_cluster: Option<ClusterId>,
+    /// What an operator can do about a recorded cluster nobody reaches (for example which key to
+    /// delete to re-bootstrap); shown in the refusal.
+    pub fencing_hint: Option<String>,
 }
 
 impl DiscoveryResult {
@@ -39,6 +42,7 @@ impl DiscoveryResult {
             preferred_seed: None,
             authoritative,
             recorded_cluster: None,
+            fencing_hint: None,
         }
     }
 
@@ -100,6 +104,31 @@ impl Capabilities {
     }
 }
 
+/// The state of a backend registration, for status pages and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RegistrationStatus {
+    /// The node is currently registered.
+    pub registered: bool,
+    /// What the registration is doing or why it failed, as a sentence.
+    pub detail: String,
+    /// Successful keep-alive renewals.
+    pub renewals: u64,
+    /// Times the registration had to be re-established (lease lost, reconnect).
+    pub re_registrations: u64,
+}
+
+impl RegistrationStatus {
+    /// A status with the given flag and detail.
+    pub fn new(registered: bool, detail: impl Into<String>) -> Self {
+        RegistrationStatus {
+            registered,
+            detail: detail.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// A held backend lock. The lock is backed by a lease: if the holder dies without releasing it,
 /// the backend frees it when the lease expires.
 #[async_trait]
@@ -134,6 +163,11 @@ pub trait Discovery: Send + Sync {
     async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         let _ = (owner, timeout);
         Err(DiscoveryError::unsupported(self.name(), "locking"))
+    }
+
+    /// The registration's live state, for backends that keep one (leases, TTL checks).
+    fn registration_status(&self) -> Option<RegistrationStatus> {
+        None
     }
 
     /// Records the identity of a cluster that was just formed, so that a blank node that cannot

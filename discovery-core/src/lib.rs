@@ -27,7 +27,7 @@ pub mod testing;
 
 pub use config::{ConfigError, FormationConfig, OnExhausted};
 pub use decision::{Decision, WaitReason};
-pub use discovery::{Capabilities, Discovery, DiscoveryResult, LockGuard};
+pub use discovery::{Capabilities, Discovery, DiscoveryResult, LockGuard, RegistrationStatus};
 pub use engine::{AwaitError, FormationEngine, FormationHandle};
 pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retry as RetryClass};
 pub use membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState};

@@ -7,7 +7,8 @@
 //! | feature | backend | crate |
 //! |---|---|---|
 //! | `classic` (default) | static list | `muster-backend-classic` |
-//! | `dns`, `k8s`, `aws`, `consul`, `etcd` | reserved: each arrives with its own crate | — |
+//! | `etcd` | etcd: leases, lock, fencing (build needs `protoc`) | `muster-backend-etcd` |
+//! | `dns`, `k8s`, `aws`, `consul` | reserved: each arrives with its own crate | — |
 //!
 //! ```
 //! use muster::{FormationConfig, NodeName};
@@ -34,6 +35,8 @@ pub use muster_discovery_core::*;
 
 #[cfg(feature = "classic")]
 pub use muster_backend_classic as classic;
+#[cfg(feature = "etcd")]
+pub use muster_backend_etcd as etcd;
 
 /// Every backend Muster knows, compiled in or not.
 pub const BACKENDS: &[&str] = &["classic", "dns", "k8s", "aws", "consul", "etcd"];
@@ -100,6 +103,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "classic") {
         v.push("classic");
     }
+    if cfg!(feature = "etcd") {
+        v.push("etcd");
+    }
     v
 }
 
@@ -135,7 +141,7 @@ pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<d
         #[cfg(feature = "consul")]
         "consul" => Err(BuildError::NotImplemented("consul")),
         #[cfg(feature = "etcd")]
-        "etcd" => Err(BuildError::NotImplemented("etcd")),
+        "etcd" => Ok(Arc::new(etcd::EtcdBackend::from_config(config, local)?)),
         other => {
             let _ = local;
             Err(BuildError::NotCompiled(other))
@@ -171,18 +177,34 @@ mod tests {
     }
 
     #[test]
-    #[cfg(not(feature = "etcd"))]
+    #[cfg(not(feature = "k8s"))]
     fn a_known_backend_not_compiled_in_says_how_to_get_it() {
-        let e = build_backend(&cfg("etcd"), &local()).err().unwrap().to_string();
-        assert_eq!(
-            e,
-            "backend 'etcd' is not compiled in; rebuild with --features etcd"
-        );
         let e = build_backend(&cfg("kubernetes"), &local())
             .err()
             .unwrap()
             .to_string();
         assert_eq!(e, "backend 'k8s' is not compiled in; rebuild with --features k8s");
+        if !cfg!(feature = "etcd") {
+            let e = build_backend(&cfg("etcd"), &local()).err().unwrap().to_string();
+            assert_eq!(
+                e,
+                "backend 'etcd' is not compiled in; rebuild with --features etcd"
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "etcd")]
+    fn builds_etcd_from_its_table_and_names_a_missing_key() {
+        let c = FormationConfig::from_toml(
+            "[cluster_formation]\npeer_discovery_backend = \"etcd\"\n[cluster_formation.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n",
+        )
+        .unwrap();
+        let b = build_backend(&c, &local()).unwrap();
+        assert_eq!(b.name(), "etcd");
+        assert!(b.capabilities().locking && b.capabilities().fencing && b.capabilities().full_membership);
+        let e = build_backend(&cfg("etcd"), &local()).err().unwrap().to_string();
+        assert!(e.contains("cluster_formation.etcd.endpoints is required"), "{e}");
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub fn print_status(s: &NodeStatus) {
     println!("  ready:     {}", yes(s.ready));
     println!("  in sync:   {}", yes(s.in_sync));
     println!("  formation: {} — {}", s.formation, s.detail);
+    if let Some(r) = &s.registration {
+        println!("  backend:   {r}");
+    }
 }
 
 /// Runs a `ctl` command; `Ok(code)` is the exit code, `Err` one line for stderr.

@@ -153,6 +153,26 @@ fn metrics(node: &Node) -> String {
         "Peer-protocol messages received.",
         format!(" {}", Metrics::get(&m.messages_received)),
     );
+    if let Some(r) = node.registration() {
+        put(
+            "muster_registered",
+            "gauge",
+            "1 when registered with the backend.",
+            format!(" {}", u8::from(r.registered)),
+        );
+        put(
+            "muster_registration_renewals_total",
+            "counter",
+            "Registration keep-alive renewals.",
+            format!(" {}", r.renewals),
+        );
+        put(
+            "muster_re_registrations_total",
+            "counter",
+            "Times the registration was re-established.",
+            format!(" {}", r.re_registrations),
+        );
+    }
     put(
         "muster_auth_failures_total",
         "counter",

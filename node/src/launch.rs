@@ -47,6 +47,8 @@ pub struct Layout {
     pub extra: String,
     /// Enable the HTTP endpoints on a free port per node.
     pub http: bool,
+    /// Another backend than classic: its name and its `[cluster_formation.<name>]` tables.
+    pub backend: Option<(String, String)>,
 }
 
 impl Default for Layout {
@@ -59,6 +61,7 @@ impl Default for Layout {
                     .into(),
             extra: String::new(),
             http: false,
+            backend: None,
         }
     }
 }
@@ -85,14 +88,21 @@ pub struct LocalCluster {
 
 /// Hands out distinct free loopback ports below the kernel's ephemeral range, so that outgoing
 /// connections (which take ephemeral ports) can never grab a port before its node binds it.
-struct Ports {
+pub struct Ports {
     next: u16,
     lo: u16,
     hi: u16,
 }
 
+impl Default for Ports {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Ports {
-    fn new() -> Ports {
+    /// A new allocator starting at a random port below the ephemeral range.
+    pub fn new() -> Ports {
         let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u16>().ok()))
@@ -105,7 +115,8 @@ impl Ports {
         Ports { next, lo, hi }
     }
 
-    fn take(&mut self) -> std::io::Result<u16> {
+    /// The next free port.
+    pub fn take(&mut self) -> std::io::Result<u16> {
         for _ in 0..(self.hi - self.lo) {
             let port = self.next;
             self.next = if self.next + 1 >= self.hi {
@@ -155,14 +166,23 @@ impl LocalCluster {
             let http_table = http
                 .map(|a| format!("[http]\nlisten = \"{a}\"\n\n"))
                 .unwrap_or_default();
+            let (backend, tables) = match &layout.backend {
+                Some((name, tables)) => (name.clone(), tables.clone()),
+                None => (
+                    "classic".to_string(),
+                    format!(
+                        "[cluster_formation.classic_config]\nnodes = [{}]\n",
+                        toml_list(&names)
+                    ),
+                ),
+            };
             let text = format!(
-                "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\ncookie_file = \"{}\"\ncluster_name = \"local\"\nsync_interval = \"500ms\"\n\n\
-                 {http_table}[cluster_formation]\npeer_discovery_backend = \"classic\"\n{}\n\
-                 [cluster_formation.classic_config]\nnodes = [{}]\n{}",
+                "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\ncookie_file = \"{}\"\ncluster_name = \"local\"\n\
+                 sync_interval = \"500ms\"\n\n{http_table}[cluster_formation]\npeer_discovery_backend = \"{backend}\"\n{}\n\
+                 {tables}{}",
                 data_dir.display(),
                 cookie_file.display(),
                 layout.formation,
-                toml_list(&names),
                 layout.extra
             );
             std::fs::write(&config, text)?;

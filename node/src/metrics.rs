@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use muster::{Capabilities, ClusterId, Discovery, DiscoveryError, DiscoveryResult, LockGuard, NodeName};
+use muster::{
+    Capabilities, ClusterId, Discovery, DiscoveryError, DiscoveryResult, LockGuard, NodeName,
+    RegistrationStatus,
+};
 
 /// The node's counters.
 #[derive(Debug, Default)]
@@ -80,5 +83,8 @@ impl Discovery for Counting {
     }
     async fn record_cluster(&self, id: &ClusterId) -> Result<(), DiscoveryError> {
         self.inner.record_cluster(id).await
+    }
+    fn registration_status(&self) -> Option<RegistrationStatus> {
+        self.inner.registration_status()
     }
 }

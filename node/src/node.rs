@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::future::join_all;
 use muster::status::FormationStatus;
-use muster::{ClusterId, FormationView, Membership, MembershipError, NodeName, PeerInfo, RestartState};
+use muster::{
+    ClusterId, Discovery, FormationView, Membership, MembershipError, NodeName, PeerInfo, RegistrationStatus,
+    RestartState,
+};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -37,6 +40,7 @@ pub struct Node {
     /// The node's counters.
     pub metrics: Arc<Metrics>,
     formation: OnceLock<watch::Receiver<FormationStatus>>,
+    backend: OnceLock<Arc<dyn Discovery>>,
     stop: watch::Sender<bool>,
     probe_timeout: Duration,
     sync_cursor: Mutex<usize>,
@@ -85,6 +89,7 @@ impl Node {
             start_ms: now_ms(),
             metrics: Arc::default(),
             formation: OnceLock::new(),
+            backend: OnceLock::new(),
             stop,
             probe_timeout,
             sync_cursor: Mutex::new(0),
@@ -110,9 +115,15 @@ impl Node {
         &self.store
     }
 
-    /// Connects the engine's status channel (once).
-    pub fn set_formation(&self, rx: watch::Receiver<FormationStatus>) {
+    /// Connects the engine's status channel and the backend (once).
+    pub fn set_formation(&self, rx: watch::Receiver<FormationStatus>, backend: Arc<dyn Discovery>) {
         let _ = self.formation.set(rx);
+        let _ = self.backend.set(backend);
+    }
+
+    /// The backend's registration state, for backends that keep one.
+    pub fn registration(&self) -> Option<RegistrationStatus> {
+        self.backend.get().and_then(|b| b.registration_status())
     }
 
     /// The engine's status.
@@ -332,6 +343,7 @@ impl Node {
                 .unwrap_or_default(),
             detail: f.detail,
             version: state.version,
+            registration: self.registration().map(|r| r.detail),
             messages_sent: Metrics::get(&self.metrics.messages_sent),
             messages_received: Metrics::get(&self.metrics.messages_received),
         }

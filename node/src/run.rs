@@ -42,7 +42,7 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
     let backend: Arc<dyn muster::Discovery> = Arc::new(Counting::new(backend, node.metrics.clone()));
     let membership = Arc::new(NodeMembership(node.clone()));
     let engine = FormationEngine::new(cf.clone(), backend.clone(), membership.clone());
-    node.set_formation(engine.status());
+    node.set_formation(engine.status(), backend.clone());
     tokio::spawn(crate::server::serve(listener, node.clone()));
     tokio::spawn(node.clone().anti_entropy(cfg.file.node.sync_interval));
     info!(

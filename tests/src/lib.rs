@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+pub mod etcd;
+
 pub use muster_node::launch::{Layout, LocalCluster};
 
 /// The node binary these tests run (the `muster` CLI); expands in the integration test, where

@@ -359,7 +359,10 @@ fn decision_table() {
             name: "the backend records a cluster nobody can reach: refuse to form",
             recorded: Some("old"),
             peers: vec![blank(2, Some(1), 0), blank(3, Some(1), 0)],
-            expect: Decision::Wait(WaitReason::RecordedCluster { cluster: c("old") }),
+            expect: Decision::Wait(WaitReason::RecordedCluster {
+                cluster: c("old"),
+                hint: None,
+            }),
             ..Case::default()
         },
         Case {
@@ -407,7 +410,10 @@ fn decision_table() {
             attempt: 5,
             on_exhausted: OnExhausted::Standalone,
             recorded: Some("old"),
-            expect: Decision::GiveUp(WaitReason::RecordedCluster { cluster: c("old") }),
+            expect: Decision::GiveUp(WaitReason::RecordedCluster {
+                cluster: c("old"),
+                hint: None,
+            }),
             ..Case::default()
         },
     ];

@@ -113,6 +113,9 @@ pub struct NodeStatus {
     pub detail: String,
     /// The membership version.
     pub version: u64,
+    /// The backend registration's state, for backends that register (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<String>,
     /// Peer-protocol messages this node sent.
     pub messages_sent: u64,
     /// Peer-protocol messages this node received.

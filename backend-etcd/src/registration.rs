@@ -1,0 +1,124 @@
+//! The node's registration: a lease of `node_ttl`, the node key attached to it, a keep-alive every
+//! third of the TTL, and re-registration (new lease, new put) with backoff whenever the lease is
+//! lost, the keep-alive fails or etcd comes back after an outage.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_discovery_core::RegistrationStatus;
+use muster_discovery_core::retry::Retry;
+use tracing::{info, warn};
+
+use crate::Inner;
+use crate::errors::bounded;
+
+fn set(inner: &Inner, f: impl FnOnce(&mut RegistrationStatus)) {
+    inner.registration.send_modify(f);
+}
+
+/// Grants a lease and puts the node key on it; returns the lease id.
+async fn establish(inner: &Inner) -> Result<i64, String> {
+    let mut client = inner.client().await.map_err(|e| e.to_string())?;
+    let ttl = inner.settings.node_ttl.as_secs().max(1) as i64;
+    let limit = inner.settings.connect_timeout;
+    let lease = bounded(
+        "granting the registration lease",
+        limit,
+        client.lease_grant(ttl, None),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .id();
+    let value = serde_json::json!({
+        "node": inner.local.to_string(),
+        "start_time_ms": inner.start_ms,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string();
+    let opts = etcd_client::PutOptions::new().with_lease(lease);
+    bounded(
+        "writing the node key",
+        limit,
+        client.put(inner.node_key(&inner.local), value, Some(opts)),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    *inner.lease.lock().expect("lease mutex") = Some(lease);
+    Ok(lease)
+}
+
+/// Renews `lease` every third of the TTL until it is lost or a renewal fails; returns why.
+async fn keep_alive(inner: &Inner, lease: i64) -> String {
+    let period = inner.settings.node_ttl / 3;
+    let mut client = match inner.client().await {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+        Ok(pair) => pair,
+        Err(e) => return format!("keep-alive stream: {e}"),
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        if let Err(e) = keeper.keep_alive().await {
+            return format!("keep-alive failed: {e}");
+        }
+        match tokio::time::timeout(period.max(Duration::from_secs(1)), stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => set(inner, |s| s.renewals += 1),
+            Ok(Ok(Some(_))) => return format!("lease {lease:x} expired or was revoked"),
+            Ok(Ok(None)) => return "keep-alive stream closed".into(),
+            Ok(Err(e)) => return format!("keep-alive failed: {e}"),
+            Err(_) => return "keep-alive got no answer in time".into(),
+        }
+    }
+}
+
+/// The keeper task: runs until aborted (unregister or drop).
+pub async fn keeper(inner: Arc<Inner>) {
+    let backoff = Retry::every(Duration::from_millis(250))
+        .backoff((inner.settings.node_ttl / 3).max(Duration::from_secs(1)));
+    let mut first = true;
+    loop {
+        let lease = backoff
+            .run(|attempt| {
+                let inner = &inner;
+                async move {
+                    match establish(inner).await {
+                        Ok(lease) => ControlFlow::Break(Ok::<_, ()>(lease)),
+                        Err(e) => {
+                            if attempt == 1 || attempt % 10 == 0 {
+                                warn!(node = %inner.local, "etcd registration failed (retrying): {e}");
+                            }
+                            set(inner, |s| {
+                                s.registered = false;
+                                s.detail = format!("not registered: {e}");
+                            });
+                            ControlFlow::Continue(())
+                        }
+                    }
+                }
+            })
+            .await
+            .expect("registration retries without limit");
+        if !first {
+            set(&inner, |s| s.re_registrations += 1);
+            info!(node = %inner.local, "etcd registration re-established (lease {lease:x})");
+        }
+        first = false;
+        let key = inner.node_key(&inner.local);
+        set(&inner, |s| {
+            s.registered = true;
+            s.detail = format!(
+                "registered as {key} (lease {lease:x}, ttl {:?})",
+                inner.settings.node_ttl
+            );
+        });
+        let why = keep_alive(&inner, lease).await;
+        warn!(node = %inner.local, "etcd registration lost: {why}; re-registering");
+        set(&inner, |s| {
+            s.registered = false;
+            s.detail = format!("re-registering: {why}");
+        });
+    }
+}

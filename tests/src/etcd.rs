@@ -1,0 +1,289 @@
+//! A real etcd server for tests: Debian's `etcd-server` on free loopback ports with a temp data
+//! dir, started, stopped and restarted on the same data. A missing binary fails the test with the
+//! command that installs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use muster_node::launch::Ports;
+
+/// How to install what these tests need.
+pub const INSTALL: &str = "apt-get install -y --no-install-recommends etcd-server etcd-client \
+                           (scripts/test.sh does this)";
+
+/// TLS material for a TLS etcd: a CA, a server certificate for 127.0.0.1, a client certificate,
+/// and a second CA that signed nothing.
+pub struct Tls {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate and key.
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate.
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+    /// An unrelated CA.
+    pub other_ca: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is needed for the TLS tests ({e}); apt-get install -y openssl"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Tls {
+    /// Generates everything in `dir` with the openssl CLI.
+    pub fn generate(dir: &Path) -> Tls {
+        let ca = |name: &str| {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            );
+        };
+        ca("ca");
+        ca("other-ca");
+        let leaf = |name: &str, ext: &str| {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-extfile",
+                    &format!("{name}.ext"),
+                ],
+            );
+        };
+        leaf(
+            "server",
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        );
+        leaf(
+            "client",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        );
+        Tls {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.crt"),
+        }
+    }
+}
+
+/// One etcd server process.
+pub struct EtcdServer {
+    /// `127.0.0.1:port` (or `https://127.0.0.1:port` with TLS).
+    pub endpoint: String,
+    client_port: u16,
+    peer_port: u16,
+    data: tempfile::TempDir,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    child: Option<Child>,
+}
+
+fn etcd_binary() -> &'static str {
+    if Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        panic!("the etcd server binary is not installed; install it with: {INSTALL}");
+    }
+    "etcd"
+}
+
+impl EtcdServer {
+    /// Starts a plain-HTTP etcd and waits until it answers.
+    pub async fn start() -> EtcdServer {
+        Self::start_with(None).await
+    }
+
+    /// Starts an etcd that requires TLS with client certificates signed by `tls.ca`.
+    pub async fn start_tls(tls: &Tls) -> EtcdServer {
+        Self::start_with(Some((
+            tls.server_cert.clone(),
+            tls.server_key.clone(),
+            tls.ca.clone(),
+        )))
+        .await
+    }
+
+    async fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> EtcdServer {
+        let mut ports = Ports::new();
+        let (client_port, peer_port) = (ports.take().unwrap(), ports.take().unwrap());
+        let mut s = EtcdServer {
+            endpoint: if tls.is_some() {
+                format!("https://127.0.0.1:{client_port}")
+            } else {
+                format!("127.0.0.1:{client_port}")
+            },
+            client_port,
+            peer_port,
+            data: tempfile::tempdir().unwrap(),
+            tls,
+            child: None,
+        };
+        s.spawn();
+        s.wait_ready().await;
+        s
+    }
+
+    fn spawn(&mut self) {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(etcd_binary());
+        cmd.args(["--name", "t1", "--data-dir"])
+            .arg(self.data.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("t1={peer}"),
+                "--initial-cluster-state",
+                "new",
+                "--log-level",
+                "error",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.data.path().join("etcd.log")).unwrap());
+        if let Some((cert, key, ca)) = &self.tls {
+            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+            cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(ca);
+        }
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start etcd ({e}); install it with: {INSTALL}")),
+        );
+    }
+
+    /// Waits until the client port accepts connections (and etcd answers a plain request).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() && self.answers().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become ready; log: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn answers(&self) -> bool {
+        if self.tls.is_some() {
+            return true; // a TLS etcd is probed by the tests themselves
+        }
+        match etcd_client::Client::connect([&self.endpoint], None).await {
+            Ok(mut c) => c.status().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// A plain client for checks behind the backend's back.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([&self.endpoint], None)
+            .await
+            .expect("connect to the test etcd")
+    }
+
+    /// Kills etcd (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data dir, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// etcd's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,316 @@
+//! The etcd backend against a real etcd server: every setting changes behaviour, registration
+//! expires and is re-established, the lock is exclusive and freed when its holder dies.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::GetOptions;
+use muster::{Discovery, ErrorKind, NodeName};
+use muster_backend_etcd::{EtcdBackend, EtcdSettings};
+use muster_tests::etcd::{EtcdServer, Tls};
+
+fn n(s: &str) -> NodeName {
+    format!("m@{s}").parse().unwrap()
+}
+
+fn settings(server: &EtcdServer) -> EtcdSettings {
+    EtcdSettings {
+        endpoints: vec![server.endpoint.clone()],
+        node_ttl: Duration::from_secs(5),
+        lock_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        ..EtcdSettings::default()
+    }
+}
+
+async fn keys(server: &EtcdServer, prefix: &str) -> Vec<String> {
+    let mut c = server.client().await;
+    let r = c
+        .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect()
+}
+
+/// Waits until `cond` holds, up to `limit`; returns the time it took.
+async fn within<F: AsyncFnMut() -> bool>(limit: Duration, mut cond: F) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn registration_is_visible_under_prefix_and_cluster_name() {
+    let server = EtcdServer::start().await;
+    let s = EtcdSettings {
+        key_prefix: "acme".into(),
+        cluster_name: "blue".into(),
+        ..settings(&server)
+    };
+    let a = EtcdBackend::new(s.clone(), &n("a"));
+    a.register().await.unwrap();
+    assert_eq!(
+        keys(&server, "/acme/").await,
+        vec!["/acme/blue/nodes/m@a".to_string()]
+    );
+    let listed = a.list().await.unwrap();
+    assert_eq!(listed.nodes, vec![n("a")]);
+    assert!(listed.authoritative);
+    assert!(a.registration_status().unwrap().registered);
+
+    // Another cluster name (and another prefix) is another world.
+    let other = EtcdBackend::new(
+        EtcdSettings {
+            cluster_name: "green".into(),
+            ..s.clone()
+        },
+        &n("b"),
+    );
+    other.register().await.unwrap();
+    assert_eq!(other.list().await.unwrap().nodes, vec![n("b")]);
+    assert_eq!(a.list().await.unwrap().nodes, vec![n("a")]);
+    let third = EtcdBackend::new(
+        EtcdSettings {
+            key_prefix: "zeta".into(),
+            ..s
+        },
+        &n("c"),
+    );
+    third.register().await.unwrap();
+    assert_eq!(
+        keys(&server, "/zeta/").await,
+        vec!["/zeta/blue/nodes/m@c".to_string()]
+    );
+
+    a.unregister().await.unwrap();
+    assert!(keys(&server, "/acme/blue/").await.is_empty());
+}
+
+#[tokio::test]
+async fn node_ttl_sets_the_lease_and_a_killed_node_disappears_after_it() {
+    let server = EtcdServer::start().await;
+    let a = EtcdBackend::new(settings(&server), &n("a"));
+    a.register().await.unwrap();
+    let mut c = server.client().await;
+    let ttl = c.lease_time_to_live(a.lease().unwrap(), None).await.unwrap();
+    assert_eq!(ttl.granted_ttl(), 5, "the lease has node_ttl");
+    // Survives well past its TTL while alive (keep-alive every ttl/3).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(keys(&server, "/muster/").await.len(), 1);
+    assert!(a.registration_status().unwrap().renewals >= 2);
+    // "Killed": the keeper stops without unregistering.
+    drop(a);
+    let gone = within(Duration::from_secs(9), async || {
+        keys(&server, "/muster/").await.is_empty()
+    })
+    .await;
+    let gone = gone.expect("the key expires with its lease");
+    assert!(
+        gone >= Duration::from_secs(2),
+        "not before the lease ran out: {gone:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_revoked_behind_the_backends_back_is_re_established() {
+    let server = EtcdServer::start().await;
+    let a = EtcdBackend::new(settings(&server), &n("a"));
+    a.register().await.unwrap();
+    let first = a.lease().unwrap();
+    server.client().await.lease_revoke(first).await.unwrap();
+    assert!(
+        keys(&server, "/muster/").await.is_empty(),
+        "revoking the lease removed the key"
+    );
+    let back = within(Duration::from_secs(8), async || {
+        keys(&server, "/muster/").await.len() == 1
+    })
+    .await;
+    assert!(back.is_some(), "the registration comes back");
+    assert_ne!(a.lease(), Some(first), "on a new lease");
+    let st = a.registration_status().unwrap();
+    assert!(st.registered && st.re_registrations >= 1, "{st:?}");
+}
+
+#[tokio::test]
+async fn the_lock_is_exclusive_and_released() {
+    let server = EtcdServer::start().await;
+    let a = EtcdBackend::new(settings(&server), &n("a"));
+    let b = EtcdBackend::new(settings(&server), &n("b"));
+    let held = a.lock(&n("a"), Duration::from_secs(2)).await.unwrap();
+    let err = b
+        .lock(&n("b"), Duration::from_millis(800))
+        .await
+        .err()
+        .expect("b must wait");
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert!(err.to_string().contains("held by another node"), "{err}");
+    held.release().await.unwrap();
+    let got = b
+        .lock(&n("b"), Duration::from_secs(2))
+        .await
+        .expect("free after release");
+    got.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn lock_timeout_frees_the_lock_of_a_sigkilled_holder_process() {
+    let server = EtcdServer::start().await;
+    let exe = env!("CARGO_BIN_EXE_etcd-lock-holder");
+    let mut holder = Command::new(exe)
+        .args([server.endpoint.as_str(), "muster", "6"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let b = EtcdBackend::new(settings(&server), &n("b"));
+    assert!(
+        b.lock(&n("b"), Duration::from_secs(3)).await.is_err(),
+        "held while the holder lives (lease kept alive)"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let killed = Instant::now();
+    let got = b
+        .lock(&n("b"), Duration::from_secs(15))
+        .await
+        .expect("free after the lease expires");
+    let waited = killed.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited <= Duration::from_secs(8),
+        "lock_timeout 6 s, waited {waited:?}"
+    );
+    got.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn endpoints_and_connect_timeout_bound_an_unreachable_etcd() {
+    // A listener that accepts and never speaks: only the timeouts end the wait.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    for (timeout, max) in [
+        (Duration::from_millis(500), Duration::from_millis(1500)),
+        (Duration::from_secs(3), Duration::from_secs(5)),
+    ] {
+        let s = EtcdSettings {
+            endpoints: vec![addr.clone()],
+            connect_timeout: timeout,
+            ..EtcdSettings::default()
+        };
+        let b = EtcdBackend::new(s, &n("a"));
+        let start = Instant::now();
+        let err = b.list().await.expect_err("no etcd there");
+        let took = start.elapsed();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+        assert!(err.is_temporary());
+        assert!(
+            took >= timeout.mul_f32(0.8) && took <= max,
+            "connect_timeout {timeout:?}, took {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn username_and_password_are_used() {
+    let server = EtcdServer::start().await;
+    let mut c = server.client().await;
+    c.user_add("root", "rootpw", None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.auth_enable().await.unwrap();
+    let with = |u: Option<&str>, p: Option<&str>| EtcdSettings {
+        username: u.map(String::from),
+        password: p.map(String::from),
+        ..settings(&server)
+    };
+    let ok = EtcdBackend::new(with(Some("root"), Some("rootpw")), &n("a"));
+    ok.register().await.unwrap();
+    assert_eq!(ok.list().await.unwrap().nodes, vec![n("a")]);
+    for (u, p) in [(Some("root"), Some("wrong")), (None, None)] {
+        let b = EtcdBackend::new(with(u, p), &n("b"));
+        let err = b.list().await.expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("username/password"), "{err}");
+        assert!(
+            !err.to_string().contains("rootpw") && !err.to_string().contains("wrong"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ca_file_cert_file_and_key_file_are_used_and_verification_is_never_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = Tls::generate(dir.path());
+    let server = EtcdServer::start_tls(&tls).await;
+    let base = EtcdSettings {
+        ca_file: Some(tls.ca.clone()),
+        cert_file: Some(tls.client_cert.clone()),
+        key_file: Some(tls.client_key.clone()),
+        ..settings(&server)
+    };
+    let ok = EtcdBackend::new(base.clone(), &n("a"));
+    ok.register().await.unwrap();
+    assert_eq!(ok.list().await.unwrap().nodes, vec![n("a")]);
+
+    let no_client_cert = EtcdSettings {
+        cert_file: None,
+        key_file: None,
+        ..base.clone()
+    };
+    assert!(
+        EtcdBackend::new(no_client_cert, &n("b")).list().await.is_err(),
+        "client certificate required"
+    );
+    let wrong_ca = EtcdSettings {
+        ca_file: Some(tls.other_ca.clone()),
+        ..base.clone()
+    };
+    let err = EtcdBackend::new(wrong_ca, &n("b"))
+        .list()
+        .await
+        .expect_err("server not trusted");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    let missing = EtcdSettings {
+        ca_file: Some(dir.path().join("nope.pem")),
+        ..base
+    };
+    let err = EtcdBackend::new(missing, &n("b")).list().await.err().unwrap();
+    assert_eq!(err.kind, ErrorKind::Misconfigured, "{err}");
+    assert!(
+        err.to_string().contains("cluster_formation.etcd.ca_file"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn fencing_records_the_first_cluster_only_and_lists_it_with_the_key_to_delete() {
+    let server = EtcdServer::start().await;
+    let a = EtcdBackend::new(settings(&server), &n("a"));
+    assert!(a.list().await.unwrap().recorded_cluster.is_none());
+    a.record_cluster(&muster::ClusterId("first".into()))
+        .await
+        .unwrap();
+    a.record_cluster(&muster::ClusterId("second".into()))
+        .await
+        .unwrap();
+    let r = a.list().await.unwrap();
+    assert_eq!(r.recorded_cluster, Some(muster::ClusterId("first".into())));
+    let hint = r.fencing_hint.unwrap();
+    assert!(
+        hint.contains("etcdctl") && hint.contains("del /muster/default/cluster-id"),
+        "{hint}"
+    );
+}
