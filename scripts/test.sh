@@ -15,7 +15,8 @@ log() { printf '\n== %s\n' "$*"; }
 APT_PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  # "install ok installed" only: a removed package keeps a dpkg record ("config-files").
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
