@@ -132,6 +132,15 @@ async fn etcd_down_for_ten_seconds_during_formation_then_one_cluster() {
     assert_eq!(ids.len(), 1, "no second cluster");
 }
 
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn cleanup_extra() -> &'static str {
     "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n"
 }
@@ -139,9 +148,25 @@ fn cleanup_extra() -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_forgotten_after_its_key_expires() {
     let server = EtcdServer::start().await;
-    let (_dir, mut c) = cluster(&etcd_layout(&server, 3, "", cleanup_extra()));
+    let layout = Layout {
+        http: true,
+        ..etcd_layout(&server, 3, "", cleanup_extra())
+    };
+    let (_dir, mut c) = cluster(&layout);
     c.start_all().unwrap();
     c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    // The registration is observable: cluster-status and /metrics.
+    let s = cluster_status(&c, 0);
+    assert!(
+        s["registration"]
+            .as_str()
+            .unwrap()
+            .contains("registered as /muster/default/nodes/"),
+        "{s}"
+    );
+    let metrics = http_get(c.nodes[0].http.unwrap(), "/metrics");
+    assert!(metrics.contains("muster_registered 1"), "{metrics}");
+    assert!(metrics.contains("muster_re_registrations_total 0"), "{metrics}");
     c.kill(2).unwrap();
     let killed = Instant::now();
     c.wait_members(&[0, 1], 2, Duration::from_secs(20)).await.unwrap();
