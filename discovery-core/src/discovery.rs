@@ -165,6 +165,14 @@ pub trait Discovery: Send + Sync {
         Err(DiscoveryError::unsupported(self.name(), "locking"))
     }
 
+    /// Resolves a peer's host name with this backend's own resolver settings, so that a
+    /// deployment with its own nameservers never falls back to the system resolver for peers.
+    /// `None` (the default): use the system resolver.
+    async fn resolve_host(&self, host: &str) -> Option<Result<Vec<std::net::IpAddr>, DiscoveryError>> {
+        let _ = host;
+        None
+    }
+
     /// The registration's live state, for backends that keep one (leases, TTL checks).
     fn registration_status(&self) -> Option<RegistrationStatus> {
         None

@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | `classic` (default) | static list | `muster-backend-classic` |
 //! | `etcd` | etcd: leases, lock, fencing (build needs `protoc`) | `muster-backend-etcd` |
-//! | `dns`, `k8s`, `aws`, `consul` | reserved: each arrives with its own crate | — |
+//! | `dns` | DNS A/AAAA (+PTR) or SRV | `muster-backend-dns` |
+//! | `k8s`, `aws`, `consul` | reserved: each arrives with its own crate | — |
 //!
 //! ```
 //! use muster::{FormationConfig, NodeName};
@@ -35,6 +36,8 @@ pub use muster_discovery_core::*;
 
 #[cfg(feature = "classic")]
 pub use muster_backend_classic as classic;
+#[cfg(feature = "dns")]
+pub use muster_backend_dns as dns;
 #[cfg(feature = "etcd")]
 pub use muster_backend_etcd as etcd;
 
@@ -103,6 +106,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "classic") {
         v.push("classic");
     }
+    if cfg!(feature = "dns") {
+        v.push("dns");
+    }
     if cfg!(feature = "etcd") {
         v.push("etcd");
     }
@@ -133,7 +139,7 @@ pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<d
         #[cfg(feature = "classic")]
         "classic" => Ok(Arc::new(classic::ClassicBackend::from_config(config, local)?)),
         #[cfg(feature = "dns")]
-        "dns" => Err(BuildError::NotImplemented("dns")),
+        "dns" => Ok(Arc::new(dns::DnsBackend::from_config(config, local)?)),
         #[cfg(feature = "k8s")]
         "k8s" => Err(BuildError::NotImplemented("k8s")),
         #[cfg(feature = "aws")]

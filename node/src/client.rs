@@ -83,7 +83,18 @@ pub async fn call(
     req: &Request,
     timeout: Duration,
 ) -> Result<Response, CallError> {
-    match tokio::time::timeout(timeout, call_inner(creds, node, req)).await {
+    call_at(creds, node, None, req, timeout).await
+}
+
+/// Same as [`call`], connecting to `addrs` when the caller resolved the host itself.
+pub async fn call_at(
+    creds: &Credentials,
+    node: &NodeName,
+    addrs: Option<Vec<std::net::SocketAddr>>,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, CallError> {
+    match tokio::time::timeout(timeout, call_inner(creds, node, addrs, req)).await {
         Ok(r) => r,
         Err(_) => Err(CallError::Timeout {
             node: node.clone(),
@@ -92,9 +103,18 @@ pub async fn call(
     }
 }
 
-async fn call_inner(creds: &Credentials, node: &NodeName, req: &Request) -> Result<Response, CallError> {
+async fn call_inner(
+    creds: &Credentials,
+    node: &NodeName,
+    addrs: Option<Vec<std::net::SocketAddr>>,
+    req: &Request,
+) -> Result<Response, CallError> {
     let addr = peer_address(node);
-    let mut stream = TcpStream::connect(&addr).await.map_err(|e| CallError::Connect {
+    let connected = match addrs {
+        Some(list) => TcpStream::connect(&list[..]).await,
+        None => TcpStream::connect(&addr).await,
+    };
+    let mut stream = connected.map_err(|e| CallError::Connect {
         node: node.clone(),
         addr: addr.clone(),
         reason: e.to_string(),

@@ -87,4 +87,7 @@ impl Discovery for Counting {
     fn registration_status(&self) -> Option<RegistrationStatus> {
         self.inner.registration_status()
     }
+    async fn resolve_host(&self, host: &str) -> Option<Result<Vec<std::net::IpAddr>, DiscoveryError>> {
+        self.inner.resolve_host(host).await
+    }
 }

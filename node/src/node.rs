@@ -1,6 +1,7 @@
 //! The node's shared state: persisted membership, readiness, the published formation view, and
 //! the handlers behind every peer request. `NodeMembership` exposes it to discovery-core's engine.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,13 +9,13 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use muster::status::FormationStatus;
 use muster::{
-    ClusterId, Discovery, FormationView, Membership, MembershipError, NodeName, PeerInfo, RegistrationStatus,
-    RestartState,
+    ClusterId, Discovery, FormationView, Host, Membership, MembershipError, NodeName, PeerInfo,
+    RegistrationStatus, RestartState,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::client::{CallError, Credentials, call};
+use crate::client::{CallError, Credentials, call_at};
 use crate::cookie::Cookie;
 use crate::metrics::Metrics;
 use crate::proto::{NodeStatus, Request, Response};
@@ -158,10 +159,33 @@ impl Node {
         self.store.save(p).map_err(state_err)
     }
 
+    /// Resolves a peer's address with the backend's resolver when it has its own settings
+    /// (`Ok(None)`: the system resolver applies).
+    async fn resolve(&self, peer: &NodeName) -> Result<Option<Vec<SocketAddr>>, CallError> {
+        let (Host::Dns(host), Some(backend)) = (peer.host(), self.backend.get()) else {
+            return Ok(None);
+        };
+        let port = crate::config::peer_port(peer);
+        match backend.resolve_host(host).await {
+            None => Ok(None),
+            Some(Ok(ips)) => Ok(Some(
+                ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+            )),
+            Some(Err(e)) => Err(CallError::Connect {
+                node: peer.clone(),
+                addr: crate::config::peer_address(peer),
+                reason: format!("cannot resolve {host}: {e}"),
+            }),
+        }
+    }
+
     /// Calls a peer, counting messages.
     pub async fn call(&self, peer: &NodeName, req: &Request) -> Result<Response, CallError> {
         Metrics::inc(&self.metrics.messages_sent);
-        let r = call(&self.creds, peer, req, CALL_TIMEOUT).await;
+        let r = match self.resolve(peer).await {
+            Ok(addrs) => call_at(&self.creds, peer, addrs, req, CALL_TIMEOUT).await,
+            Err(e) => Err(e),
+        };
         if r.is_ok() {
             Metrics::inc(&self.metrics.messages_received);
         }

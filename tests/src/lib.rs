@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+pub mod dns;
 pub mod etcd;
 
 pub use muster_node::launch::{Layout, LocalCluster};

@@ -1,0 +1,278 @@
+//! # muster-backend-dns
+//!
+//! The DNS backend: A/AAAA records of a host name (turned into node names by reverse lookup, or
+//! used as plain addresses), or SRV records with their ports. DNS lists are not authoritative: a
+//! name with no records means "no candidates yet" (formation waits) and DNS never drives forced
+//! removal. See `docs/backends/dns.md`.
+
+mod settings;
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::{Resolver, TokioResolver};
+use muster_discovery_core::{
+    Capabilities, ConfigError, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, FormationConfig, Host,
+    NodeName,
+};
+use tracing::warn;
+
+pub use settings::{AddressType, DnsSettings, NameForm};
+
+/// The backend's name in config and logs.
+pub const NAME: &str = "dns";
+
+/// The DNS backend for one node.
+pub struct DnsBackend {
+    settings: DnsSettings,
+    local: NodeName,
+    resolver: TokioResolver,
+    explicit_nameservers: bool,
+}
+
+fn build_resolver(s: &DnsSettings) -> Result<TokioResolver, ConfigError> {
+    let mut builder = if s.nameservers.is_empty() {
+        Resolver::builder_tokio().map_err(|e| {
+            ConfigError::new(
+                Some("cluster_formation.dns.nameservers".into()),
+                format!("cannot read the system resolver configuration ({e}); set cluster_formation.dns.nameservers"),
+            )
+        })?
+    } else {
+        let servers = s
+            .nameservers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        Resolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let o = builder.options_mut();
+    o.cache_size = 0; // no caching: a stale cache is a known cause of late joins
+    o.timeout = s.timeout;
+    o.attempts = s.attempts as usize;
+    if !s.nameservers.is_empty() {
+        o.use_hosts_file = ResolveHosts::Never;
+    }
+    builder.build().map_err(|e| {
+        ConfigError::new(
+            Some("cluster_formation.dns".into()),
+            format!("cannot build the resolver: {e}"),
+        )
+    })
+}
+
+/// The query name as a fully qualified name (no search domains, one query).
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+/// Outcome of one lookup: records, "no records" (not an error), or a typed error.
+enum Answer<T> {
+    Records(Vec<T>),
+    Nothing,
+}
+
+fn classify<T>(what: &str, r: Result<Vec<T>, NetError>) -> Result<Answer<T>, DiscoveryError> {
+    match r {
+        Ok(v) if v.is_empty() => Ok(Answer::Nothing),
+        Ok(v) => Ok(Answer::Records(v)),
+        Err(e) if e.is_no_records_found() => Ok(Answer::Nothing),
+        Err(e) => Err(
+            DiscoveryError::new(NAME, ErrorKind::Unavailable, format!("{what}: {e}"))
+                .with_remediation("check cluster_formation.dns.nameservers and that the DNS server answers"),
+        ),
+    }
+}
+
+impl DnsBackend {
+    /// A backend for `local` with validated settings.
+    pub fn new(settings: DnsSettings, local: &NodeName) -> Result<Self, ConfigError> {
+        let resolver = build_resolver(&settings)?;
+        Ok(DnsBackend {
+            explicit_nameservers: !settings.nameservers.is_empty(),
+            settings,
+            local: local.clone(),
+            resolver,
+        })
+    }
+
+    /// Builds the backend from `[cluster_formation.dns]`.
+    pub fn from_config(config: &FormationConfig, local: &NodeName) -> Result<Self, ConfigError> {
+        Self::new(DnsSettings::from_config(config)?, local)
+    }
+
+    fn node(&self, host: Host, port: Option<u16>) -> Result<NodeName, DiscoveryError> {
+        NodeName::new(self.local.prefix(), host, port).map_err(|e| {
+            DiscoveryError::new(
+                NAME,
+                ErrorKind::Other,
+                format!("a DNS answer does not make a node name: {e}"),
+            )
+        })
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DiscoveryError> {
+        let q = fqdn(host);
+        let a = self.resolver.ipv4_lookup(q.as_str()).await.map(|l| {
+            l.answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    _ => None,
+                })
+                .collect()
+        });
+        let aaaa = self.resolver.ipv6_lookup(q.as_str()).await.map(|l| {
+            l.answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })
+                .collect()
+        });
+        let mut out = Vec::new();
+        for part in [
+            classify(&format!("A lookup of {q}"), a)?,
+            classify(&format!("AAAA lookup of {q}"), aaaa)?,
+        ] {
+            if let Answer::Records(v) = part {
+                out.extend(v);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reverse(&self, ip: IpAddr) -> Result<Option<String>, DiscoveryError> {
+        let r = self.resolver.reverse_lookup(Name::from(ip)).await.map(|l| {
+            l.answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(p) => Some(p.0.to_ascii()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        });
+        Ok(match classify(&format!("PTR lookup of {ip}"), r)? {
+            Answer::Records(mut names) => {
+                names.sort();
+                names
+                    .into_iter()
+                    .next()
+                    .map(|n| n.trim_end_matches('.').to_string())
+            }
+            Answer::Nothing => None,
+        })
+    }
+
+    async fn list_hostname(&self, host: &str) -> Result<Vec<NodeName>, DiscoveryError> {
+        let port = self.local.port();
+        let mut nodes = Vec::new();
+        for ip in self.addresses(host).await? {
+            let name = match self.settings.address_type {
+                AddressType::Ip => self.node(
+                    match ip {
+                        IpAddr::V4(v) => Host::V4(v),
+                        IpAddr::V6(v) => Host::V6(v),
+                    },
+                    port,
+                )?,
+                AddressType::Hostname => {
+                    let Some(ptr) = self.reverse(ip).await? else {
+                        warn!(
+                            "{ip} (from {host}) has no PTR record; skipped (address_type = \"ip\" uses addresses as names)"
+                        );
+                        continue;
+                    };
+                    let h = match self.settings.name_form {
+                        NameForm::Fqdn => ptr,
+                        NameForm::Short => ptr.split('.').next().unwrap_or(&ptr).to_string(),
+                    };
+                    self.node(Host::Dns(h), port)?
+                }
+            };
+            nodes.push(name);
+        }
+        Ok(nodes)
+    }
+
+    async fn list_srv(&self, srv: &str) -> Result<Vec<NodeName>, DiscoveryError> {
+        let q = fqdn(srv);
+        let r = self.resolver.srv_lookup(q.as_str()).await.map(|l| {
+            l.answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::SRV(s) => Some((s.priority, u16::MAX - s.weight, s.target.to_ascii(), s.port)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut records = match classify(&format!("SRV lookup of {q}"), r)? {
+            Answer::Records(v) => v,
+            Answer::Nothing => return Ok(Vec::new()),
+        };
+        // Priority (then weight) only orders the candidates; all of them are listed.
+        records.sort();
+        records
+            .into_iter()
+            .map(|(_, _, target, port)| {
+                let host = Host::Dns(target.trim_end_matches('.').to_ascii_lowercase());
+                self.node(host, Some(port))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Discovery for DnsBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+    }
+
+    async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
+        let nodes = match (&self.settings.hostname, &self.settings.srv) {
+            (_, Some(srv)) => self.list_srv(srv).await?,
+            (Some(host), None) => self.list_hostname(host).await?,
+            (None, None) => unreachable!("settings validation requires hostname or srv"),
+        };
+        Ok(DiscoveryResult::new(nodes, false))
+    }
+
+    async fn resolve_host(&self, host: &str) -> Option<Result<Vec<IpAddr>, DiscoveryError>> {
+        if !self.explicit_nameservers {
+            return None;
+        }
+        Some(self.addresses(host).await.and_then(|v| {
+            if v.is_empty() {
+                Err(DiscoveryError::new(
+                    NAME,
+                    ErrorKind::NotFound,
+                    format!("{host} has no A or AAAA record"),
+                ))
+            } else {
+                Ok(v)
+            }
+        }))
+    }
+}

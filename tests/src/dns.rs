@@ -1,0 +1,267 @@
+//! Real DNS servers for tests: Debian's dnsmasq (dnsmasq-base) and bind9 on free loopback ports
+//! with temp configs, plus a "silent" server that never answers. Tests always name these servers
+//! explicitly: nothing here reads /etc/resolv.conf. A missing binary fails the test with the
+//! command that installs it.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use muster_node::launch::Ports;
+
+/// How to install what these tests need.
+pub const INSTALL: &str = "apt-get install -y --no-install-recommends dnsmasq-base bind9 bind9-dnsutils \
+                           (scripts/test.sh does this)";
+
+/// A record set served by both servers.
+#[derive(Debug, Clone, Default)]
+pub struct Zone {
+    /// `(name, ip)`: A or AAAA records, each with a PTR back to the name.
+    pub hosts: Vec<(String, String)>,
+    /// `(service, target, port, priority, weight)`.
+    pub srv: Vec<(String, String, u16, u16, u16)>,
+}
+
+/// A running DNS server.
+pub struct DnsServer {
+    /// Where it answers (UDP and TCP).
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    child: Child,
+    kind: &'static str,
+}
+
+fn need(binary: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status();
+    if !found.map(|s| s.success()).unwrap_or(false) {
+        panic!("{binary} is not installed; install it with: {INSTALL}");
+    }
+}
+
+fn free_port() -> u16 {
+    let mut ports = Ports::new();
+    loop {
+        let p = ports.take().unwrap();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// The last label-group of a name relative to `cluster.test.`.
+fn rel(name: &str) -> String {
+    name.trim_end_matches('.')
+        .trim_end_matches(".cluster.test")
+        .to_string()
+}
+
+fn reverse_v4(ip: &str) -> String {
+    let o: Vec<&str> = ip.split('.').collect();
+    o[3].to_string()
+}
+
+fn reverse_v6(ip: &str) -> String {
+    let addr: std::net::Ipv6Addr = ip.parse().unwrap();
+    let hex: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
+    // fd00::/64: the zone holds the last 16 nibbles.
+    hex[16..]
+        .chars()
+        .rev()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+impl DnsServer {
+    /// Starts dnsmasq as an authoritative server for `cluster.test` with `zone`.
+    pub async fn dnsmasq(zone: &Zone) -> DnsServer {
+        need("dnsmasq");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut conf = format!(
+            "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\npid-file=\nuser=root\ngroup=root\n\
+             log-facility={}\nauth-server=ns.cluster.test,127.0.0.1\nauth-zone=cluster.test,192.0.2.0/24,fd00::/64,127.0.0.0/8\n\
+             auth-soa=1,hostmaster.cluster.test,60,60,60\nauth-ttl=1\nlocal-ttl=1\n",
+            dir.path().join("dnsmasq.log").display()
+        );
+        for (name, ip) in &zone.hosts {
+            conf.push_str(&format!("host-record={name},{ip}\n"));
+        }
+        for (svc, target, p, prio, weight) in &zone.srv {
+            conf.push_str(&format!("srv-host={svc},{target},{p},{prio},{weight}\n"));
+        }
+        std::fs::write(dir.path().join("dnsmasq.conf"), conf).unwrap();
+        let child = Command::new("dnsmasq")
+            .args(["-k", "-C"])
+            .arg(dir.path().join("dnsmasq.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dnsmasq ({e}); {INSTALL}"));
+        let s = DnsServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            child,
+            kind: "dnsmasq",
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    /// Starts bind9 (named) as the primary for `cluster.test` and its reverse zones, accepting
+    /// dynamic updates from 127.0.0.1.
+    pub async fn bind9(zone: &Zone) -> DnsServer {
+        need("named");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = free_port();
+        let soa = "$TTL 1\n@ IN SOA ns.cluster.test. hostmaster.cluster.test. 1 60 60 60 1\n@ IN NS ns.cluster.test.\n";
+        let mut fwd = format!("{soa}ns IN A 127.0.0.1\n");
+        let (mut rev4, mut rev6) = (soa.to_string(), soa.to_string());
+        for (name, ip) in &zone.hosts {
+            let r = rel(name);
+            if ip.contains(':') {
+                fwd.push_str(&format!("{r} IN AAAA {ip}\n"));
+                if ip.starts_with("fd00:") {
+                    rev6.push_str(&format!("{} IN PTR {name}.\n", reverse_v6(ip)));
+                }
+            } else {
+                fwd.push_str(&format!("{r} IN A {ip}\n"));
+                if ip.starts_with("192.0.2.") {
+                    rev4.push_str(&format!("{} IN PTR {name}.\n", reverse_v4(ip)));
+                }
+            }
+        }
+        for (svc, target, p, prio, weight) in &zone.srv {
+            fwd.push_str(&format!("{} IN SRV {prio} {weight} {p} {target}.\n", rel(svc)));
+        }
+        std::fs::write(d.join("fwd.zone"), fwd).unwrap();
+        std::fs::write(d.join("rev4.zone"), rev4).unwrap();
+        std::fs::write(d.join("rev6.zone"), rev6).unwrap();
+        let zone_block = |name: &str, file: &str| {
+            format!(
+                "zone \"{name}\" {{ type primary; file \"{}\"; allow-update {{ 127.0.0.1; }}; }};\n",
+                d.join(file).display()
+            )
+        };
+        let conf = format!(
+            "options {{ directory \"{dir}\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; \
+             recursion no; pid-file \"{dir}/named.pid\"; dnssec-validation no; allow-query {{ any; }}; }};\n\
+             controls {{ }};\n{}{}{}",
+            zone_block("cluster.test", "fwd.zone"),
+            zone_block("2.0.192.in-addr.arpa", "rev4.zone"),
+            zone_block("0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa", "rev6.zone"),
+            dir = d.display()
+        );
+        std::fs::write(d.join("named.conf"), conf).unwrap();
+        let child = Command::new("named")
+            .args(["-g", "-c"])
+            .arg(d.join("named.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start named ({e}); {INSTALL}"));
+        let s = DnsServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            child,
+            kind: "bind9",
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = Command::new("dig")
+                .args([
+                    &format!("@{}", self.addr.ip()),
+                    "-p",
+                    &self.addr.port().to_string(),
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    "cluster.test",
+                    "SOA",
+                ])
+                .output();
+            if let Ok(o) = out {
+                if String::from_utf8_lossy(&o.stdout).contains("hostmaster.cluster.test") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} did not answer on {}: {}", self.kind, self.addr, self.log());
+    }
+
+    /// Sends dynamic updates with nsupdate (bind9 only), e.g. `update add x.cluster.test 1 A 1.2.3.4`.
+    pub fn nsupdate(&self, commands: &str) {
+        let script = format!(
+            "server {} {}\nzone cluster.test\n{commands}\nsend\n",
+            self.addr.ip(),
+            self.addr.port()
+        );
+        let mut child = Command::new("nsupdate")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nsupdate ({e}); {INSTALL}"));
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nsupdate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        let p: &Path = self.dir.path();
+        let mut s = std::fs::read_to_string(p.join("stderr.log")).unwrap_or_default();
+        s.push_str(&std::fs::read_to_string(p.join("dnsmasq.log")).unwrap_or_default());
+        s
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A UDP and TCP port that accepts queries and never answers.
+pub struct SilentDns {
+    /// Its address.
+    pub addr: SocketAddr,
+    _udp: UdpSocket,
+    _tcp: std::net::TcpListener,
+}
+
+impl SilentDns {
+    /// Binds both sockets on one free port.
+    pub fn start() -> SilentDns {
+        loop {
+            let port = free_port();
+            if let (Ok(udp), Ok(tcp)) = (
+                UdpSocket::bind(("127.0.0.1", port)),
+                std::net::TcpListener::bind(("127.0.0.1", port)),
+            ) {
+                return SilentDns {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    _udp: udp,
+                    _tcp: tcp,
+                };
+            }
+        }
+    }
+}
