@@ -10,9 +10,11 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*"; }
 
 # System packages the build and the server-backed tests need: etcd for the etcd backend's tests,
-# protoc and the well-known .proto files for etcd-client's build, openssl for TLS test certificates.
+# protoc and the well-known .proto files for etcd-client's build, openssl for TLS test certificates,
+# dnsmasq and bind9 for the DNS tests, iproute2 and util-linux (ip, unshare) for the test namespace.
 # apt-get update runs once, and only when something is missing.
-APT_PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl)
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl dnsmasq-base bind9 bind9-dnsutils
+  iproute2 util-linux)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   # "install ok installed" only: a removed package keeps a dpkg record ("config-files").
@@ -31,9 +33,20 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-log "cargo test"
+log "cargo test (build)"
+cargo test --workspace --locked --no-run
+
+# The tests run in a private network namespace where only loopback exists, so no test can send
+# traffic off this machine (for example a DNS query to the system resolver).
+log "cargo test (run, in a network namespace with loopback only)"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$out"
+run_tests='ip link set lo up && cargo test --workspace --locked --offline --no-fail-fast'
+if unshare -n true 2>/dev/null; then
+  unshare -n -- bash -c "$run_tests" 2>&1 | tee "$out"
+else
+  echo "unshare -n is not permitted here: running the tests in the host network namespace"
+  cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$out"
+fi
 # One closing line over every test binary and doctest run ("total: N passed, N failed").
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$out"

@@ -108,13 +108,13 @@ impl DnsSettings {
             _ => {}
         }
         for (key, v) in [("hostname", &self.hostname), ("srv", &self.srv)] {
-            if let Some(name) = v {
-                if name.is_empty() || name.contains(' ') {
-                    return Err(ConfigError::new(
-                        Some(format!("{T}.{key}")),
-                        format!("{T}.{key} = {name:?} is not a DNS name"),
-                    ));
-                }
+            if let Some(name) = v
+                && (name.is_empty() || name.contains(' '))
+            {
+                return Err(ConfigError::new(
+                    Some(format!("{T}.{key}")),
+                    format!("{T}.{key} = {name:?} is not a DNS name"),
+                ));
             }
         }
         let (lo, hi) = (Duration::from_millis(50), Duration::from_secs(60));

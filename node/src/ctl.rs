@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use muster::NodeName;
 
-use crate::client::{Credentials, call};
+use crate::client::{Credentials, call_at};
 use crate::config::NodeConfig;
 use crate::cookie::Cookie;
 use crate::proto::{NodeStatus, Request, Response};
@@ -27,6 +27,9 @@ pub struct CtlArgs {
     /// A node config file to take --node, --cookie-file and --cluster-name from.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Connect to this address instead of resolving the node's host name.
+    #[arg(long)]
+    pub address: Option<std::net::SocketAddr>,
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
@@ -163,7 +166,8 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
         CtlCommand::FormationStatus { .. } => Request::FormationStatus,
         CtlCommand::Stop => Request::Stop,
     };
-    let resp = call(&creds, &node, &req, timeout)
+    let addrs = args.address.map(|a| vec![a]);
+    let resp = call_at(&creds, &node, addrs, &req, timeout)
         .await
         .map_err(|e| e.to_string())?;
     match (&args.command, resp) {

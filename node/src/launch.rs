@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use muster::NodeName;
 use muster::retry::{Retry, RetryError};
 
-use crate::client::{CallError, Credentials, call};
+use crate::client::{CallError, Credentials, call_at};
 use crate::cookie::Cookie;
 use crate::proto::{NodeStatus, Request, Response};
 
@@ -28,6 +28,9 @@ pub struct LocalNode {
     pub log: PathBuf,
     /// Its HTTP address, when enabled.
     pub http: Option<std::net::SocketAddr>,
+    /// Its explicit listen address, when the layout gave one (the launcher connects there
+    /// instead of resolving the name).
+    pub listen: Option<std::net::SocketAddr>,
     /// The running process, if any.
     pub child: Option<Child>,
     /// When the process was last started.
@@ -49,6 +52,8 @@ pub struct Layout {
     pub http: bool,
     /// Another backend than classic: its name and its `[cluster_formation.<name>]` tables.
     pub backend: Option<(String, String)>,
+    /// Explicit node names and listen addresses (default: `<prefix><i>@127.0.0.1:<free port>`).
+    pub names: Option<Vec<(NodeName, std::net::SocketAddr)>>,
 }
 
 impl Default for Layout {
@@ -62,6 +67,7 @@ impl Default for Layout {
             extra: String::new(),
             http: false,
             backend: None,
+            names: None,
         }
     }
 }
@@ -148,11 +154,23 @@ impl LocalCluster {
         let cookie = Cookie::generate(&cookie_file)?;
         let mut ports = Ports::new();
         let mut names = Vec::new();
-        for i in 1..=layout.nodes {
-            let name: NodeName = format!("{}{i}@127.0.0.1:{}", layout.prefix, ports.take()?)
-                .parse()
-                .map_err(std::io::Error::other)?;
-            names.push(name);
+        let mut listens = Vec::new();
+        match &layout.names {
+            Some(given) => {
+                for (name, listen) in given {
+                    names.push(name.clone());
+                    listens.push(Some(*listen));
+                }
+            }
+            None => {
+                for i in 1..=layout.nodes {
+                    let name: NodeName = format!("{}{i}@127.0.0.1:{}", layout.prefix, ports.take()?)
+                        .parse()
+                        .map_err(std::io::Error::other)?;
+                    names.push(name);
+                    listens.push(None);
+                }
+            }
         }
         let mut nodes = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -176,8 +194,11 @@ impl LocalCluster {
                     ),
                 ),
             };
+            let listen = listens[i]
+                .map(|l| format!("listen = \"{l}\"\n"))
+                .unwrap_or_default();
             let text = format!(
-                "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\ncookie_file = \"{}\"\ncluster_name = \"local\"\n\
+                "[node]\nname = \"{name}\"\n{listen}data_dir = \"{}\"\ncookie_file = \"{}\"\ncluster_name = \"local\"\n\
                  sync_interval = \"500ms\"\n\n{http_table}[cluster_formation]\npeer_discovery_backend = \"{backend}\"\n{}\n\
                  {tables}{}",
                 data_dir.display(),
@@ -192,6 +213,7 @@ impl LocalCluster {
                 data_dir,
                 log: dir.join(format!("node{}.log", i + 1)),
                 http,
+                listen: listens[i],
                 child: None,
                 started: None,
             });
@@ -242,7 +264,15 @@ impl LocalCluster {
 
     /// Calls node `i`.
     pub async fn call(&self, i: usize, req: &Request) -> Result<Response, CallError> {
-        call(&self.creds, &self.nodes[i].name, req, Duration::from_secs(5)).await
+        let addrs = self.nodes[i].listen.map(|l| vec![l]);
+        call_at(
+            &self.creds,
+            &self.nodes[i].name,
+            addrs,
+            req,
+            Duration::from_secs(5),
+        )
+        .await
     }
 
     /// Node `i`'s status, if it answers.

@@ -190,10 +190,10 @@ impl DnsServer {
                     "SOA",
                 ])
                 .output();
-            if let Ok(o) = out {
-                if String::from_utf8_lossy(&o.stdout).contains("hostmaster.cluster.test") {
-                    return;
-                }
+            if let Ok(o) = out
+                && String::from_utf8_lossy(&o.stdout).contains("hostmaster.cluster.test")
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -31,17 +31,20 @@ pub fn ctl(cluster: &LocalCluster, i: usize, args: &[&str]) -> Output {
 
 /// Same as [`ctl`] with another cookie file.
 pub fn ctl_with_cookie(cluster: &LocalCluster, i: usize, cookie: &Path, args: &[&str]) -> Output {
-    Command::new(&cluster.exe)
-        .args([
-            "ctl",
-            "--node",
-            cluster.nodes[i].name.as_str(),
-            "--cluster-name",
-            "local",
-            "--cookie-file",
-        ])
-        .arg(cookie)
-        .args(args)
+    let mut cmd = Command::new(&cluster.exe);
+    cmd.args([
+        "ctl",
+        "--node",
+        cluster.nodes[i].name.as_str(),
+        "--cluster-name",
+        "local",
+        "--cookie-file",
+    ])
+    .arg(cookie);
+    if let Some(listen) = cluster.nodes[i].listen {
+        cmd.arg("--address").arg(listen.to_string());
+    }
+    cmd.args(args)
         .env_remove("MUSTER_COOKIE")
         .output()
         .expect("the muster binary runs")
