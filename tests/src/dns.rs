@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muster_node::launch::Ports;
 
@@ -176,28 +176,31 @@ impl DnsServer {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let out = Command::new("dig")
-                .args([
-                    &format!("@{}", self.addr.ip()),
-                    "-p",
-                    &self.addr.port().to_string(),
-                    "+short",
-                    "+time=1",
-                    "+tries=1",
-                    "cluster.test",
-                    "SOA",
-                ])
-                .output();
-            if let Ok(o) = out
-                && String::from_utf8_lossy(&o.stdout).contains("hostmaster.cluster.test")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{} did not answer on {}: {}", self.kind, self.addr, self.log());
+        let (ip, port) = (format!("@{}", self.addr.ip()), self.addr.port().to_string());
+        let up = crate::eventually(Duration::from_secs(20), async || {
+            let args = [
+                ip.as_str(),
+                "-p",
+                port.as_str(),
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "cluster.test",
+                "SOA",
+            ];
+            Command::new("dig")
+                .args(args)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("hostmaster.cluster.test"))
+        })
+        .await;
+        assert!(
+            up.is_some(),
+            "{} did not answer on {}: {}",
+            self.kind,
+            self.addr,
+            self.log()
+        );
     }
 
     /// Sends dynamic updates with nsupdate (bind9 only), e.g. `update add x.cluster.test 1 A 1.2.3.4`.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muster_node::launch::Ports;
 
@@ -230,18 +230,11 @@ impl EtcdServer {
 
     /// Waits until the client port accepts connections (and etcd answers a plain request).
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() && self.answers().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become ready; log: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let up = crate::eventually(Duration::from_secs(20), async || {
+            std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() && self.answers().await
+        })
+        .await;
+        assert!(up.is_some(), "etcd did not become ready; log: {}", self.log());
     }
 
     async fn answers(&self) -> bool {

@@ -78,3 +78,51 @@ pub fn members(status: &serde_json::Value) -> Vec<String> {
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
 }
+
+/// A plain HTTP/1.1 GET on loopback: the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes (the core retry mechanism);
+/// returns how long it took.
+pub async fn eventually<F: AsyncFnMut() -> bool>(
+    limit: std::time::Duration,
+    cond: F,
+) -> Option<std::time::Duration> {
+    use std::ops::ControlFlow;
+    let start = std::time::Instant::now();
+    // The retry closure is FnMut; the condition lives behind an (uncontended) async mutex.
+    let cond = tokio::sync::Mutex::new(cond);
+    let polled = muster::retry::Retry::every(std::time::Duration::from_millis(50))
+        .within(limit)
+        .run(|_| {
+            let cond = &cond;
+            async move {
+                let ready = (*cond.lock().await)().await;
+                if ready {
+                    ControlFlow::Break(Ok::<_, ()>(()))
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }
+        })
+        .await;
+    polled.ok().map(|()| start.elapsed())
+}

@@ -1,10 +1,10 @@
 //! The `muster` CLI's one-shot commands and the HTTP endpoints of a running node.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use muster_tests::{Layout, LocalCluster, ctl, local_cluster_of, node_exe, text};
+use muster_tests::{Layout, LocalCluster, ctl, http_get, local_cluster_of, node_exe, text};
 
 fn local_cluster(layout: &Layout) -> (tempfile::TempDir, LocalCluster) {
     local_cluster_of(&node_exe!(), layout)
@@ -16,20 +16,6 @@ fn muster(args: &[&str]) -> std::process::Output {
         .env_remove("MUSTER_COOKIE")
         .output()
         .unwrap()
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let code = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 #[test]

@@ -9,6 +9,7 @@ use etcd_client::GetOptions;
 use muster::{Discovery, ErrorKind, NodeName};
 use muster_backend_etcd::{EtcdBackend, EtcdSettings};
 use muster_tests::etcd::{EtcdServer, Tls};
+use muster_tests::eventually;
 
 fn n(s: &str) -> NodeName {
     format!("m@{s}").parse().unwrap()
@@ -34,18 +35,6 @@ async fn keys(server: &EtcdServer, prefix: &str) -> Vec<String> {
         .iter()
         .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
         .collect()
-}
-
-/// Waits until `cond` holds, up to `limit`; returns the time it took.
-async fn within<F: AsyncFnMut() -> bool>(limit: Duration, mut cond: F) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
 }
 
 #[tokio::test]
@@ -109,7 +98,7 @@ async fn node_ttl_sets_the_lease_and_a_killed_node_disappears_after_it() {
     assert!(a.registration_status().unwrap().renewals >= 2);
     // "Killed": the keeper stops without unregistering.
     drop(a);
-    let gone = within(Duration::from_secs(9), async || {
+    let gone = eventually(Duration::from_secs(9), async || {
         keys(&server, "/muster/").await.is_empty()
     })
     .await;
@@ -131,7 +120,7 @@ async fn a_lease_revoked_behind_the_backends_back_is_re_established() {
         keys(&server, "/muster/").await.is_empty(),
         "revoking the lease removed the key"
     );
-    let back = within(Duration::from_secs(8), async || {
+    let back = eventually(Duration::from_secs(8), async || {
         keys(&server, "/muster/").await.len() == 1
     })
     .await;

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use muster_tests::etcd::EtcdServer;
-use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, members, node_exe};
+use muster_tests::{
+    Layout, LocalCluster, cluster_status, eventually, http_get, local_cluster_of, members, node_exe,
+};
 
 const FORM: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(5);
@@ -85,14 +87,9 @@ async fn etcd_down_for_ten_seconds_during_formation_then_one_cluster() {
             .unwrap_or(0)
             == 3
     };
-    let mut ok = false;
-    for _ in 0..100 {
-        if registered().await {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = eventually(Duration::from_secs(10), &mut registered)
+        .await
+        .is_some();
     assert!(ok, "three nodes registered");
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..3 {
@@ -132,15 +129,6 @@ async fn etcd_down_for_ten_seconds_during_formation_then_one_cluster() {
     assert_eq!(ids.len(), 1, "no second cluster");
 }
 
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 fn cleanup_extra() -> &'static str {
     "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n"
 }
@@ -164,7 +152,7 @@ async fn a_killed_node_is_forgotten_after_its_key_expires() {
             .contains("registered as /muster/default/nodes/"),
         "{s}"
     );
-    let metrics = http_get(c.nodes[0].http.unwrap(), "/metrics");
+    let (_, metrics) = http_get(c.nodes[0].http.unwrap(), "/metrics");
     assert!(metrics.contains("muster_registered 1"), "{metrics}");
     assert!(metrics.contains("muster_re_registrations_total 0"), "{metrics}");
     c.kill(2).unwrap();

@@ -7,7 +7,6 @@
 //! It runs the `muster-test-node` binary next to itself (the `muster` CLI built into this
 //! package), building it first with the same profile when it is missing or older.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -84,11 +83,7 @@ fn node_exe() -> Result<PathBuf, String> {
 
 /// Reads a counter from a node's /metrics.
 fn metric(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
+    let (_, body) = muster_tests::http_get(addr, "/metrics");
     body.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))?
         .split_whitespace()
