@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use muster_discovery_core::FormationConfig;
-use muster_discovery_core::config::{ConfigError, duration};
+use muster_discovery_core::config::{ConfigError, check_duration, check_range, duration};
 use serde::{Deserialize, Deserializer};
 
 /// How A/AAAA answers become node names.
@@ -117,23 +117,13 @@ impl DnsSettings {
                 ));
             }
         }
-        let (lo, hi) = (Duration::from_millis(50), Duration::from_secs(60));
-        if self.timeout < lo || self.timeout > hi {
-            return Err(ConfigError::out_of_range(
-                &format!("{T}.timeout"),
-                duration::format(self.timeout),
-                "50ms",
-                "1m",
-            ));
-        }
-        if !(1..=10).contains(&self.attempts) {
-            return Err(ConfigError::out_of_range(
-                &format!("{T}.attempts"),
-                self.attempts,
-                1,
-                10,
-            ));
-        }
+        check_duration(
+            &format!("{T}.timeout"),
+            self.timeout,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        )?;
+        check_range(&format!("{T}.attempts"), self.attempts, 1, 10)?;
         Ok(())
     }
 }

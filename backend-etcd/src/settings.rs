@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use muster_discovery_core::FormationConfig;
-use muster_discovery_core::config::{ConfigError, duration};
+use muster_discovery_core::config::{ConfigError, check_duration, duration};
 use serde::Deserialize;
 
 /// The etcd backend's settings. Every key changes behaviour (tests prove it).
@@ -59,15 +59,7 @@ impl Default for EtcdSettings {
 const T: &str = "cluster_formation.etcd";
 
 fn range(key: &str, v: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
-    if v < min || v > max {
-        return Err(ConfigError::out_of_range(
-            &format!("{T}.{key}"),
-            duration::format(v),
-            duration::format(min),
-            duration::format(max),
-        ));
-    }
-    Ok(())
+    check_duration(&format!("{T}.{key}"), v, min, max)
 }
 
 fn path_component(key: &str, v: &str) -> Result<(), ConfigError> {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use muster::config::{ConfigError, duration, from_toml_str};
+use muster::config::{ConfigError, check_duration, duration, from_toml_str};
 use muster::{FormationConfig, Host, NodeName};
 use serde::{Deserialize, Serialize};
 
@@ -187,7 +187,12 @@ impl NodeConfig {
                 "node.cluster_name must be 1-255 characters",
             ));
         }
-        check_duration("node.sync_interval", self.node.sync_interval)?;
+        check_duration(
+            "node.sync_interval",
+            self.node.sync_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
         let http = self.http.as_ref().and_then(|h| h.listen);
         Ok(Resolved {
             file: self,
@@ -197,14 +202,6 @@ impl NodeConfig {
             http,
         })
     }
-}
-
-fn check_duration(key: &str, d: Duration) -> Result<(), ConfigError> {
-    let (min, max) = (Duration::from_millis(100), Duration::from_secs(3600));
-    if d < min || d > max {
-        return Err(ConfigError::out_of_range(key, duration::format(d), "100ms", "1h"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

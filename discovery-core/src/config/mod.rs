@@ -170,7 +170,8 @@ struct Document {
     cluster_formation: FormationConfig,
 }
 
-fn check_range<T: PartialOrd + std::fmt::Display>(
+/// Rejects a value outside `min..=max` with an error naming `key` and the allowed range.
+pub fn check_range<T: PartialOrd + std::fmt::Display>(
     key: &str,
     value: T,
     min: T,
@@ -182,7 +183,9 @@ fn check_range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
-fn check_duration(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+/// Rejects a duration outside `min..=max` with an error naming `key` and the allowed range,
+/// written with units as the config accepts them.
+pub fn check_duration(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::out_of_range(
             key,
