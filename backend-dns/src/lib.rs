@@ -31,7 +31,6 @@ pub struct DnsBackend {
     settings: DnsSettings,
     local: NodeName,
     resolver: TokioResolver,
-    explicit_nameservers: bool,
 }
 
 fn build_resolver(s: &DnsSettings) -> Result<TokioResolver, ConfigError> {
@@ -106,7 +105,6 @@ impl DnsBackend {
     pub fn new(settings: DnsSettings, local: &NodeName) -> Result<Self, ConfigError> {
         let resolver = build_resolver(&settings)?;
         Ok(DnsBackend {
-            explicit_nameservers: !settings.nameservers.is_empty(),
             settings,
             local: local.clone(),
             resolver,
@@ -260,7 +258,8 @@ impl Discovery for DnsBackend {
     }
 
     async fn resolve_host(&self, host: &str) -> Option<Result<Vec<IpAddr>, DiscoveryError>> {
-        if !self.explicit_nameservers {
+        // Only with explicit nameservers: otherwise the system resolver is what the backend uses.
+        if self.settings.nameservers.is_empty() {
             return None;
         }
         Some(self.addresses(host).await.and_then(|v| {

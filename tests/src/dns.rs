@@ -95,21 +95,7 @@ impl DnsServer {
             conf.push_str(&format!("srv-host={svc},{target},{p},{prio},{weight}\n"));
         }
         std::fs::write(dir.path().join("dnsmasq.conf"), conf).unwrap();
-        let child = Command::new("dnsmasq")
-            .args(["-k", "-C"])
-            .arg(dir.path().join("dnsmasq.conf"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start dnsmasq ({e}); {INSTALL}"));
-        let s = DnsServer {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-            child,
-            kind: "dnsmasq",
-        };
-        s.wait_ready().await;
-        s
+        Self::launch("dnsmasq", &["-k", "-C"], "dnsmasq.conf", dir, port, "dnsmasq").await
     }
 
     /// Starts bind9 (named) as the primary for `cluster.test` and its reverse zones, accepting
@@ -158,18 +144,31 @@ impl DnsServer {
             dir = d.display()
         );
         std::fs::write(d.join("named.conf"), conf).unwrap();
-        let child = Command::new("named")
-            .args(["-g", "-c"])
-            .arg(d.join("named.conf"))
+        Self::launch("named", &["-g", "-c"], "named.conf", dir, port, "bind9").await
+    }
+
+    /// Starts `program` in the foreground on the config file `conf` in `dir`, its stderr in
+    /// `dir/stderr.log`, and waits until it answers.
+    async fn launch(
+        program: &str,
+        flags: &[&str],
+        conf: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        kind: &'static str,
+    ) -> DnsServer {
+        let child = Command::new(program)
+            .args(flags)
+            .arg(dir.path().join(conf))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start named ({e}); {INSTALL}"));
+            .unwrap_or_else(|e| panic!("cannot start {program} ({e}); {INSTALL}"));
         let s = DnsServer {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
             child,
-            kind: "bind9",
+            kind,
         };
         s.wait_ready().await;
         s
