@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use muster_discovery_core::{
-    Capabilities, ConfigError, Discovery, DiscoveryError, DiscoveryResult, FormationConfig, NodeName,
+    ConfigError, Discovery, DiscoveryError, DiscoveryResult, FormationConfig, NodeName,
 };
 use serde::Deserialize;
 use tracing::warn;
@@ -97,8 +97,8 @@ impl Discovery for ClassicBackend {
         NAME
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::none().with_full_membership(true)
+    fn full_membership(&self) -> bool {
+        true
     }
 
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {

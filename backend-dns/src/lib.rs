@@ -16,8 +16,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::{Resolver, TokioResolver};
 use muster_discovery_core::{
-    Capabilities, ConfigError, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, FormationConfig, Host,
-    NodeName,
+    ConfigError, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, FormationConfig, Host, NodeName,
 };
 use tracing::warn;
 
@@ -244,8 +243,8 @@ impl Discovery for DnsBackend {
         NAME
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::none()
+    fn full_membership(&self) -> bool {
+        false
     }
 
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {

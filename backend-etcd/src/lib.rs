@@ -25,8 +25,8 @@ use etcd_client::{
     TlsOptions, Txn, TxnOp,
 };
 use muster_discovery_core::{
-    Capabilities, ClusterId, ConfigError, Discovery, DiscoveryError, DiscoveryResult, ErrorKind,
-    FormationConfig, LockGuard, NodeName, RegistrationStatus,
+    ClaimError, ClusterId, ConfigError, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing,
+    FormationConfig, FormationLock, LockGuard, NodeName, Registration, RegistrationStatus,
 };
 use tokio::sync::{OnceCell, watch};
 use tracing::warn;
@@ -178,12 +178,20 @@ impl Discovery for EtcdBackend {
         NAME
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::none()
-            .with_registration(true)
-            .with_locking(true)
-            .with_full_membership(true)
-            .with_fencing(true)
+    fn full_membership(&self) -> bool {
+        true
+    }
+
+    fn registration(&self) -> Option<&dyn Registration> {
+        Some(self)
+    }
+
+    fn formation_lock(&self) -> Option<&dyn FormationLock> {
+        Some(self)
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        Some(self)
     }
 
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
@@ -211,12 +219,14 @@ impl Discovery for EtcdBackend {
         }
         let mut result = DiscoveryResult::new(nodes, true);
         if let Some(id) = recorded {
-            result = result.with_recorded_cluster(id);
-            result.fencing_hint = Some(self.hint());
+            result = result.with_recorded_cluster(id).with_fencing_hint(self.hint());
         }
         Ok(result)
     }
+}
 
+#[async_trait]
+impl Registration for EtcdBackend {
     async fn register(&self) -> Result<(), DiscoveryError> {
         {
             let mut keeper = self.keeper.lock().expect("keeper mutex");
@@ -269,6 +279,13 @@ impl Discovery for EtcdBackend {
         Ok(())
     }
 
+    fn status(&self) -> RegistrationStatus {
+        self.inner.registration.borrow().clone()
+    }
+}
+
+#[async_trait]
+impl FormationLock for EtcdBackend {
     async fn lock(&self, _owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         let client = self.inner.client().await?;
         let s = &self.inner.settings;
@@ -283,22 +300,40 @@ impl Discovery for EtcdBackend {
             .await?,
         ))
     }
+}
 
-    async fn record_cluster(&self, id: &ClusterId) -> Result<(), DiscoveryError> {
+#[async_trait]
+impl Fencing for EtcdBackend {
+    /// One transaction: `cluster-id` absent (create revision 0) and, under a lock, the lock key
+    /// still present (our hold's key exists only while its lease lives) → write the id. On a
+    /// failed compare the same transaction reads the recorded id to tell "taken" from "lock lost".
+    async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError> {
         let mut client = self.inner.client().await?;
         let key = self.inner.settings.cluster_id_key();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), id.0.as_str(), None)]);
-        let limit = self.inner.settings.connect_timeout;
-        let resp = errors::bounded("recording the cluster id", limit, client.txn(txn)).await?;
-        if !resp.succeeded() {
-            warn!("{key} already holds a cluster id; left as it is");
+        let mut when = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
+        if let Some(guard) = lock {
+            when.push(Compare::create_revision(guard.token(), CompareOp::Greater, 0));
         }
-        Ok(())
-    }
-
-    fn registration_status(&self) -> Option<RegistrationStatus> {
-        Some(self.inner.registration.borrow().clone())
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::put(key.as_str(), id.0.as_str(), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let limit = self.inner.settings.connect_timeout;
+        let resp = errors::bounded("claiming the cluster id", limit, client.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let recorded = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .map(|kv| ClusterId(String::from_utf8_lossy(kv.value()).into_owned())),
+            _ => None,
+        });
+        match recorded {
+            Some(existing) if existing == *id => Ok(()),
+            Some(existing) => Err(ClaimError::Taken(existing)),
+            None => Err(ClaimError::LockLost),
+        }
     }
 }

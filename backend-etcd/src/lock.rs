@@ -1,12 +1,16 @@
 //! The formation lock: etcd's lock API on a lease of its own (`lock_timeout`), kept alive while
-//! held. A holder that dies stops renewing, and etcd frees the lock when the lease expires.
+//! held. A holder that dies stops renewing, and etcd frees the lock when the lease expires. A
+//! failed renewal is not silent: the guard's `lost()` resolves, which cancels the action under
+//! the lock, and the fencing claim checks the lock key in the same transaction.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, LockOptions};
+use futures::future::BoxFuture;
 use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tracing::warn;
 
 use crate::NAME;
 use crate::errors::{bounded, map};
@@ -18,6 +22,42 @@ pub struct EtcdLock {
     key: Vec<u8>,
     lease: i64,
     stop: Option<oneshot::Sender<()>>,
+    lost: watch::Receiver<bool>,
+}
+
+/// Keeps the lock lease alive every `period`; flags `lost` when a renewal fails or the lease is
+/// gone (TTL 0), or when no renewal succeeded within the lease's TTL.
+async fn keep_alive(
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+    mut stopped: oneshot::Receiver<()>,
+    lost: watch::Sender<bool>,
+) {
+    let period = ttl / 3;
+    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
+        let _ = lost.send(true);
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let renewed = tokio::time::timeout(ttl.saturating_sub(period), async {
+            keeper.keep_alive().await.ok()?;
+            stream.message().await.ok().flatten()
+        })
+        .await;
+        match renewed {
+            Ok(Some(resp)) if resp.ttl() > 0 => {}
+            _ => {
+                warn!("the formation lock's lease {lease:x} could not be renewed; the lock is lost");
+                let _ = lost.send(true);
+                return;
+            }
+        }
+    }
 }
 
 /// Takes the lock `name`, waiting at most `wait`; single calls are bounded by `limit`.
@@ -31,23 +71,9 @@ pub async fn acquire(
     let mut c = client.clone();
     let grant = c.lease_grant(ttl.as_secs().max(1) as i64, None);
     let lease = bounded("granting the lock lease", limit, grant).await?.id();
-    let (stop, mut stopped) = oneshot::channel::<()>();
-    let mut renew = client.clone();
-    let period = ttl / 3;
-    tokio::spawn(async move {
-        let Ok((mut keeper, mut stream)) = renew.lease_keep_alive(lease).await else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = &mut stopped => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-            if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (lost_tx, lost) = watch::channel(false);
+    tokio::spawn(keep_alive(client.clone(), lease, ttl, stopped, lost_tx));
     let opts = LockOptions::new().with_lease(lease);
     match tokio::time::timeout(wait, c.lock(name, Some(opts))).await {
         Ok(Ok(resp)) => Ok(EtcdLock {
@@ -56,6 +82,7 @@ pub async fn acquire(
             key: resp.key().to_vec(),
             lease,
             stop: Some(stop),
+            lost,
         }),
         Ok(Err(e)) => {
             let _ = bounded("revoking the lock lease", limit, c.lease_revoke(lease)).await;
@@ -83,5 +110,19 @@ impl LockGuard for EtcdLock {
         bounded("releasing the formation lock", limit, self.client.unlock(key)).await?;
         bounded("revoking the lock lease", limit, self.client.lease_revoke(lease)).await?;
         Ok(())
+    }
+
+    fn token(&self) -> &[u8] {
+        &self.key
+    }
+
+    fn lost(&self) -> BoxFuture<'static, ()> {
+        let mut rx = self.lost.clone();
+        Box::pin(async move {
+            // A dropped sender without a loss (released) never resolves.
+            if rx.wait_for(|lost| *lost).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FormationConfig, OnExhausted};
 use crate::discovery::DiscoveryResult;
-use crate::membership::{ClusterId, PeerInfo};
+use crate::membership::{ClusterId, PeerInfo, Vouch};
 use crate::node_name::NodeName;
 
 /// What a probe of one candidate produced.
@@ -49,6 +49,10 @@ pub struct DecisionInput<'a> {
     pub probes: &'a BTreeMap<NodeName, Probe>,
     /// The lock.
     pub lock: LockState,
+    /// This node's standing commitment to a seed's intent (lockless backends), if any.
+    pub commitment: Option<&'a Vouch>,
+    /// The identity this node announces as its intent when it is the seed, and forms under.
+    pub proposal: &'a ClusterId,
     /// This attempt's number, from 1.
     pub attempt: u32,
     /// The configuration.
@@ -127,6 +131,39 @@ pub enum WaitReason {
         /// The backend's remediation text.
         #[serde(skip_serializing_if = "Option::is_none")]
         hint: Option<String>,
+    },
+    /// A peer is committed to another seed's formation.
+    PeerCommitted {
+        /// The peer.
+        peer: NodeName,
+        /// The seed it is committed to.
+        seed: NodeName,
+    },
+    /// This node is the seed and has announced its intent; these candidates have not committed.
+    CollectingCommitments {
+        /// The cluster identity announced.
+        intent: ClusterId,
+        /// Candidates that have not committed to it yet.
+        missing: Vec<NodeName>,
+    },
+    /// This node committed to a seed's intent and waits for that seed to form or withdraw.
+    CommittedToSeed {
+        /// The seed.
+        seed: NodeName,
+        /// The identity it announced.
+        intent: ClusterId,
+        /// Whether the seed answered its probe.
+        reachable: bool,
+    },
+    /// The backend records one cluster but the reachable members belong to another: the
+    /// cluster is split or was re-bootstrapped; joining either side could lose data.
+    ForeignCluster {
+        /// The cluster the backend records.
+        recorded: ClusterId,
+        /// The cluster the reachable members are in.
+        found: ClusterId,
+        /// Its reachable members.
+        members: Vec<NodeName>,
     },
     /// The backend failed this round.
     BackendError {
@@ -236,6 +273,36 @@ impl fmt::Display for WaitReason {
                 }
                 Ok(())
             }
+            WaitReason::PeerCommitted { peer, seed } => {
+                write!(f, "peer {peer} is committed to seed {seed}'s formation")
+            }
+            WaitReason::CollectingCommitments { intent, missing } => write!(
+                f,
+                "this node is the seed and announced cluster {intent}; waiting for {} to commit",
+                names(missing)
+            ),
+            WaitReason::CommittedToSeed {
+                seed,
+                intent,
+                reachable,
+            } => write!(
+                f,
+                "committed to seed {seed}{} forming cluster {intent}; waiting for it to form or \
+                 withdraw (if {seed} is gone for good, run `muster ctl reset` on this node)",
+                if *reachable { "" } else { " (unreachable)" }
+            ),
+            WaitReason::ForeignCluster {
+                recorded,
+                found,
+                members,
+            } => write!(
+                f,
+                "inconsistent cluster: the backend records cluster {recorded}, but the reachable \
+                 members ({}) belong to cluster {found}; refusing to join or form. Start a member \
+                 of {recorded}, or, if {found} is the one to keep, replace the backend's record \
+                 with {found} (see the backend's docs on re-bootstrapping)",
+                names(members)
+            ),
             WaitReason::BackendError { message } => write!(f, "backend error: {message}"),
             WaitReason::LockFailed { message } => write!(f, "could not take the lock: {message}"),
             WaitReason::ActionFailed { message } => write!(f, "last action failed: {message}"),
@@ -265,6 +332,8 @@ pub enum Decision {
     Wait(WaitReason),
     /// Stop: retries ran out with `on_exhausted = "fail"`.
     GiveUp(WaitReason),
+    /// Stop at once: going on (forming or joining) could split the cluster.
+    Refuse(WaitReason),
 }
 
 /// The decision plus the seed this node believes in (published to peers' probes).
@@ -276,6 +345,10 @@ pub struct Verdict {
     pub seed: Option<NodeName>,
     /// The cluster this node has seen among its peers.
     pub sees_cluster: Option<ClusterId>,
+    /// This node is the seed and announces [`DecisionInput::proposal`] as its intent.
+    pub intend: bool,
+    /// The node's commitment after this round (persisted by the engine when it changed).
+    pub commitment: Option<Vouch>,
 }
 
 /// A majority of `n`.
@@ -283,15 +356,14 @@ pub fn majority(n: usize) -> usize {
     n / 2 + 1
 }
 
-/// The cluster to join when several are visible: most members, then lowest member, then id.
-/// Returns the cluster and its ready reachable members (lowest first), or its reachable members
-/// when none is ready.
-fn choose_cluster(probes: &BTreeMap<NodeName, Probe>) -> Option<(ClusterId, Vec<NodeName>, Vec<NodeName>)> {
-    struct Seen {
-        members: BTreeSet<NodeName>,
-        reachable: Vec<NodeName>,
-        ready: Vec<NodeName>,
-    }
+/// A cluster seen in this round's probes.
+struct Seen {
+    members: BTreeSet<NodeName>,
+    reachable: Vec<NodeName>,
+    ready: Vec<NodeName>,
+}
+
+fn seen_clusters(probes: &BTreeMap<NodeName, Probe>) -> BTreeMap<ClusterId, Seen> {
     let mut clusters: BTreeMap<ClusterId, Seen> = BTreeMap::new();
     for (node, probe) in probes {
         let Probe::Answered(info) = probe else { continue };
@@ -309,6 +381,31 @@ fn choose_cluster(probes: &BTreeMap<NodeName, Probe>) -> Option<(ClusterId, Vec<
         }
     }
     clusters
+}
+
+/// The cluster to join when some are visible. With a recorded identity only that cluster may be
+/// joined (`Err` names the foreign one otherwise); without, most members, then lowest member,
+/// then id. Returns the cluster, its ready reachable members and its reachable members.
+#[allow(clippy::type_complexity)]
+fn choose_cluster(
+    probes: &BTreeMap<NodeName, Probe>,
+    recorded: Option<&ClusterId>,
+) -> Result<Option<(ClusterId, Vec<NodeName>, Vec<NodeName>)>, WaitReason> {
+    let mut clusters = seen_clusters(probes);
+    if let Some(recorded) = recorded {
+        if let Some(seen) = clusters.remove(recorded) {
+            return Ok(Some((recorded.clone(), seen.ready, seen.reachable)));
+        }
+        if let Some((found, seen)) = clusters.into_iter().next() {
+            return Err(WaitReason::ForeignCluster {
+                recorded: recorded.clone(),
+                found,
+                members: seen.reachable,
+            });
+        }
+        return Ok(None);
+    }
+    Ok(clusters
         .into_iter()
         .min_by(|(ida, a), (idb, b)| {
             b.members
@@ -317,50 +414,193 @@ fn choose_cluster(probes: &BTreeMap<NodeName, Probe>) -> Option<(ClusterId, Vec<
                 .then_with(|| a.members.first().cmp(&b.members.first()))
                 .then_with(|| ida.cmp(idb))
         })
-        .map(|(id, seen)| (id, seen.ready, seen.reachable))
+        .map(|(id, seen)| (id, seen.ready, seen.reachable)))
 }
 
 /// Decides the next step. Pure: the same input always gives the same verdict.
 pub fn decide(input: &DecisionInput<'_>) -> Verdict {
-    let clusters = choose_cluster(input.probes);
-    if let Some((cluster, ready, reachable)) = clusters {
-        // Rule 1: a visible cluster is always joined, never competed with.
-        let decision = match ready.first() {
-            Some(_) if input.lock == LockState::Available => Decision::Lock,
-            Some(via) => Decision::Join {
-                via: via.clone(),
-                cluster: cluster.clone(),
-            },
-            None => exhausted(
-                input,
-                WaitReason::ClusterNotReady {
+    let lock_path = input.lock != LockState::NotSupported;
+    let commitment = if lock_path {
+        None
+    } else {
+        input.commitment.cloned()
+    };
+    let verdict = |decision, seed, sees_cluster, intend, commitment| Verdict {
+        decision,
+        seed,
+        sees_cluster,
+        intend,
+        commitment,
+    };
+    match choose_cluster(input.probes, input.discovery.recorded_cluster.as_ref()) {
+        Err(reason) => return verdict(Decision::Refuse(reason), None, None, false, commitment),
+        Ok(Some((cluster, ready, reachable))) => {
+            // Rule 1: a visible cluster is always joined, never competed with. The commitment
+            // stays until the join lands (a restart before it must not free this node to vouch).
+            let decision = match ready.first() {
+                Some(_) if input.lock == LockState::Available => Decision::Lock,
+                Some(via) => Decision::Join {
+                    via: via.clone(),
                     cluster: cluster.clone(),
-                    members: reachable,
                 },
-                false,
-            ),
+                None => exhausted(
+                    input,
+                    WaitReason::ClusterNotReady {
+                        cluster: cluster.clone(),
+                        members: reachable,
+                    },
+                    false,
+                ),
+            };
+            return verdict(decision, None, Some(cluster), false, commitment);
+        }
+        Ok(None) => {}
+    }
+    if lock_path {
+        let seed = input
+            .discovery
+            .preferred_seed
+            .clone()
+            .or_else(|| input.view.first().cloned());
+        let decision = match formation_blocker(input, seed.as_ref()) {
+            None if input.lock == LockState::Available => Decision::Lock,
+            None => Decision::Form { standalone: false },
+            // Standalone, too, goes through the lock and the claim.
+            Some(reason) => match exhausted(input, reason, true) {
+                Decision::Form { .. } if input.lock == LockState::Available => Decision::Lock,
+                other => other,
+            },
+        };
+        return verdict(decision, seed, None, false, None);
+    }
+    lockless(input, commitment)
+}
+
+/// Rule 3 for lockless backends: the seed announces an intent, every candidate commits to it
+/// (persisted, sticky), and only then does the seed form.
+fn lockless(input: &DecisionInput<'_>, mut commitment: Option<Vouch>) -> Verdict {
+    let local = input.local;
+    // Release a commitment whose seed answered blank without that intent: it is not forming
+    // under it, and any later intent carries another identity.
+    if let Some(c) = &commitment {
+        let withdrawn = c.seed == *local
+            || matches!(input.probes.get(&c.seed), Some(Probe::Answered(info))
+                if info.cluster.is_none()
+                    && info.view.as_ref().and_then(|v| v.intent.as_ref()) != Some(&c.intent));
+        if withdrawn {
+            commitment = None;
+        }
+    }
+    if let Some(c) = commitment {
+        let reachable = matches!(input.probes.get(&c.seed), Some(Probe::Answered(_)));
+        let reason = WaitReason::CommittedToSeed {
+            seed: c.seed.clone(),
+            intent: c.intent.clone(),
+            reachable,
         };
         return Verdict {
-            decision,
-            seed: None,
-            sees_cluster: Some(cluster),
+            decision: exhausted(input, reason, false),
+            seed: Some(c.seed.clone()),
+            sees_cluster: None,
+            intend: false,
+            commitment: Some(c),
         };
     }
-
     let seed = input
         .discovery
         .preferred_seed
         .clone()
         .or_else(|| input.view.first().cloned());
-    let decision = match formation_blocker(input, seed.as_ref()) {
-        None if input.lock == LockState::Available => Decision::Lock,
-        None => Decision::Form { standalone: false },
-        Some(reason) => exhausted(input, reason, true),
+    let blocker = formation_blocker(input, seed.as_ref());
+    let Some(seed) = seed.clone().filter(|s| s == local) else {
+        // Not the seed: commit to the seed's intent when it announces one.
+        if let (Some(WaitReason::WaitingForSeed { seed, .. }), Some(Probe::Answered(info))) =
+            (&blocker, seed.as_ref().and_then(|s| input.probes.get(s)))
+            && let Some(view) = info.view.as_ref()
+            && let (Some(intent), None, Some(true)) =
+                (&view.intent, &info.cluster, view.seed.as_ref().map(|s| s == seed))
+        {
+            let vouch = Vouch {
+                seed: seed.clone(),
+                intent: intent.clone(),
+            };
+            return Verdict {
+                decision: Decision::Wait(WaitReason::CommittedToSeed {
+                    seed: seed.clone(),
+                    intent: intent.clone(),
+                    reachable: true,
+                }),
+                seed: Some(seed.clone()),
+                sees_cluster: None,
+                intend: false,
+                commitment: Some(vouch),
+            };
+        }
+        let decision = match blocker {
+            Some(reason) => exhausted(input, reason, true),
+            None => Decision::Wait(WaitReason::NoCandidates),
+        };
+        return Verdict {
+            decision,
+            seed: input
+                .discovery
+                .preferred_seed
+                .clone()
+                .or_else(|| input.view.first().cloned()),
+            sees_cluster: None,
+            intend: false,
+            commitment: None,
+        };
+    };
+    let (decision, intend) = match blocker {
+        None => {
+            let missing: Vec<NodeName> = input
+                .view
+                .iter()
+                .filter(|n| *n != local)
+                .filter(|n| {
+                    !matches!(input.probes.get(*n), Some(Probe::Answered(info))
+                        if info.view.as_ref().and_then(|v| v.committed.as_ref())
+                            .is_some_and(|c| c.seed == *local && c.intent == *input.proposal))
+                })
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                (Decision::Form { standalone: false }, true)
+            } else {
+                let reason = WaitReason::CollectingCommitments {
+                    intent: input.proposal.clone(),
+                    missing,
+                };
+                (Decision::Wait(reason), true)
+            }
+        }
+        Some(reason) => {
+            // Keep the intent through passing trouble (a probe lost, a view still settling), so
+            // commitments already given stay valid. Withdraw it when another seed must win:
+            // a peer believes in, or committed to, a lower seed, or has seen a cluster.
+            let keep = match &reason {
+                WaitReason::PeerCommitted { seed, .. } => seed > local,
+                WaitReason::PeerDisagrees {
+                    peer_sees: Some(_), ..
+                } => false,
+                WaitReason::PeerDisagrees {
+                    peer_seed: Some(s), ..
+                } => s > local,
+                WaitReason::RecordedCluster { .. } | WaitReason::NotListed | WaitReason::NoCandidates => {
+                    false
+                }
+                _ => true,
+            };
+            (exhausted(input, reason, true), keep)
+        }
     };
     Verdict {
         decision,
-        seed,
+        seed: Some(seed),
         sees_cluster: None,
+        intend,
+        commitment: None,
     }
 }
 
@@ -382,7 +622,8 @@ fn exhausted(input: &DecisionInput<'_>, reason: WaitReason, may_form: bool) -> D
 fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Option<WaitReason> {
     let cfg = input.config;
     let d = input.discovery;
-    if let Some(cluster) = &d.recorded_cluster {
+    // The recorded identity is this node's own unfinished claim: it may complete it.
+    if let Some(cluster) = d.recorded_cluster.as_ref().filter(|c| *c != input.proposal) {
         return Some(WaitReason::RecordedCluster {
             cluster: cluster.clone(),
             hint: d.fencing_hint.clone(),
@@ -410,7 +651,6 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
         .collect();
     let reachable = discovered - unreachable.len();
     let lock_path = input.lock != LockState::NotSupported;
-    let with_preferred = d.preferred_seed.is_some();
 
     if !lock_path {
         let seed = seed?;
@@ -422,22 +662,13 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
             });
         }
     }
-    // How many candidates must answer: all of them under a lock (the previous holder may have
-    // formed) and for lists that are not authoritative; the hint for a backend-chosen seed; a
-    // majority of an authoritative list.
-    let required = if lock_path {
-        discovered
-    } else if with_preferred {
-        hint
-    } else if !d.authoritative {
-        discovered
-    } else {
-        majority(discovered).max(hint)
-    };
-    if reachable < required {
+    // Every candidate must answer, on every backend: under a lock the previous holder may have
+    // formed; without one, a node that is down may hold a cluster (a member whose seed lost its
+    // disk, an old member of a list that grew), and only its answer can reveal it.
+    if reachable < discovered {
         return Some(WaitReason::TooFewReachable {
             reachable,
-            required,
+            required: discovered,
             discovered,
             unreachable,
         });
@@ -451,24 +682,30 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
     if lock_path {
         return None;
     }
-    // Every reachable candidate must agree that this node is the seed and have seen no cluster.
+    // Every candidate must agree that this node is the seed and have seen no cluster.
     for (peer, probe) in input.probes {
         let Probe::Answered(info) = probe else { continue };
         if !input.view.contains(peer) {
             continue;
         }
-        let agrees = info
-            .view
-            .as_ref()
-            .is_some_and(|v| v.sees_cluster.is_none() && v.seed.as_ref() == Some(input.local));
+        let view = info.view.as_ref();
+        if let Some(c) = view.and_then(|v| v.committed.as_ref())
+            && c.seed != *input.local
+        {
+            return Some(WaitReason::PeerCommitted {
+                peer: peer.clone(),
+                seed: c.seed.clone(),
+            });
+        }
+        let agrees = view.is_some_and(|v| v.sees_cluster.is_none() && v.seed.as_ref() == Some(input.local));
         if !agrees {
             return Some(WaitReason::PeerDisagrees {
                 peer: peer.clone(),
-                peer_seed: info.view.as_ref().and_then(|v| v.seed.clone()),
-                peer_sees: info.view.as_ref().and_then(|v| v.sees_cluster.clone()),
+                peer_seed: view.and_then(|v| v.seed.clone()),
+                peer_sees: view.and_then(|v| v.sees_cluster.clone()),
             });
         }
-        let unchanged_for = info.view.as_ref().map(|v| v.unchanged_for).unwrap_or_default();
+        let unchanged_for = view.map(|v| v.unchanged_for).unwrap_or_default();
         if !d.authoritative && unchanged_for < cfg.stable_margin {
             return Some(WaitReason::PeerViewChanging {
                 peer: peer.clone(),

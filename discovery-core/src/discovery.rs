@@ -1,11 +1,12 @@
 //! The `Discovery` trait: what a backend implements.
 //!
-//! One small, object-safe async trait, in the style of `object_store`: list the candidates, say
-//! what you can do, and optionally register, lock and record the cluster's identity.
+//! One small, object-safe async trait, in the style of `object_store`: list the candidates, and
+//! optionally hand out extension traits to register, lock and claim the cluster's identity.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 
 use crate::error::DiscoveryError;
 use crate::membership::ClusterId;
@@ -23,8 +24,8 @@ pub struct DiscoveryResult {
     /// (a static list, live registrations in a consistent store). Only then may cleanup remove
     /// nodes, and only then is the lowest listed node a safe seed without a stable-view window.
     pub authoritative: bool,
-    /// A cluster identity the backend has recorded (see [`Discovery::record_cluster`]). When set,
-    /// a node that cannot reach any member of that cluster must not form another.
+    /// A cluster identity the backend has recorded (see [`Fencing::claim`]). When set, a node
+    /// that cannot reach any member of that cluster must not form another, nor join another.
     pub recorded_cluster: Option<ClusterId>,
     /// What an operator can do about a recorded cluster nobody reaches (for example which key to
     /// delete to re-bootstrap); shown in the refusal.
@@ -57,51 +58,26 @@ impl DiscoveryResult {
         self.recorded_cluster = Some(id);
         self
     }
+
+    /// Sets the remediation shown when the recorded cluster is unreachable.
+    pub fn with_fencing_hint(mut self, hint: impl Into<String>) -> Self {
+        self.fencing_hint = Some(hint.into());
+        self
+    }
 }
 
-/// What a backend can do beyond listing.
+/// What a backend can do beyond listing: a summary of its accessors, for logs and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// `register`/`unregister` announce the node to the backend.
+    /// [`Discovery::registration`] is implemented.
     pub registration: bool,
-    /// `lock` returns a lease-backed lock.
+    /// [`Discovery::formation_lock`] is implemented.
     pub locking: bool,
     /// `list` returns the full membership (see [`DiscoveryResult::authoritative`]).
     pub full_membership: bool,
-    /// `record_cluster` stores the cluster identity in the backend.
+    /// [`Discovery::fencing`] is implemented.
     pub fencing: bool,
-}
-
-impl Capabilities {
-    /// Capabilities with every flag off.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Sets `registration`.
-    pub fn with_registration(mut self, on: bool) -> Self {
-        self.registration = on;
-        self
-    }
-
-    /// Sets `locking`.
-    pub fn with_locking(mut self, on: bool) -> Self {
-        self.locking = on;
-        self
-    }
-
-    /// Sets `full_membership`.
-    pub fn with_full_membership(mut self, on: bool) -> Self {
-        self.full_membership = on;
-        self
-    }
-
-    /// Sets `fencing`.
-    pub fn with_fencing(mut self, on: bool) -> Self {
-        self.fencing = on;
-        self
-    }
 }
 
 /// The state of a backend registration, for status pages and metrics.
@@ -135,34 +111,88 @@ impl RegistrationStatus {
 pub trait LockGuard: Send + Sync {
     /// Releases the lock now.
     async fn release(self: Box<Self>) -> Result<(), DiscoveryError>;
+
+    /// The backend's fencing token for this hold (for etcd the lock key, whose revision a claim
+    /// checks): [`Fencing::claim`] succeeds only while the hold it names is still current.
+    fn token(&self) -> &[u8];
+
+    /// Resolves once the lock is known lost (keep-alive failed, lease expired). The engine races
+    /// every action under the lock against it, so a lapsed hold cancels the action in progress.
+    fn lost(&self) -> BoxFuture<'static, ()>;
 }
 
-/// A discovery backend.
+/// Registration: backends where a node announces itself (leases, TTL checks).
+#[async_trait]
+pub trait Registration: Send + Sync {
+    /// Announces the local node. Called before the first listing so that the node can see itself.
+    async fn register(&self) -> Result<(), DiscoveryError>;
+
+    /// Withdraws the local node's announcement (graceful shutdown).
+    async fn unregister(&self) -> Result<(), DiscoveryError>;
+
+    /// The registration's live state, for status pages and metrics.
+    fn status(&self) -> RegistrationStatus;
+}
+
+/// A formation lock: linearizable, lease-backed, at most one holder at a time.
+#[async_trait]
+pub trait FormationLock: Send + Sync {
+    /// Takes the backend's formation lock for `owner`, waiting at most `timeout`.
+    async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError>;
+}
+
+/// Why a [`Fencing::claim`] did not make the caller the cluster's former.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// Another cluster identity is already recorded: join it or wait, never form.
+    #[error("the backend already records cluster {0}")]
+    Taken(ClusterId),
+    /// The lock named in the claim is no longer held by the caller (lease lapsed).
+    #[error("the formation lock was lost before the claim")]
+    LockLost,
+    /// The backend failed; nothing is known about the claim except that it did not take effect
+    /// from this call's point of view (the engine treats it as lost).
+    #[error(transparent)]
+    Backend(#[from] DiscoveryError),
+}
+
+/// Fencing: the backend records the one cluster identity, atomically and before anyone forms.
+#[async_trait]
+pub trait Fencing: Send + Sync {
+    /// Records `id` as the cluster's identity if none is recorded yet (create-if-absent), and,
+    /// when `lock` is given, only while that hold is still current. Claiming the id that is
+    /// already recorded succeeds (idempotent); any other recorded id is [`ClaimError::Taken`].
+    async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError>;
+}
+
+/// A discovery backend: one required listing and optional capabilities, each an extension trait
+/// returned by an accessor, so a backend cannot declare a capability it does not implement.
 #[async_trait]
 pub trait Discovery: Send + Sync {
     /// A short name used in logs and errors (`"classic"`, `"dns"`, `"etcd"`, …).
     fn name(&self) -> &'static str;
 
-    /// What this backend can do.
-    fn capabilities(&self) -> Capabilities;
+    /// True when [`Discovery::list`] returns the full membership (see
+    /// [`DiscoveryResult::authoritative`]); used for start-up warnings and the conformance suite.
+    fn full_membership(&self) -> bool;
 
     /// Lists the candidate nodes. An error is an error, never an empty list.
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError>;
 
-    /// Announces the local node. Called before the first listing so that the node can see itself.
-    async fn register(&self) -> Result<(), DiscoveryError> {
-        Ok(())
+    /// The registration capability, if the backend has one.
+    fn registration(&self) -> Option<&dyn Registration> {
+        None
     }
 
-    /// Withdraws the local node's announcement (graceful shutdown).
-    async fn unregister(&self) -> Result<(), DiscoveryError> {
-        Ok(())
+    /// The formation lock, if the backend has one.
+    fn formation_lock(&self) -> Option<&dyn FormationLock> {
+        None
     }
 
-    /// Takes the backend's formation lock for `owner`, waiting at most `timeout`.
-    async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
-        let _ = (owner, timeout);
-        Err(DiscoveryError::unsupported(self.name(), "locking"))
+    /// Fencing (claiming the cluster identity), if the backend has it.
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        None
     }
 
     /// Resolves a peer's host name with this backend's own resolver settings, so that a
@@ -173,15 +203,13 @@ pub trait Discovery: Send + Sync {
         None
     }
 
-    /// The registration's live state, for backends that keep one (leases, TTL checks).
-    fn registration_status(&self) -> Option<RegistrationStatus> {
-        None
-    }
-
-    /// Records the identity of a cluster that was just formed, so that a blank node that cannot
-    /// reach its members refuses to form a second one.
-    async fn record_cluster(&self, id: &ClusterId) -> Result<(), DiscoveryError> {
-        let _ = id;
-        Ok(())
+    /// What this backend can do, derived from the accessors above (do not override).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            registration: self.registration().is_some(),
+            locking: self.formation_lock().is_some(),
+            full_membership: self.full_membership(),
+            fencing: self.fencing().is_some(),
+        }
     }
 }

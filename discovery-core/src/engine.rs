@@ -12,9 +12,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::FormationConfig;
 use crate::decision::{Decision, DecisionInput, LockState, Probe, Verdict, WaitReason, decide};
+use crate::discovery::{ClaimError, LockGuard};
 use crate::discovery::{Discovery, DiscoveryResult};
 use crate::error::{DiscoveryError, ErrorKind, FormationError};
-use crate::membership::{ClusterId, FormationView, Membership};
+use crate::membership::{ClusterId, FormationView, Membership, Vouch};
 use crate::node_name::NodeName;
 use crate::probe::probe_all;
 use crate::retry::{Retry, RetryError};
@@ -37,13 +38,29 @@ struct Round {
     probes: BTreeMap<NodeName, Probe>,
 }
 
+/// What the part of a locked attempt that races the lock's loss produced.
+enum Step {
+    /// Joined (or formed without fencing).
+    Done(FormationOutcome),
+    /// The identity is claimed; forming it must not be cancelled.
+    Claimed(ClusterId, bool),
+}
+
 /// State carried between rounds of one formation run.
 struct RunState {
     view: BTreeSet<NodeName>,
     view_changed_at: Instant,
     sees_cluster: Option<ClusterId>,
+    /// The members of `sees_cluster` as its members reported them.
+    seen_members: BTreeSet<NodeName>,
     seed: Option<NodeName>,
     registered: bool,
+    /// The standing commitment to a seed's intent (persisted through `Membership`).
+    commitment: Option<Vouch>,
+    /// The identity this node announces when it is the seed, and forms under.
+    proposal: ClusterId,
+    /// Whether `proposal` is announced as this node's intent.
+    intending: bool,
 }
 
 impl FormationEngine {
@@ -67,7 +84,8 @@ impl FormationEngine {
     }
 
     /// Replaces the decision rule. For the simulator's negative tests (a known-unsafe rule must
-    /// be caught); production code keeps [`decide`].
+    /// be caught); only with the `testing` feature, production code keeps [`decide`].
+    #[cfg(feature = "testing")]
     pub fn with_rule(mut self, rule: fn(&DecisionInput<'_>) -> Verdict) -> Self {
         self.rule = rule;
         self
@@ -111,15 +129,18 @@ impl FormationEngine {
 
     /// Graceful shutdown: withdraws the registration.
     pub async fn shutdown(&self) {
-        if self.registration_on()
-            && let Err(e) = self.discovery.unregister().await
+        if let Some(r) = self.registration()
+            && let Err(e) = r.unregister().await
         {
             warn!(node = %self.local, "unregister failed: {e}");
         }
     }
 
-    fn registration_on(&self) -> bool {
-        self.config.registration.enabled && self.discovery.capabilities().registration
+    /// The backend's registration, when it has one and registration is enabled.
+    fn registration(&self) -> Option<&dyn crate::discovery::Registration> {
+        self.discovery
+            .registration()
+            .filter(|_| self.config.registration.enabled)
     }
 
     async fn run_inner(&self) -> Result<FormationOutcome, FormationError> {
@@ -128,15 +149,32 @@ impl FormationEngine {
             view: BTreeSet::from([self.local.clone()]),
             view_changed_at: Instant::now(),
             sees_cluster: None,
+            seen_members: BTreeSet::new(),
             seed: None,
             registered: false,
+            commitment: restart.vouch.clone().filter(|v| v.seed != self.local),
+            // A claim this node made before it restarted is resumed, not abandoned: the backend
+            // records that identity, and only this node can complete its formation.
+            proposal: match &restart.vouch {
+                Some(v) if v.seed == self.local => v.intent.clone(),
+                _ => self.membership.new_cluster_id(),
+            },
+            intending: false,
         };
         // Register before anything else, on every boot, so that peers (and this node) see it.
         self.try_register(&mut st).await;
         if let Some(cluster) = restart.cluster.clone() {
             return self.restart_window(cluster, restart).await;
         }
-        if !self.discovery.capabilities().full_membership && self.config.target_cluster_size_hint <= 1 {
+        if let Some(v) = &st.commitment {
+            info!(
+                node = %self.local,
+                "this node committed to seed {} (intent {}) before it restarted; it vouches for no \
+                 other seed until {} forms or withdraws",
+                v.seed, v.intent, v.seed
+            );
+        }
+        if !self.discovery.full_membership() && self.config.target_cluster_size_hint <= 1 {
             warn!(
                 node = %self.local,
                 backend = self.discovery.name(),
@@ -164,10 +202,10 @@ impl FormationEngine {
     }
 
     async fn try_register(&self, st: &mut RunState) {
-        if st.registered || !self.registration_on() {
+        let Some(registration) = self.registration().filter(|_| !st.registered) else {
             return;
-        }
-        match self.discovery.register().await {
+        };
+        match registration.register().await {
             Ok(()) => {
                 st.registered = true;
                 self.status.send_modify(|s| s.registered = true);
@@ -185,13 +223,13 @@ impl FormationEngine {
     ) -> ControlFlow<Result<FormationOutcome, FormationError>, ()> {
         self.try_register(st).await;
         self.status.send_modify(|s| s.attempt = attempt);
-        let lock = if self.discovery.capabilities().locking {
+        let lock = if self.discovery.formation_lock().is_some() {
             LockState::Available
         } else {
             LockState::NotSupported
         };
         let verdict = match self.round(st).await {
-            Ok(round) => self.judge(st, &round, lock, attempt),
+            Ok(round) => self.judge(st, &round, lock, attempt).await,
             Err(e) if e.kind == ErrorKind::Misconfigured => return ControlFlow::Break(Err(e.into())),
             Err(e) => {
                 let message = e.to_string();
@@ -210,13 +248,15 @@ impl FormationEngine {
             },
             other => other,
         };
-        match self.act(&decision).await {
+        if let Decision::Refuse(reason) = &decision {
+            return ControlFlow::Break(Err(FormationError::Refused {
+                reason: reason.to_string(),
+            }));
+        }
+        match self.act(st, &decision, None).await {
             Some(Ok(outcome)) => ControlFlow::Break(Ok(outcome)),
             Some(Err(e)) => {
-                let decision = Decision::Wait(WaitReason::ActionFailed {
-                    message: e.to_string(),
-                });
-                self.record(attempt, st.view.len(), 0, &decision);
+                self.record_failure(attempt, st, &e);
                 ControlFlow::Continue(())
             }
             None if matches!(decision, Decision::GiveUp(_)) => {
@@ -232,18 +272,18 @@ impl FormationEngine {
         }
     }
 
-    /// Takes the lock, runs a round under it, acts, records the cluster, releases the lock.
+    /// Takes the lock, runs a round under it, claims the identity, acts, releases the lock.
+    /// Everything up to the claim races the lock's `lost()`: a lapsed hold cancels it.
     /// `Err(None)`: try again next attempt; `Err(Some(e))`: stop.
     async fn under_lock(
         &self,
         st: &mut RunState,
         attempt: u32,
     ) -> Result<FormationOutcome, Option<FormationError>> {
-        let guard = match self
-            .discovery
-            .lock(&self.local, self.config.lock_acquire_timeout)
-            .await
-        {
+        let Some(lock) = self.discovery.formation_lock() else {
+            return Err(None);
+        };
+        let guard = match lock.lock(&self.local, self.config.lock_acquire_timeout).await {
             Ok(g) => g,
             Err(e) => {
                 let decision = Decision::Wait(WaitReason::LockFailed {
@@ -253,39 +293,77 @@ impl FormationEngine {
                 return Err(None);
             }
         };
-        let result = match self.round(st).await {
-            Ok(round) => {
-                let verdict = self.judge(st, &round, LockState::Held, attempt);
-                match self.act(&verdict.decision).await {
-                    Some(Ok(outcome)) => {
-                        if let FormationOutcome::NewCluster { cluster, .. } = &outcome {
-                            self.record_cluster(cluster).await;
-                        }
-                        Ok(outcome)
-                    }
-                    Some(Err(e)) => {
-                        let d = Decision::Wait(WaitReason::ActionFailed {
-                            message: e.to_string(),
-                        });
-                        self.record(attempt, st.view.len(), 0, &d);
+        let lost = guard.lost();
+        let held = async {
+            let round = match self.round(st).await {
+                Ok(round) => round,
+                Err(e) => {
+                    let d = Decision::Wait(WaitReason::BackendError {
+                        message: e.to_string(),
+                    });
+                    self.record(attempt, st.view.len(), 0, &d);
+                    return Err(None);
+                }
+            };
+            let verdict = self.judge(st, &round, LockState::Held, attempt).await;
+            if let (Decision::Form { standalone }, Some(_)) = (&verdict.decision, self.discovery.fencing()) {
+                // The claim is the commit point: once it succeeded the form must not be cancelled
+                // (the identity is recorded), so it runs after the race.
+                let id = self.form_id(st, *standalone);
+                return match self.claim(&id, Some(guard.as_ref())).await {
+                    Ok(()) => Ok(Step::Claimed(id, *standalone)),
+                    Err(e) => {
+                        self.record_failure(attempt, st, &e);
                         Err(None)
                     }
-                    None => match verdict.decision {
-                        Decision::GiveUp(reason) => Err(Some(FormationError::Exhausted {
-                            attempts: attempt,
-                            reason: reason.to_string(),
-                        })),
-                        _ => Err(None),
-                    },
-                }
+                };
             }
-            Err(e) => {
-                let d = Decision::Wait(WaitReason::BackendError {
-                    message: e.to_string(),
+            match self.act(st, &verdict.decision, Some(guard.as_ref())).await {
+                Some(Ok(outcome)) => Ok(Step::Done(outcome)),
+                Some(Err(e)) => {
+                    self.record_failure(attempt, st, &e);
+                    Err(None)
+                }
+                None => match verdict.decision {
+                    Decision::GiveUp(reason) => Err(Some(FormationError::Exhausted {
+                        attempts: attempt,
+                        reason: reason.to_string(),
+                    })),
+                    Decision::Refuse(reason) => Err(Some(FormationError::Refused {
+                        reason: reason.to_string(),
+                    })),
+                    _ => Err(None),
+                },
+            }
+        };
+        let result = tokio::select! {
+            biased;
+            r = held => r,
+            _ = lost => {
+                let d = Decision::Wait(WaitReason::LockFailed {
+                    message: "the formation lock was lost (lease lapsed); the action in progress \
+                              was cancelled".into(),
                 });
                 self.record(attempt, st.view.len(), 0, &d);
                 Err(None)
             }
+        };
+        let result = match result {
+            Ok(Step::Claimed(id, standalone)) => self
+                .membership
+                .form(&id)
+                .await
+                .map(|()| FormationOutcome::NewCluster {
+                    cluster: id,
+                    standalone,
+                })
+                .map_err(|e| {
+                    let e = FormationError::from(e);
+                    self.record_failure(attempt, st, &e);
+                    None
+                }),
+            Ok(Step::Done(outcome)) => Ok(outcome),
+            Err(e) => Err(e),
         };
         if let Err(e) = guard.release().await {
             warn!(node = %self.local, "releasing the formation lock failed (its lease will expire): {e}");
@@ -293,11 +371,48 @@ impl FormationEngine {
         result
     }
 
-    async fn record_cluster(&self, cluster: &ClusterId) {
-        if self.discovery.capabilities().fencing
-            && let Err(e) = self.discovery.record_cluster(cluster).await
-        {
-            warn!(node = %self.local, "could not record cluster {cluster} in the backend: {e}");
+    fn record_failure(&self, attempt: u32, st: &RunState, e: &FormationError) {
+        let d = Decision::Wait(WaitReason::ActionFailed {
+            message: e.to_string(),
+        });
+        self.record(attempt, st.view.len(), 0, &d);
+    }
+
+    /// The identity a formation uses: the announced proposal, or a fresh one for standalone.
+    fn form_id(&self, st: &RunState, standalone: bool) -> ClusterId {
+        if standalone {
+            self.membership.new_cluster_id()
+        } else {
+            st.proposal.clone()
+        }
+    }
+
+    /// Claims `id` with a fencing backend before forming (the commit point of a formation).
+    /// The claim is persisted locally first, so that after a crash between the claim and the
+    /// form this node resumes its own claim instead of fencing everyone out.
+    async fn claim(&self, id: &ClusterId, guard: Option<&dyn LockGuard>) -> Result<(), FormationError> {
+        let Some(fencing) = self.discovery.fencing() else {
+            return Ok(());
+        };
+        let own = Vouch {
+            seed: self.local.clone(),
+            intent: id.clone(),
+        };
+        self.membership.persist_vouch(Some(&own)).await?;
+        match fencing.claim(id, guard).await {
+            Ok(()) => {
+                info!(node = %self.local, "claimed cluster identity {id} in the {} backend", self.discovery.name());
+                Ok(())
+            }
+            Err(ClaimError::Taken(other)) => Err(FormationError::ClaimLost(format!(
+                "the backend already records cluster {other}; joining or waiting instead of forming"
+            ))),
+            Err(ClaimError::LockLost) => Err(FormationError::ClaimLost(
+                "the formation lock was lost before the claim; not forming".into(),
+            )),
+            Err(ClaimError::Backend(e)) => Err(FormationError::ClaimLost(format!(
+                "claiming cluster identity {id} failed ({e}); not forming"
+            ))),
         }
     }
 
@@ -323,7 +438,14 @@ impl FormationEngine {
             .clone()
             .or_else(|| st.view.first().cloned());
         self.publish(st);
-        let peers: Vec<NodeName> = st.view.iter().filter(|n| **n != self.local).cloned().collect();
+        let mut peers: Vec<NodeName> = st.view.iter().filter(|n| **n != self.local).cloned().collect();
+        // A committed node keeps probing its seed even when the backend stopped listing it.
+        if let Some(v) = &st.commitment
+            && v.seed != self.local
+            && !peers.contains(&v.seed)
+        {
+            peers.push(v.seed.clone());
+        }
         let probes = probe_all(self.membership.as_ref(), &peers, self.config.probe_timeout).await;
         Ok(Round { listing, probes })
     }
@@ -338,11 +460,14 @@ impl FormationEngine {
             sees_cluster: st.sees_cluster.clone(),
             candidates: st.view.len(),
             unchanged_for: st.view_changed_at.elapsed(),
+            intent: st.intending.then(|| st.proposal.clone()),
+            committed: st.commitment.clone(),
         }));
     }
 
-    /// Runs the pure decision on a round and records it.
-    fn judge(&self, st: &mut RunState, round: &Round, lock: LockState, attempt: u32) -> Verdict {
+    /// Runs the pure decision on a round, applies its published state (persisting a changed
+    /// commitment before publishing it) and records it.
+    async fn judge(&self, st: &mut RunState, round: &Round, lock: LockState, attempt: u32) -> Verdict {
         let input = DecisionInput {
             local: &self.local,
             discovery: &round.listing,
@@ -350,13 +475,71 @@ impl FormationEngine {
             view_unchanged_for: st.view_changed_at.elapsed(),
             probes: &round.probes,
             lock,
+            commitment: st.commitment.as_ref(),
+            proposal: &st.proposal,
             attempt,
             config: &self.config,
         };
-        let verdict = (self.rule)(&input);
-        if verdict.sees_cluster.is_some() && st.sees_cluster.is_none() {
-            // Once a cluster has been seen, this node never again vouches for a seed.
-            st.sees_cluster = verdict.sees_cluster.clone();
+        let mut verdict = (self.rule)(&input);
+        let mut changed = false;
+        if let Some(seen) = &verdict.sees_cluster {
+            // Once a cluster has been seen, this node vouches for no seed while it may exist.
+            if st.sees_cluster.is_none() {
+                st.sees_cluster = Some(seen.clone());
+                changed = true;
+            }
+            for probe in round.probes.values() {
+                if let Probe::Answered(info) = probe
+                    && info.cluster.as_ref() == Some(seen)
+                {
+                    st.seen_members.insert(info.node.clone());
+                    st.seen_members.extend(info.members.iter().cloned());
+                }
+            }
+        } else if let Some(seen) = &st.sees_cluster {
+            // Every member it knew of answered blank: that cluster's data is gone (wiped disks,
+            // reset nodes), so it no longer blocks a formation.
+            let gone = st.seen_members.iter().filter(|m| **m != self.local).all(
+                |m| matches!(round.probes.get(m), Some(Probe::Answered(info)) if info.cluster.is_none()),
+            );
+            if gone {
+                info!(node = %self.local, "every known member of cluster {seen} answers blank; it no longer exists");
+                st.sees_cluster = None;
+                st.seen_members.clear();
+                changed = true;
+            }
+        }
+        if verdict.commitment != st.commitment {
+            match self.membership.persist_vouch(verdict.commitment.as_ref()).await {
+                Ok(()) => {
+                    match &verdict.commitment {
+                        Some(v) => {
+                            info!(node = %self.local, "committed to seed {} forming cluster {}", v.seed, v.intent)
+                        }
+                        None => {
+                            info!(node = %self.local, "released the commitment to seed {:?}", st.commitment.as_ref().map(|v| v.seed.to_string()))
+                        }
+                    }
+                    st.commitment = verdict.commitment.clone();
+                    changed = true;
+                }
+                Err(e) => {
+                    // Not persisted, so not published: this round is a wait.
+                    verdict.decision = Decision::Wait(WaitReason::ActionFailed {
+                        message: format!("could not persist the commitment: {e}"),
+                    });
+                }
+            }
+        }
+        if verdict.intend != st.intending {
+            if st.intending {
+                // A withdrawn intent is never reused: stale commitments to it cannot count.
+                st.proposal = self.membership.new_cluster_id();
+            }
+            st.intending = verdict.intend;
+            changed = true;
+        }
+        if changed {
             self.publish(st);
         }
         let reachable = 1 + round
@@ -388,15 +571,21 @@ impl FormationEngine {
         });
     }
 
-    /// Carries out a join or a form; `None` for decisions that are not actions.
-    async fn act(&self, decision: &Decision) -> Option<Result<FormationOutcome, FormationError>> {
+    /// Carries out a join or a form (claiming the identity first with a fencing backend);
+    /// `None` for decisions that are not actions.
+    async fn act(
+        &self,
+        st: &mut RunState,
+        decision: &Decision,
+        guard: Option<&dyn LockGuard>,
+    ) -> Option<Result<FormationOutcome, FormationError>> {
         Some(match decision {
-            Decision::Join { via, .. } => self
+            Decision::Join { via, cluster } => self
                 .membership
-                .join(via)
+                .join(via, cluster)
                 .await
-                .map(|cluster| FormationOutcome::JoinedExisting {
-                    cluster,
+                .map(|()| FormationOutcome::JoinedExisting {
+                    cluster: cluster.clone(),
                     via: via.clone(),
                 })
                 .map_err(Into::into),
@@ -408,11 +597,15 @@ impl FormationEngine {
                          on_exhausted = \"standalone\"; this can split the cluster"
                     );
                 }
+                let id = self.form_id(st, *standalone);
+                if let Err(e) = self.claim(&id, guard).await {
+                    return Some(Err(e));
+                }
                 self.membership
-                    .form()
+                    .form(&id)
                     .await
-                    .map(|cluster| FormationOutcome::NewCluster {
-                        cluster,
+                    .map(|()| FormationOutcome::NewCluster {
+                        cluster: id,
                         standalone: *standalone,
                     })
                     .map_err(Into::into)
@@ -443,6 +636,15 @@ impl FormationEngine {
         } else {
             None
         };
+        // Consistency first (RabbitMQ's inconsistent-cluster check): a known peer that answers
+        // from another cluster means a split or stale data; an operator must choose.
+        let answers = probe_all(self.membership.as_ref(), &peers, self.config.probe_timeout).await;
+        if let Some(e) = self.inconsistency(&cluster, &answers) {
+            return Err(e);
+        }
+        if peers.is_empty() {
+            self.check_alone(&cluster).await?;
+        }
         if let Some(why) = why_now {
             info!(node = %self.local, "restarting in cluster {cluster} without waiting: {why}");
             self.membership.resume(None).await?;
@@ -460,8 +662,9 @@ impl FormationEngine {
                     let attempt = (started.elapsed().as_millis() / per_attempt.as_millis().max(1)) as u32 + 1;
                     self.status.send_modify(|s| s.attempt = attempt);
                     match self.restart_probe(cluster, peers).await {
-                        Ok(via) => ControlFlow::Break(Ok::<_, ()>(via)),
-                        Err(waiting) => {
+                        Ok(via) => ControlFlow::Break(Ok(via)),
+                        Err(RestartWait::Refused(e)) => ControlFlow::Break(Err(Some(e))),
+                        Err(RestartWait::Waiting(waiting)) => {
                             let detail = format!(
                                 "restart attempt {attempt} of {}: waiting for a running member of cluster \
                                  {cluster} among [{}]",
@@ -485,7 +688,8 @@ impl FormationEngine {
                 self.membership.resume(via.as_ref()).await?;
                 Ok(FormationOutcome::Rejoined { cluster, via })
             }
-            Err(_) => Err(FormationError::RestartTimeout {
+            Err(RetryError::Stopped(Some(e))) => Err(e),
+            _ => Err(FormationError::RestartTimeout {
                 peers,
                 attempts: cfg.retry_limit,
                 per_attempt,
@@ -500,34 +704,100 @@ impl FormationEngine {
         &self,
         cluster: &ClusterId,
         peers: &[NodeName],
-    ) -> Result<Option<NodeName>, Vec<NodeName>> {
+    ) -> Result<Option<NodeName>, RestartWait> {
         let answers = probe_all(self.membership.as_ref(), peers, self.config.probe_timeout).await;
+        if let Some(e) = self.inconsistency(cluster, &answers) {
+            return Err(RestartWait::Refused(e));
+        }
         let mut waiting = Vec::new();
+        let mut holders = Vec::new();
         let mut all_present_and_waiting = true;
         for (peer, answer) in &answers {
             match answer {
                 Probe::Answered(info) if info.cluster.as_ref() == Some(cluster) && info.ready => {
                     return Ok(Some(peer.clone()));
                 }
-                Probe::Answered(info) if info.cluster.as_ref() == Some(cluster) => {}
+                Probe::Answered(info) if info.cluster.as_ref() == Some(cluster) => holders.push(peer),
+                // Back, but blank (disk wiped, or reset): it will join, it cannot boot the cluster.
+                Probe::Answered(info) if info.cluster.is_none() => {}
                 _ => {
                     all_present_and_waiting = false;
                     waiting.push(peer.clone());
                 }
             }
         }
-        let lowest = peers.iter().all(|p| *p > self.local);
+        let lowest = holders.iter().all(|p| **p > self.local);
         if all_present_and_waiting && lowest {
             info!(
                 node = %self.local,
-                "every known member of cluster {cluster} is back and waiting; this node is the lowest and boots first"
+                "every known member of cluster {cluster} is back (waiting, or blank after losing its \
+                 data); this node is the lowest holder and boots first"
             );
             return Ok(None);
         }
         if waiting.is_empty() {
             waiting = peers.to_vec();
         }
-        Err(waiting)
+        Err(RestartWait::Waiting(waiting))
+    }
+
+    /// A known peer that answers from another cluster, as a refusal naming both clusters.
+    fn inconsistency(&self, ours: &ClusterId, answers: &BTreeMap<NodeName, Probe>) -> Option<FormationError> {
+        answers.iter().find_map(|(peer, answer)| match answer {
+            Probe::Answered(info) => match &info.cluster {
+                Some(theirs) if theirs != ours => Some(inconsistent(&self.local, ours, peer, theirs)),
+                _ => None,
+            },
+            Probe::Unreachable(_) => None,
+        })
+    }
+
+    /// A member with no other members checks its backend once: a recorded identity or a
+    /// reachable candidate in another cluster means its lone cluster is not the cluster.
+    async fn check_alone(&self, ours: &ClusterId) -> Result<(), FormationError> {
+        let listing = match self.discovery.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(node = %self.local, "could not list candidates to check cluster {ours} is the only one: {e}");
+                return Ok(());
+            }
+        };
+        if let Some(recorded) = listing.recorded_cluster.as_ref().filter(|r| *r != ours) {
+            return Err(FormationError::Refused {
+                reason: format!(
+                    "inconsistent cluster: this node is the only member of cluster {ours}, but the \
+                     {} backend records cluster {recorded}; reset this node (`muster ctl reset`) \
+                     so it joins {recorded}, or replace the backend's record if {ours} is the one \
+                     to keep",
+                    self.discovery.name()
+                ),
+            });
+        }
+        let candidates: Vec<NodeName> = listing.nodes.into_iter().filter(|n| *n != self.local).collect();
+        let answers = probe_all(self.membership.as_ref(), &candidates, self.config.probe_timeout).await;
+        match self.inconsistency(ours, &answers) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a restart check did not resume.
+enum RestartWait {
+    /// Still waiting for these peers.
+    Waiting(Vec<NodeName>),
+    /// Going on could split the cluster.
+    Refused(FormationError),
+}
+
+fn inconsistent(local: &NodeName, ours: &ClusterId, peer: &NodeName, theirs: &ClusterId) -> FormationError {
+    FormationError::Refused {
+        reason: format!(
+            "inconsistent cluster: {local} was a member of cluster {ours}, but its peer {peer} is \
+             now a member of cluster {theirs}. To keep {theirs}: reset this node (`muster ctl \
+             reset`, its data from {ours} is discarded) and it joins {theirs}. To keep {ours}: \
+             stop {peer}, reset it, and start it again so that it rejoins {ours}"
+        ),
     }
 }
 

@@ -183,15 +183,22 @@ pub enum FormationError {
         /// Time per attempt.
         per_attempt: std::time::Duration,
     },
+    /// Going on could split the cluster (an inconsistent cluster was found): an operator must
+    /// decide. The reason names both clusters and the commands that resolve it.
+    #[error("refusing to start: {reason}")]
+    Refused {
+        /// What was found and what to do.
+        reason: String,
+    },
+    /// A fencing claim did not make this node the former (it waits and decides again).
+    #[error("not forming: {0}")]
+    ClaimLost(String),
     /// The backend failed permanently.
     #[error("discovery failed: {0}")]
     Discovery(#[from] DiscoveryError),
     /// The broker failed to form, join or resume.
     #[error("membership: {0}")]
     Membership(#[from] MembershipError),
-    /// The engine was shut down before formation finished.
-    #[error("formation was cancelled by shutdown")]
-    Cancelled,
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! The contract and the engine of Muster, a peer discovery and cluster formation framework:
 //!
 //! - [`NodeName`]: validated `prefix@host[:port]` names with a total order;
-//! - [`Discovery`]: what a backend implements (list, capabilities, register, lock, fencing);
+//! - [`Discovery`]: what a backend implements (a listing, plus [`Registration`],
+//!   [`FormationLock`] and [`Fencing`] where the backend has them);
 //! - [`Membership`]: what the embedding broker implements (probe, form, join, forget, resume);
 //! - [`decision::decide`]: the pure formation rule (see `docs/formation.md`);
 //! - [`FormationEngine`]: the loop that runs the rule, plus the restart window;
@@ -27,9 +28,12 @@ pub mod testing;
 
 pub use config::{ConfigError, FormationConfig, OnExhausted};
 pub use decision::{Decision, WaitReason};
-pub use discovery::{Capabilities, Discovery, DiscoveryResult, LockGuard, RegistrationStatus};
+pub use discovery::{
+    Capabilities, ClaimError, Discovery, DiscoveryResult, Fencing, FormationLock, LockGuard, Registration,
+    RegistrationStatus,
+};
 pub use engine::{AwaitError, FormationEngine, FormationHandle};
 pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retry as RetryClass};
-pub use membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState};
+pub use membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState, Vouch};
 pub use node_name::{Host, NodeName, NodeNameError};
 pub use status::{FormationOutcome, FormationStatus, Phase};

@@ -15,6 +15,24 @@ use crate::node_name::NodeName;
 #[serde(transparent)]
 pub struct ClusterId(pub String);
 
+impl ClusterId {
+    /// A random identity: 16 hex digits from the operating system's random source.
+    pub fn random() -> ClusterId {
+        let mut bytes = [0u8; 8];
+        // The OS source only fails on platforms without one; fall back to the clock and a counter.
+        if getrandom::fill(&mut bytes).is_err() {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            bytes = (now ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32)).to_be_bytes();
+        }
+        ClusterId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
 impl fmt::Display for ClusterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -34,6 +52,24 @@ pub struct FormationView {
     pub candidates: usize,
     /// How long its discovery view has been unchanged.
     pub unchanged_for: Duration,
+    /// Set by a seed that is collecting commitments: the identity it will form under once every
+    /// candidate has committed to it. A new intent always carries a new identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<ClusterId>,
+    /// The seed intent this node has committed to (persisted, sticky: see [`Vouch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<Vouch>,
+}
+
+/// A persisted commitment to one seed's intent. While it stands, the node vouches for no other
+/// seed; it is dropped only when the seed answers blank without that intent (the seed is not
+/// forming under it and never will), or when the node joins a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Vouch {
+    /// The seed.
+    pub seed: NodeName,
+    /// The identity the seed announced.
+    pub intent: ClusterId,
 }
 
 /// What a probe of a peer returned. Probes are read-only: they never change the peer's state.
@@ -64,6 +100,9 @@ pub struct RestartState {
     pub last_to_stop: bool,
     /// An operator marked the node to boot without waiting for its peers.
     pub force_boot: bool,
+    /// A blank node's standing commitment to a seed (see [`Vouch`]), kept across restarts.
+    #[serde(default)]
+    pub vouch: Option<Vouch>,
 }
 
 impl RestartState {
@@ -74,6 +113,19 @@ impl RestartState {
 }
 
 /// What an embedding broker implements.
+///
+/// # The probe contract
+///
+/// The formation rule is only as safe as the broker's probe answers. An implementation must:
+/// - keep [`Membership::probe`] read-only on the probed peer, and answer from current state
+///   (no caching across calls);
+/// - answer probes while [`Membership::form`] runs, and make the answer reflect `form`
+///   atomically: until the cluster is persisted the peer reports the last view published with
+///   [`Membership::publish_view`] (which still carries the intent), from then on the new cluster;
+///   never "blank without a view" in between;
+/// - report `ready` only when the peer is a current member that accepts joins now;
+/// - persist [`Membership::persist_vouch`] before returning, and report it in
+///   [`Membership::restart_state`] after a restart.
 #[async_trait]
 pub trait Membership: Send + Sync {
     /// This node's name.
@@ -83,11 +135,19 @@ pub trait Membership: Send + Sync {
     /// error; the engine applies its own timeout around this call.
     async fn probe(&self, peer: &NodeName) -> Result<PeerInfo, MembershipError>;
 
-    /// Forms a new cluster with this node as its only member, persisting it before returning.
-    async fn form(&self) -> Result<ClusterId, MembershipError>;
+    /// A fresh, unique cluster identity for this node to announce as its intent and later form
+    /// under. The default draws 64 random bits from the operating system.
+    fn new_cluster_id(&self) -> ClusterId {
+        ClusterId::random()
+    }
 
-    /// Joins the cluster that `member` belongs to.
-    async fn join(&self, member: &NodeName) -> Result<ClusterId, MembershipError>;
+    /// Forms a new cluster named `id` with this node as its only member, persisting it before
+    /// returning. The engine has already claimed `id` with a fencing backend.
+    async fn form(&self, id: &ClusterId) -> Result<(), MembershipError>;
+
+    /// Joins `cluster` through its member `member`; must fail, not join, when `member` is no
+    /// longer a ready member of exactly that cluster.
+    async fn join(&self, member: &NodeName, cluster: &ClusterId) -> Result<(), MembershipError>;
 
     /// The current members, empty when the node is blank.
     async fn members(&self) -> Vec<NodeName>;
@@ -104,4 +164,7 @@ pub trait Membership: Send + Sync {
 
     /// Publishes this node's formation view for peers' probes (`None` once formation is over).
     fn publish_view(&self, view: Option<FormationView>);
+
+    /// Persists (or clears) this blank node's commitment to a seed, before the engine publishes it.
+    async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError>;
 }

@@ -136,5 +136,6 @@ pub fn summarize(decision: &Decision) -> String {
         Decision::Lock => "taking the backend lock to re-check under it".to_string(),
         Decision::Wait(reason) => reason.to_string(),
         Decision::GiveUp(reason) => format!("giving up: {reason}"),
+        Decision::Refuse(reason) => format!("refusing: {reason}"),
     }
 }

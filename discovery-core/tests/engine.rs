@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use muster_discovery_core::testing::{BackendMode, Directory, Network, NetworkFaults};
 use muster_discovery_core::{
-    Capabilities, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, FormationConfig, FormationEngine,
-    FormationError, FormationOutcome, NodeName, OnExhausted, Phase,
+    Discovery, DiscoveryError, DiscoveryResult, ErrorKind, FormationConfig, FormationEngine, FormationError,
+    FormationLock, FormationOutcome, NodeName, OnExhausted, Phase, Registration, RegistrationStatus,
 };
 
 fn n(i: u32) -> NodeName {
@@ -136,15 +136,20 @@ impl Discovery for Recording {
     fn name(&self) -> &'static str {
         "recording"
     }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::none()
-            .with_registration(true)
-            .with_full_membership(true)
+    fn full_membership(&self) -> bool {
+        true
+    }
+    fn registration(&self) -> Option<&dyn Registration> {
+        Some(self)
     }
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
         self.calls.lock().unwrap().push("list");
         Ok(DiscoveryResult::new(self.nodes.clone(), true))
     }
+}
+
+#[async_trait]
+impl Registration for Recording {
     async fn register(&self) -> Result<(), DiscoveryError> {
         self.calls.lock().unwrap().push("register");
         Ok(())
@@ -152,6 +157,9 @@ impl Discovery for Recording {
     async fn unregister(&self) -> Result<(), DiscoveryError> {
         self.calls.lock().unwrap().push("unregister");
         Ok(())
+    }
+    fn status(&self) -> RegistrationStatus {
+        RegistrationStatus::new(true, "recorded")
     }
 }
 
@@ -232,8 +240,8 @@ async fn a_misconfigured_backend_fails_at_once() {
         fn name(&self) -> &'static str {
             "broken"
         }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities::none()
+        fn full_membership(&self) -> bool {
+            false
         }
         async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
             Err(
@@ -392,7 +400,12 @@ async fn the_last_node_to_stop_boots_at_once() {
             via: None
         }
     );
-    assert!(start.elapsed() < Duration::from_millis(10));
+    // One consistency probe round of its known peers, then it boots: no restart window.
+    assert!(
+        start.elapsed() <= config().probe_timeout * 2,
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -438,5 +451,33 @@ async fn when_every_member_crashed_the_lowest_boots_once_all_are_back() {
             matches!(o, FormationOutcome::Rejoined { via: Some(_), .. }),
             "{o:?}"
         );
+    }
+}
+
+// ---- the conformance suite against the in-memory backend's modes ----
+
+#[tokio::test]
+async fn memory_backends_pass_the_conformance_suite() {
+    use muster_discovery_core::testing::conformance::{Subject, run};
+    let nodes = vec![n(1), n(2), n(3)];
+    for mode in [
+        BackendMode::Static(nodes.clone()),
+        BackendMode::PreferredSeed(nodes.clone(), n(2)),
+        BackendMode::Eventual,
+        BackendMode::Locking,
+    ] {
+        let dir = Directory::new(mode, 1);
+        let d = dir.clone();
+        let subject = Subject::new(nodes.clone(), move |node| {
+            Arc::new(d.backend_for(node)) as Arc<dyn Discovery>
+        });
+        run(&subject).await;
+        let broken = Directory::new(BackendMode::Locking, 1);
+        broken.set_failing(true);
+        let subject = Subject::new(nodes.clone(), move |node| {
+            Arc::new(dir.backend_for(node)) as Arc<dyn Discovery>
+        })
+        .with_unreachable(Arc::new(broken.backend_for(&n(1))));
+        muster_discovery_core::testing::conformance::an_error_is_never_an_empty_list(&subject).await;
     }
 }

@@ -87,6 +87,8 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
                 },
                 seed: None,
                 sees_cluster: Some(cluster.clone()),
+                intend: false,
+                commitment: None,
             };
         }
     }
@@ -94,6 +96,8 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
         decision: Decision::Form { standalone: false },
         seed: None,
         sees_cluster: None,
+        intend: false,
+        commitment: None,
     }
 }
 
@@ -118,4 +122,62 @@ fn simulator_finds_the_split_of_a_known_unsafe_rule() {
         "the simulator must catch the unsafe rule splitting the cluster"
     );
     eprintln!("unsafe rule split the cluster in {splits} of 200 seeds (first: seed {first:?})");
+}
+
+/// The rule before this release for static lists: the seed forms once a majority of the list
+/// answers and agrees (unreachable candidates are left out), without sticky commitments. A list
+/// that grew while its old members were down, or a wiped seed, defeats it.
+fn majority_rule(input: &DecisionInput<'_>) -> Verdict {
+    use muster_discovery_core::DiscoveryResult;
+    use std::collections::{BTreeMap, BTreeSet};
+    let reachable: BTreeSet<_> = input
+        .view
+        .iter()
+        .filter(|n| *n == input.local || matches!(input.probes.get(*n), Some(Probe::Answered(_))))
+        .cloned()
+        .collect();
+    let mut v = if input.discovery.authoritative && reachable.len() >= input.view.len() / 2 + 1 {
+        let listing = DiscoveryResult::new(reachable.iter().cloned(), true);
+        let probes: BTreeMap<_, _> = input
+            .probes
+            .iter()
+            .filter(|(n, _)| reachable.contains(*n))
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        let narrowed = DecisionInput {
+            discovery: &listing,
+            view: &reachable,
+            probes: &probes,
+            ..input.clone()
+        };
+        muster_discovery_core::decision::decide(&narrowed)
+    } else {
+        muster_discovery_core::decision::decide(input)
+    };
+    if let Decision::Wait(muster_discovery_core::WaitReason::CollectingCommitments { .. }) = v.decision {
+        v.decision = Decision::Form { standalone: false };
+    }
+    v.commitment = None;
+    v
+}
+
+#[test]
+fn simulator_finds_the_splits_of_the_old_majority_rule() {
+    let seeds = 2_000;
+    let mut splits = 0;
+    let mut first = None;
+    for seed in 0..seeds {
+        let mut scenario = Scenario::from_seed(seed);
+        if !matches!(scenario.family, Family::Static) {
+            continue;
+        }
+        scenario.family = Family::Static;
+        let report = run_scenario(scenario, majority_rule);
+        if report.split() {
+            splits += 1;
+            first.get_or_insert(seed);
+        }
+    }
+    eprintln!("old majority rule: {splits} static-list seeds split (first: seed {first:?})");
+    assert!(splits > 0, "the simulator must catch the majority rule's splits");
 }

@@ -133,6 +133,17 @@ pub fn print_status(s: &NodeStatus) {
     );
     println!("  members:   {}", list(&s.members));
     println!("  running:   {}", list(&s.running));
+    if !s.foreign.is_empty() {
+        let foreign: Vec<String> = s
+            .foreign
+            .iter()
+            .map(|f| match &f.cluster {
+                Some(c) => format!("{} (in another cluster: {c})", f.node),
+                None => format!("{} (blank: not in any cluster)", f.node),
+            })
+            .collect();
+        println!("  NOT IN THIS CLUSTER: {}", foreign.join(", "));
+    }
     println!("  ready:     {}", yes(s.ready));
     println!("  in sync:   {}", yes(s.in_sync));
     println!("  formation: {} — {}", s.formation, s.detail);

@@ -2,13 +2,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use muster::{
-    Capabilities, ClusterId, Discovery, DiscoveryError, DiscoveryResult, LockGuard, NodeName,
-    RegistrationStatus,
-};
+use muster::{Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Registration};
 
 /// The node's counters.
 #[derive(Debug, Default)]
@@ -61,8 +57,8 @@ impl Discovery for Counting {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+    fn full_membership(&self) -> bool {
+        self.inner.full_membership()
     }
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
         Metrics::inc(&self.metrics.discovery_calls);
@@ -72,20 +68,14 @@ impl Discovery for Counting {
         }
         r
     }
-    async fn register(&self) -> Result<(), DiscoveryError> {
-        self.inner.register().await
+    fn registration(&self) -> Option<&dyn Registration> {
+        self.inner.registration()
     }
-    async fn unregister(&self) -> Result<(), DiscoveryError> {
-        self.inner.unregister().await
+    fn formation_lock(&self) -> Option<&dyn FormationLock> {
+        self.inner.formation_lock()
     }
-    async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
-        self.inner.lock(owner, timeout).await
-    }
-    async fn record_cluster(&self, id: &ClusterId) -> Result<(), DiscoveryError> {
-        self.inner.record_cluster(id).await
-    }
-    fn registration_status(&self) -> Option<RegistrationStatus> {
-        self.inner.registration_status()
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        self.inner.fencing()
     }
     async fn resolve_host(&self, host: &str) -> Option<Result<Vec<std::net::IpAddr>, DiscoveryError>> {
         self.inner.resolve_host(host).await

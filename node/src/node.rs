@@ -10,7 +10,7 @@ use futures::future::join_all;
 use muster::status::FormationStatus;
 use muster::{
     ClusterId, Discovery, FormationView, Host, Membership, MembershipError, NodeName, PeerInfo,
-    RegistrationStatus, RestartState,
+    RegistrationStatus, RestartState, Vouch,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::client::{CallError, Credentials, call_at};
 use crate::cookie::Cookie;
 use crate::metrics::Metrics;
-use crate::proto::{NodeStatus, Request, Response};
+use crate::proto::{ForeignPeer, NodeStatus, Request, Response};
 use crate::state::{ClusterState, Persisted, Store};
 
 /// How long one peer call may take.
@@ -52,10 +52,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn random_id() -> ClusterId {
-    ClusterId(crate::random::hex(8))
 }
 
 fn state_err(e: std::io::Error) -> MembershipError {
@@ -124,7 +120,10 @@ impl Node {
 
     /// The backend's registration state, for backends that keep one.
     pub fn registration(&self) -> Option<RegistrationStatus> {
-        self.backend.get().and_then(|b| b.registration_status())
+        self.backend
+            .get()
+            .and_then(|b| b.registration())
+            .map(|r| r.status())
     }
 
     /// The engine's status.
@@ -336,17 +335,42 @@ impl Node {
         };
         let members = state.alive();
         let mut running = Vec::new();
+        let mut foreign = Vec::new();
         let mut in_sync = ready;
         if ready {
             running.push(self.name.clone());
         }
         for info in self.probe_members(&state).await {
+            if info.cluster != state.cluster {
+                // In another cluster (or blank): shown as such, never as a running member.
+                foreign.push(ForeignPeer {
+                    node: info.node.clone(),
+                    cluster: info.cluster.clone(),
+                });
+                in_sync = false;
+                continue;
+            }
             if info.ready {
                 running.push(info.node.clone());
             }
-            if info.members != members || info.cluster != state.cluster {
+            if info.members != members {
                 in_sync = false;
             }
+        }
+        if let (Some(ours), false) = (&state.cluster, foreign.is_empty()) {
+            warn!(
+                node = %self.name,
+                "members answer from outside cluster {ours}: {}",
+                foreign
+                    .iter()
+                    .map(|f| format!(
+                        "{} ({})",
+                        f.node,
+                        f.cluster.as_ref().map(|c| format!("in cluster {c}")).unwrap_or_else(|| "blank".into())
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         running.sort();
         self.metrics.reachable_peers.store(
@@ -359,6 +383,7 @@ impl Node {
             cluster: state.cluster.clone(),
             members,
             running,
+            foreign,
             ready,
             in_sync,
             formation: serde_json::to_value(f.phase)
@@ -447,6 +472,12 @@ impl Node {
         if g.p.state.cluster.is_none() {
             return;
         }
+        if !g.ready {
+            // Stopped while still waiting in its restart window (or after being removed): it
+            // never ran, so it is not "the last to stop"; what it recorded before stands.
+            info!(node = %self.name, "stopping before it resumed; last-to-stop left as recorded");
+            return;
+        }
         g.p.last_to_stop = running.is_empty();
         g.p.running_at_shutdown = running;
         g.ready = false;
@@ -499,7 +530,7 @@ impl Membership for NodeMembership {
         }
     }
 
-    async fn form(&self) -> Result<ClusterId, MembershipError> {
+    async fn form(&self, id: &ClusterId) -> Result<(), MembershipError> {
         let n = &self.0;
         let mut g = n.lock();
         if let Some(c) = &g.p.state.cluster {
@@ -507,15 +538,15 @@ impl Membership for NodeMembership {
                 "already a member of cluster {c}"
             )));
         }
-        let id = random_id();
         g.p.incarnation = now_ms();
         g.p.state = ClusterState::formed(id.clone(), &n.name, g.p.incarnation);
+        g.p.vouch = None;
         n.save(&g.p)?;
         g.ready = true;
-        Ok(id)
+        Ok(())
     }
 
-    async fn join(&self, member: &NodeName) -> Result<ClusterId, MembershipError> {
+    async fn join(&self, member: &NodeName, cluster: &ClusterId) -> Result<(), MembershipError> {
         let n = &self.0;
         let incarnation = {
             let g = n.lock();
@@ -540,20 +571,32 @@ impl Membership for NodeMembership {
                 ));
             }
         };
-        let id = state
-            .cluster
-            .clone()
-            .ok_or_else(|| MembershipError::Refused(member.clone(), "answered without a cluster".into()))?;
+        match &state.cluster {
+            Some(id) if id == cluster => {}
+            Some(other) => {
+                return Err(MembershipError::Refused(
+                    member.clone(),
+                    format!("it is now in cluster {other}, not {cluster}; deciding again"),
+                ));
+            }
+            None => {
+                return Err(MembershipError::Refused(
+                    member.clone(),
+                    "answered without a cluster".into(),
+                ));
+            }
+        }
         {
             let mut g = n.lock();
             g.p.incarnation = incarnation;
             g.p.state = state;
+            g.p.vouch = None;
             n.save(&g.p)?;
             g.ready = true;
         }
         Metrics::inc(&n.metrics.joins);
         n.clone().broadcast();
-        Ok(id)
+        Ok(())
     }
 
     async fn members(&self) -> Vec<NodeName> {
@@ -572,6 +615,7 @@ impl Membership for NodeMembership {
             known_peers: g.p.state.alive().into_iter().filter(|p| *p != n.name).collect(),
             last_to_stop: g.p.last_to_stop,
             force_boot: n.store.force_boot(),
+            vouch: g.p.vouch.clone(),
         }
     }
 
@@ -615,5 +659,15 @@ impl Membership for NodeMembership {
 
     fn publish_view(&self, view: Option<FormationView>) {
         self.0.lock().view = view;
+    }
+
+    async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {
+        let n = &self.0;
+        let mut g = n.lock();
+        if g.p.state.cluster.is_some() {
+            return Err(MembershipError::Invalid("a clustered node does not vouch".into()));
+        }
+        g.p.vouch = vouch.cloned();
+        n.save(&g.p)
     }
 }

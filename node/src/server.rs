@@ -13,7 +13,7 @@ use crate::node::{Node, NodeMembership};
 use crate::proto::auth::{self, AUTH_FAILED, AuthError};
 use crate::proto::frame::{FrameError, recv, send};
 use crate::proto::{Request, Response};
-use muster::{Membership, Phase};
+use muster::{Membership, MembershipError, PeerInfo, Phase};
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,7 +125,20 @@ pub async fn dispatch(node: &Arc<Node>, req: Request) -> Response {
                     message: "formation is still running on this node; wait for it to finish".into(),
                 };
             }
-            done(NodeMembership(node.clone()).join(&peer).await.map(|_| ()))
+            let m = NodeMembership(node.clone());
+            // The operator names a member; the join carries the cluster it is in right now.
+            let joined = match m.probe(&peer).await {
+                Ok(PeerInfo {
+                    cluster: Some(cluster),
+                    ..
+                }) => m.join(&peer, &cluster).await,
+                Ok(_) => Err(MembershipError::Refused(
+                    peer.clone(),
+                    "it is not in a cluster".into(),
+                )),
+                Err(e) => Err(e),
+            };
+            done(joined)
         }
         Request::ForceBoot => done(node.store().set_force_boot(true)),
         Request::Stop => Response::Ok,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use muster::{ClusterId, NodeName};
+use muster::{ClusterId, NodeName, Vouch};
 use serde::{Deserialize, Serialize};
 
 /// One member's entry.
@@ -149,6 +149,10 @@ pub struct Persisted {
     pub running_at_shutdown: Vec<NodeName>,
     /// No other member was running when this node stopped.
     pub last_to_stop: bool,
+    /// A blank node's standing commitment to a seed's intent (or its own claim); see
+    /// `muster::Vouch`. Cleared when the node forms, joins or resets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouch: Option<Vouch>,
 }
 
 const STATE_FILE: &str = "state.json";

@@ -214,3 +214,27 @@ async fn records_added_and_removed_with_nsupdate_show_on_the_next_round() {
             .contains(&"m@192.0.2.77:4370".parse().unwrap())
     );
 }
+
+/// The backend conformance suite against dnsmasq (SRV mode) and a silent nameserver.
+#[tokio::test]
+async fn dns_backend_passes_the_conformance_suite() {
+    use muster_discovery_core::testing::conformance::{Subject, run};
+    use std::sync::Arc;
+    let server = DnsServer::dnsmasq(&zone()).await;
+    let silent = SilentDns::start();
+    let ns = server.addr;
+    let nodes = names(&["m@alpha.cluster.test:7001", "m@beta.cluster.test:7002"]);
+    let make = move |node: &NodeName, ns: SocketAddr| {
+        let s = DnsSettings {
+            nameservers: vec![ns],
+            timeout: Duration::from_millis(300),
+            attempts: 1,
+            srv: Some("_muster._tcp.cluster.test".into()),
+            ..DnsSettings::default()
+        };
+        Arc::new(DnsBackend::new(s, node).unwrap()) as Arc<dyn Discovery>
+    };
+    let subject = Subject::new(nodes.clone(), move |node| make(node, ns))
+        .with_unreachable(make(&nodes[0], silent.addr));
+    run(&subject).await;
+}

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use muster::{Discovery, ErrorKind, NodeName};
+use muster::{Discovery, ErrorKind, FormationLock, NodeName, Registration};
 use muster_backend_etcd::{EtcdBackend, EtcdSettings};
 use muster_tests::etcd::{EtcdServer, Tls};
 use muster_tests::eventually;
@@ -54,7 +54,7 @@ async fn registration_is_visible_under_prefix_and_cluster_name() {
     let listed = a.list().await.unwrap();
     assert_eq!(listed.nodes, vec![n("a")]);
     assert!(listed.authoritative);
-    assert!(a.registration_status().unwrap().registered);
+    assert!(a.status().registered);
 
     // Another cluster name (and another prefix) is another world.
     let other = EtcdBackend::new(
@@ -95,7 +95,7 @@ async fn node_ttl_sets_the_lease_and_a_killed_node_disappears_after_it() {
     // Survives well past its TTL while alive (keep-alive every ttl/3).
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(keys(&server, "/muster/").await.len(), 1);
-    assert!(a.registration_status().unwrap().renewals >= 2);
+    assert!(a.status().renewals >= 2);
     // "Killed": the keeper stops without unregistering.
     drop(a);
     let gone = eventually(Duration::from_secs(9), async || {
@@ -126,7 +126,7 @@ async fn a_lease_revoked_behind_the_backends_back_is_re_established() {
     .await;
     assert!(back.is_some(), "the registration comes back");
     assert_ne!(a.lease(), Some(first), "on a new lease");
-    let st = a.registration_status().unwrap();
+    let st = a.status();
     assert!(st.registered && st.re_registrations >= 1, "{st:?}");
 }
 
@@ -285,21 +285,70 @@ async fn ca_file_cert_file_and_key_file_are_used_and_verification_is_never_skipp
 }
 
 #[tokio::test]
-async fn fencing_records_the_first_cluster_only_and_lists_it_with_the_key_to_delete() {
+async fn fencing_claims_the_first_cluster_only_and_lists_it_with_the_key_to_delete() {
+    use muster::{ClaimError, ClusterId, Fencing};
     let server = EtcdServer::start().await;
     let a = EtcdBackend::new(settings(&server), &n("a"));
     assert!(a.list().await.unwrap().recorded_cluster.is_none());
-    a.record_cluster(&muster::ClusterId("first".into()))
+    let first = ClusterId("first".into());
+    a.claim(&first, None).await.unwrap();
+    a.claim(&first, None)
         .await
-        .unwrap();
-    a.record_cluster(&muster::ClusterId("second".into()))
-        .await
-        .unwrap();
+        .expect("claiming the recorded id again succeeds");
+    match a.claim(&ClusterId("second".into()), None).await {
+        Err(ClaimError::Taken(id)) => assert_eq!(id, first),
+        other => panic!("a different id must be Taken, got {other:?}"),
+    }
     let r = a.list().await.unwrap();
-    assert_eq!(r.recorded_cluster, Some(muster::ClusterId("first".into())));
+    assert_eq!(r.recorded_cluster, Some(first));
     let hint = r.fencing_hint.unwrap();
     assert!(
         hint.contains("etcdctl") && hint.contains("del /muster/default/cluster-id"),
         "{hint}"
     );
+}
+
+#[tokio::test]
+async fn a_claim_under_a_lapsed_lock_is_refused_and_lost_resolves() {
+    use muster::{ClaimError, ClusterId, Fencing};
+    let server = EtcdServer::start().await;
+    let a = EtcdBackend::new(settings(&server), &n("a"));
+    let guard = a.lock(&n("a"), Duration::from_secs(5)).await.unwrap();
+    let lost = guard.lost();
+    // The lease lapses behind the holder's back (what a long pause does): revoke every lease.
+    let mut c = server.client().await;
+    for lease in c.leases().await.unwrap().leases() {
+        c.lease_revoke(lease.id()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), lost)
+        .await
+        .expect("lost() resolves once the lock's lease cannot be renewed");
+    match a.claim(&ClusterId("x".into()), Some(guard.as_ref())).await {
+        Err(ClaimError::LockLost) => {}
+        other => panic!("a claim under a lapsed lock must be LockLost, got {other:?}"),
+    }
+    assert!(
+        a.list().await.unwrap().recorded_cluster.is_none(),
+        "nothing recorded"
+    );
+}
+
+/// The backend conformance suite against a real etcd, and one nobody listens on.
+#[tokio::test]
+async fn etcd_backend_passes_the_conformance_suite() {
+    use muster_discovery_core::testing::conformance::{Subject, run};
+    use std::sync::Arc;
+    let server = EtcdServer::start().await;
+    let s = settings(&server);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = EtcdSettings {
+        endpoints: vec![silent.local_addr().unwrap().to_string()],
+        connect_timeout: Duration::from_millis(500),
+        ..settings(&server)
+    };
+    let subject = Subject::new(vec![n("a"), n("b")], move |node| {
+        Arc::new(EtcdBackend::new(s.clone(), node)) as Arc<dyn Discovery>
+    })
+    .with_unreachable(Arc::new(EtcdBackend::new(dead, &n("a"))));
+    run(&subject).await;
 }

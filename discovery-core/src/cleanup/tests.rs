@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::CleanupConfig;
-use crate::membership::Membership;
+use crate::membership::{ClusterId, Membership};
 use crate::testing::{BackendMode, Directory, Network, NetworkFaults};
 
 fn n(i: u32) -> NodeName {
@@ -15,9 +15,10 @@ fn n(i: u32) -> NodeName {
 async fn cluster(mode: BackendMode, only_log_warning: bool) -> (Network, Directory, Cleanup) {
     let net = Network::new(NetworkFaults::default(), 1);
     let members: Vec<_> = (1..=3).map(|i| net.start(&n(i))).collect();
-    members[0].form().await.unwrap();
-    members[1].join(&n(1)).await.unwrap();
-    members[2].join(&n(1)).await.unwrap();
+    let id = ClusterId("c1".into());
+    members[0].form(&id).await.unwrap();
+    members[1].join(&n(1), &id).await.unwrap();
+    members[2].join(&n(1), &id).await.unwrap();
     let dir = Directory::new(mode, 1);
     let cfg = CleanupConfig {
         only_log_warning,
@@ -95,7 +96,9 @@ async fn a_reachable_member_is_never_removed_and_resets_its_count() {
 #[tokio::test(start_paused = true)]
 async fn a_non_authoritative_backend_never_removes() {
     let (net, dir, mut cleanup) = cluster(BackendMode::Eventual, false).await;
-    dir.backend_for(&n(1)).register().await.unwrap();
+    crate::discovery::Registration::register(&dir.backend_for(&n(1)))
+        .await
+        .unwrap();
     net.crash(&n(3));
     for _ in 0..6 {
         let r = cleanup.run_once().await;

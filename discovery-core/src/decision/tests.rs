@@ -16,6 +16,17 @@ fn c(id: &str) -> ClusterId {
 
 /// A blank peer whose view names `seed`.
 fn blank(i: u32, seed: Option<u32>, stable_ms: u64) -> (NodeName, Probe) {
+    with_view(i, seed, stable_ms, None, None)
+}
+
+/// A blank peer with an announced intent and/or a commitment (`(seed, intent)`).
+fn with_view(
+    i: u32,
+    seed: Option<u32>,
+    stable_ms: u64,
+    intent: Option<&str>,
+    committed: Option<(u32, &str)>,
+) -> (NodeName, Probe) {
     (
         n(i),
         Probe::Answered(Box::new(PeerInfo {
@@ -29,10 +40,23 @@ fn blank(i: u32, seed: Option<u32>, stable_ms: u64) -> (NodeName, Probe) {
                 sees_cluster: None,
                 candidates: 3,
                 unchanged_for: Duration::from_millis(stable_ms),
+                intent: intent.map(c),
+                committed: committed.map(|(s, id)| Vouch {
+                    seed: n(s),
+                    intent: c(id),
+                }),
             }),
         })),
     )
 }
+
+/// A blank peer committed to `seed`'s intent `intent` (it publishes `seed` as its seed).
+fn committed(i: u32, seed: u32, intent: &str, stable_ms: u64) -> (NodeName, Probe) {
+    with_view(i, Some(seed), stable_ms, None, Some((seed, intent)))
+}
+
+/// The proposal every test node announces.
+const PROPOSAL: &str = "p1";
 
 fn member(i: u32, cluster: &str, members: &[u32], ready: bool) -> (NodeName, Probe) {
     (
@@ -65,6 +89,7 @@ struct Case {
     on_exhausted: OnExhausted,
     hint: u32,
     unchanged_ms: u64,
+    commitment: Option<(u32, &'static str)>,
     expect: Decision,
 }
 
@@ -78,6 +103,7 @@ impl Default for Case {
             preferred: None,
             recorded: None,
             peers: vec![],
+            commitment: None,
             lock: LockState::NotSupported,
             attempt: 1,
             on_exhausted: OnExhausted::Fail,
@@ -104,6 +130,10 @@ fn run(case: &Case) -> Verdict {
         ..FormationConfig::default()
     };
     let local = n(case.local);
+    let commitment = case.commitment.map(|(s, id)| Vouch {
+        seed: n(s),
+        intent: c(id),
+    });
     decide(&DecisionInput {
         local: &local,
         discovery: &listing,
@@ -111,6 +141,8 @@ fn run(case: &Case) -> Verdict {
         view_unchanged_for: Duration::from_millis(case.unchanged_ms),
         probes: &probes,
         lock: case.lock,
+        commitment: commitment.as_ref(),
+        proposal: &c(PROPOSAL),
         attempt: case.attempt,
         config: &config,
     })
@@ -140,11 +172,11 @@ fn decision_table() {
             ..Case::default()
         },
         Case {
-            name: "no peers yet: the seed of an authoritative list waits for a majority",
+            name: "no peers yet: the seed of an authoritative list waits for every listed node",
             peers: vec![down(2), down(3)],
             expect: Decision::Wait(WaitReason::TooFewReachable {
                 reachable: 1,
-                required: 2,
+                required: 3,
                 discovered: 3,
                 unreachable: vec![n(2), n(3)],
             }),
@@ -209,9 +241,131 @@ fn decision_table() {
             ..Case::default()
         },
         Case {
-            name: "the seed forms with a majority that agrees",
+            name: "a majority is not enough: a listed node that is down may hold a cluster",
             peers: vec![blank(2, Some(1), 0), down(3)],
+            expect: Decision::Wait(WaitReason::TooFewReachable {
+                reachable: 2,
+                required: 3,
+                discovered: 3,
+                unreachable: vec![n(3)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "every listed node agrees: the seed announces its intent and collects commitments",
+            peers: vec![blank(2, Some(1), 0), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::CollectingCommitments {
+                intent: c(PROPOSAL),
+                missing: vec![n(2), n(3)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "every candidate committed to this intent: the seed forms",
+            peers: vec![committed(2, 1, PROPOSAL, 0), committed(3, 1, PROPOSAL, 0)],
             expect: Decision::Form { standalone: false },
+            ..Case::default()
+        },
+        Case {
+            name: "a commitment to a withdrawn intent does not count",
+            peers: vec![committed(2, 1, "older", 0), committed(3, 1, PROPOSAL, 0)],
+            expect: Decision::Wait(WaitReason::CollectingCommitments {
+                intent: c(PROPOSAL),
+                missing: vec![n(2)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "a peer committed to another seed blocks the seed",
+            peers: vec![committed(2, 0, "x", 0), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::PeerCommitted {
+                peer: n(2),
+                seed: n(0),
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "a non-seed commits to the seed's announced intent",
+            local: 2,
+            peers: vec![with_view(1, Some(1), 0, Some("x"), None), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::CommittedToSeed {
+                seed: n(1),
+                intent: c("x"),
+                reachable: true,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "a committed node stays committed while its seed is unreachable, whatever the list says",
+            local: 2,
+            commitment: Some((3, "x")),
+            peers: vec![blank(1, Some(1), 0), down(3)],
+            expect: Decision::Wait(WaitReason::CommittedToSeed {
+                seed: n(3),
+                intent: c("x"),
+                reachable: false,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "a committed node releases when its seed answers without that intent, then follows the new one",
+            local: 2,
+            commitment: Some((1, "old")),
+            peers: vec![with_view(1, Some(1), 0, Some("new"), None), blank(3, Some(1), 0)],
+            expect: Decision::Wait(WaitReason::CommittedToSeed {
+                seed: n(1),
+                intent: c("new"),
+                reachable: true,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "recorded cluster and only another cluster visible: refuse (inconsistent cluster)",
+            local: 3,
+            recorded: Some("rec"),
+            peers: vec![
+                member(1, "other", &[1, 2], true),
+                member(2, "other", &[1, 2], true),
+            ],
+            expect: Decision::Refuse(WaitReason::ForeignCluster {
+                recorded: c("rec"),
+                found: c("other"),
+                members: vec![n(1), n(2)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "recorded cluster visible: join it, not the bigger one",
+            listed: vec![1, 2, 3, 4],
+            local: 4,
+            recorded: Some("a"),
+            peers: vec![
+                member(1, "a", &[1], true),
+                member(2, "b", &[2, 3], true),
+                member(3, "b", &[2, 3], true),
+            ],
+            expect: Decision::Join {
+                via: n(1),
+                cluster: c("a"),
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "this node's own recorded claim does not block it under the lock",
+            recorded: Some(PROPOSAL),
+            peers: vec![blank(2, None, 0), blank(3, None, 0)],
+            lock: LockState::Held,
+            expect: Decision::Form { standalone: false },
+            ..Case::default()
+        },
+        Case {
+            name: "standalone with a lock goes through the lock",
+            local: 2,
+            attempt: 5,
+            on_exhausted: OnExhausted::Standalone,
+            peers: vec![down(1), blank(3, Some(1), 0)],
+            lock: LockState::Available,
+            expect: Decision::Lock,
             ..Case::default()
         },
         Case {
@@ -285,7 +439,7 @@ fn decision_table() {
             name: "backend-preferred seed forms even though it is not the lowest",
             local: 3,
             preferred: Some(3),
-            peers: vec![blank(1, Some(3), 0), blank(2, Some(3), 0)],
+            peers: vec![committed(1, 3, PROPOSAL, 0), committed(2, 3, PROPOSAL, 0)],
             expect: Decision::Form { standalone: false },
             ..Case::default()
         },
@@ -342,9 +496,9 @@ fn decision_table() {
             ..Case::default()
         },
         Case {
-            name: "non-authoritative, settled and agreed: the seed forms",
+            name: "non-authoritative, settled, agreed and committed: the seed forms",
             authoritative: false,
-            peers: vec![blank(2, Some(1), 9000), blank(3, Some(1), 9000)],
+            peers: vec![committed(2, 1, PROPOSAL, 9000), committed(3, 1, PROPOSAL, 9000)],
             expect: Decision::Form { standalone: false },
             ..Case::default()
         },
@@ -497,4 +651,58 @@ fn the_same_input_gives_the_same_verdict() {
         ..Case::default()
     };
     assert_eq!(run(&case), run(&case));
+}
+
+#[test]
+fn verdict_carries_the_intent_and_the_commitment() {
+    // The seed with full agreement announces its intent.
+    let v = run(&Case {
+        peers: vec![blank(2, Some(1), 0), blank(3, Some(1), 0)],
+        ..Case::default()
+    });
+    assert!(v.intend);
+    assert_eq!(v.commitment, None);
+    // A passing probe failure keeps the intent (commitments already given stay valid) ...
+    let v = run(&Case {
+        peers: vec![committed(2, 1, PROPOSAL, 0), down(3)],
+        ..Case::default()
+    });
+    assert!(v.intend, "{v:?}");
+    // ... a peer committed to a lower seed withdraws it (no deadlock between two seeds) ...
+    let v = run(&Case {
+        local: 2,
+        listed: vec![2, 3, 4],
+        peers: vec![committed(3, 1, "x", 0), blank(4, Some(2), 0)],
+        ..Case::default()
+    });
+    assert!(!v.intend, "{v:?}");
+    // ... one committed to a higher seed does not (that seed withdraws instead).
+    let v = run(&Case {
+        peers: vec![committed(2, 5, "x", 0), blank(3, Some(1), 0)],
+        ..Case::default()
+    });
+    assert!(v.intend, "{v:?}");
+    // A non-seed that commits reports the commitment for the engine to persist.
+    let v = run(&Case {
+        local: 2,
+        peers: vec![with_view(1, Some(1), 0, Some("x"), None), blank(3, Some(1), 0)],
+        ..Case::default()
+    });
+    assert_eq!(
+        v.commitment,
+        Some(Vouch {
+            seed: n(1),
+            intent: c("x")
+        })
+    );
+    assert_eq!(v.seed, Some(n(1)));
+    // A committed node keeps its commitment while it joins a visible cluster.
+    let v = run(&Case {
+        local: 2,
+        commitment: Some((1, "x")),
+        peers: vec![member(1, "x", &[1], true)],
+        ..Case::default()
+    });
+    assert!(matches!(v.decision, Decision::Join { .. }));
+    assert!(v.commitment.is_some());
 }

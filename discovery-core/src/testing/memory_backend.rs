@@ -12,7 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::discovery::{Capabilities, Discovery, DiscoveryResult, LockGuard};
+use futures::future::BoxFuture;
+
+use crate::discovery::{
+    ClaimError, Discovery, DiscoveryResult, Fencing, FormationLock, LockGuard, Registration,
+    RegistrationStatus,
+};
 use crate::error::{DiscoveryError, ErrorKind};
 use crate::membership::ClusterId;
 use crate::node_name::NodeName;
@@ -41,7 +46,16 @@ struct LockHolder {
 #[derive(Debug)]
 struct DirInner {
     mode: BackendMode,
+    /// Per-node static lists that replace the mode's list for that node (misconfiguration,
+    /// a list that grew while old members were down).
+    lists_for: BTreeMap<NodeName, Vec<NodeName>>,
+    /// When each registration became visible, and when it lapses (a crashed holder's lease).
     registered: BTreeMap<NodeName, Instant>,
+    expires: BTreeMap<NodeName, Instant>,
+    registration_ttl: Option<Duration>,
+    list_latency: Duration,
+    claim_error_rate: f64,
+    claims: u64,
     delays: BTreeMap<(NodeName, NodeName), Duration>,
     lock: Option<LockHolder>,
     next_token: u64,
@@ -65,7 +79,13 @@ impl Directory {
         Directory {
             inner: Arc::new(Mutex::new(DirInner {
                 mode,
+                lists_for: BTreeMap::new(),
                 registered: BTreeMap::new(),
+                expires: BTreeMap::new(),
+                registration_ttl: None,
+                list_latency: Duration::ZERO,
+                claim_error_rate: 0.0,
+                claims: 0,
                 delays: BTreeMap::new(),
                 lock: None,
                 next_token: 1,
@@ -112,9 +132,50 @@ impl Directory {
         self.lock().mode = BackendMode::Static(nodes);
     }
 
+    /// Gives one node its own static list (static and preferred-seed modes).
+    pub fn set_list_for(&self, node: &NodeName, nodes: Vec<NodeName>) {
+        self.lock().lists_for.insert(node.clone(), nodes);
+    }
+
+    /// Drops one node's own static list (it reads the common one again).
+    pub fn clear_list_for(&self, node: &NodeName) {
+        self.lock().lists_for.remove(node);
+    }
+
+    /// How long every listing takes.
+    pub fn set_list_latency(&self, latency: Duration) {
+        self.lock().list_latency = latency;
+    }
+
+    /// The probability that a fencing claim fails with a temporary error (before taking effect).
+    pub fn set_claim_error_rate(&self, rate: f64) {
+        self.lock().claim_error_rate = rate;
+    }
+
+    /// The lease of a registration whose holder stopped renewing it (see [`Directory::crashed`]).
+    pub fn set_registration_ttl(&self, ttl: Option<Duration>) {
+        self.lock().registration_ttl = ttl;
+    }
+
+    /// A node's process died: its registration lapses after the registration TTL (if set).
+    pub fn crashed(&self, node: &NodeName) {
+        let mut g = self.lock();
+        if let Some(ttl) = g.registration_ttl {
+            let at = Instant::now() + ttl;
+            g.expires.insert(node.clone(), at);
+        }
+    }
+
     /// Removes a registration (a lease that expired).
     pub fn deregister(&self, node: &NodeName) {
-        self.lock().registered.remove(node);
+        let mut g = self.lock();
+        g.registered.remove(node);
+        g.expires.remove(node);
+    }
+
+    /// Claims attempted so far.
+    pub fn claim_calls(&self) -> u64 {
+        self.lock().claims
     }
 
     /// The recorded cluster identity (fencing).
@@ -150,28 +211,53 @@ pub struct MemoryBackend {
 
 const NAME: &str = "memory";
 
+impl DirInner {
+    /// Drops registrations whose lease lapsed.
+    fn expire(&mut self, now: Instant) {
+        let lapsed: Vec<NodeName> = self
+            .expires
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in lapsed {
+            self.expires.remove(&n);
+            self.registered.remove(&n);
+        }
+    }
+
+    fn locking(&self) -> bool {
+        self.mode == BackendMode::Locking
+    }
+}
+
 #[async_trait]
 impl Discovery for MemoryBackend {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn capabilities(&self) -> Capabilities {
-        let g = self.dir.lock();
-        match g.mode {
-            BackendMode::Static(_) | BackendMode::PreferredSeed(..) => {
-                Capabilities::none().with_full_membership(true)
-            }
-            BackendMode::Eventual => Capabilities::none().with_registration(true),
-            BackendMode::Locking => Capabilities::none()
-                .with_registration(true)
-                .with_locking(true)
-                .with_full_membership(true)
-                .with_fencing(true),
-        }
+    fn full_membership(&self) -> bool {
+        !matches!(self.dir.lock().mode, BackendMode::Eventual)
+    }
+
+    fn registration(&self) -> Option<&dyn Registration> {
+        matches!(self.dir.lock().mode, BackendMode::Eventual | BackendMode::Locking).then_some(self as _)
+    }
+
+    fn formation_lock(&self) -> Option<&dyn FormationLock> {
+        self.dir.lock().locking().then_some(self as _)
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        self.dir.lock().locking().then_some(self as _)
     }
 
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
+        let latency = self.dir.lock().list_latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let mut g = self.dir.lock();
         g.lists += 1;
         let rate = g.error_rate;
@@ -183,10 +269,13 @@ impl Discovery for MemoryBackend {
             ));
         }
         let now = Instant::now();
+        g.expire(now);
+        let own = g.lists_for.get(&self.local).cloned();
         let result = match &g.mode {
-            BackendMode::Static(nodes) => DiscoveryResult::new(nodes.clone(), true),
+            BackendMode::Static(nodes) => DiscoveryResult::new(own.unwrap_or_else(|| nodes.clone()), true),
             BackendMode::PreferredSeed(nodes, seed) => {
-                DiscoveryResult::new(nodes.clone(), true).with_preferred_seed(seed.clone())
+                DiscoveryResult::new(own.unwrap_or_else(|| nodes.clone()), true)
+                    .with_preferred_seed(seed.clone())
             }
             BackendMode::Eventual => {
                 let visible = g.registered.iter().filter(|(node, at)| {
@@ -204,15 +293,23 @@ impl Discovery for MemoryBackend {
             }
             BackendMode::Locking => {
                 let mut r = DiscoveryResult::new(g.registered.keys().cloned(), true);
-                r.recorded_cluster = g.recorded.clone();
+                if let Some(id) = g.recorded.clone() {
+                    r = r
+                        .with_recorded_cluster(id)
+                        .with_fencing_hint("clear the memory directory's record");
+                }
                 r
             }
         };
         Ok(result)
     }
+}
 
+#[async_trait]
+impl Registration for MemoryBackend {
     async fn register(&self) -> Result<(), DiscoveryError> {
         let mut g = self.dir.lock();
+        g.expires.remove(&self.local);
         g.registered
             .entry(self.local.clone())
             .or_insert_with(Instant::now);
@@ -220,14 +317,28 @@ impl Discovery for MemoryBackend {
     }
 
     async fn unregister(&self) -> Result<(), DiscoveryError> {
-        self.dir.lock().registered.remove(&self.local);
+        let mut g = self.dir.lock();
+        g.registered.remove(&self.local);
+        g.expires.remove(&self.local);
         Ok(())
     }
 
+    fn status(&self) -> RegistrationStatus {
+        let registered = self.dir.lock().registered.contains_key(&self.local);
+        RegistrationStatus::new(
+            registered,
+            if registered {
+                "registered"
+            } else {
+                "not registered"
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl FormationLock for MemoryBackend {
     async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
-        if self.dir.lock().mode != BackendMode::Locking {
-            return Err(DiscoveryError::unsupported(NAME, "locking"));
-        }
         let deadline = Instant::now() + timeout;
         loop {
             {
@@ -245,6 +356,8 @@ impl Discovery for MemoryBackend {
                     return Ok(Box::new(MemoryLock {
                         dir: self.dir.clone(),
                         token,
+                        bytes: token.to_be_bytes(),
+                        expires,
                     }));
                 }
             }
@@ -258,18 +371,46 @@ impl Discovery for MemoryBackend {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
 
-    async fn record_cluster(&self, id: &ClusterId) -> Result<(), DiscoveryError> {
-        self.dir.lock().recorded.get_or_insert_with(|| id.clone());
-        Ok(())
+#[async_trait]
+impl Fencing for MemoryBackend {
+    async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError> {
+        let mut g = self.dir.lock();
+        g.claims += 1;
+        let rate = g.claim_error_rate;
+        if g.rng.chance(rate) {
+            return Err(DiscoveryError::new(NAME, ErrorKind::Unavailable, "injected claim failure").into());
+        }
+        if let Some(guard) = lock {
+            let now = Instant::now();
+            let current = g
+                .lock
+                .as_ref()
+                .filter(|h| h.expires > now)
+                .map(|h| h.token.to_be_bytes());
+            if current.as_ref().map(|t| &t[..]) != Some(guard.token()) {
+                return Err(ClaimError::LockLost);
+            }
+        }
+        match &g.recorded {
+            Some(existing) if existing == id => Ok(()),
+            Some(existing) => Err(ClaimError::Taken(existing.clone())),
+            None => {
+                g.recorded = Some(id.clone());
+                Ok(())
+            }
+        }
     }
 }
 
 /// A held in-memory lock. Dropping it without `release` (a crashed holder) leaves it held until
-/// its lease expires.
+/// its lease expires; the lease is not renewed, so a holder slower than the lease loses it.
 struct MemoryLock {
     dir: Directory,
     token: u64,
+    bytes: [u8; 8],
+    expires: Instant,
 }
 
 #[async_trait]
@@ -280,6 +421,15 @@ impl LockGuard for MemoryLock {
             g.lock = None;
         }
         Ok(())
+    }
+
+    fn token(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn lost(&self) -> BoxFuture<'static, ()> {
+        let at = self.expires;
+        Box::pin(async move { tokio::time::sleep_until(at).await })
     }
 }
 

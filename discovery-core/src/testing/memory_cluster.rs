@@ -2,8 +2,13 @@
 //!
 //! Each cluster's member set lives in one shared place (a perfectly replicated store), so the
 //! simulator checks the formation rule, not a replication protocol. Probes and joins take a
-//! random latency and may fail; crashed nodes keep their persisted state (cluster id, last-to-stop,
-//! force-boot) and lose everything else.
+//! random latency and may fail; links can be blocked in one direction (partitions that last and
+//! heal); processes can be paused (their calls and their probe answers freeze); `form` can take
+//! time while probes are answered; crashed nodes keep their persisted state (cluster id,
+//! last-to-stop, force-boot, commitment) and lose everything else; wiped nodes lose it all.
+//!
+//! Every formation is checked when it happens: forming while another cluster is still held by
+//! some node's persisted state is recorded as a split (formations are counted, not survivors).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -12,7 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::MembershipError;
-use crate::membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState};
+use tokio::time::Instant;
+
+use crate::membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState, Vouch};
 use crate::node_name::NodeName;
 use crate::testing::SimRng;
 
@@ -45,8 +52,11 @@ struct NodeState {
     last_to_stop: bool,
     force_boot: bool,
     view: Option<FormationView>,
+    vouch: Option<Vouch>,
     start_ms: u64,
-    /// Every cluster this node was ever a member of (the simulator's "never dropped" check).
+    paused_until: Option<Instant>,
+    /// Every cluster this node was a member of since its disk was last wiped (the simulator's
+    /// "never dropped" check).
     joined: Vec<ClusterId>,
 }
 
@@ -59,6 +69,11 @@ struct NetInner {
     rng: SimRng,
     probes: u64,
     epoch: tokio::time::Instant,
+    /// Directed links that drop every call: (from, to).
+    blocked: BTreeSet<(NodeName, NodeName)>,
+    form_latency: Duration,
+    formations: u64,
+    splits: Vec<String>,
 }
 
 /// The simulated network and the shared membership store.
@@ -79,6 +94,10 @@ impl Network {
                 rng: SimRng::new(seed),
                 probes: 0,
                 epoch: tokio::time::Instant::now(),
+                blocked: BTreeSet::new(),
+                form_latency: Duration::ZERO,
+                formations: 0,
+                splits: Vec::new(),
             })),
         }
     }
@@ -95,6 +114,7 @@ impl Network {
         st.up = true;
         st.ready = false;
         st.view = None;
+        st.paused_until = None;
         st.start_ms = now_ms;
         MemoryMember {
             net: self.clone(),
@@ -128,6 +148,83 @@ impl Network {
             st.view = None;
             st.last_to_stop = cluster.is_some() && !others_running;
         }
+    }
+
+    /// Erases a (stopped) node's disk: it comes back blank.
+    pub fn wipe(&self, node: &NodeName) {
+        if let Some(st) = self.lock().nodes.get_mut(node) {
+            st.cluster = None;
+            st.last_to_stop = false;
+            st.force_boot = false;
+            st.vouch = None;
+            st.joined.clear();
+        }
+    }
+
+    /// Gives `nodes` a cluster formed before the run (they are down; start them later).
+    pub fn preform(&self, nodes: &[NodeName]) -> ClusterId {
+        let mut g = self.lock();
+        let id = ClusterId(format!("pre{}", g.next_cluster));
+        g.next_cluster += 1;
+        g.formations += 1;
+        g.clusters.insert(id.clone(), nodes.iter().cloned().collect());
+        for n in nodes {
+            let st = g.nodes.entry(n.clone()).or_default();
+            st.cluster = Some(id.clone());
+            st.joined.push(id.clone());
+        }
+        id
+    }
+
+    /// Freezes a running node until `until`: its calls wait, its probe answers stop.
+    pub fn pause(&self, node: &NodeName, until: Instant) {
+        if let Some(st) = self.lock().nodes.get_mut(node) {
+            st.paused_until = Some(until);
+        }
+    }
+
+    /// Drops every call from `from` to `to` (one direction) until healed.
+    pub fn block(&self, from: &NodeName, to: &NodeName) {
+        self.lock().blocked.insert((from.clone(), to.clone()));
+    }
+
+    /// Heals one directed link.
+    pub fn unblock(&self, from: &NodeName, to: &NodeName) {
+        self.lock().blocked.remove(&(from.clone(), to.clone()));
+    }
+
+    /// Heals every blocked link.
+    pub fn heal(&self) {
+        self.lock().blocked.clear();
+    }
+
+    /// How long `form` takes (probes are answered meanwhile, from the state before it).
+    pub fn set_form_latency(&self, latency: Duration) {
+        self.lock().form_latency = latency;
+    }
+
+    /// Clusters formed so far (pre-formed ones included).
+    pub fn formations(&self) -> u64 {
+        self.lock().formations
+    }
+
+    /// Formations that happened while another cluster was still held: each a split.
+    pub fn splits(&self) -> Vec<String> {
+        self.lock().splits.clone()
+    }
+
+    async fn wait_unpaused(&self, node: &NodeName) {
+        let until = self.lock().nodes.get(node).and_then(|s| s.paused_until);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    fn paused(g: &NetInner, node: &NodeName) -> bool {
+        g.nodes
+            .get(node)
+            .and_then(|s| s.paused_until)
+            .is_some_and(|u| u > Instant::now())
     }
 
     /// Marks a stopped node to boot without its peers.
@@ -201,11 +298,20 @@ impl Membership for MemoryMember {
     }
 
     async fn probe(&self, peer: &NodeName) -> Result<PeerInfo, MembershipError> {
+        self.net.wait_unpaused(&self.local).await;
         let (latency, fails) = self.net.call_faults();
         tokio::time::sleep(latency).await;
         let info = {
             let mut g = self.net.lock();
             g.probes += 1;
+            if g.blocked.contains(&(self.local.clone(), peer.clone()))
+                || g.blocked.contains(&(peer.clone(), self.local.clone()))
+            {
+                return Err(unreachable(peer, "partitioned"));
+            }
+            if Network::paused(&g, peer) {
+                return Err(unreachable(peer, "paused (no answer)"));
+            }
             let st = g
                 .nodes
                 .get(peer)
@@ -233,63 +339,95 @@ impl Membership for MemoryMember {
         Ok(info)
     }
 
-    async fn form(&self) -> Result<ClusterId, MembershipError> {
+    fn new_cluster_id(&self) -> ClusterId {
+        let mut g = self.net.lock();
+        let id = ClusterId(format!("c{}", g.next_cluster));
+        g.next_cluster += 1;
+        id
+    }
+
+    async fn form(&self, id: &ClusterId) -> Result<(), MembershipError> {
+        self.net.wait_unpaused(&self.local).await;
+        let latency = self.net.lock().form_latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let mut g = self.net.lock();
         if let Some(c) = g.nodes.get(&self.local).and_then(|s| s.cluster.clone()) {
             return Err(MembershipError::Invalid(format!(
                 "already a member of cluster {c}"
             )));
         }
-        let id = ClusterId(format!("c{}", g.next_cluster));
-        g.next_cluster += 1;
+        // Counted when it happens: another cluster still held by some node's disk is a split.
+        let held: BTreeSet<ClusterId> = g.nodes.values().filter_map(|s| s.cluster.clone()).collect();
+        if let Some(other) = held.iter().find(|c| *c != id) {
+            let holders: Vec<String> = g
+                .nodes
+                .iter()
+                .filter(|(_, s)| s.cluster.as_ref() == Some(other))
+                .map(|(n, _)| n.to_string())
+                .collect();
+            let line = format!(
+                "{} formed {id} while {other} was held by [{}]",
+                self.local,
+                holders.join(", ")
+            );
+            g.splits.push(line);
+        }
+        g.formations += 1;
         g.clusters
             .insert(id.clone(), BTreeSet::from([self.local.clone()]));
         let st = g.nodes.entry(self.local.clone()).or_default();
         st.cluster = Some(id.clone());
         st.ready = true;
+        st.vouch = None;
         st.joined.push(id.clone());
-        Ok(id)
+        Ok(())
     }
 
-    async fn join(&self, member: &NodeName) -> Result<ClusterId, MembershipError> {
+    async fn join(&self, member: &NodeName, cluster: &ClusterId) -> Result<(), MembershipError> {
+        self.net.wait_unpaused(&self.local).await;
         let (latency, fails) = self.net.call_faults();
         tokio::time::sleep(latency).await;
         if fails {
             return Err(unreachable(member, "injected network failure"));
         }
-        let id = {
+        {
             let mut g = self.net.lock();
+            if g.blocked.contains(&(self.local.clone(), member.clone())) || Network::paused(&g, member) {
+                return Err(unreachable(member, "no answer"));
+            }
             let via = g
                 .nodes
                 .get(member)
                 .filter(|s| s.up)
                 .ok_or_else(|| unreachable(member, "not running"))?;
-            let id = match (&via.cluster, via.ready) {
-                (Some(c), true) => c.clone(),
+            match (&via.cluster, via.ready) {
+                (Some(c), true) if c == cluster => {}
                 _ => {
                     return Err(MembershipError::Refused(
                         member.clone(),
-                        "not a ready cluster member".into(),
+                        format!("not a ready member of cluster {cluster}"),
                     ));
                 }
-            };
+            }
             if let Some(c) = g.nodes.get(&self.local).and_then(|s| s.cluster.clone()) {
                 return Err(MembershipError::Invalid(format!(
                     "already a member of cluster {c}"
                 )));
             }
             g.clusters
-                .entry(id.clone())
+                .entry(cluster.clone())
                 .or_default()
                 .insert(self.local.clone());
             let st = g.nodes.entry(self.local.clone()).or_default();
-            st.cluster = Some(id.clone());
+            st.cluster = Some(cluster.clone());
             st.ready = true;
-            st.joined.push(id.clone());
-            id
-        };
+            st.vouch = None;
+            st.joined.push(cluster.clone());
+        }
         tokio::time::sleep(latency).await;
-        Ok(id)
+        Ok(())
     }
 
     async fn members(&self) -> Vec<NodeName> {
@@ -334,10 +472,12 @@ impl Membership for MemoryMember {
             known_peers,
             last_to_stop: st.last_to_stop,
             force_boot: st.force_boot,
+            vouch: st.vouch.clone(),
         }
     }
 
     async fn resume(&self, _via: Option<&NodeName>) -> Result<(), MembershipError> {
+        self.net.wait_unpaused(&self.local).await;
         let mut g = self.net.lock();
         let st = g.nodes.entry(self.local.clone()).or_default();
         st.ready = true;
@@ -350,5 +490,13 @@ impl Membership for MemoryMember {
         if let Some(st) = self.net.lock().nodes.get_mut(&self.local) {
             st.view = view;
         }
+    }
+
+    async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {
+        self.net.wait_unpaused(&self.local).await;
+        if let Some(st) = self.net.lock().nodes.get_mut(&self.local) {
+            st.vouch = vouch.cloned();
+        }
+        Ok(())
     }
 }

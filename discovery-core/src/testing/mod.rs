@@ -1,6 +1,7 @@
 //! Test support (feature `testing`): an in-memory backend, an in-memory cluster of `Membership`
 //! nodes, and a deterministic simulator of parallel formation.
 
+pub mod conformance;
 mod memory_backend;
 mod memory_cluster;
 mod rng;

@@ -1,22 +1,34 @@
 //! The deterministic formation simulator.
 //!
 //! One seed fixes everything: the number of nodes (2–9), the backend family (static list,
-//! preferred seed, eventually consistent registrations, lock-capable registrations), start
-//! offsets, probe latencies and failures, per-node discovery views that converge over time,
-//! backend errors, and nodes crashing and restarting mid-formation. The run uses a
-//! current-thread tokio runtime with paused time, so a seed replays exactly.
+//! preferred seed, eventually consistent registrations, lock-capable registrations with
+//! fencing), start offsets, probe latencies and failures, per-node discovery views that converge
+//! over time, listing latency, backend and claim errors, and the faults: crashes (some wiping the
+//! disk), graceful stops of the whole cluster with restarts in any order (and force-boot),
+//! partitions that last and heal (some one-way), process pauses that freeze the engine and its
+//! probe answers, a `form` that takes time while probes are answered, per-node static lists and
+//! a list that grew while the old members were down (a cluster formed before the run),
+//! registrations that lapse after a crash, and lock leases shorter than a slow formation. The run
+//! uses a current-thread tokio runtime with paused time, so a seed replays exactly.
 //!
-//! Checked properties: at the end exactly one cluster holds every live node; no node that joined
-//! a cluster is later dropped from it; formation completes within a bounded simulated time.
+//! Checked properties, each able to fail:
+//! - no cluster is formed while another cluster is still held by some node's persisted state
+//!   (formations are counted when they happen, not survivors at the end);
+//! - at the end one cluster holds every node;
+//! - no node that was told it joined (or formed) a cluster is later outside it, unless its disk
+//!   was wiped since;
+//! - every refusal names its reason, and no engine fails otherwise;
+//! - formation completes within a bounded simulated time after the last fault.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{FormationConfig, OnExhausted};
 use crate::decision::{DecisionInput, Verdict};
 use crate::engine::FormationEngine;
+use crate::error::FormationError;
 use crate::membership::ClusterId;
 use crate::node_name::NodeName;
 use crate::testing::{BackendMode, Directory, Network, NetworkFaults, SimRng};
@@ -35,19 +47,58 @@ pub enum Family {
     PreferredSeed,
     /// Eventually consistent registrations, no lock.
     Eventual,
-    /// Consistent registrations with a lease-backed lock.
+    /// Consistent registrations with a lease-backed lock and fencing.
     Locking,
 }
 
-/// A crash: `node` dies at `at` and restarts after `down`.
+/// What happens to a node's process at a moment of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL; the node restarts after `down`, with its disk erased when `wipe`.
+    Crash {
+        /// How long it stays down.
+        down: Duration,
+        /// Erase its disk before it restarts.
+        wipe: bool,
+    },
+    /// A graceful stop (records last-to-stop); restarts after `down`, force-booted if asked.
+    Stop {
+        /// How long it stays down.
+        down: Duration,
+        /// An operator sets force-boot before the restart.
+        force_boot: bool,
+    },
+    /// The process freezes for `length` (SIGSTOP … SIGCONT).
+    Pause {
+        /// How long.
+        length: Duration,
+    },
+}
+
+/// A fault at a time.
 #[derive(Debug, Clone)]
-pub struct Crash {
+pub struct Event {
     /// Index of the node.
     pub node: usize,
-    /// When it dies.
+    /// When.
     pub at: Duration,
-    /// How long it stays down.
-    pub down: Duration,
+    /// What.
+    pub fault: Fault,
+}
+
+/// A link that drops every call from `from` to `to` (and back unless `one_way`) for a while.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    /// One side.
+    pub from: usize,
+    /// The other side.
+    pub to: usize,
+    /// Only `from` → `to` is cut (asymmetric reachability).
+    pub one_way: bool,
+    /// When it starts.
+    pub at: Duration,
+    /// How long it lasts.
+    pub length: Duration,
 }
 
 /// Everything a seed decided.
@@ -61,12 +112,27 @@ pub struct Scenario {
     pub family: Family,
     /// Start offset of each node.
     pub starts: Vec<Duration>,
-    /// Crashes.
-    pub crashes: Vec<Crash>,
+    /// Faults, by node and time.
+    pub events: Vec<Event>,
+    /// Partitions.
+    pub partitions: Vec<Partition>,
+    /// Nodes that hold a cluster formed before the run (static family: with a list of just
+    /// themselves, while everyone else lists all nodes — a list that grew).
+    pub preformed: Vec<usize>,
     /// Network faults.
     pub faults: NetworkFaults,
     /// Backend error rate.
     pub backend_error_rate: f64,
+    /// Fencing claim error rate (locking family).
+    pub claim_error_rate: f64,
+    /// How long a listing takes.
+    pub list_latency: Duration,
+    /// How long `form` takes.
+    pub form_latency: Duration,
+    /// The formation lock's lease (locking family).
+    pub lock_lease: Duration,
+    /// How long a crashed node's registration outlives it.
+    pub registration_ttl: Duration,
     /// Largest per-pair visibility delay (eventual family).
     pub max_visibility_delay: Duration,
     /// The configuration every node runs.
@@ -80,10 +146,14 @@ pub struct SimReport {
     pub scenario: Scenario,
     /// Problems found; empty when every property held.
     pub violations: Vec<String>,
-    /// Simulated time from the last (re)start to every node being formed.
+    /// Simulated time from the last fault or (re)start to every node being formed.
     pub formed_after_last_start: Option<Duration>,
     /// Clusters at the end.
     pub clusters: usize,
+    /// Clusters formed during the run (pre-formed ones not counted).
+    pub formations: u64,
+    /// Refusals (inconsistent cluster) the engines returned.
+    pub refusals: Vec<String>,
     /// Probes made.
     pub probes: u64,
 }
@@ -94,9 +164,9 @@ impl SimReport {
         self.violations.is_empty()
     }
 
-    /// True when the run ended with more than one cluster.
+    /// True when the run formed a second cluster while another was held, or ended with two.
     pub fn split(&self) -> bool {
-        self.clusters > 1
+        self.clusters > 1 || self.violations.iter().any(|v| v.starts_with("split"))
     }
 }
 
@@ -123,7 +193,7 @@ impl fmt::Display for SimReport {
     }
 }
 
-/// Simulated time after which formation must be complete, counted from the last (re)start.
+/// Simulated time after which formation must be complete, counted from the last fault.
 pub const FORMATION_BOUND: Duration = Duration::from_secs(60);
 
 fn ms(n: u64) -> Duration {
@@ -145,21 +215,76 @@ impl Scenario {
             Family::Locking,
         ]);
         let spread = *rng.pick(&[0, 50, 500, 2000]);
-        let starts = (0..n).map(|_| ms(rng.range(0, spread))).collect();
-        let crash_count = *rng.pick(&[0, 0, 1, 2]);
-        let crashes = (0..crash_count)
-            .map(|_| Crash {
+        let starts: Vec<Duration> = (0..n).map(|_| ms(rng.range(0, spread))).collect();
+        let mut events = Vec::new();
+        for _ in 0..*rng.pick(&[0, 0, 1, 2]) {
+            // Wiping a fenced cluster's only copy needs an operator (the record stays): lockless only.
+            let wipe = family != Family::Locking && rng.chance(0.3);
+            events.push(Event {
                 node: rng.range(0, n as u64 - 1) as usize,
                 at: ms(rng.range(0, 3000)),
-                down: ms(rng.range(100, 3000)),
-            })
-            .collect();
+                fault: Fault::Crash {
+                    down: ms(rng.range(100, 3000)),
+                    wipe,
+                },
+            });
+        }
+        for _ in 0..*rng.pick(&[0, 0, 0, 1, 2]) {
+            events.push(Event {
+                node: rng.range(0, n as u64 - 1) as usize,
+                at: ms(rng.range(0, 4000)),
+                fault: Fault::Pause {
+                    length: ms(rng.range(100, 3000)),
+                },
+            });
+        }
+        if rng.chance(0.15) {
+            // The whole cluster stops gracefully, one by one, and comes back in any order.
+            let at = rng.range(6000, 12000);
+            let force = rng.chance(0.3).then(|| rng.range(0, n as u64 - 1) as usize);
+            for i in 0..n {
+                events.push(Event {
+                    node: i,
+                    at: ms(at + rng.range(0, 1000)),
+                    fault: Fault::Stop {
+                        down: ms(rng.range(1500, 4000)),
+                        force_boot: force == Some(i),
+                    },
+                });
+            }
+        }
+        let mut partitions = Vec::new();
+        for _ in 0..*rng.pick(&[0, 0, 1, 2, 3]) {
+            let from = rng.range(0, n as u64 - 1) as usize;
+            let to = (from + 1 + rng.range(0, n as u64 - 2) as usize) % n;
+            partitions.push(Partition {
+                from,
+                to,
+                one_way: rng.chance(0.5),
+                at: ms(rng.range(0, 3000)),
+                length: ms(rng.range(200, 5000)),
+            });
+        }
+        let preformed = if family == Family::Static && n >= 3 && rng.chance(0.15) {
+            (0..rng.range(1, n as u64 / 2) as usize)
+                .map(|_| rng.range(0, n as u64 - 1) as usize)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let faults = NetworkFaults {
             min_latency: ms(1),
-            max_latency: ms(*rng.pick(&[2, 20, 45])),
+            max_latency: ms(*rng.pick(&[2, 20, 45, 55])),
             failure_rate: *rng.pick(&[0.0, 0.05, 0.2]),
         };
         let backend_error_rate = *rng.pick(&[0.0, 0.1, 0.3]);
+        let claim_error_rate = *rng.pick(&[0.0, 0.0, 0.3]);
+        let list_latency = ms(*rng.pick(&[0, 0, 30, 400]));
+        let form_latency = ms(*rng.pick(&[0, 0, 50, 1500]));
+        let lock_lease = ms(*rng.pick(&[5000, 5000, 1000]));
+        let registration_ttl = ms(*rng.pick(&[500, 3000]));
         let max_visibility_delay = ms(rng.range(0, 3000));
         let mut config = FormationConfig {
             discovery_retry_interval: ms(200),
@@ -180,12 +305,37 @@ impl Scenario {
             nodes,
             family,
             starts,
-            crashes,
+            events,
+            partitions,
+            preformed,
             faults,
             backend_error_rate,
+            claim_error_rate,
+            list_latency,
+            form_latency,
+            lock_lease,
+            registration_ttl,
             max_visibility_delay,
             config,
         }
+    }
+
+    /// When the last start, restart, pause or partition ends: the liveness bound counts from here.
+    pub fn quiet_from(&self) -> Duration {
+        let events = self.events.iter().map(|e| {
+            e.at + match &e.fault {
+                Fault::Crash { down, .. } | Fault::Stop { down, .. } => *down,
+                Fault::Pause { length } => *length,
+            }
+        });
+        let partitions = self.partitions.iter().map(|p| p.at + p.length);
+        self.starts
+            .iter()
+            .copied()
+            .chain(events)
+            .chain(partitions)
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -204,8 +354,81 @@ pub fn run_scenario(scenario: Scenario, rule: Rule) -> SimReport {
     rt.block_on(simulate(scenario, rule))
 }
 
+/// One node's process over the run: start, faults, restarts.
+async fn life(
+    s: Arc<Scenario>,
+    i: usize,
+    dir: Directory,
+    net: Network,
+    rule: Rule,
+    statuses: Arc<Mutex<BTreeMap<NodeName, StatusRx>>>,
+    errors: Arc<Mutex<Vec<(NodeName, FormationError)>>>,
+) {
+    let node = s.nodes[i].clone();
+    let start = tokio::time::Instant::now();
+    let mut events: Vec<Event> = s.events.iter().filter(|e| e.node == i).cloned().collect();
+    events.sort_by_key(|e| e.at);
+    let mut events = events.into_iter().peekable();
+    tokio::time::sleep(s.starts[i]).await;
+    loop {
+        let member = Arc::new(net.start(&node));
+        let backend = Arc::new(dir.backend_for(&node));
+        let engine = FormationEngine::new(s.config.clone(), backend, member).with_rule(rule);
+        statuses
+            .lock()
+            .expect("status map")
+            .insert(node.clone(), engine.status());
+        let mut run = Box::pin(async {
+            if let Err(e) = engine.run().await {
+                errors.lock().expect("errors").push((node.clone(), e));
+            }
+            std::future::pending::<()>().await
+        });
+        // Run until the next event that ends this process; pauses happen inside the run.
+        let ending = loop {
+            let Some(event) = events.next() else {
+                run.as_mut().await;
+                return;
+            };
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(start + event.at) => {}
+                _ = run.as_mut() => {}
+            }
+            match event.fault {
+                Fault::Pause { length } => net.pause(&node, tokio::time::Instant::now() + length),
+                other => break other,
+            }
+        };
+        drop(run);
+        match ending {
+            Fault::Crash { down, wipe } => {
+                drop(engine);
+                net.crash(&node);
+                dir.crashed(&node);
+                tokio::time::sleep(down).await;
+                if wipe {
+                    // A new disk comes with the current configuration.
+                    net.wipe(&node);
+                    dir.clear_list_for(&node);
+                }
+            }
+            Fault::Stop { down, force_boot } => {
+                net.stop(&node);
+                engine.shutdown().await;
+                drop(engine);
+                tokio::time::sleep(down).await;
+                if force_boot {
+                    net.force_boot(&node);
+                }
+            }
+            Fault::Pause { .. } => unreachable!("pauses do not end a process"),
+        }
+    }
+}
+
 async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
-    let s = &scenario;
+    let s = Arc::new(scenario);
     let mut rng = SimRng::new(s.seed.wrapping_mul(31).wrapping_add(7));
     let mode = match s.family {
         Family::Static => BackendMode::Static(s.nodes.clone()),
@@ -218,88 +441,89 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
     };
     let dir = Directory::new(mode, s.seed ^ 0xD1);
     dir.set_error_rate(s.backend_error_rate);
-    dir.set_lock_lease(Duration::from_secs(5));
+    dir.set_claim_error_rate(s.claim_error_rate);
+    dir.set_lock_lease(s.lock_lease);
+    dir.set_list_latency(s.list_latency);
+    dir.set_registration_ttl(Some(s.registration_ttl));
     for a in &s.nodes {
         for b in &s.nodes {
             dir.set_delay(a, b, ms(rng.range(0, s.max_visibility_delay.as_millis() as u64)));
         }
     }
     let net = Network::new(s.faults, s.seed ^ 0xA7);
+    net.set_form_latency(s.form_latency);
+    if !s.preformed.is_empty() {
+        let old: Vec<NodeName> = s.preformed.iter().map(|i| s.nodes[*i].clone()).collect();
+        net.preform(&old);
+        for n in &old {
+            dir.set_list_for(n, old.clone());
+        }
+    }
     let start = tokio::time::Instant::now();
-    let statuses: Arc<std::sync::Mutex<BTreeMap<NodeName, StatusRx>>> = Arc::default();
+    let statuses: Arc<Mutex<BTreeMap<NodeName, StatusRx>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<(NodeName, FormationError)>>> = Arc::default();
 
-    // Each node's life: start at its offset, run the engine, die and restart at its crashes.
     let mut tasks = Vec::new();
-    for (i, node) in s.nodes.iter().enumerate() {
-        let (dir, net, node, cfg) = (dir.clone(), net.clone(), node.clone(), s.config.clone());
-        let statuses = statuses.clone();
-        let mut events: Vec<(Duration, Duration)> = s
-            .crashes
-            .iter()
-            .filter(|c| c.node == i)
-            .map(|c| (c.at, c.down))
-            .collect();
-        events.sort();
-        let first = s.starts[i];
+    for i in 0..s.nodes.len() {
+        let task = life(
+            s.clone(),
+            i,
+            dir.clone(),
+            net.clone(),
+            rule,
+            statuses.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(task));
+    }
+    for p in s.partitions.clone() {
+        let (net, a, b) = (net.clone(), s.nodes[p.from].clone(), s.nodes[p.to].clone());
         tasks.push(tokio::spawn(async move {
-            let mut last_start = first;
-            tokio::time::sleep_until(start + first).await;
-            let mut events = events.into_iter().peekable();
-            loop {
-                let member = Arc::new(net.start(&node));
-                let engine = FormationEngine::new(cfg.clone(), Arc::new(dir.backend_for(&node)), member)
-                    .with_rule(rule);
-                statuses
-                    .lock()
-                    .expect("status map")
-                    .insert(node.clone(), engine.status());
-                let crash = events.next();
-                match crash {
-                    Some((at, down)) => {
-                        let at = at.max(last_start);
-                        tokio::select! {
-                            biased;
-                            _ = tokio::time::sleep_until(start + at) => {}
-                            _ = async { let _ = engine.run().await; std::future::pending::<()>().await } => {}
-                        }
-                        drop(engine);
-                        net.crash(&node);
-                        tokio::time::sleep(down).await;
-                        last_start = at + down;
-                    }
-                    None => {
-                        let _ = engine.run().await;
-                        return last_start;
-                    }
-                }
+            tokio::time::sleep_until(start + p.at).await;
+            net.block(&a, &b);
+            if !p.one_way {
+                net.block(&b, &a);
             }
+            tokio::time::sleep(p.length).await;
+            net.unblock(&a, &b);
+            net.unblock(&b, &a);
         }));
     }
 
-    // Wait until every node is formed or the bound passes.
-    let last_start = s
-        .starts
-        .iter()
-        .copied()
-        .chain(s.crashes.iter().map(|c| c.at + c.down))
-        .max()
-        .unwrap_or_default();
-    let deadline = start + last_start + FORMATION_BOUND;
+    // Wait until every node is formed after the last fault, or the bound passes.
+    let quiet = s.quiet_from();
+    let deadline = start + quiet + FORMATION_BOUND;
     let mut formed_at = None;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(ms(50)).await;
         let all_ready = s.nodes.iter().all(|n| net.is_ready(n));
         let now = tokio::time::Instant::now() - start;
-        if all_ready && now >= last_start {
-            formed_at = Some(now.saturating_sub(last_start));
+        if all_ready && now >= quiet {
+            formed_at = Some(now.saturating_sub(quiet));
             break;
         }
     }
     for t in &tasks {
         t.abort();
     }
+    let report = check(&s, &net, formed_at, &statuses, &errors);
+    SimReport {
+        scenario: (*s).clone(),
+        ..report
+    }
+}
 
+fn check(
+    s: &Scenario,
+    net: &Network,
+    formed_at: Option<Duration>,
+    statuses: &Mutex<BTreeMap<NodeName, StatusRx>>,
+    errors: &Mutex<Vec<(NodeName, FormationError)>>,
+) -> SimReport {
     let mut violations = Vec::new();
+    for split in net.splits() {
+        violations.push(format!("split: {split}"));
+    }
     let live_clusters: BTreeSet<ClusterId> = s.nodes.iter().filter_map(|n| net.cluster_of(n)).collect();
     let all = net.clusters();
     if live_clusters.len() > 1 {
@@ -311,10 +535,19 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
             })
             .collect();
         violations.push(format!(
-            "split: {} clusters: {}",
+            "split at the end: {} clusters: {}",
             live_clusters.len(),
             detail.join("; ")
         ));
+    }
+    let mut refusals = Vec::new();
+    for (node, e) in errors.lock().expect("errors").iter() {
+        match e {
+            FormationError::Refused { reason } if reason.contains("cluster") && !reason.is_empty() => {
+                refusals.push(format!("{node}: {reason}"));
+            }
+            other => violations.push(format!("{node}'s engine failed: {other}")),
+        }
     }
     if formed_at.is_none() {
         let statuses = statuses.lock().expect("status map");
@@ -331,7 +564,7 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
             })
             .collect();
         violations.push(format!(
-            "not formed within {FORMATION_BOUND:?} of the last start; not ready: {}",
+            "not formed within {FORMATION_BOUND:?} of the last fault; not ready: {}",
             waiting.join("; ")
         ));
     }
@@ -343,10 +576,12 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
         }
     }
     SimReport {
-        clusters: live_clusters.len(),
-        probes: net.probe_count(),
-        formed_after_last_start: formed_at,
+        scenario: s.clone(),
         violations,
-        scenario,
+        formed_after_last_start: formed_at,
+        clusters: live_clusters.len(),
+        formations: net.formations() - u64::from(!s.preformed.is_empty()),
+        refusals,
+        probes: net.probe_count(),
     }
 }

@@ -101,8 +101,12 @@ pub struct NodeStatus {
     pub cluster: Option<ClusterId>,
     /// The members it knows.
     pub members: Vec<NodeName>,
-    /// Members that answered a probe just now (this node included when ready).
+    /// Members that answered a probe just now as ready members of this node's cluster (this node
+    /// included when ready).
     pub running: Vec<NodeName>,
+    /// Members that answered from another cluster: a split or stale data, never "running".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignPeer>,
     /// Formation finished and the node serves its cluster.
     pub ready: bool,
     /// Every running member reports the same members.
@@ -120,6 +124,15 @@ pub struct NodeStatus {
     pub messages_sent: u64,
     /// Peer-protocol messages this node received.
     pub messages_received: u64,
+}
+
+/// A known member that answered as a member of another cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignPeer {
+    /// The member.
+    pub node: NodeName,
+    /// The cluster it says it is in (`None`: it is blank, for example after losing its data).
+    pub cluster: Option<ClusterId>,
 }
 
 /// An answer.

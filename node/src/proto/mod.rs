@@ -4,4 +4,4 @@ pub mod auth;
 pub mod frame;
 pub mod messages;
 
-pub use messages::{NodeStatus, Request, Response};
+pub use messages::{ForeignPeer, NodeStatus, Request, Response};

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use muster::{Discovery, NodeName};
+use muster::{FormationLock, NodeName};
 use muster_backend_etcd::{EtcdBackend, EtcdSettings};
 
 #[tokio::main(flavor = "current_thread")]
