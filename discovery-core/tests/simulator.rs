@@ -26,8 +26,10 @@ fn many_seeds_form_exactly_one_cluster() {
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut by_family = std::collections::BTreeMap::<String, (u64, std::time::Duration)>::new();
+    let mut seen = Coverage::default();
     for seed in 0..seeds {
         let report = run_seed(seed);
+        seen.add(&report);
         if !report.ok() {
             failures.push(report.to_string());
         } else if let Some(t) = report.formed_after_last_start {
@@ -48,12 +50,77 @@ fn many_seeds_form_exactly_one_cluster() {
             worst.as_secs_f64()
         );
     }
+    eprintln!("  {seen}");
     assert!(
         failures.is_empty(),
         "{} of {seeds} seeds violated a property:\n{}",
         failures.len(),
         failures.iter().take(10).cloned().collect::<String>()
     );
+}
+
+/// How many seeds exercised each fault, so a change to the scenario generator cannot silently
+/// stop drawing one.
+#[derive(Default)]
+struct Coverage {
+    crashes: u64,
+    wipes: u64,
+    pauses: u64,
+    full_stops: u64,
+    force_boots: u64,
+    partitions: u64,
+    one_way: u64,
+    preformed: u64,
+    list_changes: u64,
+    slow_forms: u64,
+    short_leases: u64,
+    formations: u64,
+    refusals: u64,
+}
+
+impl Coverage {
+    fn add(&mut self, r: &muster_discovery_core::testing::sim::SimReport) {
+        use muster_discovery_core::testing::sim::Fault;
+        let s = &r.scenario;
+        let any = |f: &dyn Fn(&Fault) -> bool| u64::from(s.events.iter().any(|e| f(&e.fault)));
+        self.crashes += any(&|f| matches!(f, Fault::Crash { .. }));
+        self.wipes += any(&|f| matches!(f, Fault::Crash { wipe: true, .. }));
+        self.pauses += any(&|f| matches!(f, Fault::Pause { .. }));
+        self.full_stops += any(&|f| matches!(f, Fault::Stop { .. }));
+        self.force_boots += any(&|f| matches!(f, Fault::Stop { force_boot: true, .. }));
+        self.partitions += u64::from(!s.partitions.is_empty());
+        self.one_way += u64::from(s.partitions.iter().any(|p| p.one_way));
+        self.preformed += u64::from(!s.preformed.is_empty());
+        self.list_changes += u64::from(s.list_change.is_some());
+        self.slow_forms += u64::from(s.form_latency >= std::time::Duration::from_secs(1));
+        self.short_leases += u64::from(s.family == Family::Locking && s.lock_lease < s.form_latency);
+        self.formations += r.formations;
+        self.refusals += r.refusals.len() as u64;
+    }
+}
+
+impl std::fmt::Display for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seeds with crashes {}, wipes {}, pauses {}, graceful full stops {} (force-boot {}), \
+             partitions {} (one-way {}), pre-formed clusters {}, list changes {}, slow forms {}, \
+             lock leases shorter than form {}; formations {}, refusals {}",
+            self.crashes,
+            self.wipes,
+            self.pauses,
+            self.full_stops,
+            self.force_boots,
+            self.partitions,
+            self.one_way,
+            self.preformed,
+            self.list_changes,
+            self.slow_forms,
+            self.short_leases,
+            self.formations,
+            self.refusals
+        )
+    }
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! disk), graceful stops of the whole cluster with restarts in any order (and force-boot),
 //! partitions that last and heal (some one-way), process pauses that freeze the engine and its
 //! probe answers, a `form` that takes time while probes are answered, per-node static lists and
-//! a list that grew while the old members were down (a cluster formed before the run),
+//! a list that grew while the old members were down (a cluster formed before the run), a list
+//! that is wrong at first and fixed later,
 //! registrations that lapse after a crash, and lock leases shorter than a slow formation. The run
 //! uses a current-thread tokio runtime with paused time, so a seed replays exactly.
 //!
@@ -119,6 +120,9 @@ pub struct Scenario {
     /// Nodes that hold a cluster formed before the run (static family: with a list of just
     /// themselves, while everyone else lists all nodes — a list that grew).
     pub preformed: Vec<usize>,
+    /// A node that starts with a list missing some nodes and gets the full list at a time
+    /// (static family): `(node, the nodes its first list leaves out, when the list is fixed)`.
+    pub list_change: Option<(usize, Vec<usize>, Duration)>,
     /// Network faults.
     pub faults: NetworkFaults,
     /// Backend error rate.
@@ -274,6 +278,16 @@ impl Scenario {
         } else {
             Vec::new()
         };
+        let list_change = if family == Family::Static && preformed.is_empty() && n >= 3 && rng.chance(0.1) {
+            let node = rng.range(0, n as u64 - 1) as usize;
+            let left_out: BTreeSet<usize> = (0..rng.range(1, n as u64 - 2))
+                .map(|_| rng.range(0, n as u64 - 1) as usize)
+                .filter(|i| *i != node)
+                .collect();
+            Some((node, left_out.into_iter().collect(), ms(rng.range(500, 6000))))
+        } else {
+            None
+        };
         let faults = NetworkFaults {
             min_latency: ms(1),
             max_latency: ms(*rng.pick(&[2, 20, 45, 55])),
@@ -308,6 +322,7 @@ impl Scenario {
             events,
             partitions,
             preformed,
+            list_change,
             faults,
             backend_error_rate,
             claim_error_rate,
@@ -329,11 +344,13 @@ impl Scenario {
             }
         });
         let partitions = self.partitions.iter().map(|p| p.at + p.length);
+        let list_fix = self.list_change.iter().map(|(_, _, at)| *at);
         self.starts
             .iter()
             .copied()
             .chain(events)
             .chain(partitions)
+            .chain(list_fix)
             .max()
             .unwrap_or_default()
     }
@@ -459,6 +476,13 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
             dir.set_list_for(n, old.clone());
         }
     }
+    if let Some((node, left_out, _)) = &s.list_change {
+        let partial: Vec<NodeName> = (0..s.nodes.len())
+            .filter(|i| !left_out.contains(i))
+            .map(|i| s.nodes[i].clone())
+            .collect();
+        dir.set_list_for(&s.nodes[*node], partial);
+    }
     let start = tokio::time::Instant::now();
     let statuses: Arc<Mutex<BTreeMap<NodeName, StatusRx>>> = Arc::default();
     let errors: Arc<Mutex<Vec<(NodeName, FormationError)>>> = Arc::default();
@@ -475,6 +499,13 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
             errors.clone(),
         );
         tasks.push(tokio::spawn(task));
+    }
+    if let Some((node, _, at)) = s.list_change.clone() {
+        let (dir, node) = (dir.clone(), s.nodes[node].clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start + at).await;
+            dir.clear_list_for(&node);
+        }));
     }
     for p in s.partitions.clone() {
         let (net, a, b) = (net.clone(), s.nodes[p.from].clone(), s.nodes[p.to].clone());
