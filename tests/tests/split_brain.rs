@@ -1,0 +1,171 @@
+//! Split-brain recipes with real `muster` processes on loopback (issue 8): the five-step recipe
+//! that used to end with two ready clusters, and RabbitMQ's inconsistent-cluster check.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, node_exe};
+
+const FORM: Duration = Duration::from_secs(20);
+const GRACE: Duration = Duration::from_secs(5);
+
+fn local_cluster(nodes: usize) -> (tempfile::TempDir, LocalCluster) {
+    let layout = Layout {
+        nodes,
+        ..Layout::default()
+    };
+    local_cluster_of(&node_exe!(), &layout)
+}
+
+/// The clusters that have at least one ready node among `which` (nodes not answering skipped).
+async fn ready_clusters(c: &LocalCluster, which: &[usize]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for &i in which {
+        if let Some(s) = c.status(i).await
+            && s.ready
+            && let Some(id) = s.cluster
+        {
+            out.insert(id.to_string());
+        }
+    }
+    out
+}
+
+/// Samples for `d` that never two clusters are ready at once, and that nothing is formed when
+/// `none_ready` says so.
+async fn watch_for(c: &LocalCluster, which: &[usize], d: Duration, none_ready: bool) {
+    let until = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < until {
+        let ready = ready_clusters(c, which).await;
+        assert!(ready.len() <= 1, "two ready clusters: {ready:?}");
+        if none_ready {
+            assert!(ready.is_empty(), "formed while a listed node was down: {ready:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The recipe from issue 8, run as written with the README quick-start layout (three nodes,
+/// classic list): it used to end with node 2 ready in the old cluster and nodes 1 and 3 ready in
+/// a new one. Now a first formation needs every listed node, so the run ends with one cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_five_step_recipe_never_ends_in_two_ready_clusters() {
+    let (_dir, mut c) = local_cluster(3);
+    // 1. start nodes 1 and 2 only: they wait for node 3 (a listed node may hold a cluster).
+    c.start(0).unwrap();
+    c.start(1).unwrap();
+    watch_for(&c, &[0, 1], Duration::from_secs(3), true).await;
+    let detail = c.status(0).await.expect("node 1 answers").detail;
+    assert!(
+        detail.contains("3 required") && detail.contains(c.nodes[2].name.as_str()),
+        "node 1 says what it waits for: {detail}"
+    );
+    // 2. kill -9 node 1; stop node 2 gracefully.
+    c.kill(0).unwrap();
+    c.stop(1, GRACE).await.unwrap();
+    // 3. delete node 1's data dir.
+    std::fs::remove_dir_all(&c.nodes[0].data_dir).ok();
+    // 4. start nodes 1 and 3: still no formation without node 2.
+    c.start(0).unwrap();
+    c.start(2).unwrap();
+    watch_for(&c, &[0, 2], Duration::from_secs(3), true).await;
+    // 5. start node 2: one cluster with all three, never two ready clusters on the way.
+    c.start(1).unwrap();
+    let all = [0, 1, 2];
+    c.wait_members(&all, 3, FORM).await.unwrap();
+    watch_for(&c, &all, Duration::from_secs(1), false).await;
+    let clusters: BTreeSet<String> = all
+        .iter()
+        .map(|i| cluster_status(&c, *i)["cluster"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    c.stop_all(GRACE).await;
+}
+
+/// The same recipe after a real formation: X = {1,2,3}; node 3 stops, node 1 is killed, node 2
+/// stops last; node 1's disk is wiped; 1 and 3 start (3 waits for its peers, 1 for node 2), then
+/// node 2 boots X at once and everyone ends in X.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_and_a_waiting_member_rejoin_the_cluster_the_last_to_stop_boots() {
+    let (_dir, mut c) = local_cluster(3);
+    let all = [0, 1, 2];
+    c.start_all().unwrap();
+    c.wait_members(&all, 3, FORM).await.unwrap();
+    let x = cluster_status(&c, 0)["cluster"].clone();
+    c.stop(2, GRACE).await.unwrap();
+    c.kill(0).unwrap();
+    c.stop(1, GRACE).await.unwrap();
+    std::fs::remove_dir_all(&c.nodes[0].data_dir).ok();
+    c.start(0).unwrap();
+    c.start(2).unwrap();
+    watch_for(&c, &[0, 2], Duration::from_secs(3), true).await;
+    c.start(1).unwrap();
+    c.wait_members(&all, 3, FORM).await.unwrap();
+    for i in all {
+        assert_eq!(cluster_status(&c, i)["cluster"], x, "node {i}");
+    }
+    c.stop_all(GRACE).await;
+}
+
+/// Rewrites node i's classic list to the nodes `keep` (indices).
+fn relist(c: &LocalCluster, i: usize, keep: &[usize]) {
+    let list = keep
+        .iter()
+        .map(|k| format!("\"{}\"", c.nodes[*k].name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
+    let start = text.find("nodes = [").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    std::fs::write(&c.nodes[i].config, format!("{}nodes = [{list}]{}", &text[..start], &text[end..])).unwrap();
+}
+
+/// Node 1 runs cluster X = {1,2,3}; nodes 2 and 3 are wiped and form Y from a list without node
+/// 1. Node 1's status shows them as members of another cluster, never as running; stopped and
+/// started again, node 1 (last to stop) refuses to boot, naming both clusters and the commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_to_restart() {
+    let (_dir, mut c) = local_cluster(3);
+    let all = [0, 1, 2];
+    c.start_all().unwrap();
+    c.wait_members(&all, 3, FORM).await.unwrap();
+    let x = cluster_status(&c, 0)["cluster"].as_str().unwrap().to_string();
+    for i in [1, 2] {
+        c.stop(i, GRACE).await.unwrap();
+        std::fs::remove_dir_all(&c.nodes[i].data_dir).ok();
+        relist(&c, i, &[1, 2]);
+    }
+    c.start(1).unwrap();
+    c.start(2).unwrap();
+    c.wait_members(&[1, 2], 2, FORM).await.unwrap();
+    let y = cluster_status(&c, 1)["cluster"].as_str().unwrap().to_string();
+    assert_ne!(x, y);
+
+    let s = cluster_status(&c, 0);
+    let running: Vec<String> = s["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(running, vec![c.nodes[0].name.to_string()], "{s}");
+    let foreign = s["foreign"].as_array().expect("foreign peers listed");
+    assert_eq!(foreign.len(), 2, "{s}");
+    for f in foreign {
+        assert_eq!(f["cluster"].as_str(), Some(y.as_str()), "{s}");
+    }
+    assert_eq!(s["in_sync"], false);
+    let out = muster_tests::ctl(&c, 0, &["cluster-status"]);
+    let (stdout, _) = muster_tests::text(&out);
+    assert!(stdout.contains("NOT IN THIS CLUSTER") && stdout.contains(&y), "{stdout}");
+
+    c.stop(0, GRACE).await.unwrap();
+    c.start(0).unwrap();
+    let status = c.wait_exit(0, Duration::from_secs(15)).await.unwrap().expect("it ran");
+    assert!(!status.success(), "node 1 refuses to start");
+    let log = c.log_tail(0, 10);
+    for needle in [x.as_str(), y.as_str(), "inconsistent cluster", "reset"] {
+        assert!(log.contains(needle), "the refusal names {needle}:\n{log}");
+    }
+    c.stop_all(GRACE).await;
+}
