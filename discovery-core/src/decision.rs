@@ -351,10 +351,8 @@ pub struct Verdict {
     pub commitment: Option<Vouch>,
 }
 
-/// A majority of `n`.
-pub fn majority(n: usize) -> usize {
-    n / 2 + 1
-}
+/// A cluster to join: its id, its ready reachable members, its reachable members.
+type Chosen = (ClusterId, Vec<NodeName>, Vec<NodeName>);
 
 /// A cluster seen in this round's probes.
 struct Seen {
@@ -386,22 +384,21 @@ fn seen_clusters(probes: &BTreeMap<NodeName, Probe>) -> BTreeMap<ClusterId, Seen
 /// The cluster to join when some are visible. With a recorded identity only that cluster may be
 /// joined (`Err` names the foreign one otherwise); without, most members, then lowest member,
 /// then id. Returns the cluster, its ready reachable members and its reachable members.
-#[allow(clippy::type_complexity)]
 fn choose_cluster(
     probes: &BTreeMap<NodeName, Probe>,
     recorded: Option<&ClusterId>,
-) -> Result<Option<(ClusterId, Vec<NodeName>, Vec<NodeName>)>, WaitReason> {
+) -> Result<Option<Chosen>, Box<WaitReason>> {
     let mut clusters = seen_clusters(probes);
     if let Some(recorded) = recorded {
         if let Some(seen) = clusters.remove(recorded) {
             return Ok(Some((recorded.clone(), seen.ready, seen.reachable)));
         }
         if let Some((found, seen)) = clusters.into_iter().next() {
-            return Err(WaitReason::ForeignCluster {
+            return Err(Box::new(WaitReason::ForeignCluster {
                 recorded: recorded.clone(),
                 found,
                 members: seen.reachable,
-            });
+            }));
         }
         return Ok(None);
     }
@@ -433,7 +430,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
         commitment,
     };
     match choose_cluster(input.probes, input.discovery.recorded_cluster.as_ref()) {
-        Err(reason) => return verdict(Decision::Refuse(reason), None, None, false, commitment),
+        Err(reason) => return verdict(Decision::Refuse(*reason), None, None, false, commitment),
         Ok(Some((cluster, ready, reachable))) => {
             // Rule 1: a visible cluster is always joined, never competed with. The commitment
             // stays until the join lands (a restart before it must not free this node to vouch).

@@ -203,7 +203,7 @@ fn majority_rule(input: &DecisionInput<'_>) -> Verdict {
         .filter(|n| *n == input.local || matches!(input.probes.get(*n), Some(Probe::Answered(_))))
         .cloned()
         .collect();
-    let mut v = if input.discovery.authoritative && reachable.len() >= input.view.len() / 2 + 1 {
+    let mut v = if input.discovery.authoritative && reachable.len() > input.view.len() / 2 {
         let listing = DiscoveryResult::new(reachable.iter().cloned(), true);
         let probes: BTreeMap<_, _> = input
             .probes

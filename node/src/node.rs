@@ -405,7 +405,7 @@ impl Node {
         answers
             .into_iter()
             .filter_map(|a| match a {
-                Ok(Response::Peer { info }) => Some(info),
+                Ok(Response::Peer { info }) => Some(*info),
                 _ => None,
             })
             .collect()
@@ -512,7 +512,7 @@ impl Membership for NodeMembership {
     async fn probe(&self, peer: &NodeName) -> Result<PeerInfo, MembershipError> {
         let r = tokio::time::timeout(self.0.probe_timeout, self.0.call(peer, &Request::Probe)).await;
         match r {
-            Ok(Ok(Response::Peer { info })) => Ok(info),
+            Ok(Ok(Response::Peer { info })) => Ok(*info),
             Ok(Ok(other)) => Err(MembershipError::Refused(
                 peer.clone(),
                 format!("unexpected answer {other:?}"),

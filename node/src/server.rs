@@ -104,7 +104,7 @@ pub async fn dispatch(node: &Arc<Node>, req: Request) -> Response {
             node: node.name().clone(),
         },
         Request::Probe => Response::Peer {
-            info: node.peer_info(),
+            info: Box::new(node.peer_info()),
         },
         Request::Join {
             node: joiner,

@@ -117,7 +117,11 @@ fn relist(c: &LocalCluster, i: usize, keep: &[usize]) {
     let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
     let start = text.find("nodes = [").unwrap();
     let end = start + text[start..].find(']').unwrap() + 1;
-    std::fs::write(&c.nodes[i].config, format!("{}nodes = [{list}]{}", &text[..start], &text[end..])).unwrap();
+    std::fs::write(
+        &c.nodes[i].config,
+        format!("{}nodes = [{list}]{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
 }
 
 /// Node 1 runs cluster X = {1,2,3}; nodes 2 and 3 are wiped and form Y from a list without node
@@ -157,15 +161,60 @@ async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_t
     assert_eq!(s["in_sync"], false);
     let out = muster_tests::ctl(&c, 0, &["cluster-status"]);
     let (stdout, _) = muster_tests::text(&out);
-    assert!(stdout.contains("NOT IN THIS CLUSTER") && stdout.contains(&y), "{stdout}");
+    assert!(
+        stdout.contains("NOT IN THIS CLUSTER") && stdout.contains(&y),
+        "{stdout}"
+    );
 
     c.stop(0, GRACE).await.unwrap();
     c.start(0).unwrap();
-    let status = c.wait_exit(0, Duration::from_secs(15)).await.unwrap().expect("it ran");
+    let status = c
+        .wait_exit(0, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .expect("it ran");
     assert!(!status.success(), "node 1 refuses to start");
     let log = c.log_tail(0, 10);
     for needle in [x.as_str(), y.as_str(), "inconsistent cluster", "reset"] {
         assert!(log.contains(needle), "the refusal names {needle}:\n{log}");
     }
+    c.stop_all(GRACE).await;
+}
+
+/// Review §1.9: a node stopped while it still waits in its restart window never ran, so it must
+/// not record itself as the last to stop (and then boot first, alone, on stale data next time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_in_its_restart_window_is_not_the_last_to_stop() {
+    let (_dir, mut c) = local_cluster(3);
+    let all = [0, 1, 2];
+    c.start_all().unwrap();
+    c.wait_members(&all, 3, FORM).await.unwrap();
+    for i in all {
+        c.stop(i, GRACE).await.unwrap();
+    }
+    // Node 1 stopped first: it waits for the others; stop it while it waits.
+    c.start(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = c.status(0).await.expect("node 1 answers while it waits");
+    assert!(
+        !s.ready && s.detail.contains("waiting for a running member"),
+        "{}",
+        s.detail
+    );
+    c.stop(0, GRACE).await.unwrap();
+    assert!(
+        c.log_tail(0, 5).contains("last-to-stop left as recorded"),
+        "{}",
+        c.log_tail(0, 5)
+    );
+    // Started again, it still waits instead of booting alone.
+    c.start(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = c.status(0).await.expect("node 1 answers");
+    assert!(!s.ready, "node 1 booted alone: {}", s.detail);
+    // The real last one to stop boots, and everyone follows.
+    c.start(2).unwrap();
+    c.start(1).unwrap();
+    c.wait_members(&all, 3, FORM).await.unwrap();
     c.stop_all(GRACE).await;
 }

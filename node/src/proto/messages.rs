@@ -147,7 +147,7 @@ pub enum Response {
     /// Answer to Probe.
     Peer {
         /// The facts.
-        info: PeerInfo,
+        info: Box<PeerInfo>,
     },
     /// A membership state (Join, Sync).
     State {
