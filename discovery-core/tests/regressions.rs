@@ -130,19 +130,24 @@ impl Membership for Hooked {
 
 const NEVER: Duration = Duration::from_secs(100_000);
 
+/// Review A.1's DNS-like views: seeds a < c and a voucher x; c and a never see each other, x
+/// sees c at once and a after 3 s.
+fn f1_views() -> (NodeName, NodeName, NodeName, Directory, Network, FormationConfig) {
+    let (a, c, x) = (n(1), n(2), n(3));
+    let dir = Directory::new(BackendMode::Eventual, 1);
+    dir.set_delay(&c, &a, NEVER);
+    dir.set_delay(&a, &c, NEVER);
+    dir.set_delay(&x, &a, Duration::from_secs(3));
+    (a, c, x, dir, Network::new(NetworkFaults::default(), 1), config())
+}
+
 /// Review A.1 (F1, crash variant), DNS-like views: c forms with x's agreement and dies before
 /// x sees its cluster; x then learns a lower seed a. Before: a formed, c rebooted alone → two
 /// clusters. Now x's commitment to c is persisted and sticky: it never vouches for a while c
 /// does not answer, and c's return brings everyone into c's cluster.
 #[tokio::test(start_paused = true)]
 async fn f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form() {
-    let (a, c, x) = (n(1), n(2), n(3));
-    let dir = Directory::new(BackendMode::Eventual, 1);
-    dir.set_delay(&c, &a, NEVER);
-    dir.set_delay(&a, &c, NEVER);
-    dir.set_delay(&x, &a, Duration::from_secs(3));
-    let net = Network::new(NetworkFaults::default(), 1);
-    let cfg = config();
+    let (a, c, x, dir, net, cfg) = f1_views();
     let mut hooked = Hooked::new(&net, &c);
     hooked.crash_after_form = true;
     let tc = start(&cfg, &dir, &c, Arc::new(hooked));
@@ -169,13 +174,7 @@ async fn f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form() {
 /// which x can only give after seeing c's intent, so c never forms; a does, and c joins it.
 #[tokio::test(start_paused = true)]
 async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
-    let (a, c, x) = (n(1), n(2), n(3));
-    let dir = Directory::new(BackendMode::Eventual, 1);
-    dir.set_delay(&c, &a, NEVER);
-    dir.set_delay(&a, &c, NEVER);
-    dir.set_delay(&x, &a, Duration::from_secs(3));
-    let net = Network::new(NetworkFaults::default(), 1);
-    let cfg = config();
+    let (a, c, x, dir, net, cfg) = f1_views();
     let tc = start_plain(&cfg, &dir, &net, &c);
     let ta = start_plain(&cfg, &dir, &net, &a);
     let mut hooked = Hooked::new(&net, &x);
@@ -193,13 +192,7 @@ async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
 /// still refuses to vouch for a.
 #[tokio::test(start_paused = true)]
 async fn f1_a_voucher_that_restarts_keeps_its_commitment() {
-    let (a, c, x) = (n(1), n(2), n(3));
-    let dir = Directory::new(BackendMode::Eventual, 1);
-    dir.set_delay(&c, &a, NEVER);
-    dir.set_delay(&a, &c, NEVER);
-    dir.set_delay(&x, &a, Duration::from_secs(3));
-    let net = Network::new(NetworkFaults::default(), 1);
-    let cfg = config();
+    let (a, c, x, dir, net, cfg) = f1_views();
     let mut hooked = Hooked::new(&net, &c);
     hooked.crash_after_form = true;
     let tc = start(&cfg, &dir, &c, Arc::new(hooked));

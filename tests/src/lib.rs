@@ -24,6 +24,20 @@ pub fn local_cluster_of(exe: &Path, layout: &Layout) -> (tempfile::TempDir, Loca
     (dir, cluster)
 }
 
+/// Rewrites node `i`'s classic list to the nodes `keep` (indices); takes effect at its next start.
+pub fn relist(cluster: &LocalCluster, i: usize, keep: &[usize]) {
+    let list = keep
+        .iter()
+        .map(|k| format!("\"{}\"", cluster.nodes[*k].name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = std::fs::read_to_string(&cluster.nodes[i].config).expect("the node's config");
+    let start = text.find("nodes = [").expect("a classic list");
+    let end = start + text[start..].find(']').expect("a closed list") + 1;
+    let new = format!("{}nodes = [{list}]{}", &text[..start], &text[end..]);
+    std::fs::write(&cluster.nodes[i].config, new).expect("config written");
+}
+
 /// Runs `muster ctl --node <node i> --cookie-file <cookie> --cluster-name local <args>`.
 pub fn ctl(cluster: &LocalCluster, i: usize, args: &[&str]) -> Output {
     ctl_with_cookie(cluster, i, &cluster.cookie_file, args)

@@ -6,7 +6,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use muster_tests::{
-    Layout, LocalCluster, cluster_status, ctl, ctl_with_cookie, local_cluster_of, members, node_exe, text,
+    Layout, LocalCluster, cluster_status, ctl, ctl_with_cookie, local_cluster_of, members, node_exe, relist,
+    text,
 };
 
 fn local_cluster(layout: &Layout) -> (tempfile::TempDir, LocalCluster) {
@@ -233,16 +234,7 @@ fn cleanup_layout() -> Layout {
 
 /// Rewrites node i's classic list to `keep` (indices) and restarts it (rolling).
 async fn relist_and_restart(c: &mut LocalCluster, i: usize, keep: &[usize]) {
-    let list = keep
-        .iter()
-        .map(|k| format!("\"{}\"", c.nodes[*k].name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
-    let start = text.find("nodes = [").unwrap();
-    let end = start + text[start..].find(']').unwrap() + 1;
-    let new = format!("{}nodes = [{list}]{}", &text[..start], &text[end..]);
-    std::fs::write(&c.nodes[i].config, new).unwrap();
+    relist(c, i, keep);
     c.stop(i, GRACE).await.unwrap();
     c.start(i).unwrap();
 }

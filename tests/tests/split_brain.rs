@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, node_exe};
+use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, node_exe, relist};
 
 const FORM: Duration = Duration::from_secs(20);
 const GRACE: Duration = Duration::from_secs(5);
@@ -105,23 +105,6 @@ async fn a_wiped_node_and_a_waiting_member_rejoin_the_cluster_the_last_to_stop_b
         assert_eq!(cluster_status(&c, i)["cluster"], x, "node {i}");
     }
     c.stop_all(GRACE).await;
-}
-
-/// Rewrites node i's classic list to the nodes `keep` (indices).
-fn relist(c: &LocalCluster, i: usize, keep: &[usize]) {
-    let list = keep
-        .iter()
-        .map(|k| format!("\"{}\"", c.nodes[*k].name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
-    let start = text.find("nodes = [").unwrap();
-    let end = start + text[start..].find(']').unwrap() + 1;
-    std::fs::write(
-        &c.nodes[i].config,
-        format!("{}nodes = [{list}]{}", &text[..start], &text[end..]),
-    )
-    .unwrap();
 }
 
 /// Node 1 runs cluster X = {1,2,3}; nodes 2 and 3 are wiped and form Y from a list without node
