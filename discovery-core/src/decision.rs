@@ -288,7 +288,8 @@ impl fmt::Display for WaitReason {
             } => write!(
                 f,
                 "committed to seed {seed}{} forming cluster {intent}; waiting for it to form or \
-                 withdraw (if {seed} is gone for good, run `muster ctl reset` on this node)",
+                 withdraw (if {seed} is gone for good and never formed, stop this blank node, \
+                 delete its data dir and start it again)",
                 if *reachable { "" } else { " (unreachable)" }
             ),
             WaitReason::ForeignCluster {
