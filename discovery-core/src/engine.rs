@@ -452,10 +452,11 @@ impl FormationEngine {
 
     fn publish(&self, st: &RunState) {
         self.membership.publish_view(Some(FormationView {
-            seed: if st.sees_cluster.is_some() {
-                None
-            } else {
-                st.seed.clone()
+            // A committed node names the seed it committed to, whatever its own view says.
+            seed: match (&st.sees_cluster, &st.commitment) {
+                (Some(_), _) => None,
+                (None, Some(v)) => Some(v.seed.clone()),
+                (None, None) => st.seed.clone(),
             },
             sees_cluster: st.sees_cluster.clone(),
             candidates: st.view.len(),
