@@ -520,3 +520,29 @@ async fn a_restarting_member_boots_when_its_only_peer_came_back_blank() {
     );
     assert_eq!(assert_one_cluster(&net, &nodes), x);
 }
+
+/// Review §1.2: listings slower than `stable_margin` (a silent nameserver) used to void the
+/// timing argument for non-authoritative backends. The commitment rule uses no clocks: with
+/// every listing taking 2 s (four times the margin) the crash recipe of A.1 still cannot split.
+#[tokio::test(start_paused = true)]
+async fn slow_listings_do_not_reopen_the_non_authoritative_hole() {
+    let (a, c, x, dir, net, cfg) = f1_views();
+    dir.set_list_latency(Duration::from_secs(2));
+    dir.set_delay(&x, &a, Duration::from_secs(30)); // c forms (slowly) before x learns a
+    let mut hooked = Hooked::new(&net, &c);
+    hooked.crash_after_form = true;
+    let tc = start(&cfg, &dir, &c, Arc::new(hooked));
+    let ta = start_plain(&cfg, &dir, &net, &a);
+    let tx = start_plain(&cfg, &dir, &net, &x);
+    let formed = tc.await.unwrap().unwrap();
+    assert!(
+        matches!(formed, FormationOutcome::NewCluster { .. }),
+        "{formed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    assert!(net.cluster_of(&a).is_none() && net.cluster_of(&x).is_none());
+    start_plain(&cfg, &dir, &net, &c).await.unwrap().unwrap();
+    tx.await.unwrap().unwrap();
+    ta.await.unwrap().unwrap();
+    assert_one_cluster(&net, &[a, c, x]);
+}
