@@ -54,6 +54,12 @@ pub enum Command {
     },
     /// Control a running node.
     Ctl(Box<CtlArgs>),
+    /// Cookie tools.
+    Cookie {
+        /// The action.
+        #[command(subcommand)]
+        action: CookieAction,
+    },
     /// Start N nodes on loopback, show them form one cluster, and stop them.
     Demo {
         /// How many nodes.
@@ -72,6 +78,18 @@ pub enum ConfigAction {
     Check {
         /// The file.
         file: PathBuf,
+    },
+}
+
+/// `cookie` actions.
+#[derive(Debug, Subcommand)]
+pub enum CookieAction {
+    /// Make a strong random cookie (48 hex digits): write it to a new file with mode 0600, or
+    /// print it when no file is given.
+    Generate {
+        /// The file to create (refused if it exists).
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -132,6 +150,20 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             Ok(0)
         }
         Command::Discover { config, json } => discover(config, json).await,
+        Command::Cookie {
+            action: CookieAction::Generate { file },
+        } => match file {
+            Some(path) => {
+                crate::cookie::Cookie::generate(&path)
+                    .map_err(|e| format!("cannot create cookie file {}: {e}", path.display()))?;
+                println!("wrote a new cookie to {} (mode 0600)", path.display());
+                Ok(0)
+            }
+            None => {
+                println!("{}", crate::cookie::Cookie::random().expose());
+                Ok(0)
+            }
+        },
         Command::Ctl(args) => crate::ctl::run(*args).await,
         Command::Demo { nodes, keep } => {
             let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;

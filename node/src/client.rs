@@ -1,4 +1,4 @@
-//! The peer-protocol client: one authenticated connection per call.
+//! The peer-protocol client: one secure channel (see `proto::channel`) per call.
 
 use std::time::Duration;
 
@@ -7,8 +7,7 @@ use tokio::net::TcpStream;
 
 use crate::config::peer_address;
 use crate::cookie::Cookie;
-use crate::proto::auth::{self, AuthError};
-use crate::proto::frame::{FrameError, recv, send};
+use crate::proto::channel::{Channel, ChannelError};
 use crate::proto::{Request, Response};
 
 /// Who the client is: the cookie, the cluster name and (for nodes) its own name.
@@ -35,21 +34,21 @@ pub enum CallError {
         /// Why.
         reason: String,
     },
-    /// The handshake failed.
+    /// The handshake failed (wrong cookie, cluster name or protocol version).
     #[error("{node}: {source}")]
     Auth {
         /// The peer.
         node: NodeName,
         /// Why.
-        source: AuthError,
+        source: ChannelError,
     },
-    /// The connection broke or the answer was malformed.
+    /// The connection broke, a frame failed authentication, or the answer was malformed.
     #[error("{node}: {source}")]
     Frame {
         /// The peer.
         node: NodeName,
         /// Why.
-        source: FrameError,
+        source: ChannelError,
     },
     /// No answer in time.
     #[error("{node} did not answer within {timeout:?}")]
@@ -114,23 +113,19 @@ async fn call_inner(
         Some(list) => TcpStream::connect(&list[..]).await,
         None => TcpStream::connect(&addr).await,
     };
-    let mut stream = connected.map_err(|e| CallError::Connect {
+    let stream = connected.map_err(|e| CallError::Connect {
         node: node.clone(),
         addr: addr.clone(),
         reason: e.to_string(),
     })?;
     let _ = stream.set_nodelay(true);
-    let answered = auth::client(
-        &mut stream,
-        &creds.cookie,
-        &creds.cluster_name,
-        creds.node.as_ref(),
-    )
-    .await
-    .map_err(|source| CallError::Auth {
-        node: node.clone(),
-        source,
-    })?;
+    let (mut channel, answered) =
+        Channel::connect(stream, &creds.cookie, &creds.cluster_name, creds.node.as_ref())
+            .await
+            .map_err(|source| CallError::Auth {
+                node: node.clone(),
+                source,
+            })?;
     if answered != *node {
         return Err(CallError::WrongNode {
             asked: node.clone(),
@@ -141,6 +136,6 @@ async fn call_inner(
         node: node.clone(),
         source,
     };
-    send(&mut stream, req).await.map_err(frame)?;
-    recv(&mut stream).await.map_err(frame)
+    channel.send(req).await.map_err(frame)?;
+    channel.recv().await.map_err(frame)
 }

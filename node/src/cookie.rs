@@ -37,14 +37,34 @@ pub enum CookieError {
         mode: u32,
     },
     /// The value is empty, too long, or has characters that are not printable ASCII.
-    #[error("cookie from {source_name} is invalid: {reason} (it must be 1-255 printable ASCII characters)")]
+    #[error("cookie from {source_name} is invalid: {reason} (it must be 16-255 printable ASCII characters)")]
     Invalid {
         /// Where it came from.
         source_name: String,
         /// What is wrong.
         reason: String,
     },
+    /// Too short or too uniform to resist guessing: the cookie keys the channel's encryption, and
+    /// anyone who records one handshake can try candidate cookies against it offline.
+    #[error(
+        "cookie from {source_name} is too weak ({length} characters, {distinct} different; at least \
+         {MIN_LEN} characters with {MIN_DISTINCT} different ones are required); generate a strong one \
+         with: muster cookie generate --file PATH"
+    )]
+    Weak {
+        /// Where it came from.
+        source_name: String,
+        /// Its length.
+        length: usize,
+        /// How many different characters it has.
+        distinct: usize,
+    },
 }
+
+/// The shortest cookie accepted.
+pub const MIN_LEN: usize = 16;
+/// The fewest different characters a cookie must have.
+pub const MIN_DISTINCT: usize = 8;
 
 impl Cookie {
     /// Validates a cookie value; `source_name` names where it came from for the error.
@@ -62,6 +82,14 @@ impl Cookie {
         }
         if !v.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
             return Err(invalid("it contains a character that is not printable ASCII"));
+        }
+        let distinct = v.bytes().collect::<std::collections::BTreeSet<u8>>().len();
+        if v.len() < MIN_LEN || distinct < MIN_DISTINCT {
+            return Err(CookieError::Weak {
+                source_name: source_name.to_string(),
+                length: v.len(),
+                distinct,
+            });
         }
         Ok(Cookie(v.to_string()))
     }
@@ -99,11 +127,21 @@ impl Cookie {
         }
     }
 
-    /// Writes a new random cookie to `path` with mode 0600.
+    /// A new random cookie: 48 hex digits (192 bits from the operating system).
+    pub fn random() -> Cookie {
+        Cookie(crate::random::hex(24))
+    }
+
+    /// The value, for `muster cookie generate` to print; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Writes a new random cookie to `path` with mode 0600 (never over an existing file).
     pub fn generate(path: &Path) -> std::io::Result<Cookie> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let value = crate::random::hex(24);
+        let value = Cookie::random().0;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -124,33 +162,64 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    const GOOD: &str = "0123456789abcdef0123";
+
     #[test]
     fn validates_length_and_characters() {
-        assert!(Cookie::parse("secret\n", "t").is_ok());
-        assert!(Cookie::parse(&"x".repeat(255), "t").is_ok());
-        for bad in ["", "\n", &"x".repeat(256), "tab\there", "naïve"] {
+        assert!(Cookie::parse(&format!("{GOOD}\n"), "t").is_ok());
+        assert!(Cookie::parse(&format!("{GOOD}{}", "x".repeat(235)), "t").is_ok());
+        let long = format!("{GOOD}{}", "x".repeat(236));
+        for bad in [
+            "",
+            "\n",
+            &long,
+            "tab\there0123456789abcdef",
+            "naïve0123456789abcdef",
+        ] {
             let e = Cookie::parse(bad, "t").unwrap_err().to_string();
-            assert!(e.contains("1-255 printable ASCII"), "{e}");
+            assert!(e.contains("16-255 printable ASCII"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn refuses_short_or_uniform_cookies_with_the_command_that_makes_a_good_one() {
+        for weak in [
+            "secret",
+            "abcdefghijklmno",
+            "abababababababababababab",
+            &"x".repeat(64),
+        ] {
+            let e = Cookie::parse(weak, "MUSTER_COOKIE").unwrap_err().to_string();
+            assert!(
+                e.contains("too weak") && e.contains("muster cookie generate"),
+                "{e}"
+            );
+            assert!(!e.contains(weak), "the cookie must never appear in messages: {e}");
+        }
+        let fresh = Cookie::random();
+        assert!(
+            Cookie::parse(fresh.expose(), "t").is_ok(),
+            "a generated cookie is strong"
+        );
     }
 
     #[test]
     fn refuses_group_or_world_readable_files_and_says_how_to_fix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cookie");
-        std::fs::write(&path, "secret").unwrap();
+        std::fs::write(&path, GOOD).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = Cookie::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("mode 644"), "{e}");
         assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
-        assert!(!e.contains("secret"), "the cookie must never appear in messages");
+        assert!(!e.contains(GOOD), "the cookie must never appear in messages");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(Cookie::from_file(&path).is_ok());
     }
 
     #[test]
     fn debug_never_shows_the_value() {
-        let c = Cookie::parse("hunter2", "t").unwrap();
+        let c = Cookie::parse(GOOD, "t").unwrap();
         assert_eq!(format!("{c:?}"), "Cookie(<redacted>)");
     }
 

@@ -1,5 +1,6 @@
-//! The peer listener: authenticate each connection, then answer requests. A bad handshake, a
-//! garbage or oversized frame, or a stalled client ends only that connection.
+//! The peer listener: set up a secure channel per connection (`proto::channel`), then answer
+//! requests. A bad handshake, a frame that fails authentication, a garbage or oversized frame,
+//! or a stalled client ends only that connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +11,9 @@ use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeMembership};
-use crate::proto::auth::{self, AUTH_FAILED, AuthError};
-use crate::proto::frame::{FrameError, recv, send};
+use crate::proto::channel::{AUTH_FAILED, Channel, ChannelError};
 use crate::proto::{Request, Response};
-use muster::{Membership, MembershipError, PeerInfo, Phase};
+use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,19 +36,18 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn connection(node: Arc<Node>, mut stream: TcpStream, addr: SocketAddr) {
+async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let creds = node.credentials();
-    let hs = auth::server(&mut stream, &creds.cookie, &creds.cluster_name, node.name());
-    // Only node-to-node traffic counts as peer messages (the CLI's calls do not).
-    let from_peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
-        Ok(Ok(client)) => client.is_some(),
-        Ok(Err(AuthError::BadProof)) => {
+    let hs = Channel::accept(stream, &creds.cookie, &creds.cluster_name, node.name());
+    let (mut channel, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
+        Ok(Ok(established)) => established,
+        Ok(Err(ChannelError::BadProof)) => {
             Metrics::inc(&node.metrics.auth_failures);
             warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused");
             return;
         }
-        Ok(Err(e @ AuthError::ClusterMismatch { .. })) => {
+        Ok(Err(e @ (ChannelError::ClusterMismatch { .. } | ChannelError::Version(_)))) => {
             warn!(node = %node.name(), "connection from {addr} refused: {e}");
             return;
         }
@@ -61,10 +60,17 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream, addr: SocketAddr) {
             return;
         }
     };
+    // Only node-to-node traffic counts as peer messages (the CLI's calls do not).
+    let from_peer = peer.is_some();
     loop {
-        let req: Request = match tokio::time::timeout(IDLE_TIMEOUT, recv(&mut stream)).await {
+        let req: Request = match tokio::time::timeout(IDLE_TIMEOUT, channel.recv()).await {
             Ok(Ok(r)) => r,
-            Ok(Err(FrameError::Closed)) | Err(_) => return,
+            Ok(Err(ChannelError::Closed)) | Err(_) => return,
+            Ok(Err(e @ ChannelError::Tampered)) => {
+                Metrics::inc(&node.metrics.auth_failures);
+                warn!(node = %node.name(), "connection from {addr}: {e}");
+                return;
+            }
             Ok(Err(e)) => {
                 warn!(node = %node.name(), "bad request from {addr}: {e}");
                 return;
@@ -74,11 +80,11 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream, addr: SocketAddr) {
             Metrics::inc(&node.metrics.messages_received);
         }
         let stop = matches!(req, Request::Stop);
-        let resp = dispatch(&node, req).await;
+        let resp = dispatch(&node, req, peer.as_ref()).await;
         if from_peer {
             Metrics::inc(&node.metrics.messages_sent);
         }
-        if send(&mut stream, &resp).await.is_err() {
+        if channel.send(&resp).await.is_err() {
             return;
         }
         if stop {
@@ -97,8 +103,8 @@ fn done(r: Result<(), impl std::fmt::Display>) -> Response {
     }
 }
 
-/// Answers one request.
-pub async fn dispatch(node: &Arc<Node>, req: Request) -> Response {
+/// Answers one request from `peer` (the node the channel authenticated; `None` for the CLI).
+pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -> Response {
     match req {
         Request::Ping => Response::Pong {
             node: node.name().clone(),
@@ -106,10 +112,19 @@ pub async fn dispatch(node: &Arc<Node>, req: Request) -> Response {
         Request::Probe => Response::Peer {
             info: Box::new(node.peer_info()),
         },
+        // A node joins only as itself: the name in the request must be the channel's.
         Request::Join {
             node: joiner,
             incarnation,
-        } => node.accept_join(&joiner, incarnation),
+        } => match peer {
+            Some(p) if *p == joiner => node.accept_join(&joiner, incarnation),
+            Some(p) => Response::Error {
+                message: format!("join for {joiner} refused: this connection is authenticated as {p}"),
+            },
+            None => Response::Error {
+                message: format!("join for {joiner} refused: a node joins over its own connection"),
+            },
+        },
         Request::Sync { state } => node.accept_sync(&state),
         Request::Forget { node: member } => done(node.forget_member(&member)),
         Request::Status => Response::Status {

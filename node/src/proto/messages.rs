@@ -6,43 +6,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::ClusterState;
 
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
-
-/// Handshake messages, in order: Hello (client), Challenge (server), Proof (client), then
-/// Welcome or Rejected (server).
+/// The plaintext messages that open a connection (see `proto::channel`): the client's Hello,
+/// and the server's Rejected when the version or cluster name does not match or the Noise
+/// handshake fails. Their layout is the one protocol-1 peers read, so old and new nodes refuse
+/// each other with a readable reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Handshake {
-    /// Client opens: who it is and a fresh nonce.
+    /// Client opens.
     Hello {
         /// Protocol version.
         version: u32,
         /// The cluster name the client belongs to.
         cluster_name: String,
-        /// The client node (`None` for the CLI).
+        /// Protocol 1 only (sent empty): the node travels inside the Noise handshake now.
+        #[serde(default)]
         node: Option<NodeName>,
-        /// 32 random bytes, hex.
+        /// Protocol 1 only (sent empty).
+        #[serde(default)]
         nonce: String,
     },
-    /// Server answers with its own nonce and its proof over both nonces.
-    Challenge {
-        /// Protocol version.
-        version: u32,
-        /// The server node.
-        node: NodeName,
-        /// 32 random bytes, hex.
-        nonce: String,
-        /// HMAC-SHA256 proof, hex.
-        proof: String,
-    },
-    /// Client proves it knows the cookie too.
-    Proof {
-        /// HMAC-SHA256 proof, hex.
-        proof: String,
-    },
-    /// Authenticated.
-    Welcome,
     /// Refused, with a reason that reveals no secret.
     Rejected {
         /// Why.

@@ -1,7 +1,6 @@
-//! The peer protocol: frames, the authentication handshake, and messages.
+//! The peer protocol: the secure channel (Noise NNpsk0 keyed with the cookie) and messages.
 
-pub mod auth;
-pub mod frame;
+pub mod channel;
 pub mod messages;
 
 pub use messages::{ForeignPeer, NodeStatus, Request, Response};

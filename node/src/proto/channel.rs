@@ -1,0 +1,330 @@
+//! The secure channel between nodes (protocol 2): the Noise protocol framework's
+//! `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s` (via `snow`), keyed with the shared cookie.
+//!
+//! 1. The client sends a plaintext `Hello` (version, cluster name). The server answers a version
+//!    or cluster-name mismatch with a plaintext `Rejected`, which old (protocol 1) peers also read.
+//! 2. Noise handshake, with the `Hello` bytes as prologue (so both sides must have seen the same
+//!    version and cluster name) and a PSK derived from the cookie: the client's first message
+//!    carries its node name and an authentication tag under the PSK; a server that cannot verify
+//!    it answers `Rejected` without producing anything that depends on its key (no offline
+//!    guessing oracle for a connector without the cookie). The server's answer carries its node
+//!    name and proves the server knows the cookie too.
+//! 3. Every later frame is a Noise transport message: encrypted and authenticated, with keys
+//!    bound to this handshake and implicit per-direction counters, so a replayed, reordered,
+//!    altered, or injected frame (including one moved from another connection) fails to decrypt
+//!    and ends the connection.
+//!
+//! Frames on the wire are length-delimited (`tokio_util::codec`); a message larger than one Noise
+//! message (64 KiB) is split into chunks, each with a one-byte "more follows" flag, and
+//! reassembled up to [`MAX_MESSAGE`].
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use muster::NodeName;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use snow::{HandshakeState, TransportState};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::messages::Handshake;
+use crate::cookie::Cookie;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 2;
+/// The largest application message accepted: 1 MiB.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// What every side logs on a failed authentication; it never contains the cookie.
+pub const AUTH_FAILED: &str = "authentication failed (cookie mismatch?)";
+
+const NOISE: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+const NOISE_MAX: usize = 65535;
+const TAG: usize = 16;
+/// Plaintext bytes per chunk: one flag byte, the rest data.
+const CHUNK: usize = NOISE_MAX - TAG - 1;
+const MORE: u8 = 1;
+const LAST: u8 = 0;
+
+/// Why a connection could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The other side does not know the cookie (or tampered with the handshake).
+    #[error("{AUTH_FAILED}")]
+    BadProof,
+    /// The cluster names differ.
+    #[error("cluster name mismatch: this side is {ours:?}")]
+    ClusterMismatch {
+        /// Ours.
+        ours: String,
+    },
+    /// The other side speaks another protocol version.
+    #[error("protocol version mismatch: {0}")]
+    Version(String),
+    /// Rejected for another reason.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A frame failed to decrypt: replayed, reordered, altered, or injected.
+    #[error("a frame failed authentication (replayed, reordered, altered or injected); connection closed")]
+    Tampered,
+    /// The connection ended (possibly mid-frame).
+    #[error("connection closed")]
+    Closed,
+    /// A message larger than the limit.
+    #[error("message of more than {MAX_MESSAGE} bytes refused")]
+    TooLarge,
+    /// The bytes are not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Another I/O error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ChannelError {
+    /// True for failures that mean "the other side is not one of us" (as opposed to broken).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ChannelError::BadProof | ChannelError::Tampered)
+    }
+}
+
+/// The identity carried inside the Noise handshake.
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    node: Option<NodeName>,
+}
+
+/// An established channel.
+pub struct Channel<S> {
+    io: Framed<S, LengthDelimitedCodec>,
+    noise: TransportState,
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(NOISE_MAX)
+        .new_codec()
+}
+
+fn psk(cookie: &Cookie) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"muster noise psk, protocol 2\0");
+    h.update(cookie.bytes());
+    h.finalize().into()
+}
+
+fn noise(cookie: &Cookie, prologue: &[u8], initiator: bool) -> Result<HandshakeState, ChannelError> {
+    let params = NOISE
+        .parse()
+        .map_err(|e| ChannelError::Malformed(format!("noise parameters: {e}")))?;
+    let key = psk(cookie);
+    let fail = |e: snow::Error| ChannelError::Malformed(format!("noise setup: {e}"));
+    let b = snow::Builder::new(params)
+        .psk(0, &key)
+        .map_err(fail)?
+        .prologue(prologue)
+        .map_err(fail)?;
+    if initiator {
+        b.build_initiator().map_err(fail)
+    } else {
+        b.build_responder().map_err(fail)
+    }
+}
+
+fn hello_bytes(cluster_name: &str) -> Result<Vec<u8>, ChannelError> {
+    // `node` and `nonce` keep the layout protocol-1 servers parse, so they answer with a readable
+    // version error instead of dropping the connection.
+    serde_json::to_vec(&Handshake::Hello {
+        version: VERSION,
+        cluster_name: cluster_name.to_string(),
+        node: None,
+        nonce: String::new(),
+    })
+    .map_err(|e| ChannelError::Malformed(e.to_string()))
+}
+
+async fn next<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+) -> Result<Bytes, ChannelError> {
+    match io.next().await {
+        Some(Ok(b)) => Ok(b.freeze()),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(ChannelError::Malformed(
+            "frame larger than a Noise message".into(),
+        )),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(ChannelError::Closed),
+    }
+}
+
+async fn reject<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Framed<S, LengthDelimitedCodec>, reason: &str) {
+    if let Ok(bytes) = serde_json::to_vec(&Handshake::Rejected {
+        reason: reason.to_string(),
+    }) {
+        let _ = io.send(Bytes::from(bytes)).await;
+    }
+}
+
+fn rejected(bytes: &[u8], ours: &str) -> ChannelError {
+    match serde_json::from_slice::<Handshake>(bytes) {
+        Ok(Handshake::Rejected { reason }) if reason == AUTH_FAILED => ChannelError::BadProof,
+        Ok(Handshake::Rejected { reason }) if reason.starts_with("cluster name mismatch") => {
+            ChannelError::ClusterMismatch {
+                ours: ours.to_string(),
+            }
+        }
+        Ok(Handshake::Rejected { reason }) if reason.contains("version") => ChannelError::Version(reason),
+        Ok(Handshake::Rejected { reason }) => ChannelError::Rejected(reason),
+        _ => ChannelError::BadProof,
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
+    /// Client side: authenticates as `node` (`None` for the CLI); returns the server's name.
+    pub async fn connect(
+        io: S,
+        cookie: &Cookie,
+        cluster_name: &str,
+        node: Option<&NodeName>,
+    ) -> Result<(Channel<S>, NodeName), ChannelError> {
+        let mut io = Framed::new(io, codec());
+        let hello = hello_bytes(cluster_name)?;
+        io.send(Bytes::from(hello.clone())).await?;
+        let mut hs = noise(cookie, &hello, true)?;
+        let me = serde_json::to_vec(&Identity { node: node.cloned() })
+            .map_err(|e| ChannelError::Malformed(e.to_string()))?;
+        let mut buf = vec![0u8; NOISE_MAX];
+        let n = hs
+            .write_message(&me, &mut buf)
+            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+        io.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        let answer = next(&mut io).await?;
+        let mut payload = vec![0u8; NOISE_MAX];
+        let server = match hs.read_message(&answer, &mut payload) {
+            Ok(n) => serde_json::from_slice::<Identity>(&payload[..n])
+                .ok()
+                .and_then(|i| i.node)
+                .ok_or_else(|| ChannelError::Malformed("the server sent no node name".into()))?,
+            // Not a Noise answer: a plaintext refusal (version, cluster name, cookie).
+            Err(_) => return Err(rejected(&answer, cluster_name)),
+        };
+        let noise = hs
+            .into_transport_mode()
+            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+        Ok((Channel { io, noise }, server))
+    }
+
+    /// Server side: returns the channel and the client's node name (`None` for the CLI).
+    pub async fn accept(
+        io: S,
+        cookie: &Cookie,
+        cluster_name: &str,
+        me: &NodeName,
+    ) -> Result<(Channel<S>, Option<NodeName>), ChannelError> {
+        let mut io = Framed::new(io, codec());
+        let hello = next(&mut io).await?;
+        match serde_json::from_slice::<Handshake>(&hello) {
+            Ok(Handshake::Hello { version, .. }) if version != VERSION => {
+                let reason = format!(
+                    "protocol version {version} is not supported: this node speaks protocol {VERSION}; \
+                     upgrade every node to the same release"
+                );
+                reject(&mut io, &reason).await;
+                return Err(ChannelError::Version(reason));
+            }
+            Ok(Handshake::Hello {
+                cluster_name: theirs, ..
+            }) if theirs != cluster_name => {
+                reject(&mut io, "cluster name mismatch").await;
+                return Err(ChannelError::ClusterMismatch {
+                    ours: cluster_name.to_string(),
+                });
+            }
+            Ok(Handshake::Hello { .. }) => {}
+            _ => return Err(ChannelError::Malformed("the first frame is not a hello".into())),
+        }
+        let mut hs = noise(cookie, &hello, false)?;
+        let first = next(&mut io).await?;
+        let mut payload = vec![0u8; NOISE_MAX];
+        let client = match hs.read_message(&first, &mut payload) {
+            Ok(n) => {
+                serde_json::from_slice::<Identity>(&payload[..n])
+                    .map_err(|e| ChannelError::Malformed(e.to_string()))?
+                    .node
+            }
+            Err(_) => {
+                reject(&mut io, AUTH_FAILED).await;
+                return Err(ChannelError::BadProof);
+            }
+        };
+        let mine = serde_json::to_vec(&Identity {
+            node: Some(me.clone()),
+        })
+        .map_err(|e| ChannelError::Malformed(e.to_string()))?;
+        let mut buf = vec![0u8; NOISE_MAX];
+        let n = hs
+            .write_message(&mine, &mut buf)
+            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+        io.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        let noise = hs
+            .into_transport_mode()
+            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+        Ok((Channel { io, noise }, client))
+    }
+
+    /// Sends one message, encrypted (split into chunks when larger than one Noise message).
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ChannelError> {
+        let bytes = serde_json::to_vec(msg).map_err(|e| ChannelError::Malformed(e.to_string()))?;
+        if bytes.len() > MAX_MESSAGE {
+            return Err(ChannelError::TooLarge);
+        }
+        let mut chunks = bytes.chunks(CHUNK).peekable();
+        let mut plain = Vec::with_capacity(CHUNK + 1);
+        let mut sealed = vec![0u8; NOISE_MAX];
+        loop {
+            let chunk = chunks.next().unwrap_or(&[]);
+            plain.clear();
+            plain.push(if chunks.peek().is_some() { MORE } else { LAST });
+            plain.extend_from_slice(chunk);
+            let n = self
+                .noise
+                .write_message(&plain, &mut sealed)
+                .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+            self.io.feed(Bytes::copy_from_slice(&sealed[..n])).await?;
+            if chunks.peek().is_none() {
+                break;
+            }
+        }
+        SinkExt::<Bytes>::flush(&mut self.io).await?;
+        Ok(())
+    }
+
+    /// Receives one message; any frame that fails to decrypt ends the channel.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
+        let mut message = Vec::new();
+        let mut plain = vec![0u8; NOISE_MAX];
+        loop {
+            let frame = next(&mut self.io).await?;
+            let n = self
+                .noise
+                .read_message(&frame, &mut plain)
+                .map_err(|_| ChannelError::Tampered)?;
+            let Some((&flag, data)) = plain[..n].split_first() else {
+                return Err(ChannelError::Malformed("empty chunk".into()));
+            };
+            if message.len() + data.len() > MAX_MESSAGE {
+                return Err(ChannelError::TooLarge);
+            }
+            message.extend_from_slice(data);
+            match flag {
+                LAST => break,
+                MORE => continue,
+                _ => return Err(ChannelError::Malformed("bad chunk flag".into())),
+            }
+        }
+        serde_json::from_slice(&message).map_err(|e| ChannelError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
