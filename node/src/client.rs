@@ -108,6 +108,16 @@ async fn call_inner(
     addrs: Option<Vec<std::net::SocketAddr>>,
     req: &Request,
 ) -> Result<Response, CallError> {
+    let mut channel = open(creds, node, addrs).await?;
+    exchange(&mut channel, node, req).await
+}
+
+/// Connects and sets up the secure channel; checks that `node` is who answered.
+async fn open(
+    creds: &Credentials,
+    node: &NodeName,
+    addrs: Option<Vec<std::net::SocketAddr>>,
+) -> Result<Channel<TcpStream>, CallError> {
     let addr = peer_address(node);
     let connected = match addrs {
         Some(list) => TcpStream::connect(&list[..]).await,
@@ -119,7 +129,7 @@ async fn call_inner(
         reason: e.to_string(),
     })?;
     let _ = stream.set_nodelay(true);
-    let (mut channel, answered) =
+    let (channel, answered) =
         Channel::connect(stream, &creds.cookie, &creds.cluster_name, creds.node.as_ref())
             .await
             .map_err(|source| CallError::Auth {
@@ -132,10 +142,94 @@ async fn call_inner(
             answered,
         });
     }
+    Ok(channel)
+}
+
+/// One request and its answer on an open channel.
+async fn exchange(
+    channel: &mut Channel<TcpStream>,
+    node: &NodeName,
+    req: &Request,
+) -> Result<Response, CallError> {
     let frame = |source| CallError::Frame {
         node: node.clone(),
         source,
     };
     channel.send(req).await.map_err(frame)?;
     channel.recv().await.map_err(frame)
+}
+
+/// A pooled channel may be reused this long after its last use; servers close idle channels
+/// after 30 s, so a reused one is rarely stale (and a stale one is replaced at once).
+const REUSE_FOR: Duration = Duration::from_secs(20);
+
+struct Pooled {
+    channel: Channel<TcpStream>,
+    used: std::time::Instant,
+}
+
+type Slot = std::sync::Arc<tokio::sync::Mutex<Option<Pooled>>>;
+
+/// Open channels to peers, reused across calls: one handshake per peer instead of one per call.
+/// A call to a peer whose channel is busy opens a one-off channel rather than waiting.
+#[derive(Default)]
+pub struct Pool {
+    slots: std::sync::Mutex<std::collections::HashMap<NodeName, Slot>>,
+}
+
+impl Pool {
+    fn slot(&self, node: &NodeName) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(node.clone()).or_default().clone()
+    }
+
+    /// Like [`call_at`], on a pooled channel when one is free.
+    pub async fn call(
+        &self,
+        creds: &Credentials,
+        node: &NodeName,
+        addrs: Option<Vec<std::net::SocketAddr>>,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
+        let slot = self.slot(node);
+        let Ok(mut guard) = slot.try_lock() else {
+            return call_at(creds, node, addrs, req, timeout).await;
+        };
+        let pooled = async {
+            // A channel is taken out while in use: a call cancelled half-way never leaves a
+            // channel in an unknown state in the pool.
+            if let Some(mut p) = guard.take().filter(|p| p.used.elapsed() < REUSE_FOR) {
+                match exchange(&mut p.channel, node, req).await {
+                    Ok(resp) => {
+                        *guard = Some(Pooled {
+                            channel: p.channel,
+                            used: std::time::Instant::now(),
+                        });
+                        return Ok(resp);
+                    }
+                    // The server closed it meanwhile: open a new one below.
+                    Err(CallError::Frame {
+                        source: ChannelError::Closed | ChannelError::Io(_),
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut channel = open(creds, node, addrs).await?;
+            let resp = exchange(&mut channel, node, req).await?;
+            *guard = Some(Pooled {
+                channel,
+                used: std::time::Instant::now(),
+            });
+            Ok(resp)
+        };
+        match tokio::time::timeout(timeout, pooled).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout {
+                node: node.clone(),
+                timeout,
+            }),
+        }
+    }
 }

@@ -15,7 +15,7 @@ use muster::{
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::client::{CallError, Credentials, call_at};
+use crate::client::{CallError, Credentials, Pool};
 use crate::cookie::Cookie;
 use crate::metrics::Metrics;
 use crate::proto::{ForeignPeer, NodeStatus, Request, Response};
@@ -45,6 +45,8 @@ pub struct Node {
     stop: watch::Sender<bool>,
     probe_timeout: Duration,
     sync_cursor: Mutex<usize>,
+    /// Channels to peers, reused across calls.
+    pool: Pool,
 }
 
 fn now_ms() -> u64 {
@@ -90,6 +92,7 @@ impl Node {
             stop,
             probe_timeout,
             sync_cursor: Mutex::new(0),
+            pool: Pool::default(),
         }))
     }
 
@@ -182,7 +185,7 @@ impl Node {
     pub async fn call(&self, peer: &NodeName, req: &Request) -> Result<Response, CallError> {
         Metrics::inc(&self.metrics.messages_sent);
         let r = match self.resolve(peer).await {
-            Ok(addrs) => call_at(&self.creds, peer, addrs, req, CALL_TIMEOUT).await,
+            Ok(addrs) => self.pool.call(&self.creds, peer, addrs, req, CALL_TIMEOUT).await,
             Err(e) => Err(e),
         };
         if r.is_ok() {

@@ -254,7 +254,12 @@ async fn cleanup_forgets_a_stopped_unlisted_member_within_interval_times_absence
     assert!(took <= Duration::from_secs(5), "forgotten after {took:?}");
     let gone = c.nodes[2].name.to_string();
     assert!(!members(&cluster_status(&c, 0)).contains(&gone));
-    assert!(c.log_tail(0, 50).contains(&format!("forgot member {gone}")));
+    // Whichever of the two runs its cleanup first forgets it; the other adopts the removal.
+    let forgot = format!("forgot member {gone}");
+    assert!(
+        c.log_tail(0, 50).contains(&forgot) || c.log_tail(1, 50).contains(&forgot),
+        "neither remaining node logged {forgot:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,8 @@ const NOISE_MAX: usize = 65535;
 const TAG: usize = 16;
 /// Plaintext bytes per chunk: one flag byte, the rest data.
 const CHUNK: usize = NOISE_MAX - TAG - 1;
+/// Room a handshake message needs besides its payload: an ephemeral key and two tags.
+const HANDSHAKE_OVERHEAD: usize = 32 + 2 * TAG;
 const MORE: u8 = 1;
 const LAST: u8 = 0;
 
@@ -193,13 +195,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let mut hs = noise(cookie, &hello, true)?;
         let me = serde_json::to_vec(&Identity { node: node.cloned() })
             .map_err(|e| ChannelError::Malformed(e.to_string()))?;
-        let mut buf = vec![0u8; NOISE_MAX];
+        let mut buf = vec![0u8; me.len() + HANDSHAKE_OVERHEAD];
         let n = hs
             .write_message(&me, &mut buf)
             .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
         io.send(Bytes::copy_from_slice(&buf[..n])).await?;
         let answer = next(&mut io).await?;
-        let mut payload = vec![0u8; NOISE_MAX];
+        let mut payload = vec![0u8; answer.len()];
         let server = match hs.read_message(&answer, &mut payload) {
             Ok(n) => serde_json::from_slice::<Identity>(&payload[..n])
                 .ok()
@@ -245,7 +247,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         }
         let mut hs = noise(cookie, &hello, false)?;
         let first = next(&mut io).await?;
-        let mut payload = vec![0u8; NOISE_MAX];
+        let mut payload = vec![0u8; first.len()];
         let client = match hs.read_message(&first, &mut payload) {
             Ok(n) => {
                 serde_json::from_slice::<Identity>(&payload[..n])
@@ -261,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             node: Some(me.clone()),
         })
         .map_err(|e| ChannelError::Malformed(e.to_string()))?;
-        let mut buf = vec![0u8; NOISE_MAX];
+        let mut buf = vec![0u8; mine.len() + HANDSHAKE_OVERHEAD];
         let n = hs
             .write_message(&mine, &mut buf)
             .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
@@ -279,13 +281,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             return Err(ChannelError::TooLarge);
         }
         let mut chunks = bytes.chunks(CHUNK).peekable();
-        let mut plain = Vec::with_capacity(CHUNK + 1);
-        let mut sealed = vec![0u8; NOISE_MAX];
+        let mut plain = Vec::with_capacity(bytes.len().min(CHUNK) + 1);
+        let mut sealed = Vec::new();
         loop {
             let chunk = chunks.next().unwrap_or(&[]);
             plain.clear();
             plain.push(if chunks.peek().is_some() { MORE } else { LAST });
             plain.extend_from_slice(chunk);
+            sealed.resize(plain.len() + TAG, 0);
             let n = self
                 .noise
                 .write_message(&plain, &mut sealed)
@@ -302,9 +305,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// Receives one message; any frame that fails to decrypt ends the channel.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
         let mut message = Vec::new();
-        let mut plain = vec![0u8; NOISE_MAX];
+        let mut plain = Vec::new();
         loop {
             let frame = next(&mut self.io).await?;
+            plain.resize(frame.len(), 0);
             let n = self
                 .noise
                 .read_message(&frame, &mut plain)
