@@ -155,7 +155,7 @@ pub fn print_status(s: &NodeStatus) {
 /// Runs a `ctl` command; `Ok(code)` is the exit code, `Err` one line for stderr.
 pub async fn run(args: CtlArgs) -> Result<i32, String> {
     if let CtlCommand::ForceBoot { data_dir: Some(dir) } = &args.command {
-        let store = Store::open(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        let store = Store::unlocked(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
         store
             .set_force_boot(true)
             .map_err(|e| format!("cannot write the force-boot marker: {e}"))?;

@@ -11,14 +11,20 @@ use crate::node::Node;
 
 const MAX_HEAD: usize = 8192;
 
-/// Serves HTTP forever.
+/// Serves HTTP forever, within the listener's connection caps.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    let limits = crate::limits::Limits::for_fd_limit(crate::limits::open_files_limit());
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, addr)) => {
+                let Some(admitted) = limits.admit(addr.ip()) else {
+                    drop(stream);
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, node)).await;
+                    drop(admitted);
                 });
             }
             // Out of file descriptors or similar: pause instead of spinning.
@@ -55,7 +61,7 @@ async fn handle(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
         }
         "/status" => {
             let body =
-                serde_json::json!({ "membership": node.status().await, "formation": node.formation() });
+                serde_json::json!({ "membership": node.status(false).await, "formation": node.formation() });
             respond(&mut stream, 200, "application/json", &format!("{body:#}\n")).await
         }
         "/metrics" => respond(&mut stream, 200, "text/plain; version=0.0.4", &metrics(&node)).await,

@@ -1,6 +1,6 @@
 //! # muster-node
 //!
-//! The reference broker node that embeds Muster: an authenticated peer protocol, persisted
+//! The reference broker node that embeds Muster: a peer protocol encrypted and authenticated with the shared cookie (Noise), persisted
 //! membership that implements discovery-core's `Membership`, a rabbitmqctl-style CLI, health,
 //! status and metrics endpoints, and `muster demo`.
 
@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod demo;
 pub mod http;
 pub mod launch;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod proto;

@@ -250,7 +250,9 @@ impl Node {
     }
 
     /// Adds a joining node to this node's cluster.
-    pub fn accept_join(self: &Arc<Self>, node: &NodeName, incarnation: u64) -> Response {
+    /// The incarnation is this member's to assign (`ClusterState::next_incarnation`): the
+    /// joiner's own clock (`_requested`) may have stepped back.
+    pub fn accept_join(self: &Arc<Self>, node: &NodeName, _requested: u64) -> Response {
         let state = {
             let mut g = self.lock();
             if g.p.state.cluster.is_none() || !g.ready {
@@ -258,6 +260,7 @@ impl Node {
                     message: format!("{} is not a ready cluster member; try another member", self.name),
                 };
             }
+            let incarnation = g.p.state.next_incarnation(node, now_ms());
             match g.p.state.add(node, incarnation) {
                 Ok(true) => {
                     if let Err(e) = self.save(&g.p) {
@@ -330,8 +333,11 @@ impl Node {
         }
     }
 
-    /// Membership, running members and formation summary (probes every member).
-    pub async fn status(&self) -> NodeStatus {
+    /// Membership, running members and formation summary. With `probe_peers` (the
+    /// authenticated `ctl cluster-status`) every member is probed; without (the unauthenticated
+    /// HTTP `/status`), nothing is sent to peers and only this node's own facts are reported, so
+    /// an HTTP request can never fan out into N−1 peer calls.
+    pub async fn status(&self, probe_peers: bool) -> NodeStatus {
         let (state, ready) = {
             let g = self.lock();
             (g.p.state.clone(), g.ready)
@@ -343,7 +349,12 @@ impl Node {
         if ready {
             running.push(self.name.clone());
         }
-        for info in self.probe_members(&state).await {
+        let answers = if probe_peers {
+            self.probe_members(&state).await
+        } else {
+            Vec::new()
+        };
+        for info in answers {
             if info.cluster != state.cluster {
                 // In another cluster (or blank): shown as such, never as a running member.
                 foreign.push(ForeignPeer {
@@ -376,10 +387,12 @@ impl Node {
             );
         }
         running.sort();
-        self.metrics.reachable_peers.store(
-            running.iter().filter(|n| **n != self.name).count() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        if probe_peers {
+            self.metrics.reachable_peers.store(
+                running.iter().filter(|n| **n != self.name).count() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let f = self.formation();
         NodeStatus {
             node: self.name.clone(),
@@ -387,8 +400,9 @@ impl Node {
             members,
             running,
             foreign,
+            probed: probe_peers,
             ready,
-            in_sync,
+            in_sync: in_sync && probe_peers,
             formation: serde_json::to_value(f.phase)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
@@ -591,7 +605,8 @@ impl Membership for NodeMembership {
         }
         {
             let mut g = n.lock();
-            g.p.incarnation = incarnation;
+            // The accepting member assigned this node's incarnation.
+            g.p.incarnation = state.members.get(&n.name).map_or(incarnation, |m| m.incarnation);
             g.p.state = state;
             g.p.vouch = None;
             n.save(&g.p)?;

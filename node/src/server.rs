@@ -20,13 +20,33 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An authenticated connection idle this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts peer connections forever.
+/// Accepts peer connections forever, within the listener's connection caps.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    let limits = crate::limits::Limits::for_fd_limit(crate::limits::open_files_limit());
+    let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
+                let Some(admitted) = limits.admit(addr.ip()) else {
+                    // Closed at once; logged at powers of two so a flood cannot flood the log.
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        warn!(
+                            node = %node.name(),
+                            "peer port: connection cap reached ({} in all, {} per source); {refused} \
+                             connection(s) refused so far, the latest from {addr}",
+                            limits.total(),
+                            limits.per_source()
+                        );
+                    }
+                    drop(stream);
+                    continue;
+                };
                 let node = node.clone();
-                tokio::spawn(async move { connection(node, stream, addr).await });
+                tokio::spawn(async move {
+                    connection(node, stream, addr).await;
+                    drop(admitted);
+                });
             }
             Err(e) => {
                 warn!(node = %node.name(), "accept failed: {e}");
@@ -128,7 +148,7 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
         Request::Sync { state } => node.accept_sync(&state),
         Request::Forget { node: member } => done(node.forget_member(&member)),
         Request::Status => Response::Status {
-            status: Box::new(node.status().await),
+            status: Box::new(node.status(true).await),
         },
         Request::FormationStatus => Response::Formation {
             status: Box::new(node.formation()),

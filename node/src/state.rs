@@ -89,9 +89,19 @@ impl ClusterState {
                         removed: false,
                     },
                 );
-                self.version += 1;
+                self.version = self.version.saturating_add(1);
                 Ok(true)
             }
+        }
+    }
+
+    /// The incarnation an accepting member gives a joining node: its own clock, but always above
+    /// whatever the cluster already knows of that node (a tombstone after a forget, an old entry
+    /// after a wiped disk), so a joiner whose clock stepped back is never locked out.
+    pub fn next_incarnation(&self, node: &NodeName, now_ms: u64) -> u64 {
+        match self.members.get(node) {
+            Some(m) => now_ms.max(m.incarnation.saturating_add(1)),
+            None => now_ms,
         }
     }
 
@@ -100,7 +110,7 @@ impl ClusterState {
         match self.members.get_mut(node) {
             Some(m) if !m.removed => {
                 m.removed = true;
-                self.version += 1;
+                self.version = self.version.saturating_add(1);
                 true
             }
             _ => false,
@@ -133,7 +143,8 @@ impl ClusterState {
                 changed = true;
             }
         }
-        self.version = self.version.max(other.version) + u64::from(changed);
+        // Peer-supplied versions are untrusted: saturate instead of overflowing.
+        self.version = self.version.max(other.version).saturating_add(u64::from(changed));
         Ok(changed)
     }
 }
@@ -158,15 +169,50 @@ pub struct Persisted {
 const STATE_FILE: &str = "state.json";
 const FORCE_BOOT_FILE: &str = "force_boot";
 
-/// The data dir: atomic state writes and the force-boot marker.
+/// The data dir: atomic state writes and the force-boot marker, under an exclusive lock so that a
+/// second process pointed at the same dir cannot interleave its writes.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Held (advisory `flock`) for as long as any clone of the store lives.
+    _lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
+const LOCK_FILE: &str = "lock";
+
 impl Store {
-    /// A store in `dir`, creating it (mode 0700) if needed.
+    /// A store in `dir`, creating it (mode 0700) if needed, and taking its exclusive lock: a
+    /// data dir another running node holds is refused with the path in the error.
     pub fn open(dir: &Path) -> std::io::Result<Store> {
+        let mut store = Store::unlocked(dir)?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "data dir {} is in use by another muster process (it holds {}); stop that \
+                         node first, or give this one its own data_dir",
+                        dir.display(),
+                        path.display()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        store._lock = Some(std::sync::Arc::new(file));
+        Ok(store)
+    }
+
+    /// A store in `dir` without the lock: for offline tools (`ctl force-boot --data-dir`) that
+    /// only touch the force-boot marker.
+    pub fn unlocked(dir: &Path) -> std::io::Result<Store> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -174,6 +220,7 @@ impl Store {
             .create(dir)?;
         Ok(Store {
             dir: dir.to_path_buf(),
+            _lock: None,
         })
     }
 
@@ -274,6 +321,31 @@ mod tests {
     }
 
     #[test]
+    fn the_accepting_member_assigns_incarnations_above_any_tombstone() {
+        let mut s = ClusterState::formed(c(), &n("a"), 1);
+        s.add(&n("b"), 5_000).unwrap();
+        s.remove(&n("b"));
+        // b's clock stepped back (no RTC): it asks with an older time; it still gets in.
+        let inc = s.next_incarnation(&n("b"), 1_000);
+        assert_eq!(inc, 5_001);
+        assert!(s.add(&n("b"), inc).unwrap());
+        assert_eq!(s.next_incarnation(&n("c"), 1_000), 1_000);
+    }
+
+    #[test]
+    fn versions_from_peers_saturate_instead_of_overflowing() {
+        let mut a = ClusterState::formed(c(), &n("a"), 1);
+        let mut b = a.clone();
+        b.add(&n("b"), 2).unwrap();
+        b.version = u64::MAX;
+        assert!(a.merge(&b).unwrap());
+        assert_eq!(a.version, u64::MAX);
+        a.add(&n("c"), 3).unwrap();
+        a.remove(&n("c"));
+        assert_eq!(a.version, u64::MAX);
+    }
+
+    #[test]
     fn merge_refuses_another_cluster_and_is_idempotent() {
         let mut a = ClusterState::formed(c(), &n("a"), 1);
         let b = ClusterState::formed(ClusterId("c2".into()), &n("b"), 1);
@@ -302,6 +374,17 @@ mod tests {
         store.set_force_boot(false).unwrap();
         store.set_force_boot(false).unwrap();
         assert!(!store.force_boot());
+    }
+
+    #[test]
+    fn a_second_process_on_the_same_data_dir_is_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("in use by another muster process"), "{e}");
+        assert!(e.contains(&dir.path().display().to_string()), "{e}");
+        drop(first);
+        assert!(Store::open(dir.path()).is_ok(), "the lock goes with the process");
     }
 
     #[test]

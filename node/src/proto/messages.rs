@@ -90,6 +90,10 @@ pub struct NodeStatus {
     /// Members that answered from another cluster: a split or stale data, never "running".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub foreign: Vec<ForeignPeer>,
+    /// Whether peers were probed for this status (`running`, `foreign` and `in_sync` are only
+    /// this node's own view when not).
+    #[serde(default)]
+    pub probed: bool,
     /// Formation finished and the node serves its cluster.
     pub ready: bool,
     /// Every running member reports the same members.
