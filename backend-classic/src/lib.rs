@@ -12,6 +12,12 @@
 //! nodes = ["muster@rpi-master", "muster@rpi-node1", "muster@rpi-node2"]
 //! ```
 
+// No panics on input from the network, a file or the environment.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;

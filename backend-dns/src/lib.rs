@@ -5,6 +5,12 @@
 //! name with no records means "no candidates yet" (formation waits) and DNS never drives forced
 //! removal. See `docs/backends/dns.md`.
 
+// No panics on input from the network, a file or the environment.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod settings;
 
 use std::net::IpAddr;
@@ -251,7 +257,15 @@ impl Discovery for DnsBackend {
         let nodes = match (&self.settings.hostname, &self.settings.srv) {
             (_, Some(srv)) => self.list_srv(srv).await?,
             (Some(host), None) => self.list_hostname(host).await?,
-            (None, None) => unreachable!("settings validation requires hostname or srv"),
+            // `DnsBackend::new` takes settings that skipped `from_config`'s validation.
+            (None, None) => {
+                return Err(DiscoveryError::new(
+                    NAME,
+                    ErrorKind::Misconfigured,
+                    "neither cluster_formation.dns.hostname nor cluster_formation.dns.srv is set",
+                )
+                .with_remediation("set exactly one of them"));
+            }
         };
         Ok(DiscoveryResult::new(nodes, false))
     }

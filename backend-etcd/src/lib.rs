@@ -11,6 +11,12 @@
 //! - `lock/…`: the formation lock (etcd's lock API), on the holder's lock lease;
 //! - `cluster-id`: the formed cluster's id, no lease (fencing).
 
+// No panics on input from the network, a file or the environment.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod errors;
 mod lock;
 mod registration;
@@ -114,7 +120,7 @@ pub struct EtcdBackend {
 
 impl Drop for EtcdBackend {
     fn drop(&mut self) {
-        if let Some(task) = self.keeper.lock().expect("keeper mutex").take() {
+        if let Some(task) = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
     }
@@ -158,7 +164,7 @@ impl EtcdBackend {
 
     /// The current registration lease, if any.
     pub fn lease(&self) -> Option<i64> {
-        *self.inner.lease.lock().expect("lease mutex")
+        *self.inner.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn hint(&self) -> String {
@@ -229,7 +235,7 @@ impl Discovery for EtcdBackend {
 impl Registration for EtcdBackend {
     async fn register(&self) -> Result<(), DiscoveryError> {
         {
-            let mut keeper = self.keeper.lock().expect("keeper mutex");
+            let mut keeper = self.keeper.lock().unwrap_or_else(|e| e.into_inner());
             if keeper.is_none() {
                 *keeper = Some(tokio::spawn(registration::keeper(self.inner.clone())));
             }
@@ -252,10 +258,10 @@ impl Registration for EtcdBackend {
     }
 
     async fn unregister(&self) -> Result<(), DiscoveryError> {
-        if let Some(task) = self.keeper.lock().expect("keeper mutex").take() {
+        if let Some(task) = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
-        let lease = self.inner.lease.lock().expect("lease mutex").take();
+        let lease = self.inner.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.inner.registration.send_modify(|s| {
             s.registered = false;
             s.detail = "unregistered".into();

@@ -44,7 +44,7 @@ async fn establish(inner: &Inner) -> Result<i64, String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    *inner.lease.lock().expect("lease mutex") = Some(lease);
+    *inner.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
     Ok(lease)
 }
 
@@ -99,8 +99,9 @@ pub async fn keeper(inner: Arc<Inner>) {
                     }
                 }
             })
-            .await
-            .expect("registration retries without limit");
+            .await;
+        // The retry has no limit and the closure never stops it, so only Ok can come back.
+        let Ok(lease) = lease else { continue };
         if !first {
             set(&inner, |s| s.re_registrations += 1);
             info!(node = %inner.local, "etcd registration re-established (lease {lease:x})");

@@ -160,7 +160,8 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
                 Ok(0)
             }
             None => {
-                println!("{}", crate::cookie::Cookie::random().expose());
+                let cookie = crate::cookie::Cookie::random().map_err(|e| e.to_string())?;
+                println!("{}", cookie.expose());
                 Ok(0)
             }
         },
@@ -176,11 +177,17 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
 pub fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("a tokio runtime");
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("muster: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(line) => {

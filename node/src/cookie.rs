@@ -128,8 +128,8 @@ impl Cookie {
     }
 
     /// A new random cookie: 48 hex digits (192 bits from the operating system).
-    pub fn random() -> Cookie {
-        Cookie(crate::random::hex(24))
+    pub fn random() -> std::io::Result<Cookie> {
+        crate::random::hex(24).map(Cookie)
     }
 
     /// The value, for `muster cookie generate` to print; never log it.
@@ -141,7 +141,7 @@ impl Cookie {
     pub fn generate(path: &Path) -> std::io::Result<Cookie> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let value = Cookie::random().0;
+        let value = Cookie::random()?.0;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -196,7 +196,7 @@ mod tests {
             );
             assert!(!e.contains(weak), "the cookie must never appear in messages: {e}");
         }
-        let fresh = Cookie::random();
+        let fresh = Cookie::random().unwrap();
         assert!(
             Cookie::parse(fresh.expose(), "t").is_ok(),
             "a generated cookie is strong"

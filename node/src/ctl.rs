@@ -185,10 +185,8 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
         (_, Response::Error { message }) => Err(format!("{node}: {message}")),
         (CtlCommand::ClusterStatus { json }, Response::Status { status }) => {
             if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).expect("status serializes")
-                );
+                let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
+                println!("{text}");
             } else {
                 print_status(&status);
             }
@@ -211,10 +209,8 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
         }
         (CtlCommand::FormationStatus { json }, Response::Formation { status }) => {
             if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).expect("status serializes")
-                );
+                let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
+                println!("{text}");
             } else {
                 println!(
                     "Formation on {node}: {:?}, attempt {} — {}",

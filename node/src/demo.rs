@@ -1,6 +1,9 @@
 //! `muster demo`: N node processes on loopback with the classic backend, a temp data dir and a
 //! generated cookie; prints a timeline, each node's status and the formation time.
 
+// Not network input: the demo indexes the nodes it launched itself.
+#![allow(clippy::indexing_slicing, clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

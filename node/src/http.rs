@@ -41,7 +41,7 @@ async fn handle(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
         if n == 0 || buf.len() + n > MAX_HEAD {
             return respond(&mut stream, 400, "text/plain", "bad request\n").await;
         }
-        buf.extend_from_slice(&chunk[..n]);
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();

@@ -2,6 +2,9 @@
 //! formation benchmark all use this. Every process it starts is a child it owns; dropping the
 //! `LocalCluster` kills those children (and only those), by their handles.
 
+// Not network input: the launcher indexes its own nodes by the indices callers got from it.
+#![allow(clippy::indexing_slicing, clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

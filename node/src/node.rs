@@ -97,7 +97,9 @@ impl Node {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("node state mutex poisoned")
+        // A panic while holding the lock cannot leave a half-applied change (every change is
+        // applied to a copy or in one step), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This node's name.
@@ -325,11 +327,13 @@ impl Node {
                 continue;
             }
             let peer = {
-                let mut c = self.sync_cursor.lock().expect("cursor");
+                let mut c = self.sync_cursor.lock().unwrap_or_else(|e| e.into_inner());
                 *c = (*c + 1) % peers.len();
-                peers[*c].clone()
+                peers.get(*c).cloned()
             };
-            self.sync_with(&peer, state).await;
+            if let Some(peer) = peer {
+                self.sync_with(&peer, state).await;
+            }
         }
     }
 

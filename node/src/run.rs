@@ -54,9 +54,9 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
     );
 
     let mut stop = node.stop_signal();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
     let stopped = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler can be installed");
         tokio::select! {
             _ = stop.wait_for(|s| *s) => {}
             _ = term.recv() => info!("SIGTERM received"),

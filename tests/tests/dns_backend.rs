@@ -238,3 +238,17 @@ async fn dns_backend_passes_the_conformance_suite() {
         .with_unreachable(make(&nodes[0], silent.addr));
     run(&subject).await;
 }
+
+/// Settings built by hand (skipping `from_config`'s validation) without hostname or srv: a
+/// misconfigured error naming both keys, never a panic.
+#[tokio::test]
+async fn settings_without_hostname_or_srv_are_an_error_not_a_panic() {
+    let silent = SilentDns::start();
+    let b = backend(silent.addr, |_| {});
+    let e = b.list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Misconfigured, "{e}");
+    assert!(
+        e.to_string().contains("cluster_formation.dns.hostname") && e.to_string().contains("srv"),
+        "{e}"
+    );
+}

@@ -102,6 +102,11 @@ pub struct Channel<S> {
     noise: TransportState,
 }
 
+/// The first `n` bytes that `snow` wrote or read (never more than the buffer; no panic if it were).
+fn prefix(buf: &[u8], n: usize) -> &[u8] {
+    buf.get(..n).unwrap_or(buf)
+}
+
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(NOISE_MAX)
@@ -199,11 +204,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let n = hs
             .write_message(&me, &mut buf)
             .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
-        io.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        io.send(Bytes::copy_from_slice(prefix(&buf, n))).await?;
         let answer = next(&mut io).await?;
         let mut payload = vec![0u8; answer.len()];
         let server = match hs.read_message(&answer, &mut payload) {
-            Ok(n) => serde_json::from_slice::<Identity>(&payload[..n])
+            Ok(n) => serde_json::from_slice::<Identity>(prefix(&payload, n))
                 .ok()
                 .and_then(|i| i.node)
                 .ok_or_else(|| ChannelError::Malformed("the server sent no node name".into()))?,
@@ -250,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let mut payload = vec![0u8; first.len()];
         let client = match hs.read_message(&first, &mut payload) {
             Ok(n) => {
-                serde_json::from_slice::<Identity>(&payload[..n])
+                serde_json::from_slice::<Identity>(prefix(&payload, n))
                     .map_err(|e| ChannelError::Malformed(e.to_string()))?
                     .node
             }
@@ -267,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let n = hs
             .write_message(&mine, &mut buf)
             .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
-        io.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        io.send(Bytes::copy_from_slice(prefix(&buf, n))).await?;
         let noise = hs
             .into_transport_mode()
             .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
@@ -293,7 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 .noise
                 .write_message(&plain, &mut sealed)
                 .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
-            self.io.feed(Bytes::copy_from_slice(&sealed[..n])).await?;
+            self.io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
             if chunks.peek().is_none() {
                 break;
             }
@@ -313,7 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 .noise
                 .read_message(&frame, &mut plain)
                 .map_err(|_| ChannelError::Tampered)?;
-            let Some((&flag, data)) = plain[..n].split_first() else {
+            let Some((&flag, data)) = prefix(&plain, n).split_first() else {
                 return Err(ChannelError::Malformed("empty chunk".into()));
             };
             if message.len() + data.len() > MAX_MESSAGE {
