@@ -145,7 +145,19 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
                 message: format!("join for {joiner} refused: a node joins over its own connection"),
             },
         },
-        Request::Sync { state } => node.accept_sync(&state),
+        // State is merged only from a member: the channel's node must be in this node's
+        // membership or in the state it sends (a joiner pushing the state it was just given).
+        Request::Sync { state } => match peer {
+            Some(p) if node.state().members.contains_key(p) || state.members.contains_key(p) => {
+                node.accept_sync(&state)
+            }
+            Some(p) => Response::Error {
+                message: format!("sync refused: {p} is not a member of this cluster"),
+            },
+            None => Response::Error {
+                message: "sync refused: state comes from members, not from the CLI".into(),
+            },
+        },
         Request::Forget { node: member } => done(node.forget_member(&member)),
         Request::Status => Response::Status {
             status: Box::new(node.status(true).await),

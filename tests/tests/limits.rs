@@ -77,3 +77,78 @@ async fn five_thousand_connections_on_each_port_leave_the_node_forming_and_answe
     drop((held_peer, held_http));
     c.stop_all(Duration::from_secs(5)).await;
 }
+
+/// Unicode and extreme values in every field of every message, sent over a properly
+/// authenticated channel: each is answered with an error or ignored, never a panic, and the node
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicode_and_extreme_values_in_every_message_are_errors_not_panics() {
+    use muster_node::cookie::Cookie;
+    use muster_node::proto::channel::Channel;
+    use serde_json::{Value, json};
+
+    let (_dir, mut c) = local_cluster_of(
+        &node_exe!(),
+        &Layout {
+            nodes: 1,
+            ..Layout::default()
+        },
+    );
+    c.start(0).unwrap();
+    c.wait_members(&[0], 1, Duration::from_secs(20)).await.unwrap();
+    let me = c.nodes[0].name.clone();
+    let addr: SocketAddr = me.to_string().split_once('@').unwrap().1.parse().unwrap();
+    let cookie = Cookie::from_file(&c.cookie_file).unwrap();
+    let cluster = cluster_id(&c);
+    let max = u64::MAX;
+    let weird = "m@ÿ\u{0}\u{202e}𝔘𝔫𝔦𝔠𝔬𝔡𝔢";
+    let nested = (0..200).fold(json!(0), |v, _| json!([v]));
+    let requests: Vec<Value> = vec![
+        json!({"op": "sync", "state": {"cluster": cluster, "members": {me.to_string(): {"incarnation": max, "removed": true}}, "version": max}}),
+        json!({"op": "sync", "state": {"cluster": weird, "members": {}, "version": max}}),
+        json!({"op": "sync", "state": {"cluster": null, "members": {"m@x": {"incarnation": max, "removed": false}}, "version": 0}}),
+        json!({"op": "join", "node": "m@other", "incarnation": max}),
+        json!({"op": "join", "node": weird, "incarnation": max}),
+        json!({"op": "forget", "node": weird}),
+        json!({"op": "forget", "node": "m@nobody"}),
+        json!({"op": "join_cluster", "peer": "m@127.0.0.1:1"}),
+        json!({"op": "ping", "extra": "x".repeat(500_000)}),
+        json!({"op": "\u{0}\u{ffff}"}),
+        json!({"op": "probe", "nested": nested}),
+        json!([max, -1, 1e308, weird]),
+        json!(null),
+    ];
+    for (i, req) in requests.iter().enumerate() {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let evil: muster::NodeName = "m@evil".parse().unwrap();
+        let (mut ch, _) = Channel::connect(stream, &cookie, "local", Some(&evil))
+            .await
+            .unwrap();
+        ch.send(req).await.unwrap();
+        // An error answer, or the connection closed on a malformed request: both are fine.
+        let _ = tokio::time::timeout(Duration::from_secs(5), ch.recv::<Value>()).await;
+        let out = ctl(&c, 0, &["ping"]);
+        assert!(
+            out.status.success(),
+            "request {i} broke the node: {}",
+            text(&out).1
+        );
+    }
+    let s = muster_tests::cluster_status(&c, 0);
+    assert_eq!(s["ready"], true, "{s}");
+    assert_eq!(
+        s["members"].as_array().unwrap().len(),
+        1,
+        "no phantom or lost member: {s}"
+    );
+    let log = c.log_tail(0, 300);
+    assert!(!log.contains("panicked"), "{log}");
+    c.stop_all(Duration::from_secs(5)).await;
+}
+
+fn cluster_id(c: &muster_tests::LocalCluster) -> String {
+    muster_tests::cluster_status(c, 0)["cluster"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
