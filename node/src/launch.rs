@@ -38,6 +38,8 @@ pub struct LocalNode {
     pub child: Option<Child>,
     /// When the process was last started.
     pub started: Option<Instant>,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
 }
 
 /// How to lay out a local cluster.
@@ -219,6 +221,7 @@ impl LocalCluster {
                 listen: listens[i],
                 child: None,
                 started: None,
+                env: Vec::new(),
             });
         }
         Ok(LocalCluster {
@@ -251,6 +254,7 @@ impl LocalCluster {
             .args(["--log-format", self.log_format, "start", "--config"])
             .arg(&node.config)
             .env_remove("MUSTER_COOKIE")
+            .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

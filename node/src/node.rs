@@ -31,12 +31,57 @@ struct Inner {
     removed_logged: bool,
 }
 
+/// What probes and readiness checks read: a copy of the probe-visible facts, replaced whenever
+/// the state lock is released. Probes never wait on the state lock, so a slow `fsync` (taken
+/// under that lock) never delays a probe answer; and because the copy is replaced only when the
+/// lock is released, after the change was persisted, a probe never sees a state that is not on
+/// disk yet (the probe contract on `Membership`).
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    cluster: Option<ClusterId>,
+    members: Vec<NodeName>,
+    ready: bool,
+    view: Option<FormationView>,
+}
+
+/// The state lock; dropping it publishes the new [`Facts`].
+struct Guard<'a> {
+    node: &'a Node,
+    inner: std::sync::MutexGuard<'a, Inner>,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let facts = Facts {
+            cluster: self.inner.p.state.cluster.clone(),
+            members: self.inner.p.state.alive(),
+            ready: self.inner.ready,
+            view: self.inner.view.clone(),
+        };
+        *self.node.facts.write().unwrap_or_else(|e| e.into_inner()) = facts;
+    }
+}
+
 /// Everything a running node shares between its server, engine and tasks.
 pub struct Node {
     name: NodeName,
     creds: Credentials,
     store: Store,
     inner: Mutex<Inner>,
+    facts: std::sync::RwLock<Facts>,
     start_ms: u64,
     /// The node's counters.
     pub metrics: Arc<Metrics>,
@@ -54,6 +99,19 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Runs blocking work (an fsync, waiting for a lock held across one) in `block_in_place` on the
+/// multi-threaded runtime, so the worker's other tasks move elsewhere meanwhile; directly
+/// elsewhere (current-thread runtimes in unit tests, plain threads).
+fn on_blocking_thread<R>(f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 fn state_err(e: std::io::Error) -> MembershipError {
@@ -79,6 +137,11 @@ impl Node {
             },
             name,
             store,
+            facts: std::sync::RwLock::new(Facts {
+                cluster: p.state.cluster.clone(),
+                members: p.state.alive(),
+                ..Facts::default()
+            }),
             inner: Mutex::new(Inner {
                 p,
                 ready: false,
@@ -96,10 +159,23 @@ impl Node {
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> Guard<'_> {
         // A panic while holding the lock cannot leave a half-applied change (every change is
         // applied to a copy or in one step), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        let inner = match self.inner.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            // Held, possibly across a slow fsync: wait without taking a runtime worker with us,
+            // so that the worker's queued tasks (probe answers) move to another worker.
+            Err(std::sync::TryLockError::WouldBlock) => {
+                on_blocking_thread(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+            }
+        };
+        Guard { node: self, inner }
+    }
+
+    fn facts(&self) -> Facts {
+        self.facts.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// This node's name.
@@ -151,7 +227,7 @@ impl Node {
 
     /// Ready: formation finished and the node is a current member of its cluster.
     pub fn is_ready(&self) -> bool {
-        self.lock().ready
+        self.facts.read().unwrap_or_else(|e| e.into_inner()).ready
     }
 
     /// The current membership state.
@@ -159,8 +235,10 @@ impl Node {
         self.lock().p.state.clone()
     }
 
+    /// Persists `p`. The fsync blocks this thread, so on the multi-threaded runtime it runs in
+    /// `block_in_place`: the worker's other tasks move to another worker meanwhile.
     fn save(&self, p: &Persisted) -> Result<(), MembershipError> {
-        self.store.save(p).map_err(state_err)
+        on_blocking_thread(|| self.store.save(p)).map_err(state_err)
     }
 
     /// Resolves a peer's address with the backend's resolver when it has its own settings
@@ -196,16 +274,16 @@ impl Node {
         r
     }
 
-    /// Facts for a peer's probe.
+    /// Facts for a peer's probe (never waits for the state lock).
     pub fn peer_info(&self) -> PeerInfo {
-        let g = self.lock();
+        let f = self.facts();
         PeerInfo {
             node: self.name.clone(),
-            cluster: g.p.state.cluster.clone(),
-            members: g.p.state.alive(),
-            ready: g.ready,
+            cluster: f.cluster,
+            members: f.members,
+            ready: f.ready,
             start_time_ms: self.start_ms,
-            view: g.view.clone(),
+            view: f.view,
         }
     }
 
@@ -297,6 +375,11 @@ impl Node {
         match self.call(peer, &Request::Sync { state }).await {
             Ok(Response::State { state: theirs }) => {
                 let mut g = self.lock();
+                // A node that was reset while the exchange was in flight stays blank: only a
+                // node still in that cluster merges the answer.
+                if g.p.state.cluster.is_none() || g.p.state.cluster != theirs.cluster {
+                    return;
+                }
                 if let Ok(true) = g.p.state.merge(&theirs)
                     && let Err(e) = self.adopt(&mut g)
                 {
@@ -559,10 +642,13 @@ impl Membership for NodeMembership {
                 "already a member of cluster {c}"
             )));
         }
-        g.p.incarnation = now_ms();
-        g.p.state = ClusterState::formed(id.clone(), &n.name, g.p.incarnation);
-        g.p.vouch = None;
-        n.save(&g.p)?;
+        // Persist first, then apply: a failed save leaves the node blank, as it was.
+        let mut next = g.p.clone();
+        next.incarnation = now_ms();
+        next.state = ClusterState::formed(id.clone(), &n.name, next.incarnation);
+        next.vouch = None;
+        n.save(&next)?;
+        g.p = next;
         g.ready = true;
         Ok(())
     }
@@ -609,11 +695,13 @@ impl Membership for NodeMembership {
         }
         {
             let mut g = n.lock();
+            let mut next = g.p.clone();
             // The accepting member assigned this node's incarnation.
-            g.p.incarnation = state.members.get(&n.name).map_or(incarnation, |m| m.incarnation);
-            g.p.state = state;
-            g.p.vouch = None;
-            n.save(&g.p)?;
+            next.incarnation = state.members.get(&n.name).map_or(incarnation, |m| m.incarnation);
+            next.state = state;
+            next.vouch = None;
+            n.save(&next)?;
+            g.p = next;
             g.ready = true;
         }
         Metrics::inc(&n.metrics.joins);

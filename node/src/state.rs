@@ -167,6 +167,21 @@ pub struct Persisted {
 }
 
 const STATE_FILE: &str = "state.json";
+
+/// Test knob: `MUSTER_TEST_FSYNC_DELAY_MS` makes every state fsync this much slower (an SD card
+/// on a bad day), so tests can check that a slow disk never delays probe answers.
+fn slow_disk() {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("MUSTER_TEST_FSYNC_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
+    }
+}
 const FORCE_BOOT_FILE: &str = "force_boot";
 
 /// The data dir: atomic state writes and the force-boot marker, under an exclusive lock so that a
@@ -251,6 +266,7 @@ impl Store {
         {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
+            slow_disk();
             f.sync_all()?;
         }
         std::fs::rename(&tmp, self.dir.join(STATE_FILE))?;

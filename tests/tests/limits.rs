@@ -152,3 +152,58 @@ fn cluster_id(c: &muster_tests::LocalCluster) -> String {
         .unwrap()
         .to_string()
 }
+
+/// A slow disk (every fsync 1.5 s late) on the member accepting a join: its probe answers stay
+/// fast while it persists, because probes never wait for the state lock or the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_does_not_delay_probe_answers() {
+    use muster_node::cookie::Cookie;
+    use muster_node::proto::channel::Channel;
+    use muster_node::proto::{Request, Response};
+
+    let (_dir, mut c) = local_cluster_of(
+        &node_exe!(),
+        &Layout {
+            nodes: 2,
+            ..Layout::default()
+        },
+    );
+    c.nodes[0].env = vec![("MUSTER_TEST_FSYNC_DELAY_MS".into(), "1500".into())];
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1], 2, Duration::from_secs(30)).await.unwrap();
+    let out = ctl(&c, 1, &["reset"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    tokio::time::sleep(Duration::from_secs(2)).await; // node 0 has persisted the departure
+    // Node 1 joins through node 0, whose accept_join spends 1.5 s in fsync.
+    let seed = c.nodes[0].name.to_string();
+    let cookie = Cookie::from_file(&c.cookie_file).unwrap();
+    let addr: SocketAddr = seed.split_once('@').unwrap().1.parse().unwrap();
+    let me: muster::NodeName = "m@prober".parse().unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut ch, _) = Channel::connect(stream, &cookie, "local", Some(&me))
+        .await
+        .unwrap();
+    let c = std::sync::Arc::new(c);
+    let join = {
+        let (c, seed) = (c.clone(), seed.clone());
+        std::thread::spawn(move || ctl(&c, 1, &["join-cluster", &seed]))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // the join is inside its fsync
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        ch.send(&Request::Probe).await.unwrap();
+        let answer: Response = ch.recv().await.unwrap();
+        assert!(matches!(answer, Response::Peer { .. }), "{answer:?}");
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = join.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        worst < Duration::from_millis(500),
+        "a probe waited {worst:?} for the disk"
+    );
+    eprintln!("slowest probe answer during a 1.5 s fsync: {worst:?}");
+    drop(c);
+}
