@@ -93,7 +93,16 @@ pub async fn call_at(
     req: &Request,
     timeout: Duration,
 ) -> Result<Response, CallError> {
-    match tokio::time::timeout(timeout, call_inner(creds, node, addrs, req)).await {
+    bounded(node, timeout, call_inner(creds, node, addrs, req)).await
+}
+
+/// `call` within `timeout`, a timeout becoming [`CallError::Timeout`].
+async fn bounded(
+    node: &NodeName,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<Response, CallError>>,
+) -> Result<Response, CallError> {
+    match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
         Err(_) => Err(CallError::Timeout {
             node: node.clone(),
@@ -224,12 +233,6 @@ impl Pool {
             });
             Ok(resp)
         };
-        match tokio::time::timeout(timeout, pooled).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Timeout {
-                node: node.clone(),
-                timeout,
-            }),
-        }
+        bounded(node, timeout, pooled).await
     }
 }
