@@ -455,11 +455,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
         Ok(None) => {}
     }
     if lock_path {
-        let seed = input
-            .discovery
-            .preferred_seed
-            .clone()
-            .or_else(|| input.view.first().cloned());
+        let seed = seed_of(input);
         let decision = match formation_blocker(input, seed.as_ref()) {
             None if input.lock == LockState::Available => Decision::Lock,
             None => Decision::Form { standalone: false },
@@ -472,6 +468,15 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
         return verdict(decision, seed, None, false, None);
     }
     lockless(input, commitment)
+}
+
+/// The seed every node derives the same way: the backend-preferred one, else the lowest name.
+fn seed_of(input: &DecisionInput<'_>) -> Option<NodeName> {
+    input
+        .discovery
+        .preferred_seed
+        .clone()
+        .or_else(|| input.view.first().cloned())
 }
 
 /// Rule 3 for lockless backends: the seed announces an intent, every candidate commits to it
@@ -504,11 +509,7 @@ fn lockless(input: &DecisionInput<'_>, mut commitment: Option<Vouch>) -> Verdict
             commitment: Some(c),
         };
     }
-    let seed = input
-        .discovery
-        .preferred_seed
-        .clone()
-        .or_else(|| input.view.first().cloned());
+    let seed = seed_of(input);
     let blocker = formation_blocker(input, seed.as_ref());
     let Some(seed) = seed.clone().filter(|s| s == local) else {
         // Not the seed: commit to the seed's intent when it announces one.
@@ -540,11 +541,7 @@ fn lockless(input: &DecisionInput<'_>, mut commitment: Option<Vouch>) -> Verdict
         };
         return Verdict {
             decision,
-            seed: input
-                .discovery
-                .preferred_seed
-                .clone()
-                .or_else(|| input.view.first().cloned()),
+            seed,
             sees_cluster: None,
             intend: false,
             commitment: None,

@@ -248,27 +248,16 @@ impl FormationEngine {
             },
             other => other,
         };
-        if let Decision::Refuse(reason) = &decision {
-            return ControlFlow::Break(Err(FormationError::Refused {
-                reason: reason.to_string(),
-            }));
-        }
         match self.act(st, &decision, None).await {
             Some(Ok(outcome)) => ControlFlow::Break(Ok(outcome)),
             Some(Err(e)) => {
                 self.record_failure(attempt, st, &e);
                 ControlFlow::Continue(())
             }
-            None if matches!(decision, Decision::GiveUp(_)) => {
-                let Decision::GiveUp(reason) = decision else {
-                    unreachable!()
-                };
-                ControlFlow::Break(Err(FormationError::Exhausted {
-                    attempts: attempt,
-                    reason: reason.to_string(),
-                }))
-            }
-            None => ControlFlow::Continue(()),
+            None => match stop_for(&decision, attempt) {
+                Some(e) => ControlFlow::Break(Err(e)),
+                None => ControlFlow::Continue(()),
+            },
         }
     }
 
@@ -324,16 +313,7 @@ impl FormationEngine {
                     self.record_failure(attempt, st, &e);
                     Err(None)
                 }
-                None => match verdict.decision {
-                    Decision::GiveUp(reason) => Err(Some(FormationError::Exhausted {
-                        attempts: attempt,
-                        reason: reason.to_string(),
-                    })),
-                    Decision::Refuse(reason) => Err(Some(FormationError::Refused {
-                        reason: reason.to_string(),
-                    })),
-                    _ => Err(None),
-                },
+                None => Err(stop_for(&verdict.decision, attempt)),
             }
         };
         let result = tokio::select! {
@@ -637,16 +617,17 @@ impl FormationEngine {
         } else {
             None
         };
-        // Consistency first (RabbitMQ's inconsistent-cluster check): a known peer that answers
-        // from another cluster means a split or stale data; an operator must choose.
-        let answers = probe_all(self.membership.as_ref(), &peers, self.config.probe_timeout).await;
-        if let Some(e) = self.inconsistency(&cluster, &answers) {
-            return Err(e);
-        }
-        if peers.is_empty() {
-            self.check_alone(&cluster).await?;
-        }
         if let Some(why) = why_now {
+            // Consistency first (RabbitMQ's inconsistent-cluster check): a known peer that
+            // answers from another cluster means a split or stale data; an operator must choose.
+            // (The waiting path below makes the same check in every attempt.)
+            let answers = probe_all(self.membership.as_ref(), &peers, self.config.probe_timeout).await;
+            if let Some(e) = self.inconsistency(&cluster, &answers) {
+                return Err(e);
+            }
+            if peers.is_empty() {
+                self.check_alone(&cluster).await?;
+            }
             info!(node = %self.local, "restarting in cluster {cluster} without waiting: {why}");
             self.membership.resume(None).await?;
             return Ok(FormationOutcome::Rejoined { cluster, via: None });
@@ -780,6 +761,21 @@ impl FormationEngine {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The error a decision that ends formation stops with: `GiveUp` (retries ran out) or `Refuse`
+/// (going on could split the cluster); `None` for every other decision.
+fn stop_for(decision: &Decision, attempt: u32) -> Option<FormationError> {
+    match decision {
+        Decision::GiveUp(reason) => Some(FormationError::Exhausted {
+            attempts: attempt,
+            reason: reason.to_string(),
+        }),
+        Decision::Refuse(reason) => Some(FormationError::Refused {
+            reason: reason.to_string(),
+        }),
+        _ => None,
     }
 }
 
