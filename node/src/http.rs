@@ -13,24 +13,14 @@ const MAX_HEAD: usize = 8192;
 
 /// Serves HTTP forever, within the listener's connection caps.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
-    let limits = crate::limits::Limits::for_fd_limit(crate::limits::open_files_limit());
-    loop {
-        match listener.accept().await {
-            Ok((stream, addr)) => {
-                let Some(admitted) = limits.admit(addr.ip()) else {
-                    drop(stream);
-                    continue;
-                };
-                let node = node.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, node)).await;
-                    drop(admitted);
-                });
-            }
-            // Out of file descriptors or similar: pause instead of spinning.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    let name = node.name().clone();
+    crate::limits::serve(listener, &name, "HTTP port", move |stream, _| {
+        let node = node.clone();
+        async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, node)).await;
         }
-    }
+    })
+    .await
 }
 
 async fn handle(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {

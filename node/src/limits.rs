@@ -4,8 +4,56 @@
 //! flooding the port leaves room for the others.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster::NodeName;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::warn;
+
+/// Accepts connections on `listener` forever, each handled by `handle` in a task of its own,
+/// within caps derived from the descriptor limit. Connections over a cap are closed at once
+/// (logged at powers of two, so a flood cannot flood the log); accept errors (out of
+/// descriptors) pause instead of spinning. `port` names the listener in the log.
+pub async fn serve<F, Fut>(listener: TcpListener, node: &NodeName, port: &str, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let limits = Limits::for_fd_limit(open_files_limit());
+    let mut refused: u64 = 0;
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let Some(admitted) = limits.admit(addr.ip()) else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        warn!(
+                            node = %node,
+                            "{port}: connection cap reached ({} in all, {} per source); {refused} \
+                             connection(s) refused so far, the latest from {addr}",
+                            limits.total(),
+                            limits.per_source()
+                        );
+                    }
+                    drop(stream);
+                    continue;
+                };
+                let handled = handle(stream, addr);
+                tokio::spawn(async move {
+                    handled.await;
+                    drop(admitted);
+                });
+            }
+            Err(e) => {
+                warn!(node = %node, "{port}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
 
 /// Caps for one listener.
 #[derive(Debug)]

@@ -174,8 +174,8 @@ impl Node {
         Guard { node: self, inner }
     }
 
-    fn facts(&self) -> Facts {
-        self.facts.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn facts(&self) -> std::sync::RwLockReadGuard<'_, Facts> {
+        self.facts.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This node's name.
@@ -227,7 +227,7 @@ impl Node {
 
     /// Ready: formation finished and the node is a current member of its cluster.
     pub fn is_ready(&self) -> bool {
-        self.facts.read().unwrap_or_else(|e| e.into_inner()).ready
+        self.facts().ready
     }
 
     /// The current membership state.
@@ -279,11 +279,11 @@ impl Node {
         let f = self.facts();
         PeerInfo {
             node: self.name.clone(),
-            cluster: f.cluster,
-            members: f.members,
+            cluster: f.cluster.clone(),
+            members: f.members.clone(),
             ready: f.ready,
             start_time_ms: self.start_ms,
-            view: f.view,
+            view: f.view.clone(),
         }
     }
 
@@ -565,6 +565,12 @@ impl Node {
 
     /// Records, at graceful shutdown, which members are still running.
     pub async fn record_shutdown(&self) {
+        if !self.is_ready() {
+            // Blank, still waiting in its restart window, or removed: it is not running, so it
+            // is not "the last to stop" (what it recorded before stands), and nobody is probed.
+            info!(node = %self.name, "stopping while not running in a cluster; last-to-stop left as recorded");
+            return;
+        }
         let running: Vec<NodeName> = self
             .probe_members(&self.state())
             .await
@@ -574,12 +580,6 @@ impl Node {
             .collect();
         let mut g = self.lock();
         if g.p.state.cluster.is_none() {
-            return;
-        }
-        if !g.ready {
-            // Stopped while still waiting in its restart window (or after being removed): it
-            // never ran, so it is not "the last to stop"; what it recorded before stands.
-            info!(node = %self.name, "stopping before it resumed; last-to-stop left as recorded");
             return;
         }
         g.p.last_to_stop = running.is_empty();

@@ -22,38 +22,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts peer connections forever, within the listener's connection caps.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
-    let limits = crate::limits::Limits::for_fd_limit(crate::limits::open_files_limit());
-    let mut refused: u64 = 0;
-    loop {
-        match listener.accept().await {
-            Ok((stream, addr)) => {
-                let Some(admitted) = limits.admit(addr.ip()) else {
-                    // Closed at once; logged at powers of two so a flood cannot flood the log.
-                    refused += 1;
-                    if refused.is_power_of_two() {
-                        warn!(
-                            node = %node.name(),
-                            "peer port: connection cap reached ({} in all, {} per source); {refused} \
-                             connection(s) refused so far, the latest from {addr}",
-                            limits.total(),
-                            limits.per_source()
-                        );
-                    }
-                    drop(stream);
-                    continue;
-                };
-                let node = node.clone();
-                tokio::spawn(async move {
-                    connection(node, stream, addr).await;
-                    drop(admitted);
-                });
-            }
-            Err(e) => {
-                warn!(node = %node.name(), "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let name = node.name().clone();
+    crate::limits::serve(listener, &name, "peer port", move |stream, addr| {
+        connection(node.clone(), stream, addr)
+    })
+    .await
 }
 
 async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {

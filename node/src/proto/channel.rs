@@ -102,6 +102,39 @@ pub struct Channel<S> {
     noise: TransportState,
 }
 
+fn noise_err(e: snow::Error) -> ChannelError {
+    ChannelError::Malformed(format!("noise: {e}"))
+}
+
+fn json_err(e: serde_json::Error) -> ChannelError {
+    ChannelError::Malformed(e.to_string())
+}
+
+/// Writes this side's handshake message, carrying its node name.
+async fn write_identity<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+    hs: &mut HandshakeState,
+    node: Option<&NodeName>,
+) -> Result<(), ChannelError> {
+    let payload = serde_json::to_vec(&Identity { node: node.cloned() }).map_err(json_err)?;
+    let mut buf = vec![0u8; payload.len() + HANDSHAKE_OVERHEAD];
+    let n = hs.write_message(&payload, &mut buf).map_err(noise_err)?;
+    io.send(Bytes::copy_from_slice(prefix(&buf, n))).await?;
+    Ok(())
+}
+
+/// Reads the other side's handshake message: `None` when it fails Noise authentication (a wrong
+/// cookie, or not a handshake message at all), else the node name it carries.
+fn read_identity(hs: &mut HandshakeState, frame: &[u8]) -> Option<Result<Option<NodeName>, ChannelError>> {
+    let mut payload = vec![0u8; frame.len()];
+    let n = hs.read_message(frame, &mut payload).ok()?;
+    Some(
+        serde_json::from_slice::<Identity>(prefix(&payload, n))
+            .map(|i| i.node)
+            .map_err(json_err),
+    )
+}
+
 /// The first `n` bytes that `snow` wrote or read (never more than the buffer; no panic if it were).
 fn prefix(buf: &[u8], n: usize) -> &[u8] {
     buf.get(..n).unwrap_or(buf)
@@ -147,7 +180,7 @@ fn hello_bytes(cluster_name: &str) -> Result<Vec<u8>, ChannelError> {
         node: None,
         nonce: String::new(),
     })
-    .map_err(|e| ChannelError::Malformed(e.to_string()))
+    .map_err(json_err)
 }
 
 async fn next<S: AsyncRead + AsyncWrite + Unpin>(
@@ -198,26 +231,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let hello = hello_bytes(cluster_name)?;
         io.send(Bytes::from(hello.clone())).await?;
         let mut hs = noise(cookie, &hello, true)?;
-        let me = serde_json::to_vec(&Identity { node: node.cloned() })
-            .map_err(|e| ChannelError::Malformed(e.to_string()))?;
-        let mut buf = vec![0u8; me.len() + HANDSHAKE_OVERHEAD];
-        let n = hs
-            .write_message(&me, &mut buf)
-            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
-        io.send(Bytes::copy_from_slice(prefix(&buf, n))).await?;
+        write_identity(&mut io, &mut hs, node).await?;
         let answer = next(&mut io).await?;
-        let mut payload = vec![0u8; answer.len()];
-        let server = match hs.read_message(&answer, &mut payload) {
-            Ok(n) => serde_json::from_slice::<Identity>(prefix(&payload, n))
-                .ok()
-                .and_then(|i| i.node)
-                .ok_or_else(|| ChannelError::Malformed("the server sent no node name".into()))?,
+        let server = match read_identity(&mut hs, &answer) {
+            Some(named) => {
+                named?.ok_or_else(|| ChannelError::Malformed("the server sent no node name".into()))?
+            }
             // Not a Noise answer: a plaintext refusal (version, cluster name, cookie).
-            Err(_) => return Err(rejected(&answer, cluster_name)),
+            None => return Err(rejected(&answer, cluster_name)),
         };
-        let noise = hs
-            .into_transport_mode()
-            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+        let noise = hs.into_transport_mode().map_err(noise_err)?;
         Ok((Channel { io, noise }, server))
     }
 
@@ -252,36 +275,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         }
         let mut hs = noise(cookie, &hello, false)?;
         let first = next(&mut io).await?;
-        let mut payload = vec![0u8; first.len()];
-        let client = match hs.read_message(&first, &mut payload) {
-            Ok(n) => {
-                serde_json::from_slice::<Identity>(prefix(&payload, n))
-                    .map_err(|e| ChannelError::Malformed(e.to_string()))?
-                    .node
-            }
-            Err(_) => {
-                reject(&mut io, AUTH_FAILED).await;
-                return Err(ChannelError::BadProof);
-            }
+        let Some(client) = read_identity(&mut hs, &first) else {
+            reject(&mut io, AUTH_FAILED).await;
+            return Err(ChannelError::BadProof);
         };
-        let mine = serde_json::to_vec(&Identity {
-            node: Some(me.clone()),
-        })
-        .map_err(|e| ChannelError::Malformed(e.to_string()))?;
-        let mut buf = vec![0u8; mine.len() + HANDSHAKE_OVERHEAD];
-        let n = hs
-            .write_message(&mine, &mut buf)
-            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
-        io.send(Bytes::copy_from_slice(prefix(&buf, n))).await?;
-        let noise = hs
-            .into_transport_mode()
-            .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+        let client = client?;
+        write_identity(&mut io, &mut hs, Some(me)).await?;
+        let noise = hs.into_transport_mode().map_err(noise_err)?;
         Ok((Channel { io, noise }, client))
     }
 
     /// Sends one message, encrypted (split into chunks when larger than one Noise message).
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ChannelError> {
-        let bytes = serde_json::to_vec(msg).map_err(|e| ChannelError::Malformed(e.to_string()))?;
+        let bytes = serde_json::to_vec(msg).map_err(json_err)?;
         if bytes.len() > MAX_MESSAGE {
             return Err(ChannelError::TooLarge);
         }
@@ -294,10 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             plain.push(if chunks.peek().is_some() { MORE } else { LAST });
             plain.extend_from_slice(chunk);
             sealed.resize(plain.len() + TAG, 0);
-            let n = self
-                .noise
-                .write_message(&plain, &mut sealed)
-                .map_err(|e| ChannelError::Malformed(format!("noise: {e}")))?;
+            let n = self.noise.write_message(&plain, &mut sealed).map_err(noise_err)?;
             self.io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
             if chunks.peek().is_none() {
                 break;
@@ -331,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 _ => return Err(ChannelError::Malformed("bad chunk flag".into())),
             }
         }
-        serde_json::from_slice(&message).map_err(|e| ChannelError::Malformed(e.to_string()))
+        serde_json::from_slice(&message).map_err(json_err)
     }
 }
 
