@@ -8,6 +8,7 @@
 //! muster_discovery_core::testing::conformance::run(&subject).await;
 //! ```
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,18 +125,15 @@ pub async fn listing_is_sorted_and_says_whether_it_is_authoritative(subject: &Su
 }
 
 async fn listed_within(b: &dyn Discovery, node: &NodeName, want: bool, settle: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + settle;
-    loop {
-        if let Ok(l) = b.list().await
-            && l.nodes.contains(node) == want
-        {
-            return true;
+    let poll = crate::retry::Retry::every(Duration::from_millis(50)).within(settle);
+    poll.run(|_| async {
+        match b.list().await {
+            Ok(l) if l.nodes.contains(node) == want => ControlFlow::Break(Ok::<_, ()>(())),
+            _ => ControlFlow::Continue(()),
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .is_ok()
 }
 
 /// With registration: the local node is listed after `register` (by itself and by others) and

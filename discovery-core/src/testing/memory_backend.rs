@@ -317,9 +317,7 @@ impl Registration for MemoryBackend {
     }
 
     async fn unregister(&self) -> Result<(), DiscoveryError> {
-        let mut g = self.dir.lock();
-        g.registered.remove(&self.local);
-        g.expires.remove(&self.local);
+        self.dir.deregister(&self.local);
         Ok(())
     }
 

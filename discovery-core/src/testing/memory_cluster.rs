@@ -166,7 +166,6 @@ impl Network {
         let mut g = self.lock();
         let id = ClusterId(format!("pre{}", g.next_cluster));
         g.next_cluster += 1;
-        g.formations += 1;
         g.clusters.insert(id.clone(), nodes.iter().cloned().collect());
         for n in nodes {
             let st = g.nodes.entry(n.clone()).or_default();
@@ -203,7 +202,7 @@ impl Network {
         self.lock().form_latency = latency;
     }
 
-    /// Clusters formed so far (pre-formed ones included).
+    /// Clusters formed so far by `form` (pre-formed ones are not counted).
     pub fn formations(&self) -> u64 {
         self.lock().formations
     }

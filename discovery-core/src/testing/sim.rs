@@ -611,7 +611,7 @@ fn check(
         violations,
         formed_after_last_start: formed_at,
         clusters: live_clusters.len(),
-        formations: net.formations() - u64::from(!s.preformed.is_empty()),
+        formations: net.formations(),
         refusals,
         probes: net.probe_count(),
     }
