@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_discovery_core::RegistrationStatus;
-use muster_discovery_core::retry::Retry;
+use muster_discovery_core::retry::{Jitter, Retry};
 use tracing::{info, warn};
 
 use crate::Inner;
@@ -77,7 +77,8 @@ async fn keep_alive(inner: &Inner, lease: i64) -> String {
 /// The keeper task: runs until aborted (unregister or drop).
 pub async fn keeper(inner: Arc<Inner>) {
     let backoff = Retry::every(Duration::from_millis(250))
-        .backoff((inner.settings.node_ttl / 3).max(Duration::from_secs(1)));
+        .backoff((inner.settings.node_ttl / 3).max(Duration::from_secs(1)))
+        .jitter(Jitter::Random);
     let mut first = true;
     loop {
         let lease = backoff

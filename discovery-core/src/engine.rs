@@ -18,7 +18,7 @@ use crate::error::{DiscoveryError, ErrorKind, FormationError};
 use crate::membership::{ClusterId, FormationView, Membership, Vouch};
 use crate::node_name::NodeName;
 use crate::probe::probe_all;
-use crate::retry::{Retry, RetryError};
+use crate::retry::{Jitter, Retry, RetryError};
 use crate::status::{FormationOutcome, FormationStatus, Phase, TraceEntry, summarize};
 
 /// Runs formation for one node.
@@ -185,7 +185,7 @@ impl FormationEngine {
             );
         }
         self.status.send_modify(|s| s.phase = Phase::Discovering);
-        let retry = Retry::every(self.config.discovery_retry_interval);
+        let retry = Retry::every(self.config.discovery_retry_interval).jitter(self.jitter());
         // The retry closure is FnMut; the run state lives behind an (uncontended) async mutex.
         let st = tokio::sync::Mutex::new(st);
         let result = retry
@@ -199,6 +199,15 @@ impl FormationEngine {
             Err(RetryError::Stopped(e)) => Err(e),
             Err(RetryError::Exhausted { .. }) => unreachable!("the formation retry has no limit"),
         }
+    }
+
+    /// Retry jitter seeded from the node name: nodes started together spread their rounds apart,
+    /// and a simulated run replays exactly.
+    fn jitter(&self) -> Jitter {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.local.hash(&mut h);
+        Jitter::Seeded(h.finish())
     }
 
     async fn try_register(&self, st: &mut RunState) {
@@ -634,7 +643,8 @@ impl FormationEngine {
         }
         let cfg = &self.config.restart;
         let retry = Retry::every(self.config.discovery_retry_interval.min(cfg.retry_timeout))
-            .within(cfg.retry_timeout * cfg.retry_limit);
+            .within(cfg.retry_timeout * cfg.retry_limit)
+            .jitter(self.jitter());
         let per_attempt = cfg.retry_timeout;
         let started = Instant::now();
         let result = retry

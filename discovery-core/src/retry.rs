@@ -1,16 +1,19 @@
-//! The one retry mechanism: attempts at an interval, bounded by a count and/or a deadline.
-//! Formation, the restart window and backends all use it instead of writing their own loops.
+//! The one retry mechanism: attempts at an interval, bounded by a count and/or a deadline, with
+//! optional doubling and jitter. The schedule and the retry loop are `backon`'s; this type fixes
+//! the policy (how jitter spreads pauses, how a deadline counts) so that formation, the restart
+//! window, probes and backends all retry the same way instead of writing their own loops.
 
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use tokio::time::Instant;
 
 /// How often and how long to try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
-    /// Pause between attempts.
+    /// Pause between attempts (with jitter: the longest pause).
     pub interval: Duration,
     /// At most this many attempts (`None`: no count limit).
     pub max_attempts: Option<u32>,
@@ -18,6 +21,21 @@ pub struct Retry {
     pub deadline: Option<Duration>,
     /// When set, the pause doubles after each attempt up to this value.
     pub max_interval: Option<Duration>,
+    /// Spreads each pause over its upper half, so that nodes started together do not retry in
+    /// lock step.
+    pub jitter: Jitter,
+}
+
+/// Where the jitter's randomness comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// Exact pauses.
+    Off,
+    /// Fresh randomness per run.
+    Random,
+    /// A reproducible sequence (the engine seeds it from the node name, so that simulations
+    /// replay while differently named nodes still spread apart).
+    Seeded(u64),
 }
 
 /// Why a retried operation did not succeed.
@@ -34,14 +52,45 @@ pub enum RetryError<E, R> {
     },
 }
 
+/// One attempt's failure, as `backon` sees it: only `Again` is retried.
+enum Failed<E, R> {
+    Stop(E),
+    Again(R),
+}
+
+/// backon's schedule, cut off when the next pause would pass the deadline (counted from the
+/// first attempt, so time spent in attempts counts too).
+struct Schedule {
+    pauses: ExponentialBackoff,
+    start: Instant,
+    deadline: Option<Duration>,
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        // backon computes in f32; whole milliseconds keep pauses exact (timers tick in ms).
+        let pause = self.pauses.next()?;
+        let pause = match pause.as_micros() {
+            us if us >= 1000 => Duration::from_millis(((us + 500) / 1000) as u64),
+            _ => pause,
+        };
+        match self.deadline {
+            Some(d) if self.start.elapsed() + pause > d => None,
+            _ => Some(pause),
+        }
+    }
+}
+
 impl Retry {
-    /// Attempts every `interval` with no limit.
+    /// Attempts every `interval` with no limit and no jitter.
     pub fn every(interval: Duration) -> Self {
         Retry {
             interval,
             max_attempts: None,
             deadline: None,
             max_interval: None,
+            jitter: Jitter::Off,
         }
     }
 
@@ -63,6 +112,40 @@ impl Retry {
         self
     }
 
+    /// Each pause is drawn from `[pause / 2, pause]`: never longer than configured, never in
+    /// lock step with another node's.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    fn schedule(&self, start: Instant) -> Schedule {
+        // backon adds a jitter in [0, pause) to a base pause; a base of half the pause keeps the
+        // result in [pause / 2, pause].
+        let halve = |d: Duration| if self.jitter == Jitter::Off { d } else { d / 2 };
+        let max = self.max_interval.unwrap_or(self.interval).max(self.interval);
+        let mut b = ExponentialBuilder::default()
+            .with_min_delay(halve(self.interval))
+            .with_max_delay(halve(max))
+            .with_factor(if self.max_interval.is_some() { 2.0 } else { 1.0 });
+        b = match self.max_attempts {
+            Some(n) => b.with_max_times(n.saturating_sub(1) as usize),
+            None => b.without_max_times(),
+        };
+        b = match self.jitter {
+            Jitter::Off => b,
+            // Seeded here: backon's own fresh seed needs its `std` feature, and this way the one
+            // source of randomness is the OS's.
+            Jitter::Random => b.with_jitter().with_jitter_seed(getrandom::u64().unwrap_or_default()),
+            Jitter::Seeded(seed) => b.with_jitter().with_jitter_seed(seed),
+        };
+        Schedule {
+            pauses: b.build(),
+            start,
+            deadline: self.deadline,
+        }
+    }
+
     /// Runs `op(attempt)` (attempts count from 1) until it breaks with a result, or the limits
     /// run out. `Continue(reason)` means "not yet"; `Break(Ok)` succeeds; `Break(Err)` stops.
     pub async fn run<T, E, R, F, Fut>(&self, mut op: F) -> Result<T, RetryError<E, R>>
@@ -71,28 +154,41 @@ impl Retry {
         Fut: Future<Output = ControlFlow<Result<T, E>, R>>,
     {
         let start = Instant::now();
-        let mut pause = self.interval;
         let mut attempt = 0u32;
-        loop {
+        let mut made = 0u32;
+        let result = (|| {
             attempt += 1;
-            let last = match op(attempt).await {
-                ControlFlow::Break(Ok(v)) => return Ok(v),
-                ControlFlow::Break(Err(e)) => return Err(RetryError::Stopped(e)),
-                ControlFlow::Continue(reason) => reason,
-            };
-            let out_of_attempts = self.max_attempts.is_some_and(|m| attempt >= m);
-            let out_of_time = self.deadline.is_some_and(|d| start.elapsed() + pause > d);
-            if out_of_attempts || out_of_time {
-                return Err(RetryError::Exhausted {
-                    attempts: attempt,
-                    last,
-                });
+            let fut = op(attempt);
+            async move {
+                match fut.await {
+                    ControlFlow::Break(Ok(v)) => Ok(v),
+                    ControlFlow::Break(Err(e)) => Err(Failed::Stop(e)),
+                    ControlFlow::Continue(r) => Err(Failed::Again(r)),
+                }
             }
-            tokio::time::sleep(pause).await;
-            if let Some(max) = self.max_interval {
-                pause = (pause * 2).min(max);
-            }
-        }
+        })
+        .retry(Builder(self.schedule(start)))
+        .sleep(tokio::time::sleep)
+        .when(|f| matches!(f, Failed::Again(_)))
+        .notify(|_, _| made += 1)
+        .await;
+        result.map_err(|f| match f {
+            Failed::Stop(e) => RetryError::Stopped(e),
+            Failed::Again(last) => RetryError::Exhausted {
+                attempts: made + 1,
+                last,
+            },
+        })
+    }
+}
+
+/// Hands a ready schedule to backon.
+struct Builder(Schedule);
+
+impl BackoffBuilder for Builder {
+    type Backoff = Schedule;
+    fn build(self) -> Schedule {
+        self.0
     }
 }
 
@@ -137,5 +233,31 @@ mod tests {
         let stop: Result<(), RetryError<&str, ()>> =
             r.run(|_| async { ControlFlow::Break(Err("fatal")) }).await;
         assert_eq!(stop, Err(RetryError::Stopped("fatal")));
+    }
+
+    async fn pauses(jitter: Jitter) -> Vec<Duration> {
+        let r = Retry::every(Duration::from_millis(100)).attempts(20).jitter(jitter);
+        let mut at = Vec::new();
+        let _: Result<(), RetryError<(), ()>> = r
+            .run(|_| {
+                at.push(Instant::now());
+                async { ControlFlow::Continue(()) }
+            })
+            .await;
+        at.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_spreads_pauses_over_the_upper_half_and_a_seed_replays() {
+        let a = pauses(Jitter::Seeded(7)).await;
+        assert_eq!(a.len(), 19);
+        for p in &a {
+            assert!(*p >= Duration::from_millis(50) && *p <= Duration::from_millis(100), "{p:?}");
+        }
+        let distinct: std::collections::BTreeSet<_> = a.iter().collect();
+        assert!(distinct.len() > 10, "jitter should vary the pauses: {a:?}");
+        assert_eq!(a, pauses(Jitter::Seeded(7)).await, "the same seed replays");
+        assert_ne!(a, pauses(Jitter::Seeded(8)).await, "another seed spreads apart");
+        assert_ne!(pauses(Jitter::Random).await, pauses(Jitter::Random).await);
     }
 }
