@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
+use super::accepted::{Accepted, accepted};
+
 /// A configuration error. The message names the key (with its table path) and says what is
 /// accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,114 +53,102 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses a whole TOML document into `T`, turning serde's messages into ones that name the key.
+/// Parses a whole TOML document into `T`. The failing key's path comes from
+/// `serde_path_to_error`, the keys or values `T` accepts there from `T`'s own `Deserialize`
+/// (see [`accepted`]), the line from toml's span.
 pub fn from_toml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let (line, table, key_text) = match e.span() {
-            Some(span) => (
-                Some(line_of(text, span.start)),
-                table_at(text, span.start),
-                line_text(text, span.start),
-            ),
-            None => (None, String::new(), None),
-        };
-        let mut err = explain(e.message(), &table, key_text.as_deref());
-        err.line = line;
+    let de = toml::de::Deserializer::parse(text).map_err(|e| toml_syntax(text, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = segments(e.path());
+        let inner = e.into_inner();
+        let doc: Option<toml::Table> = toml::from_str(text).ok();
+        let mut err = explain::<T>(&[], &path, inner.message(), doc.as_ref());
+        err.line = inner.span().map(|s| line_of(text, s.start));
         err
     })
 }
 
 /// Parses an already-read TOML table into `T`; `path` is the table's own key path.
 pub fn from_toml_table<T: DeserializeOwned>(table: &toml::Table, path: &str) -> Result<T, ConfigError> {
-    T::deserialize(toml::Value::Table(table.clone())).map_err(|e| explain(e.message(), path, None))
+    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let prefix: Vec<String> = path.split('.').filter(|s| !s.is_empty()).map(String::from).collect();
+        let inner_path = segments(e.path());
+        explain::<T>(&prefix, &inner_path, e.inner().message(), Some(table))
+    })
 }
 
-/// The whole line holding `offset` (the key of a bad value sits before its `=`).
-fn line_text(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
-    Some(text[start..end].trim().to_string())
+fn toml_syntax(text: &str, e: &toml::de::Error) -> ConfigError {
+    let mut err = ConfigError::new(None, e.message().trim().to_string());
+    err.line = e.span().map(|s| line_of(text, s.start));
+    err
+}
+
+fn segments(path: &serde_path_to_error::Path) -> Vec<String> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+    text.get(..offset.min(text.len())).unwrap_or(text).matches('\n').count() + 1
 }
 
-/// The `[table]` header in force at `offset` (empty for the root).
-fn table_at(text: &str, offset: usize) -> String {
-    text[..offset.min(text.len())]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| {
-            l.trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-fn join(table: &str, key: &str) -> String {
-    if table.is_empty() {
-        key.to_string()
-    } else {
-        format!("{table}.{key}")
+/// The message for an error at `path` (inside `T`; `prefix` is where `T` sits in the file).
+fn explain<T: DeserializeOwned>(
+    prefix: &[String],
+    path: &[String],
+    message: &str,
+    doc: Option<&toml::Table>,
+) -> ConfigError {
+    let full = prefix.iter().chain(path).cloned().collect::<Vec<_>>().join(".");
+    if let Some((last, parent)) = path.split_last()
+        && let Accepted::Keys(keys) = accepted::<T>(parent)
+        && !keys.contains(&last.as_str())
+    {
+        return suggest(full.clone(), format!("unknown key `{full}`"), last, keys, "key");
     }
-}
-
-/// Turns serde/toml's message into one that names the key and the closest valid alternative.
-fn explain(message: &str, table: &str, key_text: Option<&str>) -> ConfigError {
+    if let Accepted::Values(values) = accepted::<T>(path)
+        && let Some(toml::Value::String(bad)) = value_at(doc, path)
+        && !values.contains(&bad.as_str())
+    {
+        return suggest(full.clone(), format!("invalid value `{bad}` for {full}"), bad, values, "value");
+    }
     let message = message.trim();
-    for (what, noun) in [("unknown field", "key"), ("unknown variant", "value")] {
-        if let Some(rest) = message.strip_prefix(what) {
-            let bad = backticked(rest).into_iter().next().unwrap_or_default();
-            let valid = rest
-                .split_once(", expected")
-                .map(|(_, e)| backticked(e))
-                .unwrap_or_default();
-            let subject = if noun == "key" {
-                format!("unknown key `{}`", join(table, &bad))
-            } else {
-                let key = key_text
-                    .filter(|k| k.contains('='))
-                    .and_then(|k| k.split('=').next())
-                    .map(|k| join(table, k.trim()))
-                    .unwrap_or_else(|| table.to_string());
-                format!("invalid value `{bad}` for {key}")
-            };
-            let mut text = subject;
-            if let Some(best) = closest(&bad, valid.iter().map(String::as_str)) {
-                text.push_str(&format!("; did you mean `{best}`?"));
-            }
-            if !valid.is_empty() {
-                text.push_str(&format!(" (valid {noun}s: {})", valid.join(", ")));
-            }
-            return ConfigError::new(Some(join(table, &bad)), text);
-        }
+    if full.is_empty() {
+        ConfigError::new(None, message.to_string())
+    } else {
+        ConfigError::new(Some(full.clone()), format!("{full}: {message}"))
     }
-    let key = key_text
-        .filter(|k| k.contains('='))
-        .and_then(|k| k.split('=').next())
-        .map(|k| join(table, k.trim()));
-    let text = match &key {
-        Some(k) => format!("{k}: {message}"),
-        None if !table.is_empty() => format!("in [{table}]: {message}"),
-        None => message.to_string(),
-    };
-    ConfigError::new(key, text)
 }
 
-fn backticked(text: &str) -> Vec<String> {
-    text.split('`')
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
-        .map(|(_, s)| s.to_string())
-        .collect()
+fn suggest(key: String, subject: String, bad: &str, valid: &[&str], noun: &str) -> ConfigError {
+    let mut text = subject;
+    if let Some(best) = closest(bad, valid.iter().copied()) {
+        text.push_str(&format!("; did you mean `{best}`?"));
+    }
+    if !valid.is_empty() {
+        text.push_str(&format!(" (valid {noun}s: {})", valid.join(", ")));
+    }
+    ConfigError::new(Some(key), text)
+}
+
+fn value_at<'a>(doc: Option<&'a toml::Table>, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = doc?.get(first)?;
+    for key in rest {
+        v = match v {
+            toml::Value::Table(t) => t.get(key)?,
+            toml::Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
 }
 
 /// The valid name nearest to `bad` by edit distance, if it is near enough to be a typo.
@@ -166,23 +156,8 @@ pub fn closest<'a>(bad: &str, valid: impl IntoIterator<Item = &'a str>) -> Optio
     let limit = (bad.len() / 3).max(2);
     valid
         .into_iter()
-        .map(|v| (edit_distance(bad, v), v))
+        .map(|v| (strsim::levenshtein(bad, v), v))
         .filter(|(d, _)| *d <= limit)
         .min()
         .map(|(_, v)| v)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

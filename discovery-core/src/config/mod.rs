@@ -5,6 +5,7 @@
 //! durations are written with units, and out-of-range values are rejected with the allowed range.
 
 pub mod duration;
+mod accepted;
 mod errors;
 
 use std::time::Duration;
