@@ -29,7 +29,7 @@ impl ClusterId {
                 .unwrap_or(0);
             bytes = (now ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32)).to_be_bytes();
         }
-        ClusterId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        ClusterId(hex::encode(bytes))
     }
 }
 

@@ -136,7 +136,9 @@ impl Retry {
             Jitter::Off => b,
             // Seeded here: backon's own fresh seed needs its `std` feature, and this way the one
             // source of randomness is the OS's.
-            Jitter::Random => b.with_jitter().with_jitter_seed(getrandom::u64().unwrap_or_default()),
+            Jitter::Random => b
+                .with_jitter()
+                .with_jitter_seed(getrandom::u64().unwrap_or_default()),
             Jitter::Seeded(seed) => b.with_jitter().with_jitter_seed(seed),
         };
         Schedule {
@@ -236,7 +238,9 @@ mod tests {
     }
 
     async fn pauses(jitter: Jitter) -> Vec<Duration> {
-        let r = Retry::every(Duration::from_millis(100)).attempts(20).jitter(jitter);
+        let r = Retry::every(Duration::from_millis(100))
+            .attempts(20)
+            .jitter(jitter);
         let mut at = Vec::new();
         let _: Result<(), RetryError<(), ()>> = r
             .run(|_| {
@@ -252,7 +256,10 @@ mod tests {
         let a = pauses(Jitter::Seeded(7)).await;
         assert_eq!(a.len(), 19);
         for p in &a {
-            assert!(*p >= Duration::from_millis(50) && *p <= Duration::from_millis(100), "{p:?}");
+            assert!(
+                *p >= Duration::from_millis(50) && *p <= Duration::from_millis(100),
+                "{p:?}"
+            );
         }
         let distinct: std::collections::BTreeSet<_> = a.iter().collect();
         assert!(distinct.len() > 10, "jitter should vary the pauses: {a:?}");

@@ -24,6 +24,28 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// Every phase, in order (metrics publish one series per phase).
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Discovering,
+        Phase::Restarting,
+        Phase::Formed,
+        Phase::Failed,
+    ];
+
+    /// The name used in status JSON and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Discovering => "discovering",
+            Phase::Restarting => "restarting",
+            Phase::Formed => "formed",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
 /// How formation ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -137,5 +159,23 @@ pub fn summarize(decision: &Decision) -> String {
         Decision::Wait(reason) => reason.to_string(),
         Decision::GiveUp(reason) => format!("giving up: {reason}"),
         Decision::Refuse(reason) => format!("refusing: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phase;
+
+    #[test]
+    fn phase_names_match_their_json() {
+        for p in Phase::ALL {
+            assert_eq!(
+                serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .as_deref(),
+                Some(p.as_str())
+            );
+        }
     }
 }

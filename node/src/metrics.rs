@@ -1,41 +1,161 @@
-//! Counters for `/metrics`, and a `Discovery` wrapper that counts calls and errors.
+//! The node's metrics on `prometheus-client`, rendered in the OpenMetrics text format: live
+//! counters updated where things happen, and gauges read from the node's state at scrape time
+//! (the formation phase as one series per phase, so that no series vanishes when it changes).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use muster::{Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Registration};
+use muster::{Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Phase, Registration};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 
-/// The node's counters.
+use crate::node::Node;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The node's live counters (clones share their value).
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Backend listings.
-    pub discovery_calls: AtomicU64,
+    pub discovery_calls: Counter,
     /// Backend listings that failed.
-    pub discovery_errors: AtomicU64,
+    pub discovery_errors: Counter,
     /// Joins this node performed or accepted.
-    pub joins: AtomicU64,
+    pub joins: Counter,
     /// Members this node forgot.
-    pub forgotten: AtomicU64,
+    pub forgotten: Counter,
     /// Peers that answered the last status probe.
-    pub reachable_peers: AtomicU64,
+    pub reachable_peers: Gauge,
     /// Peer-protocol messages sent.
-    pub messages_sent: AtomicU64,
+    pub messages_sent: Counter,
     /// Peer-protocol messages received.
-    pub messages_received: AtomicU64,
+    pub messages_received: Counter,
     /// Connections refused for a failed handshake.
-    pub auth_failures: AtomicU64,
+    pub auth_failures: Counter,
 }
 
-impl Metrics {
-    /// Adds one.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+/// The whole `/metrics` page for `node`.
+pub fn render(node: &Arc<Node>) -> String {
+    let m = &node.metrics;
+    let mut r = Registry::default();
+    let counters: [(&str, &str, &Counter); 7] = [
+        ("muster_discovery_calls", "Backend listings.", &m.discovery_calls),
+        (
+            "muster_discovery_errors",
+            "Backend listings that failed.",
+            &m.discovery_errors,
+        ),
+        (
+            "muster_joins",
+            "Joins performed or accepted by this node.",
+            &m.joins,
+        ),
+        (
+            "muster_forgotten_nodes",
+            "Members forgotten by this node.",
+            &m.forgotten,
+        ),
+        (
+            "muster_peer_messages_sent",
+            "Peer-protocol messages sent.",
+            &m.messages_sent,
+        ),
+        (
+            "muster_peer_messages_received",
+            "Peer-protocol messages received.",
+            &m.messages_received,
+        ),
+        (
+            "muster_auth_failures",
+            "Connections refused for a failed handshake.",
+            &m.auth_failures,
+        ),
+    ];
+    for (name, help, c) in counters {
+        r.register(name, help, c.clone());
     }
+    r.register(
+        "muster_reachable_peers",
+        "Peers that answered the last status check.",
+        m.reachable_peers.clone(),
+    );
+    r.register_collector(Box::new(StateView(node.clone())));
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+    out
+}
 
-    /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+/// Gauges and backend counters read from the node at scrape time.
+struct StateView(Arc<Node>);
+
+impl std::fmt::Debug for StateView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateView({})", self.0.name())
+    }
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for StateView {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let node = &self.0;
+        let phase = node.formation().phase;
+        let mut family = enc.encode_descriptor(
+            "muster_formation_state",
+            "Formation phase: 1 for the current phase, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in Phase::ALL {
+            let labels = [("phase", p.as_str())];
+            ConstGauge::new(i64::from(p == phase)).encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut enc,
+            "muster_ready",
+            "1 when clustered and serving.",
+            i64::from(node.is_ready()),
+        )?;
+        let members = i64::try_from(node.state().alive().len()).unwrap_or(i64::MAX);
+        gauge(
+            &mut enc,
+            "muster_cluster_members",
+            "Members this node knows.",
+            members,
+        )?;
+        if let Some(reg) = node.registration() {
+            gauge(
+                &mut enc,
+                "muster_registered",
+                "1 when registered with the backend.",
+                i64::from(reg.registered),
+            )?;
+            for (name, help, v) in [
+                (
+                    "muster_registration_renewals",
+                    "Registration keep-alive renewals.",
+                    reg.renewals,
+                ),
+                (
+                    "muster_re_registrations",
+                    "Times the registration was re-established.",
+                    reg.re_registrations,
+                ),
+            ] {
+                let c = ConstCounter::new(v);
+                c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -61,10 +181,10 @@ impl Discovery for Counting {
         self.inner.full_membership()
     }
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
-        Metrics::inc(&self.metrics.discovery_calls);
+        self.metrics.discovery_calls.inc();
         let r = self.inner.list().await;
         if r.is_err() {
-            Metrics::inc(&self.metrics.discovery_errors);
+            self.metrics.discovery_errors.inc();
         }
         r
     }

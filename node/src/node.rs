@@ -263,13 +263,13 @@ impl Node {
 
     /// Calls a peer, counting messages.
     pub async fn call(&self, peer: &NodeName, req: &Request) -> Result<Response, CallError> {
-        Metrics::inc(&self.metrics.messages_sent);
+        self.metrics.messages_sent.inc();
         let r = match self.resolve(peer).await {
             Ok(addrs) => self.pool.call(&self.creds, peer, addrs, req, CALL_TIMEOUT).await,
             Err(e) => Err(e),
         };
         if r.is_ok() {
-            Metrics::inc(&self.metrics.messages_received);
+            self.metrics.messages_received.inc();
         }
         r
     }
@@ -354,7 +354,7 @@ impl Node {
             }
             g.p.state.clone()
         };
-        Metrics::inc(&self.metrics.joins);
+        self.metrics.joins.inc();
         info!(node = %self.name, "{node} joined cluster {}", state.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default());
         self.clone().broadcast();
         Response::State { state }
@@ -475,10 +475,10 @@ impl Node {
         }
         running.sort();
         if probe_peers {
-            self.metrics.reachable_peers.store(
-                running.iter().filter(|n| **n != self.name).count() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            let reachable = running.iter().filter(|n| **n != self.name).count();
+            self.metrics
+                .reachable_peers
+                .set(i64::try_from(reachable).unwrap_or(i64::MAX));
         }
         let f = self.formation();
         NodeStatus {
@@ -490,15 +490,12 @@ impl Node {
             probed: probe_peers,
             ready,
             in_sync: in_sync && probe_peers,
-            formation: serde_json::to_value(f.phase)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            formation: f.phase.as_str().to_string(),
             detail: f.detail,
             version: state.version,
             registration: self.registration().map(|r| r.detail),
-            messages_sent: Metrics::get(&self.metrics.messages_sent),
-            messages_received: Metrics::get(&self.metrics.messages_received),
+            messages_sent: self.metrics.messages_sent.get(),
+            messages_received: self.metrics.messages_received.get(),
         }
     }
 
@@ -537,7 +534,7 @@ impl Node {
             }
             self.save(&g.p)?;
         }
-        Metrics::inc(&self.metrics.forgotten);
+        self.metrics.forgotten.inc();
         info!(node = %self.name, "forgot member {node}");
         self.clone().broadcast();
         Ok(())
@@ -704,7 +701,7 @@ impl Membership for NodeMembership {
             g.p = next;
             g.ready = true;
         }
-        Metrics::inc(&n.metrics.joins);
+        n.metrics.joins.inc();
         n.clone().broadcast();
         Ok(())
     }

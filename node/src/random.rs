@@ -5,5 +5,5 @@ pub fn hex(bytes: usize) -> std::io::Result<String> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b)
         .map_err(|e| std::io::Error::other(format!("the OS random source failed: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(hex::encode(b))
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
 use crate::node::{Node, NodeMembership};
 use crate::proto::channel::{AUTH_FAILED, Channel, ChannelError};
 use crate::proto::{Request, Response};
@@ -36,7 +35,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
     let (mut channel, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
         Ok(Ok(established)) => established,
         Ok(Err(ChannelError::BadProof)) => {
-            Metrics::inc(&node.metrics.auth_failures);
+            node.metrics.auth_failures.inc();
             warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused");
             return;
         }
@@ -60,7 +59,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
             Ok(Ok(r)) => r,
             Ok(Err(ChannelError::Closed)) | Err(_) => return,
             Ok(Err(e @ ChannelError::Tampered)) => {
-                Metrics::inc(&node.metrics.auth_failures);
+                node.metrics.auth_failures.inc();
                 warn!(node = %node.name(), "connection from {addr}: {e}");
                 return;
             }
@@ -70,12 +69,12 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
             }
         };
         if from_peer {
-            Metrics::inc(&node.metrics.messages_received);
+            node.metrics.messages_received.inc();
         }
         let stop = matches!(req, Request::Stop);
         let resp = dispatch(&node, req, peer.as_ref()).await;
         if from_peer {
-            Metrics::inc(&node.metrics.messages_sent);
+            node.metrics.messages_sent.inc();
         }
         if channel.send(&resp).await.is_err() {
             return;

@@ -99,7 +99,11 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read");
     let code = resp

@@ -155,10 +155,111 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
         "muster_joins_total 1",
         "muster_forgotten_nodes_total 0",
         "muster_reachable_peers",
+        // OpenMetrics: every phase has a series (none vanishes), counters are typed, EOF ends.
+        "muster_formation_state{phase=\"discovering\"} 0",
+        "muster_formation_state{phase=\"failed\"} 0",
+        "# TYPE muster_joins counter",
+        "# TYPE muster_formation_state gauge",
     ] {
         assert!(metrics.contains(name), "{name} missing in:\n{metrics}");
     }
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     assert_eq!(http_get(http, "/nope").0, 404);
+}
+
+/// Sends raw bytes on `s` and reads one response (head and `Content-Length` body).
+fn exchange(s: &mut std::net::TcpStream, request: &str, has_body: bool) -> (String, String) {
+    use std::io::Read;
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; if has_body { len } else { 0 }];
+    s.read_exact(&mut body).unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_keeps_alive_answers_head_refuses_other_methods_and_closes_idle_connections() {
+    use std::io::Read;
+    let (_dir, mut c) = local_cluster(&Layout {
+        nodes: 1,
+        http: true,
+        ..Layout::default()
+    });
+    c.start_all().unwrap();
+    c.wait_members(&[0], 1, Duration::from_secs(20)).await.unwrap();
+    let http = c.nodes[0].http.unwrap();
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    // Several requests on one connection.
+    let get = "GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n";
+    for _ in 0..3 {
+        let (head, body) = exchange(&mut s, get, true);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "ok\n");
+    }
+    // HEAD: the GET's head, with its length, and no body.
+    let (head, _) = exchange(&mut s, "HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let (head, _) = exchange(
+        &mut s,
+        "POST /health/live HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        true,
+    );
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    // The connection still works, then is closed once idle past the head deadline.
+    let (head, _) = exchange(&mut s, get, true);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let idle = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest).unwrap_or(0);
+    let waited = idle.elapsed();
+    assert!(
+        n == 0 || String::from_utf8_lossy(&rest).contains("408"),
+        "{rest:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(12),
+        "an idle keep-alive connection is closed after the head deadline (5 s), not {waited:?}"
+    );
+    // An oversized head is refused, and the node keeps serving.
+    let mut big = std::net::TcpStream::connect(http).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let huge = format!(
+        "GET /health/live HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = big.write_all(huge.as_bytes());
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(http_get(http, "/health/live").0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

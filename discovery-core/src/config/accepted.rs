@@ -71,7 +71,10 @@ impl<'de> de::Deserializer<'de> for Walk<'_> {
             }
             Some((key, rest)) => visitor.visit_map(OneKey {
                 key: Some(key),
-                value: Some(Walk { path: rest, found: self.found }),
+                value: Some(Walk {
+                    path: rest,
+                    found: self.found,
+                }),
             }),
         }
     }
@@ -81,7 +84,10 @@ impl<'de> de::Deserializer<'de> for Walk<'_> {
             None => Err(Stop),
             Some((key, rest)) => visitor.visit_map(OneKey {
                 key: Some(key),
-                value: Some(Walk { path: rest, found: self.found }),
+                value: Some(Walk {
+                    path: rest,
+                    found: self.found,
+                }),
             }),
         }
     }

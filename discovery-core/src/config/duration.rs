@@ -65,7 +65,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "5", "s", "5x", "-1s", "1..5s", ".5s", "5 parsecs", "1e3s", "é", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-1s",
+            "1..5s",
+            ".5s",
+            "5 parsecs",
+            "1e3s",
+            "é",
+            "99999999999999999999h",
+        ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains("invalid duration"), "{bad}: {e}");
         }

@@ -71,7 +71,11 @@ pub fn from_toml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> 
 /// Parses an already-read TOML table into `T`; `path` is the table's own key path.
 pub fn from_toml_table<T: DeserializeOwned>(table: &toml::Table, path: &str) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-        let prefix: Vec<String> = path.split('.').filter(|s| !s.is_empty()).map(String::from).collect();
+        let prefix: Vec<String> = path
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         let inner_path = segments(e.path());
         explain::<T>(&prefix, &inner_path, e.inner().message(), Some(table))
     })
@@ -96,7 +100,11 @@ fn segments(path: &serde_path_to_error::Path) -> Vec<String> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset.min(text.len())).unwrap_or(text).matches('\n').count() + 1
+    text.get(..offset.min(text.len()))
+        .unwrap_or(text)
+        .matches('\n')
+        .count()
+        + 1
 }
 
 /// The message for an error at `path` (inside `T`; `prefix` is where `T` sits in the file).
@@ -117,7 +125,13 @@ fn explain<T: DeserializeOwned>(
         && let Some(toml::Value::String(bad)) = value_at(doc, path)
         && !values.contains(&bad.as_str())
     {
-        return suggest(full.clone(), format!("invalid value `{bad}` for {full}"), bad, values, "value");
+        return suggest(
+            full.clone(),
+            format!("invalid value `{bad}` for {full}"),
+            bad,
+            values,
+            "value",
+        );
     }
     let message = message.trim();
     if full.is_empty() {

@@ -4,8 +4,8 @@
 //! `docs/configuration.md` for the mapping. Unknown keys are rejected with the closest valid key,
 //! durations are written with units, and out-of-range values are rejected with the allowed range.
 
-pub mod duration;
 mod accepted;
+pub mod duration;
 mod errors;
 
 use std::time::Duration;
