@@ -9,6 +9,7 @@ use crate::config::peer_address;
 use crate::cookie::Cookie;
 use crate::proto::channel::{Channel, ChannelError};
 use crate::proto::{Request, Response};
+use crate::tls::{self, PeerStream, PeerTls};
 
 /// Who the client is: the cookie, the cluster name and (for nodes) its own name.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct Credentials {
     pub cluster_name: String,
     /// The calling node, `None` for the CLI.
     pub node: Option<NodeName>,
+    /// Mutual TLS under the channel, when `[tls]` is configured.
+    pub tls: Option<PeerTls>,
 }
 
 /// Why a call failed.
@@ -50,6 +53,14 @@ pub enum CallError {
         /// Why.
         source: ChannelError,
     },
+    /// The TLS handshake failed (certificate not trusted, not for this host, or none).
+    #[error("{node}: TLS: {reason}")]
+    Tls {
+        /// The peer.
+        node: NodeName,
+        /// Why.
+        reason: String,
+    },
     /// No answer in time.
     #[error("{node} did not answer within {timeout:?}")]
     Timeout {
@@ -71,7 +82,7 @@ pub enum CallError {
 impl CallError {
     /// True when the peer answered and failed authentication (as opposed to being down).
     pub fn is_auth(&self) -> bool {
-        matches!(self, CallError::Auth { .. })
+        matches!(self, CallError::Auth { .. } | CallError::Tls { .. })
     }
 }
 
@@ -126,7 +137,7 @@ async fn open(
     creds: &Credentials,
     node: &NodeName,
     addrs: Option<Vec<std::net::SocketAddr>>,
-) -> Result<Channel<TcpStream>, CallError> {
+) -> Result<Channel<PeerStream>, CallError> {
     let addr = peer_address(node);
     let connected = match addrs {
         Some(list) => TcpStream::connect(&list[..]).await,
@@ -138,6 +149,13 @@ async fn open(
         reason: e.to_string(),
     })?;
     let _ = stream.set_nodelay(true);
+    let stream = match &creds.tls {
+        Some(tls) => tls.connect(stream, node).await.map_err(|e| CallError::Tls {
+            node: node.clone(),
+            reason: e.to_string(),
+        })?,
+        None => tls::plain(stream),
+    };
     let (channel, answered) =
         Channel::connect(stream, &creds.cookie, &creds.cluster_name, creds.node.as_ref())
             .await
@@ -156,7 +174,7 @@ async fn open(
 
 /// One request and its answer on an open channel.
 async fn exchange(
-    channel: &mut Channel<TcpStream>,
+    channel: &mut Channel<PeerStream>,
     node: &NodeName,
     req: &Request,
 ) -> Result<Response, CallError> {
@@ -173,7 +191,7 @@ async fn exchange(
 const REUSE_FOR: Duration = Duration::from_secs(20);
 
 struct Pooled {
-    channel: Channel<TcpStream>,
+    channel: Channel<PeerStream>,
     used: std::time::Instant,
 }
 

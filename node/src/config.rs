@@ -12,6 +12,8 @@ use muster::config::{ConfigError, check_duration, duration, from_toml_str};
 use muster::{FormationConfig, Host, NodeName};
 use serde::{Deserialize, Serialize};
 
+use crate::tls::TlsSection;
+
 /// The default peer port when a node name carries none.
 pub const DEFAULT_PORT: u16 = 4370;
 
@@ -64,6 +66,9 @@ pub struct NodeConfig {
     /// `[cluster_formation]`.
     #[serde(default)]
     pub cluster_formation: FormationConfig,
+    /// `[tls]`: optional mutual TLS under the peer channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
 }
 
 /// A validated config with the required values resolved.

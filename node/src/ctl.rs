@@ -99,11 +99,18 @@ fn credentials(args: &CtlArgs) -> Result<(Credentials, NodeName), String> {
         .clone()
         .or_else(|| file.as_ref().map(|f| f.file.node.cluster_name.clone()))
         .unwrap_or_else(|| "default".to_string());
+    let tls = file
+        .as_ref()
+        .and_then(|f| f.file.tls.as_ref())
+        .map(crate::tls::PeerTls::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     Ok((
         Credentials {
             cookie,
             cluster_name,
             node: None,
+            tls,
         },
         node,
     ))

@@ -233,9 +233,15 @@ impl LocalCluster {
                 cookie,
                 cluster_name: "local".into(),
                 node: None,
+                tls: None,
             },
             log_format: "text",
         })
+    }
+
+    /// The TLS the launcher's own calls use (set it when the nodes' configs have `[tls]`).
+    pub fn set_tls(&mut self, tls: Option<crate::tls::PeerTls>) {
+        self.creds.tls = tls;
     }
 
     /// Makes node processes log JSON.

@@ -27,3 +27,4 @@ pub mod random;
 pub mod run;
 pub mod server;
 pub mod state;
+pub mod tls;

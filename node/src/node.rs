@@ -124,6 +124,7 @@ impl Node {
         name: NodeName,
         cluster_name: String,
         cookie: Cookie,
+        tls: Option<crate::tls::PeerTls>,
         store: Store,
         probe_timeout: Duration,
     ) -> std::io::Result<Arc<Node>> {
@@ -134,6 +135,7 @@ impl Node {
                 cookie,
                 cluster_name,
                 node: Some(name.clone()),
+                tls,
             },
             name,
             store,

@@ -12,6 +12,7 @@ use crate::cookie::Cookie;
 use crate::metrics::Counting;
 use crate::node::{Node, NodeMembership};
 use crate::state::Store;
+use crate::tls::PeerTls;
 
 /// Runs a node until it is stopped (`ctl stop`, SIGTERM, SIGINT) or formation fails.
 pub async fn run(cfg: Resolved) -> Result<(), String> {
@@ -19,11 +20,19 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
         Cookie::load(cfg.file.node.cookie_file.as_deref()).map_err(|e| format!("refusing to start: {e}"))?;
     let store = Store::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open data dir {}: {e}", cfg.data_dir.display()))?;
+    let tls = cfg
+        .file
+        .tls
+        .as_ref()
+        .map(PeerTls::load)
+        .transpose()
+        .map_err(|e| format!("refusing to start: {e}"))?;
     let cf = cfg.file.cluster_formation.clone();
     let node = Node::open(
         cfg.name.clone(),
         cfg.file.node.cluster_name.clone(),
         cookie,
+        tls,
         store,
         cf.probe_timeout,
     )

@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use crate::node::{Node, NodeMembership};
 use crate::proto::channel::{AUTH_FAILED, Channel, ChannelError};
 use crate::proto::{Request, Response};
+use crate::tls;
 use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
 
 /// Time allowed for the whole handshake.
@@ -28,22 +29,51 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     .await
 }
 
+/// Why a connection was refused before its first request.
+enum Refused {
+    /// TLS failed, or the certificate does not carry the name the client claimed.
+    Tls(String),
+    /// The secure channel's handshake failed.
+    Channel(ChannelError),
+}
+
 async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let creds = node.credentials();
-    let hs = Channel::accept(stream, &creds.cookie, &creds.cluster_name, node.name());
+    let hs = async {
+        let (stream, cert) = match &creds.tls {
+            Some(tls) => match tls.accept(stream).await {
+                Ok((s, cert)) => (s, Some(cert)),
+                Err(e) => return Err(Refused::Tls(e.to_string())),
+            },
+            None => (tls::plain(stream), None),
+        };
+        let (channel, peer) = Channel::accept(stream, &creds.cookie, &creds.cluster_name, node.name())
+            .await
+            .map_err(Refused::Channel)?;
+        // With TLS, a node authenticates only as a name its certificate carries.
+        if let (Some(cert), Some(peer)) = (&cert, &peer) {
+            tls::certifies(cert, peer).map_err(|why| Refused::Tls(format!("{peer}: {why}")))?;
+        }
+        Ok((channel, peer))
+    };
     let (mut channel, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
         Ok(Ok(established)) => established,
-        Ok(Err(ChannelError::BadProof)) => {
+        Ok(Err(Refused::Tls(why))) => {
+            node.metrics.auth_failures.inc();
+            warn!(node = %node.name(), "TLS refused the connection from {addr}: {why}");
+            return;
+        }
+        Ok(Err(Refused::Channel(ChannelError::BadProof))) => {
             node.metrics.auth_failures.inc();
             warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused");
             return;
         }
-        Ok(Err(e @ (ChannelError::ClusterMismatch { .. } | ChannelError::Version(_)))) => {
+        Ok(Err(Refused::Channel(e @ (ChannelError::ClusterMismatch { .. } | ChannelError::Version(_))))) => {
             warn!(node = %node.name(), "connection from {addr} refused: {e}");
             return;
         }
-        Ok(Err(e)) => {
+        Ok(Err(Refused::Channel(e))) => {
             debug!(node = %node.name(), "handshake with {addr} failed: {e}");
             return;
         }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use muster_node::launch::Ports;
 
+use crate::certs;
+
 /// How to install what these tests need.
 pub const INSTALL: &str = "apt-get install -y --no-install-recommends etcd-server etcd-client \
                            (scripts/test.sh does this)";
@@ -29,92 +31,21 @@ pub struct Tls {
     pub other_ca: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed for the TLS tests ({e}); apt-get install -y openssl"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Tls {
     /// Generates everything in `dir` with the openssl CLI.
     pub fn generate(dir: &Path) -> Tls {
-        let ca = |name: &str| {
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    &format!("/CN={name}"),
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.crt"),
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-addext",
-                    "keyUsage=critical,keyCertSign,cRLSign",
-                ],
-            );
-        };
-        ca("ca");
-        ca("other-ca");
-        let leaf = |name: &str, ext: &str| {
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN={name}"),
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                ],
-            );
-            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-out",
-                    &format!("{name}.crt"),
-                    "-extfile",
-                    &format!("{name}.ext"),
-                ],
-            );
-        };
-        leaf(
+        certs::ca(dir, "ca");
+        certs::ca(dir, "other-ca");
+        certs::leaf(
+            dir,
             "server",
+            "ca",
             "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         );
-        leaf(
+        certs::leaf(
+            dir,
             "client",
+            "ca",
             "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
         );
         Tls {

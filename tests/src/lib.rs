@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+pub mod certs;
 pub mod dns;
 pub mod etcd;
 
