@@ -204,6 +204,13 @@ pub struct Pool {
     slots: std::sync::Mutex<std::collections::HashMap<NodeName, Slot>>,
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.slots.lock().map(|s| s.len()).unwrap_or(0);
+        write!(f, "Pool({n} peers)")
+    }
+}
+
 impl Pool {
     fn slot(&self, node: &NodeName) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());

@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use muster::NodeName;
 use muster::retry::{Retry, RetryError};
 
-use crate::client::{CallError, Credentials, call_at};
+use crate::client::{CallError, Credentials, Pool};
 use crate::cookie::Cookie;
 use crate::proto::{NodeStatus, Request, Response};
 
@@ -94,6 +94,9 @@ pub struct LocalCluster {
     /// The nodes.
     pub nodes: Vec<LocalNode>,
     creds: Credentials,
+    /// The launcher's own calls reuse one channel per node, so that polling a forming cluster
+    /// costs the nodes one handshake each rather than one per poll.
+    pool: Pool,
     log_format: &'static str,
 }
 
@@ -235,6 +238,7 @@ impl LocalCluster {
                 node: None,
                 tls: None,
             },
+            pool: Pool::default(),
             log_format: "text",
         })
     }
@@ -278,14 +282,15 @@ impl LocalCluster {
     /// Calls node `i`.
     pub async fn call(&self, i: usize, req: &Request) -> Result<Response, CallError> {
         let addrs = self.nodes[i].listen.map(|l| vec![l]);
-        call_at(
-            &self.creds,
-            &self.nodes[i].name,
-            addrs,
-            req,
-            Duration::from_secs(5),
-        )
-        .await
+        self.pool
+            .call(
+                &self.creds,
+                &self.nodes[i].name,
+                addrs,
+                req,
+                Duration::from_secs(5),
+            )
+            .await
     }
 
     /// Node `i`'s status, if it answers.

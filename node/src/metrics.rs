@@ -132,6 +132,13 @@ impl Collector for StateView {
             "Members this node knows.",
             members,
         )?;
+        let crypto = ConstCounter::new(crate::proto::channel::crypto_seconds());
+        crypto.encode(enc.encode_descriptor(
+            "muster_peer_channel_crypto_seconds",
+            "CPU time spent in the peer channel's cryptography (handshakes, encryption, decryption).",
+            None,
+            crypto.metric_type(),
+        )?)?;
         if let Some(reg) = node.registration() {
             gauge(
                 &mut enc,

@@ -18,6 +18,8 @@
 //! message (64 KiB) is split into chunks, each with a one-byte "more follows" flag, and
 //! reassembled up to [`MAX_MESSAGE`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use muster::NodeName;
@@ -102,6 +104,59 @@ pub struct Channel<S> {
     noise: TransportState,
 }
 
+/// CPU time this process spent in the channel's cryptography (Noise handshakes and frame
+/// encryption and decryption), for the benchmark's cost figure and `/metrics`.
+static CRYPTO_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Seconds this process has spent in the channel's cryptography so far.
+pub fn crypto_seconds() -> f64 {
+    CRYPTO_NANOS.load(Ordering::Relaxed) as f64 / 1e9
+}
+
+/// CPU time of the calling thread in nanoseconds (not wall time: a thread descheduled in the
+/// middle of a handshake on a busy machine does not count the wait).
+fn thread_cpu_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the valid pointer it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Benchmark knob: `MUSTER_BENCH_CHANNEL_WORK=K` makes every cryptographic step cost K times
+/// its CPU time (the extra spent spinning), so that the formation benchmark can measure what the
+/// channel's cryptography costs in formation time by comparing K = 1 and K = 2 in one build.
+fn work_factor() -> u64 {
+    static FACTOR: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *FACTOR.get_or_init(|| {
+        std::env::var("MUSTER_BENCH_CHANNEL_WORK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|k| (1..=16).contains(k))
+            .unwrap_or(1)
+    })
+}
+
+fn crypto<R>(op: impl FnOnce() -> R) -> R {
+    let start = thread_cpu_nanos();
+    let r = op();
+    let spent = thread_cpu_nanos().saturating_sub(start);
+    let factor = work_factor();
+    if factor > 1 {
+        let until = start + spent * factor;
+        while thread_cpu_nanos() < until {
+            std::hint::spin_loop();
+        }
+    }
+    CRYPTO_NANOS.fetch_add(spent, Ordering::Relaxed);
+    r
+}
+
 fn noise_err(e: snow::Error) -> ChannelError {
     ChannelError::Malformed(format!("noise: {e}"))
 }
@@ -118,7 +173,7 @@ async fn write_identity<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), ChannelError> {
     let payload = serde_json::to_vec(&Identity { node: node.cloned() }).map_err(json_err)?;
     let mut buf = vec![0u8; payload.len() + HANDSHAKE_OVERHEAD];
-    let n = hs.write_message(&payload, &mut buf).map_err(noise_err)?;
+    let n = crypto(|| hs.write_message(&payload, &mut buf)).map_err(noise_err)?;
     io.send(Bytes::copy_from_slice(prefix(&buf, n))).await?;
     Ok(())
 }
@@ -127,7 +182,7 @@ async fn write_identity<S: AsyncRead + AsyncWrite + Unpin>(
 /// cookie, or not a handshake message at all), else the node name it carries.
 fn read_identity(hs: &mut HandshakeState, frame: &[u8]) -> Option<Result<Option<NodeName>, ChannelError>> {
     let mut payload = vec![0u8; frame.len()];
-    let n = hs.read_message(frame, &mut payload).ok()?;
+    let n = crypto(|| hs.read_message(frame, &mut payload)).ok()?;
     Some(
         serde_json::from_slice::<Identity>(prefix(&payload, n))
             .map(|i| i.node)
@@ -157,18 +212,21 @@ fn noise(cookie: &Cookie, prologue: &[u8], initiator: bool) -> Result<HandshakeS
     let params = NOISE
         .parse()
         .map_err(|e| ChannelError::Malformed(format!("noise parameters: {e}")))?;
-    let key = psk(cookie);
+    let key = crypto(|| psk(cookie));
     let fail = |e: snow::Error| ChannelError::Malformed(format!("noise setup: {e}"));
     let b = snow::Builder::new(params)
         .psk(0, &key)
         .map_err(fail)?
         .prologue(prologue)
         .map_err(fail)?;
-    if initiator {
-        b.build_initiator().map_err(fail)
-    } else {
-        b.build_responder().map_err(fail)
-    }
+    crypto(|| {
+        if initiator {
+            b.build_initiator()
+        } else {
+            b.build_responder()
+        }
+    })
+    .map_err(fail)
 }
 
 fn hello_bytes(cluster_name: &str) -> Result<Vec<u8>, ChannelError> {
@@ -300,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             plain.push(if chunks.peek().is_some() { MORE } else { LAST });
             plain.extend_from_slice(chunk);
             sealed.resize(plain.len() + TAG, 0);
-            let n = self.noise.write_message(&plain, &mut sealed).map_err(noise_err)?;
+            let n = crypto(|| self.noise.write_message(&plain, &mut sealed)).map_err(noise_err)?;
             self.io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
             if chunks.peek().is_none() {
                 break;
@@ -317,10 +375,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         loop {
             let frame = next(&mut self.io).await?;
             plain.resize(frame.len(), 0);
-            let n = self
-                .noise
-                .read_message(&frame, &mut plain)
-                .map_err(|_| ChannelError::Tampered)?;
+            let n =
+                crypto(|| self.noise.read_message(&frame, &mut plain)).map_err(|_| ChannelError::Tampered)?;
             let Some((&flag, data)) = prefix(&plain, n).split_first() else {
                 return Err(ChannelError::Malformed("empty chunk".into()));
             };

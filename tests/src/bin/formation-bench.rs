@@ -1,6 +1,12 @@
 //! Formation benchmark: starts N real `muster` node processes at once on loopback (classic
 //! backend) and measures the time from the last process start until every node reports all N
-//! members, the peak RSS per node (VmHWM) and the peer messages per node.
+//! members, the peak RSS per node (VmHWM), the peer messages per node, and what the secure
+//! channel costs: the CPU time the nodes spent in its cryptography (Noise handshakes, frame
+//! encryption and decryption, measured inside each node and read from `/metrics`) as a share of
+//! the CPU time the machine had while the cluster formed (cores × formation time); with
+//! `--channel-cost`, also measured directly by comparing runs of the same build with that
+//! cryptography made twice as expensive. Both figures are conservative: they also count the
+//! handshakes of the benchmark's own status calls.
 //!
 //! `cargo run --release -p muster-tests --bin formation-bench -- --nodes 3,5,10,25 --runs 5`
 //!
@@ -16,11 +22,13 @@ use muster_tests::{Layout, LocalCluster};
 struct Args {
     nodes: Vec<usize>,
     runs: usize,
+    channel_cost: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut nodes = vec![3, 5, 10, 25];
     let mut runs = 5;
+    let mut channel_cost = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -45,14 +53,24 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--runs must be at least 1".into());
                 }
             }
+            "--channel-cost" => channel_cost = true,
             "-h" | "--help" => {
-                println!("formation-bench [--nodes 3,5,10,25] [--runs 5]");
+                println!(
+                    "formation-bench [--nodes 3,5,10,25] [--runs 5] [--channel-cost]\n\n\
+                     --channel-cost: also run every size with the channel's cryptography made twice\n\
+                     as expensive (MUSTER_BENCH_CHANNEL_WORK=2), interleaved with the normal runs;\n\
+                     the difference in median formation time is what the cryptography costs"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
     }
-    Ok(Args { nodes, runs })
+    Ok(Args {
+        nodes,
+        runs,
+        channel_cost,
+    })
 }
 
 /// The node binary beside this one, built with the same profile if needed.
@@ -81,13 +99,13 @@ fn node_exe() -> Result<PathBuf, String> {
     Ok(exe)
 }
 
-/// Reads a counter from a node's /metrics.
-fn metric(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+/// Reads a sample from a node's /metrics.
+fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
     let (_, body) = muster_tests::http_get(addr, "/metrics");
     body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))?
+        .find(|l| l.split_whitespace().next() == Some(name))?
         .split_whitespace()
-        .last()?
+        .nth(1)?
         .parse()
         .ok()
 }
@@ -101,9 +119,11 @@ struct Run {
     seconds: f64,
     peak_rss_kib: u64,
     messages_per_node: f64,
+    /// CPU seconds all nodes together spent in the channel's cryptography.
+    crypto_seconds: f64,
 }
 
-async fn one_run(exe: &std::path::Path, n: usize) -> Result<Run, String> {
+async fn one_run(exe: &std::path::Path, n: usize, work: u32) -> Result<Run, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let layout = Layout {
         nodes: n,
@@ -112,6 +132,10 @@ async fn one_run(exe: &std::path::Path, n: usize) -> Result<Run, String> {
         ..Layout::default()
     };
     let mut c = LocalCluster::create(exe, dir.path(), &layout).map_err(|e| e.to_string())?;
+    for node in &mut c.nodes {
+        node.env
+            .push(("MUSTER_BENCH_CHANNEL_WORK".into(), work.to_string()));
+    }
     c.start_all().map_err(|e| e.to_string())?;
     let last_start = c
         .nodes
@@ -131,16 +155,19 @@ async fn one_run(exe: &std::path::Path, n: usize) -> Result<Run, String> {
     let formed = times.into_iter().max().unwrap_or(last_start);
     let seconds = formed.saturating_duration_since(last_start).as_secs_f64();
     let peak_rss_kib = (0..n).filter_map(|i| c.peak_rss_kib(i)).max().unwrap_or(0);
-    let mut messages = 0;
+    let (mut messages, mut crypto_seconds) = (0.0, 0.0);
     for node in &c.nodes {
         let addr = node.http.ok_or("http disabled")?;
-        messages += metric(addr, "muster_peer_messages_sent_total").unwrap_or(0);
+        messages += metric(addr, "muster_peer_messages_sent_total").unwrap_or(0.0);
+        crypto_seconds += metric(addr, "muster_peer_channel_crypto_seconds_total")
+            .ok_or("a node did not report muster_peer_channel_crypto_seconds_total")?;
     }
     c.stop_all(Duration::from_secs(5)).await;
     Ok(Run {
         seconds,
         peak_rss_kib,
-        messages_per_node: messages as f64 / n as f64,
+        messages_per_node: messages / n as f64,
+        crypto_seconds,
     })
 }
 
@@ -166,19 +193,27 @@ async fn main() {
         exe.display()
     );
     println!();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS per node (MiB) | peer messages per node |"
+        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS per node (MiB) | peer messages per node | \
+         channel crypto per node (ms CPU) | channel crypto share of the machine's CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
+    let mut costs = Vec::new();
     for &n in &args.nodes {
         let mut runs = Vec::new();
+        let mut doubled = Vec::new();
         for r in 0..args.runs {
-            match one_run(&exe, n).await {
-                Ok(run) => runs.push(run),
-                Err(e) => {
-                    eprintln!("N={n} run {}: {e}", r + 1);
-                    failed = true;
+            let works: &[u32] = if args.channel_cost { &[1, 2] } else { &[1] };
+            for &work in works {
+                match one_run(&exe, n, work).await {
+                    Ok(run) if work == 1 => runs.push(run),
+                    Ok(run) => doubled.push(run.seconds),
+                    Err(e) => {
+                        eprintln!("N={n} run {} (channel work x{work}): {e}", r + 1);
+                        failed = true;
+                    }
                 }
             }
         }
@@ -190,14 +225,56 @@ async fn main() {
         let mut msgs: Vec<f64> = runs.iter().map(|r| r.messages_per_node).collect();
         msgs.sort_by(f64::total_cmp);
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        // CPU time all nodes spent in the channel's cryptography, over the CPU time the machine
+        // had during formation (cores × formation time), per run; the median.
+        let mut crypto: Vec<f64> = runs
+            .iter()
+            .map(|r| r.crypto_seconds * 1000.0 / n as f64)
+            .collect();
+        crypto.sort_by(f64::total_cmp);
+        let mut share: Vec<f64> = runs
+            .iter()
+            .map(|r| r.crypto_seconds / (cores as f64 * r.seconds.max(1e-3)))
+            .collect();
+        share.sort_by(f64::total_cmp);
         println!(
-            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {:.0} |",
+            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {:.0} | {:.2} | {:.1} % |",
             runs.len(),
             percentile(&secs, 0.5),
             percentile(&secs, 0.9),
             secs[secs.len() - 1],
-            percentile(&msgs, 0.5)
+            percentile(&msgs, 0.5),
+            percentile(&crypto, 0.5),
+            percentile(&share, 0.5) * 100.0
         );
+        if !doubled.is_empty() {
+            doubled.sort_by(f64::total_cmp);
+            costs.push((
+                n,
+                doubled.len(),
+                percentile(&secs, 0.5),
+                percentile(&doubled, 0.5),
+            ));
+        }
+    }
+    if !costs.is_empty() {
+        println!();
+        println!(
+            "Channel cost, measured: the same build with its cryptography made twice as expensive \
+             (interleaved runs); the extra formation time is what the cryptography costs."
+        );
+        println!();
+        println!(
+            "| nodes | runs | median (s) | median, crypto x2 (s) | channel cost (s) | channel cost (% of formation) |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for (n, runs, normal, doubled) in costs {
+            let cost = doubled - normal;
+            println!(
+                "| {n} | {runs} | {normal:.3} | {doubled:.3} | {cost:+.3} | {:+.1} % |",
+                cost / normal.max(1e-3) * 100.0
+            );
+        }
     }
     if failed {
         std::process::exit(1);
