@@ -1,5 +1,7 @@
 //! The peer-protocol client: one secure channel (see `proto::channel`) per call.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster::NodeName;
@@ -8,6 +10,7 @@ use tokio::net::TcpStream;
 use crate::config::peer_address;
 use crate::cookie::Cookie;
 use crate::proto::channel::{Channel, ChannelError};
+use crate::proto::conn::{Conn, Handler};
 use crate::proto::{Request, Response};
 use crate::tls::{self, PeerStream, PeerTls};
 
@@ -128,8 +131,13 @@ async fn call_inner(
     addrs: Option<Vec<std::net::SocketAddr>>,
     req: &Request,
 ) -> Result<Response, CallError> {
-    let mut channel = open(creds, node, addrs).await?;
-    exchange(&mut channel, node, req).await
+    let (conn, _) = Conn::start(open(creds, node, addrs).await?, Some(node.clone()), None);
+    let answer = conn.call(req).await.map_err(|source| CallError::Frame {
+        node: node.clone(),
+        source,
+    });
+    conn.close();
+    answer
 }
 
 /// Connects and sets up the secure channel; checks that `node` is who answered.
@@ -172,52 +180,85 @@ async fn open(
     Ok(channel)
 }
 
-/// One request and its answer on an open channel.
-async fn exchange(
-    channel: &mut Channel<PeerStream>,
-    node: &NodeName,
-    req: &Request,
-) -> Result<Response, CallError> {
-    let frame = |source| CallError::Frame {
-        node: node.clone(),
-        source,
-    };
-    channel.send(req).await.map_err(frame)?;
-    channel.recv().await.map_err(frame)
-}
-
-/// A pooled channel may be reused this long after its last use; servers close idle channels
-/// after 30 s, so a reused one is rarely stale (and a stale one is replaced at once).
-const REUSE_FOR: Duration = Duration::from_secs(20);
-
-struct Pooled {
-    channel: Channel<PeerStream>,
-    used: std::time::Instant,
-}
-
-type Slot = std::sync::Arc<tokio::sync::Mutex<Option<Pooled>>>;
-
-/// Open channels to peers, reused across calls: one handshake per peer instead of one per call.
-/// A call to a peer whose channel is busy opens a one-off channel rather than waiting.
+/// Open connections to peers, shared by every call: one handshake per peer (and, since the
+/// other side may call back on it, often one per pair of nodes), concurrent calls multiplexed
+/// on it. A node's pool also holds the connections peers opened to it ([`Pool::adopt`]), and
+/// answers requests arriving on the connections it opens with its handler.
 #[derive(Default)]
 pub struct Pool {
-    slots: std::sync::Mutex<std::collections::HashMap<NodeName, Slot>>,
+    conns: std::sync::Mutex<HashMap<NodeName, Arc<Conn>>>,
+    opening: std::sync::Mutex<HashMap<NodeName, Arc<tokio::sync::Mutex<()>>>>,
+    handler: std::sync::OnceLock<Handler>,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.slots.lock().map(|s| s.len()).unwrap_or(0);
-        write!(f, "Pool({n} peers)")
+        let n = self.conns.lock().map(|c| c.len()).unwrap_or(0);
+        write!(f, "Pool({n} connections)")
     }
 }
 
 impl Pool {
-    fn slot(&self, node: &NodeName) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.entry(node.clone()).or_default().clone()
+    /// Requests that peers send on connections this pool opens go to `handler` (a node's pool;
+    /// without one, such requests are answered with an error). Set once.
+    pub fn serve_with(&self, handler: Handler) {
+        let _ = self.handler.set(handler);
     }
 
-    /// Like [`call_at`], on a pooled channel when one is free.
+    /// Uses `conn`, opened by `peer` to this node, for calls to `peer` too (unless a connection
+    /// to it is already open).
+    pub fn adopt(&self, peer: &NodeName, conn: Arc<Conn>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        match conns.get(peer) {
+            Some(open) if !open.is_closed() => {}
+            _ => {
+                conns.insert(peer.clone(), conn);
+            }
+        }
+    }
+
+    /// The open connection to `node`, if any (a closed one is dropped).
+    fn current(&self, node: &NodeName) -> Option<Arc<Conn>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        match conns.get(node) {
+            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(_) => {
+                conns.remove(node);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Opens a connection to `node`, one at a time per peer (concurrent callers wait for it).
+    async fn open(
+        &self,
+        creds: &Credentials,
+        node: &NodeName,
+        addrs: Option<Vec<std::net::SocketAddr>>,
+    ) -> Result<Arc<Conn>, CallError> {
+        let gate = {
+            let mut opening = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+            opening.entry(node.clone()).or_default().clone()
+        };
+        let _one_at_a_time = gate.lock().await;
+        if let Some(conn) = self.current(node) {
+            return Ok(conn);
+        }
+        let channel = open(creds, node, addrs).await?;
+        let (conn, ended) = Conn::start(channel, Some(node.clone()), self.handler.get().cloned());
+        let peer = node.clone();
+        tokio::spawn(async move {
+            if let Ok(Some(e)) = ended.await {
+                tracing::warn!("connection to {peer} ended: {e}");
+            }
+        });
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.insert(node.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Like [`call_at`], on the pooled connection (opened when there is none).
     pub async fn call(
         &self,
         creds: &Credentials,
@@ -226,37 +267,30 @@ impl Pool {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, CallError> {
-        let slot = self.slot(node);
-        let Ok(mut guard) = slot.try_lock() else {
-            return call_at(creds, node, addrs, req, timeout).await;
+        let frame = |source| CallError::Frame {
+            node: node.clone(),
+            source,
         };
         let pooled = async {
-            // A channel is taken out while in use: a call cancelled half-way never leaves a
-            // channel in an unknown state in the pool.
-            if let Some(mut p) = guard.take().filter(|p| p.used.elapsed() < REUSE_FOR) {
-                match exchange(&mut p.channel, node, req).await {
-                    Ok(resp) => {
-                        *guard = Some(Pooled {
-                            channel: p.channel,
-                            used: std::time::Instant::now(),
-                        });
-                        return Ok(resp);
-                    }
-                    // The server closed it meanwhile: open a new one below.
-                    Err(CallError::Frame {
-                        source: ChannelError::Closed | ChannelError::Io(_),
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
+            let reused = self.current(node);
+            let conn = match &reused {
+                Some(c) => c.clone(),
+                None => self.open(creds, node, addrs.clone()).await?,
+            };
+            match conn.call(req).await {
+                Ok(resp) => Ok(resp),
+                // The peer closed a reused connection meanwhile (restarted, idle): once more on
+                // a new one.
+                Err(ChannelError::Closed | ChannelError::Io(_)) if reused.is_some() => {
+                    conn.close();
+                    let fresh = self.open(creds, node, addrs).await?;
+                    fresh.call(req).await.map_err(frame)
+                }
+                Err(e) => {
+                    conn.close();
+                    Err(frame(e))
                 }
             }
-            let mut channel = open(creds, node, addrs).await?;
-            let resp = exchange(&mut channel, node, req).await?;
-            *guard = Some(Pooled {
-                channel,
-                used: std::time::Instant::now(),
-            });
-            Ok(resp)
         };
         bounded(node, timeout, pooled).await
     }

@@ -130,7 +130,7 @@ impl Node {
     ) -> std::io::Result<Arc<Node>> {
         let p = store.load()?;
         let (stop, _) = watch::channel(false);
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             creds: Credentials {
                 cookie,
                 cluster_name,
@@ -158,7 +158,10 @@ impl Node {
             probe_timeout,
             sync_cursor: Mutex::new(0),
             pool: Pool::default(),
-        }))
+        });
+        // Requests peers send on connections this node opened are answered like any others.
+        node.pool.serve_with(crate::server::handler(Arc::downgrade(&node)));
+        Ok(node)
     }
 
     fn lock(&self) -> Guard<'_> {
@@ -183,6 +186,11 @@ impl Node {
     /// This node's name.
     pub fn name(&self) -> &NodeName {
         &self.name
+    }
+
+    /// Calls to `peer` reuse `conn`, which `peer` opened to this node.
+    pub fn adopt_connection(&self, peer: &NodeName, conn: Arc<crate::proto::conn::Conn>) {
+        self.pool.adopt(peer, conn);
     }
 
     /// The credentials for calls to peers.

@@ -3,7 +3,7 @@
 //! or a stalled client ends only that connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -11,14 +11,13 @@ use tracing::{debug, warn};
 
 use crate::node::{Node, NodeMembership};
 use crate::proto::channel::{AUTH_FAILED, Channel, ChannelError};
+use crate::proto::conn::{Conn, Handled, Handler};
 use crate::proto::{Request, Response};
 use crate::tls;
 use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// An authenticated connection idle this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts peer connections forever, within the listener's connection caps.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -57,7 +56,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
         }
         Ok((channel, peer))
     };
-    let (mut channel, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
+    let (channel, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
         Ok(Ok(established)) => established,
         Ok(Err(Refused::Tls(why))) => {
             node.metrics.auth_failures.inc();
@@ -82,38 +81,51 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
             return;
         }
     };
-    // Only node-to-node traffic counts as peer messages (the CLI's calls do not).
-    let from_peer = peer.is_some();
-    loop {
-        let req: Request = match tokio::time::timeout(IDLE_TIMEOUT, channel.recv()).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(ChannelError::Closed)) | Err(_) => return,
-            Ok(Err(e @ ChannelError::Tampered)) => {
-                node.metrics.auth_failures.inc();
-                warn!(node = %node.name(), "connection from {addr}: {e}");
-                return;
-            }
-            Ok(Err(e)) => {
-                warn!(node = %node.name(), "bad request from {addr}: {e}");
-                return;
-            }
-        };
-        if from_peer {
-            node.metrics.messages_received.inc();
-        }
-        let stop = matches!(req, Request::Stop);
-        let resp = dispatch(&node, req, peer.as_ref()).await;
-        if from_peer {
-            node.metrics.messages_sent.inc();
-        }
-        if channel.send(&resp).await.is_err() {
-            return;
-        }
-        if stop {
-            node.request_stop();
-            return;
-        }
+    let (conn, ended) = Conn::start(channel, peer.clone(), Some(handler(Arc::downgrade(&node))));
+    if let Some(p) = &peer {
+        node.adopt_connection(p, conn);
+    } else {
+        drop(conn);
     }
+    match ended.await {
+        Ok(Some(e @ ChannelError::Tampered)) => {
+            node.metrics.auth_failures.inc();
+            warn!(node = %node.name(), "connection from {addr}: {e}");
+        }
+        Ok(Some(e)) => warn!(node = %node.name(), "bad request from {addr}: {e}"),
+        Ok(None) | Err(_) => {}
+    }
+}
+
+/// Answers the requests arriving on a connection, from the peer it authenticated (`None`: the
+/// CLI). Holds the node weakly: the node's pool holds the handler.
+pub fn handler(node: Weak<Node>) -> Handler {
+    Arc::new(move |req, peer| {
+        let node = node.upgrade();
+        Box::pin(async move {
+            let Some(node) = node else {
+                return Handled::from(Response::Error {
+                    message: "the node is shutting down".into(),
+                });
+            };
+            // Only node-to-node traffic counts as peer messages (the CLI's calls do not).
+            let from_peer = peer.is_some();
+            if from_peer {
+                node.metrics.messages_received.inc();
+            }
+            let stop = matches!(req, Request::Stop);
+            let resp = dispatch(&node, req, peer.as_ref()).await;
+            if from_peer {
+                node.metrics.messages_sent.inc();
+            }
+            let after: Option<Box<dyn FnOnce() + Send>> = if stop {
+                Some(Box::new(move || node.request_stop()))
+            } else {
+                None
+            };
+            Handled { resp, after }
+        })
+    })
 }
 
 fn done(r: Result<(), impl std::fmt::Display>) -> Response {

@@ -1,8 +1,8 @@
-//! The secure channel between nodes (protocol 2): the Noise protocol framework's
+//! The secure channel between nodes (protocol 3): the Noise protocol framework's
 //! `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s` (via `snow`), keyed with the shared cookie.
 //!
 //! 1. The client sends a plaintext `Hello` (version, cluster name). The server answers a version
-//!    or cluster-name mismatch with a plaintext `Rejected`, which old (protocol 1) peers also read.
+//!    or cluster-name mismatch with a plaintext `Rejected`, which old (protocol 1 and 2) peers also read.
 //! 2. Noise handshake, with the `Hello` bytes as prologue (so both sides must have seen the same
 //!    version and cluster name) and a PSK derived from the cookie: the client's first message
 //!    carries its node name and an authentication tag under the PSK; a server that cannot verify
@@ -20,8 +20,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use muster::NodeName;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,7 +37,7 @@ use super::messages::Handshake;
 use crate::cookie::Cookie;
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The largest application message accepted: 1 MiB.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// What every side logs on a failed authentication; it never contains the cookie.
@@ -101,7 +104,19 @@ struct Identity {
 /// An established channel.
 pub struct Channel<S> {
     io: Framed<S, LengthDelimitedCodec>,
-    noise: TransportState,
+    noise: Arc<Mutex<TransportState>>,
+}
+
+/// The sending half of a split channel.
+pub struct ChannelSender<S> {
+    io: SplitSink<Framed<S, LengthDelimitedCodec>, Bytes>,
+    noise: Arc<Mutex<TransportState>>,
+}
+
+/// The receiving half of a split channel.
+pub struct ChannelReceiver<S> {
+    io: SplitStream<Framed<S, LengthDelimitedCodec>>,
+    noise: Arc<Mutex<TransportState>>,
 }
 
 /// CPU time this process spent in the channel's cryptography (Noise handshakes and frame
@@ -241,9 +256,10 @@ fn hello_bytes(cluster_name: &str) -> Result<Vec<u8>, ChannelError> {
     .map_err(json_err)
 }
 
-async fn next<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut Framed<S, LengthDelimitedCodec>,
-) -> Result<Bytes, ChannelError> {
+async fn next<R>(io: &mut R) -> Result<Bytes, ChannelError>
+where
+    R: Stream<Item = Result<BytesMut, std::io::Error>> + Unpin,
+{
     match io.next().await {
         Some(Ok(b)) => Ok(b.freeze()),
         Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(ChannelError::Malformed(
@@ -299,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             None => return Err(rejected(&answer, cluster_name)),
         };
         let noise = hs.into_transport_mode().map_err(noise_err)?;
-        Ok((Channel { io, noise }, server))
+        Ok((Channel { io, noise: Arc::new(Mutex::new(noise)) }, server))
     }
 
     /// Server side: returns the channel and the client's node name (`None` for the CLI).
@@ -340,58 +356,113 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let client = client?;
         write_identity(&mut io, &mut hs, Some(me)).await?;
         let noise = hs.into_transport_mode().map_err(noise_err)?;
-        Ok((Channel { io, noise }, client))
+        Ok((Channel { io, noise: Arc::new(Mutex::new(noise)) }, client))
     }
 
     /// Sends one message, encrypted (split into chunks when larger than one Noise message).
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ChannelError> {
-        let bytes = serde_json::to_vec(msg).map_err(json_err)?;
-        if bytes.len() > MAX_MESSAGE {
-            return Err(ChannelError::TooLarge);
-        }
-        let mut chunks = bytes.chunks(CHUNK).peekable();
-        let mut plain = Vec::with_capacity(bytes.len().min(CHUNK) + 1);
-        let mut sealed = Vec::new();
-        loop {
-            let chunk = chunks.next().unwrap_or(&[]);
-            plain.clear();
-            plain.push(if chunks.peek().is_some() { MORE } else { LAST });
-            plain.extend_from_slice(chunk);
-            sealed.resize(plain.len() + TAG, 0);
-            let n = crypto(|| self.noise.write_message(&plain, &mut sealed)).map_err(noise_err)?;
-            self.io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
-            if chunks.peek().is_none() {
-                break;
-            }
-        }
-        SinkExt::<Bytes>::flush(&mut self.io).await?;
-        Ok(())
+        send_on(&mut self.io, &self.noise, msg).await
     }
 
     /// Receives one message; any frame that fails to decrypt ends the channel.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
-        let mut message = Vec::new();
-        let mut plain = Vec::new();
-        loop {
-            let frame = next(&mut self.io).await?;
-            plain.resize(frame.len(), 0);
-            let n =
-                crypto(|| self.noise.read_message(&frame, &mut plain)).map_err(|_| ChannelError::Tampered)?;
-            let Some((&flag, data)) = prefix(&plain, n).split_first() else {
-                return Err(ChannelError::Malformed("empty chunk".into()));
-            };
-            if message.len() + data.len() > MAX_MESSAGE {
-                return Err(ChannelError::TooLarge);
-            }
-            message.extend_from_slice(data);
-            match flag {
-                LAST => break,
-                MORE => continue,
-                _ => return Err(ChannelError::Malformed("bad chunk flag".into())),
-            }
-        }
-        serde_json::from_slice(&message).map_err(json_err)
+        recv_on(&mut self.io, &self.noise).await
     }
+
+    /// Splits the channel so that one task can send while another receives.
+    pub fn split(self) -> (ChannelSender<S>, ChannelReceiver<S>) {
+        let (sink, stream) = self.io.split();
+        let sender = ChannelSender {
+            io: sink,
+            noise: self.noise.clone(),
+        };
+        (
+            sender,
+            ChannelReceiver {
+                io: stream,
+                noise: self.noise,
+            },
+        )
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ChannelSender<S> {
+    /// Sends one message, as [`Channel::send`].
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ChannelError> {
+        send_on(&mut self.io, &self.noise, msg).await
+    }
+
+    /// Flushes and shuts down the sending direction (the other side reads the end).
+    pub async fn shutdown(&mut self) {
+        let _ = SinkExt::<Bytes>::close(&mut self.io).await;
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReceiver<S> {
+    /// Receives one message, as [`Channel::recv`].
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
+        recv_on(&mut self.io, &self.noise).await
+    }
+}
+
+/// The cipher state, locked only for one (synchronous) encryption or decryption.
+fn locked(noise: &Mutex<TransportState>) -> std::sync::MutexGuard<'_, TransportState> {
+    noise.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn send_on<K, T>(io: &mut K, noise: &Mutex<TransportState>, msg: &T) -> Result<(), ChannelError>
+where
+    K: Sink<Bytes, Error = std::io::Error> + Unpin,
+    T: Serialize,
+{
+    let bytes = serde_json::to_vec(msg).map_err(json_err)?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(ChannelError::TooLarge);
+    }
+    let mut chunks = bytes.chunks(CHUNK).peekable();
+    let mut plain = Vec::with_capacity(bytes.len().min(CHUNK) + 1);
+    let mut sealed = Vec::new();
+    loop {
+        let chunk = chunks.next().unwrap_or(&[]);
+        plain.clear();
+        plain.push(if chunks.peek().is_some() { MORE } else { LAST });
+        plain.extend_from_slice(chunk);
+        sealed.resize(plain.len() + TAG, 0);
+        let n = crypto(|| locked(noise).write_message(&plain, &mut sealed)).map_err(noise_err)?;
+        io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
+        if chunks.peek().is_none() {
+            break;
+        }
+    }
+    io.flush().await?;
+    Ok(())
+}
+
+async fn recv_on<R, T>(io: &mut R, noise: &Mutex<TransportState>) -> Result<T, ChannelError>
+where
+    R: Stream<Item = Result<BytesMut, std::io::Error>> + Unpin,
+    T: DeserializeOwned,
+{
+    let mut message = Vec::new();
+    let mut plain = Vec::new();
+    loop {
+        let frame = next(io).await?;
+        plain.resize(frame.len(), 0);
+        let n = crypto(|| locked(noise).read_message(&frame, &mut plain)).map_err(|_| ChannelError::Tampered)?;
+        let Some((&flag, data)) = prefix(&plain, n).split_first() else {
+            return Err(ChannelError::Malformed("empty chunk".into()));
+        };
+        if message.len() + data.len() > MAX_MESSAGE {
+            return Err(ChannelError::TooLarge);
+        }
+        message.extend_from_slice(data);
+        match flag {
+            LAST => break,
+            MORE => continue,
+            _ => return Err(ChannelError::Malformed("bad chunk flag".into())),
+        }
+    }
+    serde_json::from_slice(&message).map_err(json_err)
 }
 
 #[cfg(test)]

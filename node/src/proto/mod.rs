@@ -1,6 +1,7 @@
 //! The peer protocol: the secure channel (Noise NNpsk0 keyed with the cookie) and messages.
 
 pub mod channel;
+pub mod conn;
 pub mod messages;
 
 pub use messages::{ForeignPeer, NodeStatus, Request, Response};
