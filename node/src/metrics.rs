@@ -132,13 +132,15 @@ impl Collector for StateView {
             "Members this node knows.",
             members,
         )?;
-        let crypto = ConstCounter::new(crate::proto::channel::crypto_seconds());
-        crypto.encode(enc.encode_descriptor(
-            "muster_peer_channel_crypto_seconds",
-            "CPU time spent in the peer channel's cryptography (handshakes, encryption, decryption).",
-            None,
-            crypto.metric_type(),
-        )?)?;
+        if crate::proto::channel::accounting().is_some() {
+            let crypto = ConstCounter::new(crate::proto::channel::crypto_seconds());
+            crypto.encode(enc.encode_descriptor(
+                "muster_peer_channel_crypto_seconds",
+                "CPU time spent in the peer channel's cryptography (only with MUSTER_BENCH_CHANNEL_WORK).",
+                None,
+                crypto.metric_type(),
+            )?)?;
+        }
         if let Some(reg) = node.registration() {
             gauge(
                 &mut enc,

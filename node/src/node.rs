@@ -160,7 +160,8 @@ impl Node {
             pool: Pool::default(),
         });
         // Requests peers send on connections this node opened are answered like any others.
-        node.pool.serve_with(crate::server::handler(Arc::downgrade(&node)));
+        node.pool
+            .serve_with(crate::server::handler(Arc::downgrade(&node)));
         Ok(node)
     }
 

@@ -119,7 +119,7 @@ pub struct ChannelReceiver<S> {
     noise: Arc<Mutex<TransportState>>,
 }
 
-/// CPU time this process spent in the channel's cryptography (Noise handshakes and frame
+/// CPU time this process spent in the channel's cryptography, when accounted ([`accounting`]) (Noise handshakes and frame
 /// encryption and decryption), for the benchmark's cost figure and `/metrics`.
 static CRYPTO_NANOS: AtomicU64 = AtomicU64::new(0);
 
@@ -143,25 +143,28 @@ fn thread_cpu_nanos() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// Benchmark knob: `MUSTER_BENCH_CHANNEL_WORK=K` makes every cryptographic step cost K times
-/// its CPU time (the extra spent spinning), so that the formation benchmark can measure what the
-/// channel's cryptography costs in formation time by comparing K = 1 and K = 2 in one build.
-fn work_factor() -> u64 {
-    static FACTOR: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+/// Benchmark knob: with `MUSTER_BENCH_CHANNEL_WORK=K` set, the channel accounts the CPU time
+/// of its cryptography (for the formation benchmark, through `/metrics`) and makes every step
+/// cost K times that time (the extra spent spinning), so that the benchmark can measure what the
+/// cryptography costs in formation time by comparing K = 1 and K = 2 in one build. Unset (in
+/// production), nothing is measured: the clock calls would cost about as much as a small frame.
+pub fn accounting() -> Option<u64> {
+    static FACTOR: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *FACTOR.get_or_init(|| {
         std::env::var("MUSTER_BENCH_CHANNEL_WORK")
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|k| (1..=16).contains(k))
-            .unwrap_or(1)
     })
 }
 
 fn crypto<R>(op: impl FnOnce() -> R) -> R {
+    let Some(factor) = accounting() else {
+        return op();
+    };
     let start = thread_cpu_nanos();
     let r = op();
     let spent = thread_cpu_nanos().saturating_sub(start);
-    let factor = work_factor();
     if factor > 1 {
         let until = start + spent * factor;
         while thread_cpu_nanos() < until {
@@ -229,7 +232,7 @@ fn noise(cookie: &Cookie, prologue: &[u8], initiator: bool) -> Result<HandshakeS
         .map_err(|e| ChannelError::Malformed(format!("noise parameters: {e}")))?;
     let key = crypto(|| psk(cookie));
     let fail = |e: snow::Error| ChannelError::Malformed(format!("noise setup: {e}"));
-    let b = snow::Builder::new(params)
+    let b = snow::Builder::with_resolver(params, super::x25519::resolver())
         .psk(0, &key)
         .map_err(fail)?
         .prologue(prologue)
@@ -315,7 +318,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             None => return Err(rejected(&answer, cluster_name)),
         };
         let noise = hs.into_transport_mode().map_err(noise_err)?;
-        Ok((Channel { io, noise: Arc::new(Mutex::new(noise)) }, server))
+        Ok((
+            Channel {
+                io,
+                noise: Arc::new(Mutex::new(noise)),
+            },
+            server,
+        ))
     }
 
     /// Server side: returns the channel and the client's node name (`None` for the CLI).
@@ -356,7 +365,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let client = client?;
         write_identity(&mut io, &mut hs, Some(me)).await?;
         let noise = hs.into_transport_mode().map_err(noise_err)?;
-        Ok((Channel { io, noise: Arc::new(Mutex::new(noise)) }, client))
+        Ok((
+            Channel {
+                io,
+                noise: Arc::new(Mutex::new(noise)),
+            },
+            client,
+        ))
     }
 
     /// Sends one message, encrypted (split into chunks when larger than one Noise message).
@@ -448,7 +463,8 @@ where
     loop {
         let frame = next(io).await?;
         plain.resize(frame.len(), 0);
-        let n = crypto(|| locked(noise).read_message(&frame, &mut plain)).map_err(|_| ChannelError::Tampered)?;
+        let n =
+            crypto(|| locked(noise).read_message(&frame, &mut plain)).map_err(|_| ChannelError::Tampered)?;
         let Some((&flag, data)) = prefix(&plain, n).split_first() else {
             return Err(ChannelError::Malformed("empty chunk".into()));
         };

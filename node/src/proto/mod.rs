@@ -3,5 +3,6 @@
 pub mod channel;
 pub mod conn;
 pub mod messages;
+mod x25519;
 
 pub use messages::{ForeignPeer, NodeStatus, Request, Response};

@@ -253,7 +253,8 @@ async fn a_protocol_1_client_gets_a_readable_version_error() {
         panic!("expected a refusal")
     };
     assert!(
-        reason.contains("protocol version 1 is not supported") && reason.contains(&format!("protocol {VERSION}")),
+        reason.contains("protocol version 1 is not supported")
+            && reason.contains(&format!("protocol {VERSION}")),
         "{reason}"
     );
     assert!(matches!(server.await.unwrap(), Err(ChannelError::Version(_))));
@@ -279,7 +280,8 @@ async fn an_older_server_gives_this_client_a_readable_version_error() {
         .unwrap_err();
     assert!(matches!(e, ChannelError::Version(_)), "{e:?}");
     assert!(
-        e.to_string().contains(&format!("protocol version {VERSION} is not supported")),
+        e.to_string()
+            .contains(&format!("protocol version {VERSION} is not supported")),
         "{e}"
     );
 }

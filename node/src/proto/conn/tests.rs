@@ -21,7 +21,9 @@ fn handler(me: &str) -> Handler {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let resp = match (req, peer) {
-                (Request::Ping, Some(p)) => Response::Error { message: format!("{me} answers {p}") },
+                (Request::Ping, Some(p)) => Response::Error {
+                    message: format!("{me} answers {p}"),
+                },
                 _ => Response::Pong { node: me },
             };
             Handled::from(resp)
@@ -30,14 +32,21 @@ fn handler(me: &str) -> Handler {
 }
 
 /// A connected pair: `a` dialled `b`.
-async fn pair(a_handler: Option<Handler>) -> ((Arc<Conn>, JoinHandle<Option<ChannelError>>), (Arc<Conn>, JoinHandle<Option<ChannelError>>)) {
+async fn pair(
+    a_handler: Option<Handler>,
+) -> (
+    (Arc<Conn>, JoinHandle<Option<ChannelError>>),
+    (Arc<Conn>, JoinHandle<Option<ChannelError>>),
+) {
     let cookie = Cookie::parse(COOKIE, "test").unwrap();
     let (x, y) = tokio::io::duplex(1 << 16);
     let (a, b) = (n("a@127.0.0.1:1"), n("b@127.0.0.1:2"));
     let c2 = cookie.clone();
     let b2 = b.clone();
     let server = tokio::spawn(async move {
-        Channel::accept(Box::new(y) as PeerStream, &c2, "test", &b2).await.unwrap()
+        Channel::accept(Box::new(y) as PeerStream, &c2, "test", &b2)
+            .await
+            .unwrap()
     });
     let (client, answered) = Channel::connect(Box::new(x) as PeerStream, &cookie, "test", Some(&a))
         .await
@@ -62,12 +71,24 @@ async fn calls_go_both_ways_on_one_connection_and_answers_may_overtake() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let fast = a.call(&Request::Ping).await.unwrap();
     assert!(!slow.is_finished(), "the fast answer overtook the slow one");
-    assert_eq!(fast, Response::Error { message: "b@127.0.0.1:2 answers a@127.0.0.1:1".into() });
-    assert_eq!(slow.await.unwrap().unwrap(), Response::Pong { node: n("b@127.0.0.1:2") });
+    assert_eq!(
+        fast,
+        Response::Error {
+            message: "b@127.0.0.1:2 answers a@127.0.0.1:1".into()
+        }
+    );
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        Response::Pong {
+            node: n("b@127.0.0.1:2")
+        }
+    );
     // b → a on the same connection, knowing a by its authenticated name.
     assert_eq!(
         b.call(&Request::Ping).await.unwrap(),
-        Response::Error { message: "a@127.0.0.1:1 answers b@127.0.0.1:2".into() }
+        Response::Error {
+            message: "a@127.0.0.1:1 answers b@127.0.0.1:2".into()
+        }
     );
 }
 
@@ -92,7 +113,9 @@ async fn closing_fails_waiting_calls_and_ends_the_other_side() {
     assert!(matches!(waiting.await.unwrap(), Err(ChannelError::Closed)));
     assert!(matches!(a.call(&Request::Ping).await, Err(ChannelError::Closed)));
     assert!(a_task.await.unwrap().is_none());
-    let ended = tokio::time::timeout(Duration::from_secs(5), b_task).await.expect("the other side ends");
+    let ended = tokio::time::timeout(Duration::from_secs(5), b_task)
+        .await
+        .expect("the other side ends");
     assert!(ended.unwrap().is_none());
     assert!(b.is_closed());
 }
