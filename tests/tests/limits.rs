@@ -118,15 +118,39 @@ async fn unicode_and_extreme_values_in_every_message_are_errors_not_panics() {
         json!([max, -1, 1e308, weird]),
         json!(null),
     ];
-    for (i, req) in requests.iter().enumerate() {
+    // Each request in a well-formed envelope, then envelopes that are themselves odd.
+    let mut envelopes: Vec<Value> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, req)| json!({"call": {"id": i, "req": req}}))
+        .collect();
+    envelopes.extend([
+        json!({"call": {"id": max, "req": {"op": "ping"}}}),
+        json!({"call": {"id": -1, "req": {"op": "ping"}}}),
+        json!({"call": {"id": 1e300, "req": {"op": "ping"}}}),
+        json!({"reply": {"id": max, "resp": {"type": "ok"}}}),
+        json!({"reply": {"id": 7, "resp": weird}}),
+        json!({"call": {"req": {"op": "ping"}}}),
+        json!({"call": {"id": 1, "req": {"op": "ping"}}, "reply": {"id": 2}}),
+        json!({weird: {"id": 1}}),
+    ]);
+    let mut answered = 0;
+    for (i, envelope) in envelopes.iter().enumerate() {
         let stream = TcpStream::connect(addr).await.unwrap();
         let evil: muster::NodeName = "m@evil".parse().unwrap();
         let (mut ch, _) = Channel::connect(stream, &cookie, "local", Some(&evil))
             .await
             .unwrap();
-        ch.send(req).await.unwrap();
-        // An error answer, or the connection closed on a malformed request: both are fine.
-        let _ = tokio::time::timeout(Duration::from_secs(5), ch.recv::<Value>()).await;
+        ch.send(envelope).await.unwrap();
+        // An answer with the request's id, or the connection closed on a malformed envelope.
+        let answer = tokio::time::timeout(Duration::from_secs(5), ch.recv::<Value>()).await;
+        if let Ok(Ok(answer)) = answer {
+            answered += 1;
+            assert_eq!(
+                answer["reply"]["id"], envelope["call"]["id"],
+                "envelope {i}: an answer names the request it answers: {answer}"
+            );
+        }
         let out = ctl(&c, 0, &["ping"]);
         assert!(
             out.status.success(),
@@ -134,6 +158,14 @@ async fn unicode_and_extreme_values_in_every_message_are_errors_not_panics() {
             text(&out).1
         );
     }
+    // Every request in a well-formed envelope is answered (an error for the malformed ones),
+    // except the one nested past the JSON depth limit, which closes its connection; and the
+    // call with the largest id is answered.
+    assert_eq!(
+        answered,
+        requests.len(),
+        "every well-formed envelope gets its answer"
+    );
     let s = muster_tests::cluster_status(&c, 0);
     assert_eq!(s["ready"], true, "{s}");
     assert_eq!(
@@ -159,7 +191,9 @@ fn cluster_id(c: &muster_tests::LocalCluster) -> String {
 async fn a_slow_disk_does_not_delay_probe_answers() {
     use muster_node::cookie::Cookie;
     use muster_node::proto::channel::Channel;
+    use muster_node::proto::conn::Conn;
     use muster_node::proto::{Request, Response};
+    use muster_node::tls::PeerStream;
 
     let (_dir, mut c) = local_cluster_of(
         &node_exe!(),
@@ -179,10 +213,11 @@ async fn a_slow_disk_does_not_delay_probe_answers() {
     let cookie = Cookie::from_file(&c.cookie_file).unwrap();
     let addr: SocketAddr = seed.split_once('@').unwrap().1.parse().unwrap();
     let me: muster::NodeName = "m@prober".parse().unwrap();
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut ch, _) = Channel::connect(stream, &cookie, "local", Some(&me))
+    let stream: PeerStream = Box::new(TcpStream::connect(addr).await.unwrap());
+    let (ch, _) = Channel::connect(stream, &cookie, "local", Some(&me))
         .await
         .unwrap();
+    let (conn, _) = Conn::start(ch, None, None);
     let c = std::sync::Arc::new(c);
     let join = {
         let (c, seed) = (c.clone(), seed.clone());
@@ -192,8 +227,7 @@ async fn a_slow_disk_does_not_delay_probe_answers() {
     let mut worst = Duration::ZERO;
     for _ in 0..10 {
         let t = Instant::now();
-        ch.send(&Request::Probe).await.unwrap();
-        let answer: Response = ch.recv().await.unwrap();
+        let answer = conn.call(&Request::Probe).await.unwrap();
         assert!(matches!(answer, Response::Peer { .. }), "{answer:?}");
         worst = worst.max(t.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -28,12 +28,22 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_IN_FLIGHT: usize = 64;
 
 /// One message on a multiplexed connection.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum Envelope {
     /// A request; the answer carries the same id.
     Call { id: u64, req: Request },
     /// The answer to the request with this id.
+    Reply { id: u64, resp: Response },
+}
+
+/// [`Envelope`] as received: the request is parsed on its own, so that one this node does not
+/// understand (a newer peer's, or garbage) gets an error answer under its id instead of ending
+/// the connection.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Incoming {
+    Call { id: u64, req: serde_json::Value },
     Reply { id: u64, resp: Response },
 }
 
@@ -163,7 +173,7 @@ async fn read_loop(
     let ended = loop {
         let received = tokio::select! {
             _ = conn.stop.notified() => break None,
-            r = tokio::time::timeout(IDLE_TIMEOUT, rx.recv::<Envelope>()) => r,
+            r = tokio::time::timeout(IDLE_TIMEOUT, rx.recv::<Incoming>()) => r,
         };
         let envelope = match received {
             Err(_) | Ok(Err(ChannelError::Closed)) => break None,
@@ -171,12 +181,24 @@ async fn read_loop(
             Ok(Ok(envelope)) => envelope,
         };
         match envelope {
-            Envelope::Reply { id, resp } => {
+            Incoming::Reply { id, resp } => {
                 if let Some(waiter) = conn.waiters().remove(&id) {
                     let _ = waiter.send(resp);
                 }
             }
-            Envelope::Call { id, req } => {
+            Incoming::Call { id, req } => {
+                let req = match serde_json::from_value::<Request>(req) {
+                    Ok(req) => req,
+                    Err(e) => {
+                        let refused = Response::Error {
+                            message: format!("malformed request: {e}"),
+                        };
+                        if conn.reply(id, refused).await.is_err() {
+                            break None;
+                        }
+                        continue;
+                    }
+                };
                 let Some(handler) = handler.clone() else {
                     let refused = Response::Error {
                         message: "this side of the connection serves no requests".into(),
