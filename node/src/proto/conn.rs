@@ -24,7 +24,8 @@ use crate::tls::PeerStream;
 
 /// A connection on which nothing arrives for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Requests from the other side handled at once on one connection; more wait (backpressure).
+/// Requests from the other side handled at once on one connection; more are answered with an
+/// error at once.
 const MAX_IN_FLIGHT: usize = 64;
 
 /// One message on a multiplexed connection.
@@ -208,8 +209,16 @@ async fn read_loop(
                     }
                     continue;
                 };
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break None;
+                // Never wait for a slot: the reader must keep reading answers, which the running
+                // handlers may be waiting for.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let busy = Response::Error {
+                        message: format!("more than {MAX_IN_FLIGHT} requests in flight on this connection"),
+                    };
+                    if conn.reply(id, busy).await.is_err() {
+                        break None;
+                    }
+                    continue;
                 };
                 let conn = conn.clone();
                 tokio::spawn(async move {

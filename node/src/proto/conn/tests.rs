@@ -130,3 +130,24 @@ async fn an_idle_connection_is_closed() {
     assert!(matches!(b.call(&Request::Ping).await, Err(ChannelError::Closed)));
     assert!(b.is_closed());
 }
+
+#[tokio::test]
+async fn requests_past_the_in_flight_limit_are_refused_not_queued() {
+    let ((a, _), _b) = pair(None).await;
+    // b's handler holds each Status for 200 ms: the 65th concurrent one is refused at once.
+    let calls: Vec<_> = (0..MAX_IN_FLIGHT + 1)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.call(&Request::Status).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for c in calls {
+        match c.await.unwrap().unwrap() {
+            Response::Error { message } if message.contains("in flight") => refused += 1,
+            Response::Pong { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(refused, 1);
+}
