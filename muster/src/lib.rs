@@ -9,7 +9,8 @@
 //! | `classic` (default) | static list | `muster-backend-classic` |
 //! | `etcd` | etcd: leases, lock, fencing (build needs `protoc`) | `muster-backend-etcd` |
 //! | `dns` | DNS A/AAAA (+PTR) or SRV | `muster-backend-dns` |
-//! | `k8s`, `aws`, `consul` | reserved: each arrives with its own crate | — |
+//! | `k8s` | Kubernetes: StatefulSet ordinals or EndpointSlices, Lease lock, ConfigMap fencing | `muster-backend-k8s` |
+//! | `aws`, `consul` | reserved: each arrives with its own crate | — |
 //!
 //! ```
 //! use muster::{FormationConfig, NodeName};
@@ -40,6 +41,8 @@ pub use muster_backend_classic as classic;
 pub use muster_backend_dns as dns;
 #[cfg(feature = "etcd")]
 pub use muster_backend_etcd as etcd;
+#[cfg(feature = "k8s")]
+pub use muster_backend_k8s as k8s;
 
 /// Every backend Muster knows, compiled in or not.
 pub const BACKENDS: &[&str] = &["classic", "dns", "k8s", "aws", "consul", "etcd"];
@@ -112,6 +115,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "etcd") {
         v.push("etcd");
     }
+    if cfg!(feature = "k8s") {
+        v.push("k8s");
+    }
     v
 }
 
@@ -141,7 +147,7 @@ pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<d
         #[cfg(feature = "dns")]
         "dns" => Ok(Arc::new(dns::DnsBackend::from_config(config, local)?)),
         #[cfg(feature = "k8s")]
-        "k8s" => Err(BuildError::NotImplemented("k8s")),
+        "k8s" => Ok(Arc::new(k8s::K8sBackend::from_config(config, local)?)),
         #[cfg(feature = "aws")]
         "aws" => Err(BuildError::NotImplemented("aws")),
         #[cfg(feature = "consul")]

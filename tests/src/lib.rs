@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 pub mod certs;
 pub mod dns;
 pub mod etcd;
+pub mod k8s;
 
 pub use muster_node::launch::{Layout, LocalCluster};
 

@@ -1,0 +1,358 @@
+//! The formation lock: a `coordination.k8s.io/v1` Lease, with client-go's semantics and no
+//! server-side apply (a fake, or a real server, needs only optimistic concurrency):
+//!
+//! - the holder identity is `<node>#<pod uid>#<boot id>`, so a restarted process never takes an
+//!   old record naming its node for its own;
+//! - a missing Lease is created (201 = held; 409 AlreadyExists = someone else was first);
+//! - a Lease with no holder is taken by a replace carrying the resourceVersion read (409 = lost
+//!   the race);
+//! - a held Lease is taken only once its record (its resourceVersion) has not changed for the
+//!   holder's `leaseDurationSeconds` of *local monotonic time since it was first seen*, so clock
+//!   skew between nodes does not matter;
+//! - renewed every third of the duration; a 409 or no successful renewal within two thirds of it
+//!   marks the guard lost, which cancels the action in progress;
+//! - released by clearing the holder (a 409 or 404 there is ignored: the Lease is not ours).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Api;
+use kube::api::PostParams;
+use muster_discovery_core::retry::{Jitter, Retry};
+use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, NodeName};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::NAME;
+use crate::errors::{Rule, bounded, map, raw, status_code};
+
+const GET: Rule = Rule::new("coordination.k8s.io", "leases", "get");
+const CREATE: Rule = Rule::new("coordination.k8s.io", "leases", "create");
+const UPDATE: Rule = Rule::new("coordination.k8s.io", "leases", "update");
+
+/// Where the Lease lives and how it is held.
+#[derive(Clone)]
+pub struct LeaseSpot {
+    /// The namespaced Lease API.
+    pub api: Api<Lease>,
+    /// `namespace/name`, for messages.
+    pub label: String,
+    /// The Lease's name.
+    pub name: String,
+    /// How long a silent holder keeps it.
+    pub duration: Duration,
+    /// The limit on one API call.
+    pub limit: Duration,
+}
+
+/// This process's holder identity for `owner`.
+pub fn identity(owner: &NodeName) -> String {
+    let uid = std::env::var("POD_UID").ok().filter(|v| !v.is_empty());
+    let mut boot = [0u8; 6];
+    let boot = getrandom_hex(&mut boot);
+    match uid {
+        Some(uid) => format!("{owner}#{uid}#{boot}"),
+        None => format!("{owner}#{boot}"),
+    }
+}
+
+fn getrandom_hex(buf: &mut [u8]) -> String {
+    // The boot id only has to differ between processes; the clock and pid are a fallback.
+    if getrandom::fill(buf).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return format!("{nanos:08x}{:x}", std::process::id());
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
+}
+
+fn holder_of(lease: &Lease) -> Option<&str> {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
+}
+
+fn version_of(lease: &Lease) -> Option<&str> {
+    lease.metadata.resource_version.as_deref()
+}
+
+/// A held Lease.
+pub struct LeaseGuard {
+    spot: LeaseSpot,
+    identity: String,
+    latest: Arc<Mutex<Lease>>,
+    stop: Option<oneshot::Sender<()>>,
+    lost: watch::Receiver<bool>,
+}
+
+/// What one look at the Lease decided.
+enum Step {
+    Held(Box<Lease>),
+    Wait(String),
+}
+
+/// Takes the Lease for `identity`, waiting at most `wait`.
+pub async fn acquire(spot: &LeaseSpot, identity: &str, wait: Duration) -> Result<LeaseGuard, DiscoveryError> {
+    let pause = (spot.duration / 5).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let retry = Retry::every(pause).within(wait).jitter(Jitter::Random);
+    // The record last seen and when it was first seen (local monotonic time).
+    let seen: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+    let result = retry
+        .run(|_| {
+            let seen = &seen;
+            async move {
+                match step(spot, identity, seen).await {
+                    Ok(Step::Held(lease)) => std::ops::ControlFlow::Break(Ok(*lease)),
+                    Ok(Step::Wait(why)) => std::ops::ControlFlow::Continue(why),
+                    Err(e) if e.is_temporary() => std::ops::ControlFlow::Continue(e.to_string()),
+                    Err(e) => std::ops::ControlFlow::Break(Err(e)),
+                }
+            }
+        })
+        .await;
+    let lease = match result {
+        Ok(lease) => lease,
+        Err(muster_discovery_core::retry::RetryError::Stopped(e)) => return Err(e),
+        Err(muster_discovery_core::retry::RetryError::Exhausted { last, .. }) => {
+            return Err(DiscoveryError::new(
+                NAME,
+                ErrorKind::Unavailable,
+                format!(
+                    "the formation Lease {} was not free within {wait:?}: {last}",
+                    spot.label
+                ),
+            ));
+        }
+    };
+    info!("holding the formation Lease {} as {identity}", spot.label);
+    let latest = Arc::new(Mutex::new(lease));
+    let (stop, stopped) = oneshot::channel();
+    let (lost_tx, lost) = watch::channel(false);
+    tokio::spawn(renew(spot.clone(), latest.clone(), stopped, lost_tx));
+    Ok(LeaseGuard {
+        spot: spot.clone(),
+        identity: identity.to_string(),
+        latest,
+        stop: Some(stop),
+        lost,
+    })
+}
+
+async fn step(
+    spot: &LeaseSpot,
+    identity: &str,
+    seen: &Mutex<Option<(String, Instant)>>,
+) -> Result<Step, DiscoveryError> {
+    let what = format!("reading the formation Lease {}", spot.label);
+    let current = bounded(&what, GET, spot.limit, spot.api.get_opt(&spot.name)).await?;
+    let Some(mut lease) = current else {
+        let fresh = Lease {
+            metadata: ObjectMeta {
+                name: Some(spot.name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(identity.to_string()),
+                lease_duration_seconds: Some(seconds(spot.duration)),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        let what = format!("creating the formation Lease {}", spot.label);
+        return match raw(&what, spot.limit, spot.api.create(&PostParams::default(), &fresh)).await? {
+            Ok(lease) => Ok(Step::Held(Box::new(lease))),
+            Err(e) if status_code(&e) == Some(409) => {
+                Ok(Step::Wait("another node created the Lease first".into()))
+            }
+            Err(e) => Err(map(&what, CREATE, e)),
+        };
+    };
+    let version = version_of(&lease).unwrap_or_default().to_string();
+    let holder = holder_of(&lease).map(String::from);
+    let held_for = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs)
+        .unwrap_or(spot.duration);
+    let expired = {
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        match &*seen {
+            Some((v, since)) if *v == version => since.elapsed() >= held_for,
+            _ => {
+                *seen = Some((version.clone(), Instant::now()));
+                false
+            }
+        }
+    };
+    if let Some(h) = &holder
+        && h != identity
+        && !expired
+    {
+        return Ok(Step::Wait(format!("held by {h}")));
+    }
+    // Free, expired, or (after a lost reply) already ours: take it with the version just read.
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    if holder.as_deref() != Some(identity) {
+        spec.lease_transitions = Some(transitions.saturating_add(1));
+        spec.acquire_time = Some(now());
+    }
+    spec.holder_identity = Some(identity.to_string());
+    spec.lease_duration_seconds = Some(seconds(spot.duration));
+    spec.renew_time = Some(now());
+    let what = format!("taking the formation Lease {}", spot.label);
+    match raw(
+        &what,
+        spot.limit,
+        spot.api.replace(&spot.name, &PostParams::default(), &lease),
+    )
+    .await?
+    {
+        Ok(lease) => {
+            if let Some(previous) = holder.filter(|h| h != identity) {
+                warn!(
+                    "took the formation Lease {} from {previous}, silent for {held_for:?}",
+                    spot.label
+                );
+            }
+            Ok(Step::Held(Box::new(lease)))
+        }
+        Err(e) if status_code(&e) == Some(409) => {
+            Ok(Step::Wait("another node changed the Lease first".into()))
+        }
+        Err(e) => Err(map(&what, UPDATE, e)),
+    }
+}
+
+/// Renews every third of the duration; flags `lost` on a 409 or when no renewal succeeded
+/// within two thirds of it.
+async fn renew(
+    spot: LeaseSpot,
+    latest: Arc<Mutex<Lease>>,
+    mut stopped: oneshot::Receiver<()>,
+    lost: watch::Sender<bool>,
+) {
+    let period = spot.duration / 3;
+    let deadline = spot.duration * 2 / 3;
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let mut lease = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.renew_time = Some(now());
+        }
+        let what = format!("renewing the formation Lease {}", spot.label);
+        let limit = spot.limit.min(
+            deadline
+                .saturating_sub(last_ok.elapsed())
+                .max(Duration::from_millis(50)),
+        );
+        match raw(
+            &what,
+            limit,
+            spot.api.replace(&spot.name, &PostParams::default(), &lease),
+        )
+        .await
+        {
+            Ok(Ok(renewed)) => {
+                *latest.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
+                last_ok = Instant::now();
+            }
+            Ok(Err(e)) if status_code(&e) == Some(409) || status_code(&e) == Some(404) => {
+                warn!(
+                    "the formation Lease {} was changed by someone else; it is lost",
+                    spot.label
+                );
+                let _ = lost.send(true);
+                return;
+            }
+            other => {
+                if last_ok.elapsed() >= deadline {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                        Ok(Ok(_)) => String::new(),
+                    };
+                    warn!(
+                        "the formation Lease {} could not be renewed within {deadline:?} ({why}); it is lost",
+                        spot.label
+                    );
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockGuard for LeaseGuard {
+    async fn release(mut self: Box<Self>) -> Result<(), DiscoveryError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let mut lease = self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+        }
+        let what = format!("releasing the formation Lease {}", self.spot.label);
+        match raw(
+            &what,
+            self.spot.limit,
+            self.spot
+                .api
+                .replace(&self.spot.name, &PostParams::default(), &lease),
+        )
+        .await?
+        {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(()),
+            Err(e) => Err(map(&what, UPDATE, e)),
+        }
+    }
+
+    fn token(&self) -> &[u8] {
+        self.identity.as_bytes()
+    }
+
+    fn lost(&self) -> BoxFuture<'static, ()> {
+        let mut rx = self.lost.clone();
+        Box::pin(async move {
+            if rx.wait_for(|lost| *lost).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+/// Whether the Lease is held right now under `identity` (read from the server).
+pub async fn held_by(spot: &LeaseSpot, identity: &str) -> Result<bool, DiscoveryError> {
+    let what = format!("checking the formation Lease {}", spot.label);
+    let lease = bounded(&what, GET, spot.limit, spot.api.get_opt(&spot.name)).await?;
+    Ok(lease.as_ref().and_then(holder_of) == Some(identity))
+}

@@ -1,0 +1,515 @@
+//! # muster-backend-k8s
+//!
+//! Peer discovery on Kubernetes (`peer_discovery_backend = "k8s"`, table
+//! `[cluster_formation.k8s]`; see `docs/backends/k8s.md`):
+//!
+//! - `mode = "statefulset"` (default): the candidates are the StatefulSet's pods by ordinal,
+//!   `prefix@<sts>-<i>.<service>.<namespace>.svc.<cluster_domain>`, from `spec.ordinals.start`
+//!   for `spec.replicas` pods (or `replicas` from config, with no API read). Every caller gets
+//!   the same list, so it is authoritative and the lowest ordinal is the preferred seed.
+//! - `mode = "endpoints"`: the Service's EndpointSlices, ready or not (terminating endpoints
+//!   left out), merged and de-duplicated; the Endpoints API only when slices are not served
+//!   (404). Not authoritative.
+//! - A `coordination.k8s.io` Lease as the formation lock ([`lease`]), and a ConfigMap that
+//!   records the cluster id, created once (409 = someone claimed first) as fencing: a pod-0 that
+//!   lost its volume then joins the recorded cluster instead of forming a second one.
+//! - Peers resolved through the API (pod → `status.podIP`) when the Role allows it, so a
+//!   restarted pod's new address is used at once rather than a cached DNS answer.
+
+pub mod client;
+pub mod errors;
+pub mod lease;
+pub mod settings;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use muster_discovery_core::{
+    ClaimError, ClusterId, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing, FormationConfig,
+    FormationLock, Host, LockGuard, NodeName,
+};
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use crate::errors::{Rule, bounded, map, raw, status_code};
+use crate::lease::LeaseSpot;
+use crate::settings::{AddressType, K8sSettings, Mode, NAMESPACE_FILE, Resolved, Toggle};
+
+/// The backend's name in errors and logs.
+pub const NAME: &str = "k8s";
+
+const STS_GET: Rule = Rule::new("apps", "statefulsets", "get");
+const SLICES_LIST: Rule = Rule::new("discovery.k8s.io", "endpointslices", "list");
+const ENDPOINTS_GET: Rule = Rule::new("", "endpoints", "get");
+const PODS_GET: Rule = Rule::new("", "pods", "get");
+const CM_GET: Rule = Rule::new("", "configmaps", "get");
+const CM_CREATE: Rule = Rule::new("", "configmaps", "create");
+const CLUSTER_ID_KEY: &str = "cluster_id";
+
+/// The Kubernetes backend.
+pub struct K8sBackend {
+    r: Resolved,
+    local: NodeName,
+    client: OnceCell<Client>,
+    /// `lock = "auto"` found the Role without Lease rights.
+    lock_denied: AtomicBool,
+    /// `resolve_peers_via_api = "auto"` found the Role without `pods get`.
+    resolve_denied: AtomicBool,
+}
+
+impl K8sBackend {
+    /// Builds the backend from `[cluster_formation.k8s]` for node `local` (the namespace from
+    /// the config, `POD_NAMESPACE`, or the service-account file).
+    pub fn from_config(
+        config: &FormationConfig,
+        local: &NodeName,
+    ) -> Result<Self, muster_discovery_core::config::ConfigError> {
+        let env = std::env::var("POD_NAMESPACE").ok();
+        let r = K8sSettings::resolve(config, local, env, std::path::Path::new(NAMESPACE_FILE))?;
+        if r.settings.lock == Toggle::On && !r.settings.fencing {
+            return Err(muster_discovery_core::config::ConfigError::new(
+                Some("cluster_formation.k8s.fencing".into()),
+                "cluster_formation.k8s.lock = true needs fencing (a lock without the claim cannot make \
+                 forming atomic); remove fencing = false",
+            ));
+        }
+        Ok(K8sBackend {
+            r,
+            local: local.clone(),
+            client: OnceCell::new(),
+            lock_denied: AtomicBool::new(false),
+            resolve_denied: AtomicBool::new(false),
+        })
+    }
+
+    /// The resolved settings.
+    pub fn resolved(&self) -> &Resolved {
+        &self.r
+    }
+
+    async fn client(&self) -> Result<Client, DiscoveryError> {
+        self.client
+            .get_or_try_init(|| async { client::client(client::config(&self.r.settings).await?) })
+            .await
+            .cloned()
+    }
+
+    fn limit(&self) -> std::time::Duration {
+        self.r.settings.request_timeout
+    }
+
+    fn ns(&self) -> &str {
+        &self.r.namespace
+    }
+
+    fn name_for(&self, host: &str) -> Result<NodeName, DiscoveryError> {
+        let text = match self.r.port {
+            Some(port) => format!("{}@{host}:{port}", self.r.prefix),
+            None => format!("{}@{host}", self.r.prefix),
+        };
+        text.parse().map_err(|e| {
+            DiscoveryError::new(
+                NAME,
+                ErrorKind::Other,
+                format!("the API lists {host:?}, which is not a valid node name: {e}"),
+            )
+        })
+    }
+
+    fn ip_name(&self, ip: &str) -> Result<NodeName, DiscoveryError> {
+        let host = match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            Ok(IpAddr::V4(v4)) => v4.to_string(),
+            Err(_) => ip.to_string(),
+        };
+        self.name_for(&host)
+    }
+
+    /// `(start, replicas)` of the StatefulSet, from the config or the API.
+    async fn ordinals(&self, client: &Client) -> Result<(u32, u32), DiscoveryError> {
+        if let Some(replicas) = self.r.settings.replicas {
+            return Ok((self.r.settings.ordinals_start, replicas));
+        }
+        let sts_name = self.r.statefulset.clone().unwrap_or_default();
+        let api: Api<StatefulSet> = Api::namespaced(client.clone(), self.ns());
+        let what = format!("reading StatefulSet {}/{sts_name}", self.ns());
+        let sts = match raw(&what, self.limit(), api.get(&sts_name)).await? {
+            Ok(sts) => sts,
+            Err(e) if status_code(&e) == Some(404) => {
+                return Err(DiscoveryError::new(
+                    NAME,
+                    ErrorKind::Misconfigured,
+                    format!(
+                        "StatefulSet {}/{sts_name} does not exist (cluster_formation.k8s.statefulset, \
+                         namespace)",
+                        self.ns()
+                    ),
+                ));
+            }
+            Err(e) => return Err(map(&what, STS_GET, e)),
+        };
+        let spec = sts.spec.unwrap_or_default();
+        let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+        let start = spec
+            .ordinals
+            .and_then(|o| o.start)
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(0);
+        Ok((start, replicas))
+    }
+
+    async fn statefulset_nodes(&self, client: &Client) -> Result<DiscoveryResult, DiscoveryError> {
+        let (start, replicas) = self.ordinals(client).await?;
+        let sts = self.r.statefulset.clone().unwrap_or_default();
+        let domain = &self.r.settings.cluster_domain;
+        let mut nodes = Vec::new();
+        for i in start..start.saturating_add(replicas) {
+            nodes.push(self.name_for(&format!(
+                "{sts}-{i}.{}.{}.svc.{domain}",
+                self.r.service,
+                self.ns()
+            ))?);
+        }
+        let seed = nodes.first().cloned();
+        let mut result = DiscoveryResult::new(nodes, true);
+        if let Some(seed) = seed {
+            result = result.with_preferred_seed(seed);
+        }
+        Ok(result)
+    }
+
+    fn endpoint_name(&self, e: &Endpoint) -> Option<Result<NodeName, DiscoveryError>> {
+        if e.conditions.as_ref().and_then(|c| c.terminating) == Some(true) {
+            return None;
+        }
+        match self.r.settings.address_type {
+            AddressType::Ip => e.addresses.first().map(|a| self.ip_name(a)),
+            AddressType::Hostname => match &e.hostname {
+                Some(h) => Some(self.name_for(&format!("{h}{}", self.r.settings.hostname_suffix))),
+                None => {
+                    warn!(
+                        "an endpoint of Service {}/{} has no hostname (address_type = \"hostname\" needs \
+                         StatefulSet pods behind a headless Service); skipped",
+                        self.ns(),
+                        self.r.service
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    async fn endpoint_nodes(&self, client: &Client) -> Result<DiscoveryResult, DiscoveryError> {
+        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), self.ns());
+        let selector = format!("kubernetes.io/service-name={}", self.r.service);
+        let what = format!(
+            "listing the EndpointSlices of Service {}/{}",
+            self.ns(),
+            self.r.service
+        );
+        let listed = raw(
+            &what,
+            self.limit(),
+            api.list(&ListParams::default().labels(&selector)),
+        )
+        .await?;
+        let mut nodes = Vec::new();
+        match listed {
+            Ok(slices) => {
+                for slice in &slices.items {
+                    for e in slice_endpoints(slice) {
+                        if let Some(name) = self.endpoint_name(e) {
+                            nodes.push(name?);
+                        }
+                    }
+                }
+            }
+            // Slices not served at all (an old API server): the Endpoints API, and only then.
+            Err(e) if status_code(&e) == Some(404) => nodes = self.legacy_endpoints(client).await?,
+            Err(e) => return Err(map(&what, SLICES_LIST, e)),
+        }
+        Ok(DiscoveryResult::new(nodes, false))
+    }
+
+    async fn legacy_endpoints(&self, client: &Client) -> Result<Vec<NodeName>, DiscoveryError> {
+        let api: Api<Endpoints> = Api::namespaced(client.clone(), self.ns());
+        let what = format!("reading Endpoints {}/{}", self.ns(), self.r.service);
+        let ep = bounded(&what, ENDPOINTS_GET, self.limit(), api.get(&self.r.service)).await?;
+        let mut nodes = Vec::new();
+        for subset in ep.subsets.unwrap_or_default() {
+            let all = subset
+                .addresses
+                .unwrap_or_default()
+                .into_iter()
+                .chain(subset.not_ready_addresses.unwrap_or_default());
+            for a in all {
+                let name = match self.r.settings.address_type {
+                    AddressType::Ip => self.ip_name(&a.ip)?,
+                    AddressType::Hostname => match &a.hostname {
+                        Some(h) => self.name_for(&format!("{h}{}", self.r.settings.hostname_suffix))?,
+                        None => continue,
+                    },
+                };
+                nodes.push(name);
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn fencing_spot(&self, client: &Client) -> Api<ConfigMap> {
+        Api::namespaced(client.clone(), self.ns())
+    }
+
+    fn fencing_hint(&self) -> String {
+        format!(
+            "to re-bootstrap from scratch (every member's data is gone): kubectl -n {} delete configmap {}",
+            self.ns(),
+            self.r.fencing_name
+        )
+    }
+
+    async fn recorded(&self, client: &Client) -> Result<Option<ClusterId>, DiscoveryError> {
+        let api = self.fencing_spot(client);
+        let what = format!(
+            "reading the cluster record ConfigMap {}/{}",
+            self.ns(),
+            self.r.fencing_name
+        );
+        let cm = bounded(&what, CM_GET, self.limit(), api.get_opt(&self.r.fencing_name)).await?;
+        Ok(cm
+            .and_then(|c| c.data)
+            .and_then(|d| d.get(CLUSTER_ID_KEY).cloned())
+            .map(ClusterId))
+    }
+
+    fn lease_spot(&self, client: &Client) -> LeaseSpot {
+        LeaseSpot {
+            api: Api::namespaced(client.clone(), self.ns()),
+            label: format!("{}/{}", self.ns(), self.r.lease_name),
+            name: self.r.lease_name.clone(),
+            duration: self.r.settings.lease_duration,
+            limit: self.limit(),
+        }
+    }
+
+    /// `lock = "auto"`: finds out once whether the Role allows the Lease.
+    async fn probe_lock_rights(&self, client: &Client) {
+        if self.r.settings.lock != Toggle::Auto || self.lock_denied.load(Ordering::Relaxed) {
+            return;
+        }
+        let spot = self.lease_spot(client);
+        if let Ok(Err(e)) = raw(
+            "reading the formation Lease",
+            self.limit(),
+            spot.api.get_opt(&spot.name),
+        )
+        .await
+            && status_code(&e) == Some(403)
+        {
+            warn!(
+                "the Role does not allow the formation Lease {} (lock = \"auto\"): forming without the lock; \
+                 add leases get, create, update (coordination.k8s.io) to use it",
+                spot.label
+            );
+            self.lock_denied.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The endpoints of a slice, whatever the k8s-openapi version makes the field.
+#[allow(clippy::needless_return)] // one of the two returns is compiled in
+fn slice_endpoints(s: &EndpointSlice) -> &[Endpoint] {
+    k8s_openapi::k8s_if_le_1_35! {
+        return &s.endpoints;
+    }
+    k8s_openapi::k8s_if_ge_1_36! {
+        return s.endpoints.as_deref().unwrap_or(&[]);
+    }
+}
+
+#[async_trait]
+impl Discovery for K8sBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn full_membership(&self) -> bool {
+        self.r.settings.mode == Mode::Statefulset
+    }
+
+    async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
+        let client = self.client().await?;
+        self.probe_lock_rights(&client).await;
+        let mut result = match self.r.settings.mode {
+            Mode::Statefulset => self.statefulset_nodes(&client).await?,
+            Mode::Endpoints => self.endpoint_nodes(&client).await?,
+        };
+        if self.r.settings.fencing
+            && let Some(id) = self.recorded(&client).await?
+        {
+            result = result
+                .with_recorded_cluster(id)
+                .with_fencing_hint(self.fencing_hint());
+        }
+        Ok(result)
+    }
+
+    fn formation_lock(&self) -> Option<&dyn FormationLock> {
+        let on = self.r.settings.lock.wanted()
+            && self.r.settings.fencing
+            && !self.lock_denied.load(Ordering::Relaxed);
+        on.then_some(self as &dyn FormationLock)
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        self.r.settings.fencing.then_some(self as &dyn Fencing)
+    }
+
+    async fn resolve_host(&self, host: &str) -> Option<Result<Vec<IpAddr>, DiscoveryError>> {
+        if !self.r.settings.resolve_peers_via_api.wanted() || self.resolve_denied.load(Ordering::Relaxed) {
+            return None;
+        }
+        // `<pod>.<service>.<namespace>.svc...`: only names of pods in this namespace.
+        let mut labels = host.split('.');
+        let pod = labels.next()?;
+        let (_svc, ns) = (labels.next()?, labels.next()?);
+        if ns != self.ns() {
+            return None;
+        }
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let api: Api<Pod> = Api::namespaced(client, self.ns());
+        let what = format!("resolving {host} through pod {}/{pod}", self.ns());
+        match raw(&what, self.limit(), api.get_opt(pod)).await {
+            Err(e) => Some(Err(e)),
+            Ok(Ok(None)) => Some(Err(DiscoveryError::new(
+                NAME,
+                ErrorKind::NotFound,
+                format!("pod {}/{pod} does not exist", self.ns()),
+            ))),
+            Ok(Ok(Some(p))) => {
+                let status = p.status.unwrap_or_default();
+                let ips: Vec<IpAddr> = status
+                    .pod_ips
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| i.ip)
+                    .chain(status.pod_ip)
+                    .filter_map(|ip| ip.parse().ok())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if ips.is_empty() {
+                    Some(Err(DiscoveryError::new(
+                        NAME,
+                        ErrorKind::Unavailable,
+                        format!("pod {}/{pod} has no IP yet", self.ns()),
+                    )))
+                } else {
+                    Some(Ok(ips))
+                }
+            }
+            Ok(Err(e))
+                if status_code(&e) == Some(403) && !self.r.settings.resolve_peers_via_api.required() =>
+            {
+                warn!(
+                    "the Role does not allow pods get (resolve_peers_via_api = \"auto\"): resolving peers \
+                     with the system resolver"
+                );
+                self.resolve_denied.store(true, Ordering::Relaxed);
+                None
+            }
+            Ok(Err(e)) => Some(Err(map(&what, PODS_GET, e))),
+        }
+    }
+}
+
+#[async_trait]
+impl FormationLock for K8sBackend {
+    async fn lock(
+        &self,
+        owner: &NodeName,
+        timeout: std::time::Duration,
+    ) -> Result<Box<dyn LockGuard>, DiscoveryError> {
+        let client = self.client().await?;
+        let spot = self.lease_spot(&client);
+        let identity = lease::identity(owner);
+        Ok(Box::new(lease::acquire(&spot, &identity, timeout).await?))
+    }
+}
+
+#[async_trait]
+impl Fencing for K8sBackend {
+    async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError> {
+        let client = self.client().await.map_err(ClaimError::Backend)?;
+        if let Some(guard) = lock {
+            let identity = String::from_utf8_lossy(guard.token()).into_owned();
+            let spot = self.lease_spot(&client);
+            if !lease::held_by(&spot, &identity)
+                .await
+                .map_err(ClaimError::Backend)?
+            {
+                return Err(ClaimError::LockLost);
+            }
+        }
+        let api = self.fencing_spot(&client);
+        let record = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.r.fencing_name.clone()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                (CLUSTER_ID_KEY.to_string(), id.to_string()),
+                ("formed_by".to_string(), self.local.to_string()),
+            ])),
+            ..ConfigMap::default()
+        };
+        let what = format!(
+            "recording the cluster id in ConfigMap {}/{}",
+            self.ns(),
+            self.r.fencing_name
+        );
+        match raw(&what, self.limit(), api.create(&PostParams::default(), &record)).await {
+            Err(e) => Err(ClaimError::Backend(e)),
+            Ok(Ok(_)) => {
+                info!(
+                    "recorded cluster {id} in ConfigMap {}/{}",
+                    self.ns(),
+                    self.r.fencing_name
+                );
+                Ok(())
+            }
+            Ok(Err(e)) if status_code(&e) == Some(409) => match self.recorded(&client).await {
+                Ok(Some(theirs)) if theirs == *id => Ok(()),
+                Ok(Some(theirs)) => Err(ClaimError::Taken(theirs)),
+                Ok(None) => Err(ClaimError::Backend(DiscoveryError::new(
+                    NAME,
+                    ErrorKind::Other,
+                    format!(
+                        "ConfigMap {}/{} exists without a {CLUSTER_ID_KEY}",
+                        self.ns(),
+                        self.r.fencing_name
+                    ),
+                ))),
+                Err(e) => Err(ClaimError::Backend(e)),
+            },
+            Ok(Err(e)) => Err(ClaimError::Backend(map(&what, CM_CREATE, e))),
+        }
+    }
+}
+
+/// Hosts of node names this backend lists are DNS names; an IP-named local node is allowed in
+/// endpoints mode.
+pub fn is_dns(name: &NodeName) -> bool {
+    matches!(name.host(), Host::Dns(_))
+}

@@ -1,0 +1,430 @@
+//! The Kubernetes backend against the fake API server (`muster_tests::k8s`): both modes, every
+//! setting, the Lease lock, ConfigMap fencing, peer resolution, and errors that say what to do.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use muster::{ClaimError, ClusterId, Discovery, ErrorKind, FormationConfig, NodeName};
+use muster_backend_k8s::K8sBackend;
+use muster_discovery_core::testing::conformance;
+use muster_tests::k8s::FakeApi;
+use serde_json::json;
+
+const NS: &str = "prod";
+const TOKEN: &str = "token-one";
+
+fn pod_name(i: u32) -> NodeName {
+    format!("muster@muster-{i}.muster-nodes.{NS}.svc.cluster.local:4370")
+        .parse()
+        .unwrap()
+}
+
+/// A backend for `local` against the fake, with extra `[cluster_formation.k8s]` lines.
+fn backend_at(kubeconfig: &std::path::Path, local: &NodeName, extra: &str) -> K8sBackend {
+    let text = format!(
+        "[cluster_formation]\npeer_discovery_backend = \"k8s\"\n[cluster_formation.k8s]\napi = \"kubeconfig\"\n\
+         kubeconfig = \"{}\"\nnamespace = \"{NS}\"\nrequest_timeout = \"1s\"\nlease_duration = \"3s\"\n{extra}",
+        kubeconfig.display()
+    );
+    let cfg = FormationConfig::from_toml(&text).unwrap();
+    K8sBackend::from_config(&cfg, local).unwrap()
+}
+
+fn backend(fake: &FakeApi, local: &NodeName, extra: &str) -> K8sBackend {
+    backend_at(&fake.kubeconfig(TOKEN), local, extra)
+}
+
+async fn cluster(replicas: i32) -> FakeApi {
+    let fake = FakeApi::start(TOKEN).await;
+    fake.statefulset(NS, "muster", replicas, 0);
+    for i in 0..replicas {
+        fake.pod(NS, &format!("muster-{i}"), &format!("127.0.20.{}", i + 1));
+    }
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_mode_lists_every_ordinal_with_the_lowest_as_seed() {
+    let fake = cluster(3).await;
+    let b = backend(&fake, &pod_name(1), "");
+    let listed = b.list().await.unwrap();
+    assert_eq!(listed.nodes, vec![pod_name(0), pod_name(1), pod_name(2)]);
+    assert!(listed.authoritative && b.full_membership());
+    assert_eq!(listed.preferred_seed, Some(pod_name(0)));
+    // Scaled to 5, renumbered from 2: the list follows the StatefulSet.
+    fake.statefulset(NS, "muster", 5, 2);
+    let listed = b.list().await.unwrap();
+    assert_eq!(listed.nodes, (2..7).map(pod_name).collect::<Vec<_>>());
+    assert_eq!(listed.preferred_seed, Some(pod_name(2)));
+    // `replicas` in config: no StatefulSet read at all (a Role without `statefulsets get`).
+    fake.forbid("get", "statefulsets", true);
+    let e = b.list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot get statefulsets") && text.contains("apiGroups: [\"apps\"]"),
+        "the error prints the Role rule to add: {text}"
+    );
+    let fixed = backend(&fake, &pod_name(1), "replicas = 2\nordinals_start = 1");
+    assert_eq!(fixed.list().await.unwrap().nodes, vec![pod_name(1), pod_name(2)]);
+    // A cluster domain and an explicit StatefulSet/Service.
+    let named = backend(
+        &fake,
+        &pod_name(0),
+        "replicas = 1\nstatefulset = \"other\"\nservice = \"svc\"\ncluster_domain = \"corp.example\"",
+    );
+    let n: NodeName = format!("muster@other-0.svc.{NS}.svc.corp.example:4370")
+        .parse()
+        .unwrap();
+    assert_eq!(named.list().await.unwrap().nodes, vec![n]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_statefulset_is_misconfigured_and_a_bad_token_is_named() {
+    let fake = FakeApi::start(TOKEN).await;
+    let b = backend(&fake, &pod_name(0), "");
+    let e = b.list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Misconfigured, "{e}");
+    assert!(
+        e.to_string().contains("StatefulSet prod/muster does not exist"),
+        "{e}"
+    );
+    let wrong = backend_at(&fake.kubeconfig("not-the-token"), &pod_name(0), "");
+    let e = wrong.list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert!(e.to_string().contains("rejected the token"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_slowness_and_overload_are_temporary_errors_never_an_empty_list() {
+    let fake = cluster(3).await;
+    let b = backend(&fake, &pod_name(0), "");
+    assert_eq!(b.list().await.unwrap().nodes.len(), 3);
+    for code in [503, 429] {
+        fake.fail_with(Some(code));
+        let e = b.list().await.unwrap_err();
+        assert!(
+            e.is_temporary() && e.kind == ErrorKind::Unavailable,
+            "{code}: {e}"
+        );
+    }
+    fake.fail_with(None);
+    // Slower than request_timeout (1 s): bounded, not hanging (kube has no read timeout).
+    fake.set_latency(Duration::from_secs(3));
+    let t = Instant::now();
+    let e = b.list().await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "bounded by request_timeout: {:?}",
+        t.elapsed()
+    );
+    fake.set_latency(Duration::ZERO);
+    fake.set_down(true);
+    let down = backend(&fake, &pod_name(0), "");
+    let e = down.list().await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    fake.set_down(false);
+    assert_eq!(b.list().await.unwrap().nodes.len(), 3, "back when the server is");
+}
+
+fn slice(name: &str, endpoints: serde_json::Value) -> serde_json::Value {
+    json!({"metadata": {"name": name, "labels": {"kubernetes.io/service-name": "muster-nodes"}},
+           "addressType": "IPv4", "endpoints": endpoints})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_mode_merges_slices_keeps_not_ready_and_drops_terminating() {
+    let fake = FakeApi::start(TOKEN).await;
+    // ready is always true with publishNotReadyAddresses; serving says the truth.
+    fake.put(
+        "endpointslices",
+        NS,
+        slice(
+            "muster-nodes-a",
+            json!([
+                {"addresses": ["127.0.20.1"], "hostname": "muster-0", "conditions": {"ready": true, "serving": true}},
+                {"addresses": ["127.0.20.2"], "hostname": "muster-1", "conditions": {"ready": true, "serving": false}},
+                {"addresses": ["127.0.20.9"], "hostname": "muster-9", "conditions": {"ready": true, "terminating": true}}
+            ]),
+        ),
+    );
+    // The same endpoint in a second slice, and one more.
+    fake.put(
+        "endpointslices",
+        NS,
+        slice(
+            "muster-nodes-b",
+            json!([
+                {"addresses": ["127.0.20.2"], "hostname": "muster-1"},
+                {"addresses": ["127.0.20.3"], "hostname": "muster-2"}
+            ]),
+        ),
+    );
+    let other = json!({"metadata": {"name": "x", "labels": {"kubernetes.io/service-name": "other"}},
+                       "addressType": "IPv4", "endpoints": [{"addresses": ["10.9.9.9"]}]});
+    fake.put("endpointslices", NS, other);
+    let local: NodeName = "muster@127.0.20.1:4370".parse().unwrap();
+    let b = backend(&fake, &local, "mode = \"endpoints\"\nservice = \"muster-nodes\"");
+    let listed = b.list().await.unwrap();
+    let ips: Vec<String> = listed.nodes.iter().map(|n| n.to_string()).collect();
+    assert_eq!(
+        ips,
+        [
+            "muster@127.0.20.1:4370",
+            "muster@127.0.20.2:4370",
+            "muster@127.0.20.3:4370"
+        ]
+    );
+    assert!(!listed.authoritative && !b.full_membership());
+    assert_eq!(listed.preferred_seed, None);
+    let by_name = backend(
+        &fake,
+        &local,
+        &format!(
+            "mode = \"endpoints\"\nservice = \"muster-nodes\"\naddress_type = \"hostname\"\n\
+             hostname_suffix = \".muster-nodes.{NS}.svc.cluster.local\""
+        ),
+    );
+    assert_eq!(
+        by_name.list().await.unwrap().nodes,
+        vec![pod_name(0), pod_name(1), pod_name(2)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_fall_back_to_the_endpoints_api_only_when_slices_are_not_served() {
+    let fake = FakeApi::start(TOKEN).await;
+    fake.put(
+        "endpoints",
+        NS,
+        json!({"metadata": {"name": "muster-nodes"}, "subsets": [{
+            "addresses": [{"ip": "127.0.20.1"}], "notReadyAddresses": [{"ip": "127.0.20.2"}]}]}),
+    );
+    let local: NodeName = "muster@127.0.20.1:4370".parse().unwrap();
+    let b = backend(&fake, &local, "mode = \"endpoints\"\nservice = \"muster-nodes\"");
+    // Slices are served (an empty list): no fallback.
+    assert!(b.list().await.unwrap().nodes.is_empty());
+    assert!(!fake.requests().iter().any(|r| r.contains("/endpoints/")));
+    // A 403 on slices is reported, not papered over with the legacy API.
+    fake.forbid("list", "endpointslices", true);
+    let e = b.list().await.unwrap_err();
+    assert!(e.to_string().contains("cannot list endpointslices"), "{e}");
+    assert!(!fake.requests().iter().any(|r| r.contains("/endpoints/")));
+    // Not served at all (404): the Endpoints API, ready and not-ready addresses.
+    fake.forbid("list", "endpointslices", false);
+    fake.unserve("endpointslices");
+    let ips: Vec<String> = b
+        .list()
+        .await
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(ips, ["muster@127.0.20.1:4370", "muster@127.0.20.2:4370"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_exclusive_expires_when_its_holder_dies_and_is_lost_when_taken() {
+    let fake = cluster(3).await;
+    let (a, b) = (backend(&fake, &pod_name(0), ""), backend(&fake, &pod_name(1), ""));
+    let (la, lb) = (a.formation_lock().unwrap(), b.formation_lock().unwrap());
+    let held = la.lock(&pod_name(0), Duration::from_secs(5)).await.unwrap();
+    let lease = fake
+        .get("leases", NS, "muster-muster-formation")
+        .expect("the Lease exists");
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
+    assert!(holder.starts_with(&format!("{}#", pod_name(0))), "{holder}");
+    assert!(lb.lock(&pod_name(1), Duration::from_millis(500)).await.is_err());
+    // Renewed while held: the record changes every third of the 3 s duration.
+    let rv = lease["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let renewed = fake.get("leases", NS, "muster-muster-formation").unwrap();
+    assert_ne!(renewed["metadata"]["resourceVersion"], rv, "renewed");
+    // The holder dies (dropped without release): b takes it once the record stood still 3 s.
+    drop(held);
+    let t = Instant::now();
+    let taken = lb.lock(&pod_name(1), Duration::from_secs(10)).await.unwrap();
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+    let lease = fake.get("leases", NS, "muster-muster-formation").unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    // Someone overwrites the Lease: the guard is lost within a renewal.
+    let mut stolen = lease.clone();
+    stolen["spec"]["holderIdentity"] = json!("someone-else");
+    fake.put("leases", NS, stolen);
+    tokio::time::timeout(Duration::from_secs(3), taken.lost())
+        .await
+        .expect("the guard reports the loss");
+    // Released: free at once.
+    let c = backend(&fake, &pod_name(2), "");
+    fake.delete("leases", NS, "muster-muster-formation");
+    let g = c
+        .formation_lock()
+        .unwrap()
+        .lock(&pod_name(2), Duration::from_secs(2))
+        .await
+        .unwrap();
+    g.release().await.unwrap();
+    let t = Instant::now();
+    let g = a
+        .formation_lock()
+        .unwrap()
+        .lock(&pod_name(0), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "a released Lease is free at once"
+    );
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_id_is_claimed_once_and_listed_with_the_command_that_re_bootstraps() {
+    let fake = cluster(3).await;
+    let (a, b) = (backend(&fake, &pod_name(0), ""), backend(&fake, &pod_name(1), ""));
+    let (ia, ib) = (ClusterId("aaaa".into()), ClusterId("bbbb".into()));
+    let guard = a
+        .formation_lock()
+        .unwrap()
+        .lock(&pod_name(0), Duration::from_secs(5))
+        .await
+        .unwrap();
+    a.fencing()
+        .unwrap()
+        .claim(&ia, Some(guard.as_ref()))
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+    match b.fencing().unwrap().claim(&ib, None).await {
+        Err(ClaimError::Taken(id)) => assert_eq!(id, ia),
+        other => panic!("{other:?}"),
+    }
+    b.fencing()
+        .unwrap()
+        .claim(&ia, None)
+        .await
+        .expect("claiming the same id again is Ok");
+    let listed = b.list().await.unwrap();
+    assert_eq!(listed.recorded_cluster, Some(ia));
+    let hint = listed.fencing_hint.unwrap();
+    assert!(
+        hint.contains("kubectl -n prod delete configmap muster-muster-cluster"),
+        "{hint}"
+    );
+    // A claim under a Lease that is no longer ours is refused.
+    let guard = b
+        .formation_lock()
+        .unwrap()
+        .lock(&pod_name(1), Duration::from_secs(5))
+        .await
+        .unwrap();
+    fake.delete("leases", NS, "muster-muster-formation");
+    let r = b
+        .fencing()
+        .unwrap()
+        .claim(&ClusterId("cccc".into()), Some(guard.as_ref()))
+        .await;
+    assert!(matches!(r, Err(ClaimError::LockLost)), "{r:?}");
+    // fencing = false: no record read or written, and no lock either (auto needs fencing).
+    let off = backend(&fake, &pod_name(2), "fencing = false");
+    assert!(off.fencing().is_none() && off.formation_lock().is_none());
+    assert_eq!(off.list().await.unwrap().recorded_cluster, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_auto_falls_back_without_lease_rights_and_true_reports_them() {
+    let fake = cluster(3).await;
+    fake.forbid("get", "leases", true);
+    let auto = backend(&fake, &pod_name(0), "");
+    assert!(
+        auto.formation_lock().is_some(),
+        "on until the Role says otherwise"
+    );
+    auto.list().await.unwrap();
+    assert!(
+        auto.formation_lock().is_none(),
+        "lock = \"auto\" without Lease rights"
+    );
+    let on = backend(&fake, &pod_name(0), "lock = true");
+    on.list().await.unwrap();
+    let e = on
+        .formation_lock()
+        .expect("lock = true keeps the lock")
+        .lock(&pod_name(0), Duration::from_secs(2))
+        .await;
+    let e = e.err().expect("forbidden").to_string();
+    assert!(
+        e.contains("cannot get leases") && e.contains("coordination.k8s.io"),
+        "{e}"
+    );
+    let off = backend(&fake, &pod_name(0), "lock = false");
+    assert!(off.formation_lock().is_none() && off.fencing().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_resolve_to_their_pod_ip_through_the_api() {
+    let fake = cluster(2).await;
+    let b = backend(&fake, &pod_name(0), "");
+    let host = format!("muster-1.muster-nodes.{NS}.svc.cluster.local");
+    let ips = b
+        .resolve_host(&host)
+        .await
+        .expect("resolved through the API")
+        .unwrap();
+    assert_eq!(ips, vec!["127.0.20.2".parse::<std::net::IpAddr>().unwrap()]);
+    // The pod restarted with a new IP: used at once (no DNS cache in the way).
+    fake.pod(NS, "muster-1", "127.0.20.7");
+    assert_eq!(
+        b.resolve_host(&host).await.unwrap().unwrap(),
+        vec!["127.0.20.7".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let gone = b
+        .resolve_host(&format!("muster-5.muster-nodes.{NS}.svc.cluster.local"))
+        .await
+        .unwrap();
+    assert_eq!(gone.unwrap_err().kind, ErrorKind::NotFound);
+    assert!(
+        b.resolve_host("elsewhere.example.com").await.is_none(),
+        "not a pod name: system resolver"
+    );
+    // Without `pods get`: auto falls back to the system resolver, true reports it.
+    fake.forbid("get", "pods", true);
+    let strict = backend(&fake, &pod_name(0), "resolve_peers_via_api = true");
+    let e = strict.resolve_host(&host).await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("cannot get pods"), "{e}");
+    assert!(b.resolve_host(&host).await.is_none());
+    let off = backend(&fake, &pod_name(0), "resolve_peers_via_api = false");
+    fake.forbid("get", "pods", false);
+    assert!(off.resolve_host(&host).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_backend_passes_the_conformance_suite() {
+    let fake = cluster(3).await;
+    let kubeconfig = fake.kubeconfig(TOKEN);
+    // A port nobody listens on: the unreachable API server.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let text = std::fs::read_to_string(&kubeconfig)
+            .unwrap()
+            .replace(&fake.url, &format!("https://127.0.0.1:{port}"));
+        let p = fake.dir().join("dead-kubeconfig");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let nodes: Vec<NodeName> = (0..3).map(pod_name).collect();
+    let kc = kubeconfig.clone();
+    let subject = conformance::Subject::new(nodes, move |n| {
+        Arc::new(backend_at(&kc, n, "")) as Arc<dyn Discovery>
+    })
+    .with_unreachable(Arc::new(backend_at(&dead, &pod_name(0), "")));
+    conformance::run(&subject).await;
+}
