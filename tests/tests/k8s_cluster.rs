@@ -1,0 +1,234 @@
+//! End to end on "Kubernetes": real `muster` processes as the pods of a StatefulSet, their pod
+//! IPs 127.0.20.x, the fake API server (`muster_tests::k8s`) serving the StatefulSet, the pods,
+//! the EndpointSlices, the Lease and the fencing ConfigMap. Peers are resolved through the API
+//! (pod name → pod IP), as in a cluster.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use muster::NodeName;
+use muster_node::launch::{Layout, LocalCluster, Ports};
+use muster_tests::k8s::FakeApi;
+use muster_tests::{cluster_status, local_cluster_of, node_exe};
+use serde_json::json;
+
+const NS: &str = "prod";
+const TOKEN: &str = "e2e-token";
+const FORM: Duration = Duration::from_secs(30);
+
+fn ip(i: usize) -> String {
+    format!("127.0.20.{}", i + 1)
+}
+
+fn name(i: usize, port: u16) -> NodeName {
+    format!("muster@muster-{i}.muster-nodes.{NS}.svc.cluster.local:{port}")
+        .parse()
+        .unwrap()
+}
+
+/// `pods` pod processes (all created, none started), in `mode`, against `fake`.
+fn pods(fake: &FakeApi, pods: usize, mode: &str, extra: &str) -> (tempfile::TempDir, LocalCluster) {
+    let port = Ports::new().take().unwrap();
+    let names = (0..pods)
+        .map(|i| (name(i, port), format!("{}:{port}", ip(i)).parse().unwrap()))
+        .collect();
+    let mut tables = format!(
+        "[cluster_formation.k8s]\nmode = \"{mode}\"\napi = \"kubeconfig\"\nkubeconfig = \"{}\"\nnamespace = \"{NS}\"\n\
+         request_timeout = \"1s\"\nlease_duration = \"3s\"\n",
+        fake.kubeconfig(TOKEN).display()
+    );
+    if mode == "endpoints" {
+        tables.push_str(&format!(
+            "service = \"muster-nodes\"\naddress_type = \"hostname\"\nhostname_suffix = \".muster-nodes.{NS}.svc.cluster.local\"\n"
+        ));
+    }
+    let layout = Layout {
+        nodes: pods,
+        names: Some(names),
+        backend: Some(("k8s".into(), tables)),
+        formation:
+            "discovery_retry_interval = \"100ms\"\nprobe_timeout = \"250ms\"\nstable_margin = \"1s\"\n\
+                    target_cluster_size_hint = 3\n"
+                .into(),
+        extra: extra.into(),
+        ..Layout::default()
+    };
+    local_cluster_of(&node_exe!(), &layout)
+}
+
+/// The API objects of a StatefulSet with `replicas` running pods (and their EndpointSlice).
+fn scale(fake: &FakeApi, replicas: usize) {
+    fake.statefulset(NS, "muster", i32::try_from(replicas).unwrap(), 0);
+    let mut endpoints = Vec::new();
+    for i in 0..replicas {
+        fake.pod(NS, &format!("muster-{i}"), &ip(i));
+        endpoints.push(json!({"addresses": [ip(i)], "hostname": format!("muster-{i}"),
+                              "conditions": {"ready": true, "serving": false}}));
+    }
+    fake.put(
+        "endpointslices",
+        NS,
+        json!({"metadata": {"name": "muster-nodes-x", "labels": {"kubernetes.io/service-name": "muster-nodes"}},
+               "addressType": "IPv4", "endpoints": endpoints}),
+    );
+}
+
+fn cluster_ids(c: &LocalCluster, which: &[usize]) -> BTreeSet<String> {
+    which
+        .iter()
+        .map(|&i| {
+            cluster_status(c, i)["cluster"]
+                .as_str()
+                .unwrap_or("none")
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pods_started_at_once_form_one_cluster_ten_times_in_each_mode() {
+    for mode in ["statefulset", "endpoints"] {
+        for round in 1..=10 {
+            let fake = FakeApi::start(TOKEN).await;
+            scale(&fake, 3);
+            let (_dir, mut c) = pods(&fake, 3, mode, "");
+            c.start_all().unwrap();
+            if let Err(e) = c.wait_members(&[0, 1, 2], 3, FORM).await {
+                panic!("{mode} round {round}: {e}\n{}", c.log_tail(0, 30));
+            }
+            assert_eq!(
+                cluster_ids(&c, &[0, 1, 2]).len(),
+                1,
+                "{mode} round {round}: one cluster"
+            );
+            let record = fake
+                .get("configmaps", NS, "muster-muster-cluster")
+                .expect("the cluster id is recorded");
+            assert_eq!(
+                BTreeSet::from([record["data"]["cluster_id"].as_str().unwrap().to_string()]),
+                cluster_ids(&c, &[0]),
+                "{mode} round {round}: the recorded id is the cluster's"
+            );
+            c.stop_all(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_up_joins_and_scaling_down_forgets_the_removed_ordinals() {
+    let fake = FakeApi::start(TOKEN).await;
+    scale(&fake, 3);
+    let cleanup = "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n";
+    let (_dir, mut c) = pods(&fake, 5, "statefulset", cleanup);
+    for i in 0..3 {
+        c.start(i).unwrap();
+    }
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    scale(&fake, 5);
+    c.start(3).unwrap();
+    c.start(4).unwrap();
+    c.wait_members(&[0, 1, 2, 3, 4], 5, FORM).await.unwrap();
+    assert_eq!(cluster_ids(&c, &[0, 1, 2, 3, 4]).len(), 1);
+    // Scale back to 3: the StatefulSet says 3, pods 3 and 4 are gone.
+    fake.statefulset(NS, "muster", 3, 0);
+    c.stop(3, Duration::from_secs(5)).await.unwrap();
+    c.stop(4, Duration::from_secs(5)).await.unwrap();
+    fake.delete("pods", NS, "muster-3");
+    fake.delete("pods", NS, "muster-4");
+    c.wait_members(&[0, 1, 2], 3, FORM)
+        .await
+        .unwrap_or_else(|e| panic!("ordinals 3 and 4 are forgotten: {e}\n{}", c.log_tail(0, 30)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_0_with_a_lost_volume_rejoins_and_never_forms_a_second_cluster() {
+    let fake = FakeApi::start(TOKEN).await;
+    scale(&fake, 3);
+    let (_dir, mut c) = pods(&fake, 3, "statefulset", "");
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    let before = cluster_ids(&c, &[0, 1, 2]);
+    c.kill(0).unwrap();
+    std::fs::remove_dir_all(&c.nodes[0].data_dir).unwrap();
+    // Restarted with a new pod IP, as a rescheduled pod would be.
+    fake.pod(NS, "muster-0", "127.0.20.1");
+    c.start(0).unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(0, 30)));
+    assert_eq!(
+        cluster_ids(&c, &[0, 1, 2]),
+        before,
+        "the wiped pod-0 rejoined the same cluster"
+    );
+    // With every other member down, a wiped pod-0 refuses instead of forming.
+    c.stop_all(Duration::from_secs(5)).await;
+    std::fs::remove_dir_all(&c.nodes[0].data_dir).unwrap();
+    c.start(0).unwrap();
+    let started = Instant::now();
+    let mut refused = String::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        let log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default();
+        if log.contains("kubectl -n prod delete configmap muster-muster-cluster") {
+            refused = log;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !refused.is_empty(),
+        "pod-0 names the command that re-bootstraps:\n{}",
+        c.log_tail(0, 30)
+    );
+    let s = cluster_status(&c, 0);
+    assert!(s["cluster"].is_null(), "no second cluster: {s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lease_holder_delays_formation_until_the_lease_expires() {
+    let fake = FakeApi::start(TOKEN).await;
+    scale(&fake, 3);
+    // Held by a process that was SIGKILLed a moment ago: the record no longer changes.
+    fake.put(
+        "leases",
+        NS,
+        json!({"metadata": {"name": "muster-muster-formation"},
+               "spec": {"holderIdentity": "muster@muster-9#dead", "leaseDurationSeconds": 3,
+                        "renewTime": "2026-12-01T00:00:00.000000Z", "leaseTransitions": 4}}),
+    );
+    let (_dir, mut c) = pods(&fake, 3, "statefulset", "");
+    c.start_all().unwrap();
+    let t = Instant::now();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_secs(3),
+        "not before the Lease expired: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(cluster_ids(&c, &[0, 1, 2]).len(), 1);
+    let lease = fake.get("leases", NS, "muster-muster-formation").unwrap();
+    assert!(
+        lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 5,
+        "taken over: {lease}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_during_formation_ends_in_one_cluster() {
+    let fake = FakeApi::start(TOKEN).await;
+    scale(&fake, 3);
+    let (_dir, mut c) = pods(&fake, 3, "statefulset", "");
+    fake.set_down(true);
+    c.start_all().unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        let s = cluster_status(&c, i);
+        assert!(
+            s["cluster"].is_null(),
+            "nothing formed while the API was down: {s}"
+        );
+    }
+    fake.set_down(false);
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    assert_eq!(cluster_ids(&c, &[0, 1, 2]).len(), 1);
+}
