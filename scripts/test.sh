@@ -11,7 +11,8 @@ log() { printf '\n== %s\n' "$*"; }
 
 # System packages the build and the server-backed tests need: etcd for the etcd backend's tests,
 # protoc and the well-known .proto files for etcd-client's build, openssl for TLS test certificates,
-# dnsmasq and bind9 for the DNS tests, iproute2 and util-linux (ip, unshare) for the test namespace.
+# dnsmasq and bind9 for the DNS tests, iproute2 and util-linux (ip, unshare) for the test namespace;
+# kubernetes-validate (PyPI) for the Kubernetes manifests.
 # apt-get update runs once, and only when something is missing.
 APT_PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl dnsmasq-base bind9 bind9-dnsutils
   iproute2 util-linux)
@@ -20,11 +21,24 @@ for pkg in "${APT_PACKAGES[@]}"; do
   # "install ok installed" only: a removed package keeps a dpkg record ("config-files").
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
+# pip, for kubernetes-validate below.
+if ! command -v kubernetes-validate >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
+  missing+=(python3-pip)
+fi
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# kubernetes-validate (PyPI) checks deploy/kubernetes against the Kubernetes 1.33 schemas it
+# bundles, offline.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "installing kubernetes-validate from PyPI"
+  python3 -m pip install --quiet kubernetes-validate==1.37.0 ||
+    python3 -m pip install --quiet --break-system-packages kubernetes-validate==1.37.0
+  hash -r
 fi
 
 log "cargo fmt --check"

@@ -145,6 +145,8 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             action: ConfigAction::Check { file },
         } => {
             let cfg = NodeConfig::load(&file).map_err(|e| e.to_string())?;
+            // The backend's own table too (building it reads no network: clients connect lazily).
+            muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
             println!("# {} is valid. Effective settings:", file.display());
             print!("{}", toml::to_string(&cfg.file).map_err(|e| e.to_string())?);
             Ok(0)

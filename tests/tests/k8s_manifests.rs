@@ -1,0 +1,263 @@
+//! `deploy/kubernetes/`: every manifest passes `kubernetes-validate --strict` for Kubernetes 1.33
+//! (offline), and the files agree with each other and with the node: the ConfigMap's
+//! `muster.toml` passes `muster config check` with the StatefulSet's environment, and ports,
+//! probe paths, Service, Secret, ConfigMap and volume names match across the files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use muster_tests::{node_exe, text};
+use serde_json::Value;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
+}
+
+fn docs(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn one(file: &str, kind: &str) -> Value {
+    docs(file)
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {file}"))
+}
+
+fn manifests() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_manifest_passes_kubernetes_validate_strict_for_1_33() {
+    let probe = Command::new("kubernetes-validate").arg("--version").output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "kubernetes-validate is not installed; install it with: pip install kubernetes-validate==1.37.0 \
+         (scripts/test.sh does this)"
+    );
+    for file in manifests() {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "-k", "1.33.0"])
+            .arg(dir().join(&file))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{file} fails validation:\n{stdout}{stderr}");
+    }
+}
+
+#[test]
+fn kustomization_lists_every_manifest_and_generates_the_cookie_secret() {
+    let k = &docs("kustomization.yaml")[0];
+    let mut listed: Vec<String> = k["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, manifests());
+    let sts = one("statefulset.yaml", "StatefulSet");
+    let secret = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["secret"]["secretName"].as_str())
+        .unwrap()
+        .to_string();
+    assert_eq!(k["secretGenerator"][0]["name"], secret.as_str());
+}
+
+fn env_of(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect()
+}
+
+#[test]
+fn the_files_agree_with_each_other_and_the_config_passes_config_check() {
+    let sts = one("statefulset.yaml", "StatefulSet");
+    let spec = &sts["spec"];
+    let pod = &spec["template"]["spec"];
+    assert_eq!(
+        spec["podManagementPolicy"], "Parallel",
+        "OrderedReady deadlocks a full restart"
+    );
+    let headless = one("services.yaml", "Service");
+    assert_eq!(spec["serviceName"], headless["metadata"]["name"]);
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    let main = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "muster")
+        .unwrap();
+    let port = |name: &str| {
+        main["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    // The config, with the StatefulSet's environment for pod muster-0 in namespace prod.
+    let cm = one("configmap.yaml", "ConfigMap");
+    let toml_text = cm["data"]["muster.toml"].as_str().unwrap().to_string();
+    let cfg: toml::Table = toml::from_str(&toml_text).unwrap();
+    let vols = pod["volumes"].as_array().unwrap();
+    assert!(
+        vols.iter()
+            .any(|v| v["configMap"]["name"] == cm["metadata"]["name"]),
+        "the ConfigMap is mounted"
+    );
+    assert_eq!(
+        cfg["cluster_formation"]["k8s"]["service"].as_str(),
+        spec["serviceName"].as_str()
+    );
+    let http_listen = cfg["http"]["listen"].as_str().unwrap();
+    assert!(
+        http_listen.ends_with(&format!(":{}", port("http"))),
+        "{http_listen}"
+    );
+    let env: Vec<(String, String)> = env_of(main)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.replace("$(POD_NAME)", "muster-0")
+                    .replace("$(POD_NAMESPACE)", "prod"),
+            )
+        })
+        .collect();
+    let get = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k} missing"))
+    };
+    let node_name = get("MUSTER_NODE_NAME");
+    assert!(node_name.ends_with(&format!(":{}", port("peer"))), "{node_name}");
+    assert!(
+        node_name.contains(&format!(".{}.", spec["serviceName"].as_str().unwrap())),
+        "{node_name}"
+    );
+    let mounts = main["volumeMounts"].as_array().unwrap();
+    let mount_of = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+            .cloned()
+    };
+    let data = mount_of(&get("MUSTER_DATA_DIR")).expect("the data dir is a mount");
+    let templates: Vec<&str> = spec["volumeClaimTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        templates.contains(&data["name"].as_str().unwrap()),
+        "the data dir is a PersistentVolumeClaim"
+    );
+    assert!(
+        mount_of(&get("MUSTER_COOKIE_FILE")).is_some(),
+        "the cookie file is on a mount"
+    );
+    for container in pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["initContainers"].as_array().unwrap())
+    {
+        for m in container["volumeMounts"].as_array().unwrap() {
+            let name = m["name"].as_str().unwrap();
+            assert!(
+                vols.iter().any(|v| v["name"] == name) || templates.contains(&name),
+                "volume {name} is defined"
+            );
+        }
+    }
+    // Probes: the node's health paths, on the http port.
+    assert_eq!(main["livenessProbe"]["httpGet"]["path"], "/health/live");
+    assert_eq!(main["readinessProbe"]["httpGet"]["path"], "/health/ready");
+    assert_eq!(main["startupProbe"]["httpGet"]["path"], "/health/live");
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        assert_eq!(main[probe]["httpGet"]["port"], "http", "{probe}");
+    }
+    let startup = &main["startupProbe"];
+    let window = startup["periodSeconds"].as_u64().unwrap() * startup["failureThreshold"].as_u64().unwrap();
+    assert!(
+        window >= 300,
+        "the startup probe covers the restart window (10 × 30 s): {window} s"
+    );
+    // The node accepts the config with that environment.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("muster.toml");
+    std::fs::write(&file, &toml_text).unwrap();
+    let out = Command::new(node_exe!())
+        .args(["config", "check"])
+        .arg(&file)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("POD_NAMESPACE", "prod")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "config check: {stdout}{stderr}");
+    assert!(stdout.contains("peer_discovery_backend = \"k8s\""), "{stdout}");
+}
+
+#[test]
+fn the_role_grants_exactly_what_the_backend_uses() {
+    let role = one("role.yaml", "Role");
+    let mut granted: Vec<(String, String, String)> = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    granted.push((
+                        g.as_str().unwrap().into(),
+                        r.as_str().unwrap().into(),
+                        v.as_str().unwrap().into(),
+                    ));
+                }
+            }
+        }
+    }
+    granted.sort();
+    let mut want: Vec<(String, String, String)> = [
+        ("apps", "statefulsets", "get"),
+        ("", "pods", "get"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("", "configmaps", "get"),
+        ("", "configmaps", "create"),
+    ]
+    .iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect();
+    want.sort();
+    assert_eq!(granted, want);
+    let binding = one("role.yaml", "RoleBinding");
+    let sa = one("serviceaccount.yaml", "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    let sts = one("statefulset.yaml", "StatefulSet");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["serviceAccountName"],
+        sa["metadata"]["name"]
+    );
+}
