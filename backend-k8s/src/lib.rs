@@ -27,14 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use muster_discovery_core::{
     ClaimError, ClusterId, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing, FormationConfig,
-    FormationLock, Host, LockGuard, NodeName,
+    FormationLock, Host, LockGuard, Milestone, NodeName,
 };
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
@@ -52,6 +53,7 @@ const ENDPOINTS_GET: Rule = Rule::new("", "endpoints", "get");
 const PODS_GET: Rule = Rule::new("", "pods", "get");
 const CM_GET: Rule = Rule::new("", "configmaps", "get");
 const CM_CREATE: Rule = Rule::new("", "configmaps", "create");
+const EVENTS_CREATE: Rule = Rule::new("events.k8s.io", "events", "create");
 const CLUSTER_ID_KEY: &str = "cluster_id";
 
 /// The Kubernetes backend.
@@ -63,6 +65,8 @@ pub struct K8sBackend {
     lock_denied: AtomicBool,
     /// `resolve_peers_via_api = "auto"` found the Role without `pods get`.
     resolve_denied: AtomicBool,
+    /// The Role does not allow `events create`: warned once, not tried again.
+    events_denied: AtomicBool,
 }
 
 impl K8sBackend {
@@ -87,6 +91,7 @@ impl K8sBackend {
             client: OnceCell::new(),
             lock_denied: AtomicBool::new(false),
             resolve_denied: AtomicBool::new(false),
+            events_denied: AtomicBool::new(false),
         })
     }
 
@@ -236,7 +241,16 @@ impl K8sBackend {
             Err(e) if status_code(&e) == Some(404) => nodes = self.legacy_endpoints(client).await?,
             Err(e) => return Err(map(&what, SLICES_LIST, e)),
         }
-        Ok(DiscoveryResult::new(nodes, false))
+        let mut result = DiscoveryResult::new(nodes, false);
+        // The StatefulSet's replicas, when there is one and the Role lets us read it, say how
+        // many to wait for (a raised size hint); otherwise the configured hint alone applies.
+        if self.r.statefulset.is_some() {
+            match self.ordinals(client).await {
+                Ok((_, replicas)) => result = result.with_expected_size(replicas as usize),
+                Err(e) => tracing::debug!("no expected size from the StatefulSet: {e}"),
+            }
+        }
+        Ok(result)
     }
 
     async fn legacy_endpoints(&self, client: &Client) -> Result<Vec<NodeName>, DiscoveryError> {
@@ -324,6 +338,85 @@ impl K8sBackend {
     }
 }
 
+impl K8sBackend {
+    /// The local pod's name: `POD_NAME`, else the first label of the node's host.
+    fn pod_name(&self) -> Option<String> {
+        std::env::var("POD_NAME")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| match self.local.host() {
+                Host::Dns(h) => h.split('.').next().map(String::from),
+                _ => None,
+            })
+    }
+
+    /// Publishes `m` as an events.k8s.io/v1 Event on the local pod (best effort).
+    async fn publish(&self, m: &Milestone) {
+        let Some(pod) = self.pod_name() else { return };
+        let (reason, kind, note) = match m {
+            Milestone::Formed { cluster } => ("Formed", "Normal", format!("formed cluster {cluster}")),
+            Milestone::Joined {
+                cluster,
+                via: Some(via),
+            } => ("Joined", "Normal", format!("joined cluster {cluster} via {via}")),
+            Milestone::Joined { cluster, via: None } => {
+                ("Joined", "Normal", format!("rejoined cluster {cluster}"))
+            }
+            Milestone::Refused { reason } => ("Refused", "Warning", reason.clone()),
+            Milestone::Failed { reason } => ("FormationFailed", "Warning", reason.clone()),
+            Milestone::WaitingLong { detail } => ("WaitingTooLong", "Warning", detail.clone()),
+            _ => return,
+        };
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cannot publish the {reason} event: {e}");
+                return;
+            }
+        };
+        let now =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let stamp = now.0.as_nanosecond();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{pod}.{stamp:x}")),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(now),
+            action: Some("Formation".into()),
+            reason: Some(reason.into()),
+            type_: Some(kind.into()),
+            // The API server limits a note to 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            regarding: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.clone()),
+                namespace: Some(self.ns().to_string()),
+                uid: std::env::var("POD_UID").ok().filter(|v| !v.is_empty()),
+                ..ObjectReference::default()
+            }),
+            reporting_controller: Some("muster.dev/formation".into()),
+            reporting_instance: Some(pod),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(client, self.ns());
+        let what = format!("publishing the {reason} event");
+        match raw(&what, self.limit(), api.create(&PostParams::default(), &event)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if status_code(&e) == Some(403) => {
+                warn!(
+                    "{}; events are off from now on (or set cluster_formation.k8s.events = false)",
+                    map(&what, EVENTS_CREATE, e)
+                );
+                self.events_denied.store(true, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => warn!("{}", map(&what, EVENTS_CREATE, e)),
+            Err(e) => warn!("{e}"),
+        }
+    }
+}
+
 /// The endpoints of a slice, whatever the k8s-openapi version makes the field.
 #[allow(clippy::needless_return)] // one of the two returns is compiled in
 fn slice_endpoints(s: &EndpointSlice) -> &[Endpoint] {
@@ -360,6 +453,12 @@ impl Discovery for K8sBackend {
                 .with_fencing_hint(self.fencing_hint());
         }
         Ok(result)
+    }
+
+    async fn milestone(&self, m: &Milestone) {
+        if self.r.settings.events && !self.events_denied.load(Ordering::Relaxed) {
+            self.publish(m).await;
+        }
     }
 
     fn formation_lock(&self) -> Option<&dyn FormationLock> {

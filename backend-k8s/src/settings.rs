@@ -130,6 +130,8 @@ pub struct K8sSettings {
     /// Resolve peers to their pods' `status.podIP` through the API: `true`, `false` or `"auto"`
     /// (when the Role allows `pods get`; else the system resolver).
     pub resolve_peers_via_api: Toggle,
+    /// Kubernetes Events on the node's pod (formed, joined, refused, failed, waiting long).
+    pub events: bool,
 }
 
 impl Default for K8sSettings {
@@ -154,6 +156,7 @@ impl Default for K8sSettings {
             fencing: true,
             fencing_name: None,
             resolve_peers_via_api: Toggle::Auto,
+            events: true,
         }
     }
 }

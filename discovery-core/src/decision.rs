@@ -631,7 +631,8 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
         return Some(WaitReason::NotListed);
     }
     let discovered = input.view.len();
-    let hint = cfg.target_cluster_size_hint as usize;
+    // A backend that knows the intended size (a StatefulSet's replicas) raises the hint.
+    let hint = (cfg.target_cluster_size_hint as usize).max(d.expected_size.unwrap_or(0));
     if discovered < hint {
         return Some(WaitReason::TooFewCandidates {
             discovered,

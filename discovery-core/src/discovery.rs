@@ -30,6 +30,9 @@ pub struct DiscoveryResult {
     /// What an operator can do about a recorded cluster nobody reaches (for example which key to
     /// delete to re-bootstrap); shown in the refusal.
     pub fencing_hint: Option<String>,
+    /// How many nodes the backend knows the cluster is meant to have (a StatefulSet's
+    /// replicas): raises `target_cluster_size_hint` to it for this round.
+    pub expected_size: Option<usize>,
 }
 
 impl DiscoveryResult {
@@ -44,7 +47,14 @@ impl DiscoveryResult {
             authoritative,
             recorded_cluster: None,
             fencing_hint: None,
+            expected_size: None,
         }
+    }
+
+    /// Sets the expected cluster size (see [`DiscoveryResult::expected_size`]).
+    pub fn with_expected_size(mut self, size: usize) -> Self {
+        self.expected_size = Some(size);
+        self
     }
 
     /// Sets the backend-preferred seed.
@@ -64,6 +74,40 @@ impl DiscoveryResult {
         self.fencing_hint = Some(hint.into());
         self
     }
+}
+
+/// A formation milestone, told to the backend (which may publish it, e.g. as a Kubernetes
+/// Event on the node's pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Milestone {
+    /// This node formed a new cluster.
+    Formed {
+        /// The cluster.
+        cluster: ClusterId,
+    },
+    /// This node joined (or, after a restart, rejoined) a cluster.
+    Joined {
+        /// The cluster.
+        cluster: ClusterId,
+        /// The member it joined through, if any.
+        via: Option<NodeName>,
+    },
+    /// Formation refused to go on (it would have made a second cluster).
+    Refused {
+        /// Why, with what to do.
+        reason: String,
+    },
+    /// Formation failed (attempts exhausted, misconfigured).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Halfway through the discovery attempts and still waiting.
+    WaitingLong {
+        /// What the node is waiting for.
+        detail: String,
+    },
 }
 
 /// What a backend can do beyond listing: a summary of its accessors, for logs and status.
@@ -194,6 +238,9 @@ pub trait Discovery: Send + Sync {
     fn fencing(&self) -> Option<&dyn Fencing> {
         None
     }
+
+    /// Told of formation milestones; best effort (the default ignores them).
+    async fn milestone(&self, _milestone: &Milestone) {}
 
     /// Resolves a peer's host name with this backend's own resolver settings, so that a
     /// deployment with its own nameservers never falls back to the system resolver for peers.

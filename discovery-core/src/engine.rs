@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::FormationConfig;
 use crate::decision::{Decision, DecisionInput, LockState, Probe, Verdict, WaitReason, decide};
-use crate::discovery::{ClaimError, LockGuard};
+use crate::discovery::{ClaimError, LockGuard, Milestone};
 use crate::discovery::{Discovery, DiscoveryResult};
 use crate::error::{DiscoveryError, ErrorKind, FormationError};
 use crate::membership::{ClusterId, FormationView, Membership, Vouch};
@@ -124,6 +124,26 @@ impl FormationEngine {
             Ok(outcome) => info!(node = %self.local, "{}", summarize_outcome(outcome)),
             Err(e) => warn!(node = %self.local, "formation failed: {e}"),
         }
+        let milestone = match &result {
+            Ok(FormationOutcome::NewCluster { cluster, .. }) => Milestone::Formed {
+                cluster: cluster.clone(),
+            },
+            Ok(FormationOutcome::JoinedExisting { cluster, via }) => Milestone::Joined {
+                cluster: cluster.clone(),
+                via: Some(via.clone()),
+            },
+            Ok(FormationOutcome::Rejoined { cluster, via }) => Milestone::Joined {
+                cluster: cluster.clone(),
+                via: via.clone(),
+            },
+            Err(e @ FormationError::Refused { .. }) => Milestone::Refused {
+                reason: e.to_string(),
+            },
+            Err(e) => Milestone::Failed {
+                reason: e.to_string(),
+            },
+        };
+        self.discovery.milestone(&milestone).await;
         result
     }
 
@@ -231,6 +251,11 @@ impl FormationEngine {
         attempt: u32,
     ) -> ControlFlow<Result<FormationOutcome, FormationError>, ()> {
         self.try_register(st).await;
+        // Halfway through the attempts: say so once, with what the node is waiting for.
+        if attempt == (self.config.discovery_retry_limit / 2).max(2) {
+            let detail = self.status.borrow().detail.clone();
+            self.discovery.milestone(&Milestone::WaitingLong { detail }).await;
+        }
         self.status.send_modify(|s| s.attempt = attempt);
         let lock = if self.discovery.formation_lock().is_some() {
             LockState::Available

@@ -29,8 +29,8 @@ pub mod testing;
 pub use config::{ConfigError, FormationConfig, OnExhausted};
 pub use decision::{Decision, WaitReason};
 pub use discovery::{
-    Capabilities, ClaimError, Discovery, DiscoveryResult, Fencing, FormationLock, LockGuard, Registration,
-    RegistrationStatus,
+    Capabilities, ClaimError, Discovery, DiscoveryResult, Fencing, FormationLock, LockGuard, Milestone,
+    Registration, RegistrationStatus,
 };
 pub use engine::{AwaitError, FormationEngine, FormationHandle};
 pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retry as RetryClass};

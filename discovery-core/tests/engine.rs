@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use muster_discovery_core::Milestone;
 use muster_discovery_core::testing::{BackendMode, Directory, Network, NetworkFaults};
 use muster_discovery_core::{
     Discovery, DiscoveryError, DiscoveryResult, ErrorKind, FormationConfig, FormationEngine, FormationError,
@@ -146,6 +147,16 @@ impl Discovery for Recording {
         self.calls.lock().unwrap().push("list");
         Ok(DiscoveryResult::new(self.nodes.clone(), true))
     }
+    async fn milestone(&self, m: &Milestone) {
+        self.calls.lock().unwrap().push(match m {
+            Milestone::Formed { .. } => "formed",
+            Milestone::Joined { .. } => "joined",
+            Milestone::Refused { .. } => "refused",
+            Milestone::Failed { .. } => "failed",
+            Milestone::WaitingLong { .. } => "waiting long",
+            _ => "other",
+        });
+    }
 }
 
 #[async_trait]
@@ -177,6 +188,38 @@ async fn registers_before_discovering_and_unregisters_on_shutdown() {
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.first(), Some(&"register"), "{calls:?}");
     assert_eq!(calls.last(), Some(&"unregister"), "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| **c == "formed").count(),
+        1,
+        "the milestone is told once: {calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_wait_and_a_failure_are_told_to_the_backend() {
+    let net = Network::new(NetworkFaults::default(), 2);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    // Listed with a peer that never answers: waits, then gives up.
+    let backend = Recording {
+        calls: calls.clone(),
+        nodes: vec![n(1), n(2)],
+    };
+    let mut cfg = config();
+    cfg.discovery_retry_limit = 6;
+    let e = FormationEngine::new(cfg, Arc::new(backend), Arc::new(net.start(&n(1))));
+    assert!(e.run().await.is_err());
+    let calls = calls.lock().unwrap().clone();
+    let waiting = calls
+        .iter()
+        .position(|c| *c == "waiting long")
+        .expect("told it waits long");
+    let failed = calls.iter().position(|c| *c == "failed").expect("told it failed");
+    assert!(waiting < failed, "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| **c == "waiting long").count(),
+        1,
+        "{calls:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

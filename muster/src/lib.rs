@@ -9,7 +9,7 @@
 //! | `classic` (default) | static list | `muster-backend-classic` |
 //! | `etcd` | etcd: leases, lock, fencing (build needs `protoc`) | `muster-backend-etcd` |
 //! | `dns` | DNS A/AAAA (+PTR) or SRV | `muster-backend-dns` |
-//! | `k8s` | Kubernetes: StatefulSet ordinals or EndpointSlices, Lease lock, ConfigMap fencing | `muster-backend-k8s` |
+//! | `k8s` | Kubernetes: StatefulSet ordinals or EndpointSlices, Lease lock, ConfigMap fencing (the final binary enables one `k8s-openapi` version feature, e.g. `v1_33`) | `muster-backend-k8s` |
 //! | `aws`, `consul` | reserved: each arrives with its own crate | — |
 //!
 //! ```

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use muster::{Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Phase, Registration};
+use muster::{
+    Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Milestone, Phase, Registration,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -205,6 +207,9 @@ impl Discovery for Counting {
     }
     fn fencing(&self) -> Option<&dyn Fencing> {
         self.inner.fencing()
+    }
+    async fn milestone(&self, milestone: &Milestone) {
+        self.inner.milestone(milestone).await
     }
     async fn resolve_host(&self, host: &str) -> Option<Result<Vec<std::net::IpAddr>, DiscoveryError>> {
         self.inner.resolve_host(host).await

@@ -574,6 +574,17 @@ impl FakeApi {
         self.with(|s| s.objects.get(&(resource.into(), ns.into(), name.into())).cloned())
     }
 
+    /// Every stored object of `resource` in `ns`.
+    pub fn list(&self, resource: &str, ns: &str) -> Vec<Value> {
+        self.with(|s| {
+            s.objects
+                .iter()
+                .filter(|((r, n, _), _)| r == resource && n == ns)
+                .map(|(_, v)| v.clone())
+                .collect()
+        })
+    }
+
     /// Deletes an object (as a controller would).
     pub fn delete(&self, resource: &str, ns: &str, name: &str) {
         self.with(|s| s.objects.remove(&(resource.into(), ns.into(), name.into())));

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster::{ClaimError, ClusterId, Discovery, ErrorKind, FormationConfig, NodeName};
+use muster::{ClaimError, ClusterId, Discovery, ErrorKind, FormationConfig, Milestone, NodeName};
 use muster_backend_k8s::K8sBackend;
 use muster_discovery_core::testing::conformance;
 use muster_tests::k8s::FakeApi;
@@ -189,6 +189,21 @@ async fn endpoints_mode_merges_slices_keeps_not_ready_and_drops_terminating() {
     assert_eq!(
         by_name.list().await.unwrap().nodes,
         vec![pod_name(0), pod_name(1), pod_name(2)]
+    );
+    assert_eq!(
+        by_name.list().await.unwrap().expected_size,
+        None,
+        "no StatefulSet named: no size"
+    );
+    // A pod of a readable StatefulSet: its replicas are the expected size.
+    fake.statefulset(NS, "muster", 5, 0);
+    let in_sts = backend(&fake, &pod_name(0), "mode = \"endpoints\"");
+    assert_eq!(in_sts.list().await.unwrap().expected_size, Some(5));
+    fake.forbid("get", "statefulsets", true);
+    assert_eq!(
+        in_sts.list().await.unwrap().expected_size,
+        None,
+        "unreadable: the configured hint alone"
     );
 }
 
@@ -427,4 +442,68 @@ async fn k8s_backend_passes_the_conformance_suite() {
     })
     .with_unreachable(Arc::new(backend_at(&dead, &pod_name(0), "")));
     conformance::run(&subject).await;
+}
+
+fn events(fake: &FakeApi) -> Vec<serde_json::Value> {
+    fake.list("events", NS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milestones_become_events_on_the_pod() {
+    let fake = cluster(3).await;
+    let b = backend(&fake, &pod_name(1), "");
+    b.milestone(&Milestone::Joined {
+        cluster: ClusterId("abcd".into()),
+        via: Some(pod_name(0)),
+    })
+    .await;
+    b.milestone(&Milestone::WaitingLong {
+        detail: "waiting for seed muster-0".into(),
+    })
+    .await;
+    let ev = events(&fake);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let joined = ev
+        .iter()
+        .find(|e| e["reason"] == "Joined")
+        .expect("a Joined event");
+    assert_eq!(joined["regarding"]["kind"], "Pod");
+    assert_eq!(joined["regarding"]["name"], "muster-1");
+    assert_eq!(joined["type"], "Normal");
+    assert!(
+        joined["note"]
+            .as_str()
+            .unwrap()
+            .contains("joined cluster abcd via"),
+        "{joined}"
+    );
+    let waiting = ev.iter().find(|e| e["reason"] == "WaitingTooLong").unwrap();
+    assert_eq!(waiting["type"], "Warning");
+    // events = false: none.
+    let quiet = backend(&fake, &pod_name(2), "events = false");
+    quiet
+        .milestone(&Milestone::Formed {
+            cluster: ClusterId("x".into()),
+        })
+        .await;
+    assert_eq!(events(&fake).len(), 2);
+    // Without `events create`: one warning, then no more attempts.
+    fake.forbid("create", "events", true);
+    let denied = backend(&fake, &pod_name(2), "");
+    denied
+        .milestone(&Milestone::Formed {
+            cluster: ClusterId("x".into()),
+        })
+        .await;
+    denied
+        .milestone(&Milestone::Formed {
+            cluster: ClusterId("x".into()),
+        })
+        .await;
+    let posts = fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST /apis/events.k8s.io"))
+        .count();
+    assert_eq!(posts, 3, "two published, one refused, then none");
 }

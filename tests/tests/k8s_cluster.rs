@@ -109,6 +109,25 @@ async fn three_pods_started_at_once_form_one_cluster_ten_times_in_each_mode() {
                 cluster_ids(&c, &[0]),
                 "{mode} round {round}: the recorded id is the cluster's"
             );
+            // Each pod says how it ended, as an Event on itself: one formed, the others joined.
+            let reasons = |fake: &FakeApi| {
+                let mut r: Vec<String> = fake
+                    .list("events", NS)
+                    .iter()
+                    .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+                    .collect();
+                r.sort();
+                r
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while reasons(&fake).len() < 3 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                reasons(&fake),
+                ["Formed", "Joined", "Joined"],
+                "{mode} round {round}"
+            );
             c.stop_all(Duration::from_secs(5)).await;
         }
     }

@@ -246,6 +246,7 @@ fn the_role_grants_exactly_what_the_backend_uses() {
         ("coordination.k8s.io", "leases", "update"),
         ("", "configmaps", "get"),
         ("", "configmaps", "create"),
+        ("events.k8s.io", "events", "create"),
     ]
     .iter()
     .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))

@@ -88,6 +88,7 @@ struct Case {
     attempt: u32,
     on_exhausted: OnExhausted,
     hint: u32,
+    expected_size: Option<usize>,
     unchanged_ms: u64,
     commitment: Option<(u32, &'static str)>,
     expect: Decision,
@@ -108,6 +109,7 @@ impl Default for Case {
             attempt: 1,
             on_exhausted: OnExhausted::Fail,
             hint: 1,
+            expected_size: None,
             unchanged_ms: 10_000,
             expect: Decision::Lock,
         }
@@ -118,6 +120,7 @@ fn run(case: &Case) -> Verdict {
     let mut listing = DiscoveryResult::new(case.listed.iter().map(|i| n(*i)), case.authoritative);
     listing.preferred_seed = case.preferred.map(n);
     listing.recorded_cluster = case.recorded.map(c);
+    listing.expected_size = case.expected_size;
     let mut view: BTreeSet<NodeName> = listing.nodes.iter().cloned().collect();
     view.extend(listing.preferred_seed.clone());
     view.insert(n(case.local));
@@ -488,6 +491,17 @@ fn decision_table() {
             name: "non-authoritative: fewer candidates than the hint",
             authoritative: false,
             hint: 4,
+            peers: vec![blank(2, Some(1), 9000), blank(3, Some(1), 9000)],
+            expect: Decision::Wait(WaitReason::TooFewCandidates {
+                discovered: 3,
+                required: 4,
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "the backend's expected size raises a hint of 1",
+            authoritative: false,
+            expected_size: Some(4),
             peers: vec![blank(2, Some(1), 9000), blank(3, Some(1), 9000)],
             expect: Decision::Wait(WaitReason::TooFewCandidates {
                 discovered: 3,
