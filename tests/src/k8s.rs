@@ -548,6 +548,22 @@ impl FakeApi {
         path
     }
 
+    /// Writes a kubeconfig whose token is read from `token_file` (re-read by kube as it
+    /// rotates, like a projected service-account token) and returns its path.
+    pub fn kubeconfig_with_token_file(&self, token_file: &Path) -> PathBuf {
+        let path = self.dir.path().join("kubeconfig-token-file");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n    \
+             server: {}\n    certificate-authority: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    \
+             user: muster\nusers:\n- name: muster\n  user:\n    tokenFile: {}\n",
+            self.url,
+            self.ca.display(),
+            token_file.display()
+        );
+        std::fs::write(&path, text).expect("write the kubeconfig");
+        path
+    }
+
     /// Stores `obj` (a full object with `metadata.name`) as if created by a controller.
     pub fn put(&self, resource: &str, ns: &str, mut obj: Value) {
         let (kind, api_version) = RESOURCES

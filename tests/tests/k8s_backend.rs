@@ -419,29 +419,96 @@ async fn peers_resolve_to_their_pod_ip_through_the_api() {
     assert!(off.resolve_host(&host).await.is_none());
 }
 
+/// The conformance suite against the fake, or against a real cluster when
+/// `MUSTER_K8S_TEST_KUBECONFIG` names a kubeconfig (namespace `MUSTER_K8S_TEST_NAMESPACE`,
+/// default `default`; the Role of deploy/kubernetes plus `delete` on leases and configmaps for
+/// the clean-up). On a real cluster the StatefulSet is not read (`replicas = 3`), and the Lease
+/// and ConfigMap get names of their own, deleted afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_backend_passes_the_conformance_suite() {
-    let fake = cluster(3).await;
-    let kubeconfig = fake.kubeconfig(TOKEN);
+    let real = std::env::var_os("MUSTER_K8S_TEST_KUBECONFIG").map(std::path::PathBuf::from);
+    let fake = match real {
+        Some(_) => None,
+        None => Some(cluster(3).await),
+    };
+    let (kubeconfig, ns, names) = match (&real, &fake) {
+        (Some(kc), _) => {
+            let ns = std::env::var("MUSTER_K8S_TEST_NAMESPACE").unwrap_or_else(|_| "default".into());
+            let suffix = std::process::id();
+            (
+                kc.clone(),
+                ns,
+                format!(
+                    "replicas = 3\nlease_name = \"muster-conformance-{suffix}\"\nfencing_name = \"muster-conformance-{suffix}\"\n"
+                ),
+            )
+        }
+        (None, Some(f)) => (f.kubeconfig(TOKEN), NS.to_string(), String::new()),
+        (None, None) => unreachable!(),
+    };
+    let extra = format!("namespace = \"{ns}\"\n{names}");
+    let at = |kc: &std::path::Path, n: &NodeName| {
+        let text = format!(
+            "[cluster_formation]\npeer_discovery_backend = \"k8s\"\n[cluster_formation.k8s]\napi = \"kubeconfig\"\n\
+             kubeconfig = \"{}\"\nrequest_timeout = \"2s\"\nlease_duration = \"5s\"\n{extra}",
+            kc.display()
+        );
+        K8sBackend::from_config(&FormationConfig::from_toml(&text).unwrap(), n).unwrap()
+    };
     // A port nobody listens on: the unreachable API server.
+    let tmp = tempfile::tempdir().unwrap();
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let text = std::fs::read_to_string(&kubeconfig)
-            .unwrap()
-            .replace(&fake.url, &format!("https://127.0.0.1:{port}"));
-        let p = fake.dir().join("dead-kubeconfig");
-        std::fs::write(&p, text).unwrap();
+        let p = tmp.path().join("dead-kubeconfig");
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: dead\nclusters:\n- name: dead\n  cluster:\n    \
+                 server: https://127.0.0.1:{port}\ncontexts:\n- name: dead\n  context:\n    cluster: dead\n    \
+                 user: u\nusers:\n- name: u\n  user:\n    token: t\n"
+            ),
+        )
+        .unwrap();
         p
     };
-    let nodes: Vec<NodeName> = (0..3).map(pod_name).collect();
-    let kc = kubeconfig.clone();
-    let subject = conformance::Subject::new(nodes, move |n| {
-        Arc::new(backend_at(&kc, n, "")) as Arc<dyn Discovery>
+    let nodes: Vec<NodeName> = (0..3)
+        .map(|i| {
+            format!("muster@muster-{i}.muster-nodes.{ns}.svc.cluster.local:4370")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let backends: Vec<Arc<dyn Discovery>> = nodes
+        .iter()
+        .map(|n| Arc::new(at(&kubeconfig, n)) as Arc<dyn Discovery>)
+        .collect();
+    let by_name = nodes.clone();
+    let subject = conformance::Subject::new(nodes.clone(), move |n| {
+        let i = by_name.iter().position(|x| x == n).expect("a subject node");
+        backends[i].clone()
     })
-    .with_unreachable(Arc::new(backend_at(&dead, &pod_name(0), "")));
+    .with_unreachable(Arc::new(at(&dead, &nodes[0])));
     conformance::run(&subject).await;
+    if real.is_some() {
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let name = format!("muster-conformance-{}", std::process::id());
+        let dp = kube::api::DeleteParams::default();
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client.clone(), &ns);
+        let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, &ns);
+        let _ = leases.delete(&name, &dp).await;
+        let _ = cms.delete(&name, &dp).await;
+    }
 }
 
 fn events(fake: &FakeApi) -> Vec<serde_json::Value> {

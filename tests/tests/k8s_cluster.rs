@@ -28,6 +28,17 @@ fn name(i: usize, port: u16) -> NodeName {
 
 /// `pods` pod processes (all created, none started), in `mode`, against `fake`.
 fn pods(fake: &FakeApi, pods: usize, mode: &str, extra: &str) -> (tempfile::TempDir, LocalCluster) {
+    pods_with(fake, &fake.kubeconfig(TOKEN), pods, mode, extra)
+}
+
+fn pods_with(
+    fake: &FakeApi,
+    kubeconfig: &std::path::Path,
+    pods: usize,
+    mode: &str,
+    extra: &str,
+) -> (tempfile::TempDir, LocalCluster) {
+    let _ = fake;
     let port = Ports::new().take().unwrap();
     let names = (0..pods)
         .map(|i| (name(i, port), format!("{}:{port}", ip(i)).parse().unwrap()))
@@ -35,7 +46,7 @@ fn pods(fake: &FakeApi, pods: usize, mode: &str, extra: &str) -> (tempfile::Temp
     let mut tables = format!(
         "[cluster_formation.k8s]\nmode = \"{mode}\"\napi = \"kubeconfig\"\nkubeconfig = \"{}\"\nnamespace = \"{NS}\"\n\
          request_timeout = \"1s\"\nlease_duration = \"3s\"\n",
-        fake.kubeconfig(TOKEN).display()
+        kubeconfig.display()
     );
     if mode == "endpoints" {
         tables.push_str(&format!(
@@ -250,4 +261,39 @@ async fn an_api_outage_during_formation_ends_in_one_cluster() {
     fake.set_down(false);
     c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
     assert_eq!(cluster_ids(&c, &[0, 1, 2]).len(), 1);
+}
+
+/// A rotating service-account token: the file changes, the API server accepts both tokens for a
+/// while (as Kubernetes does until the old one expires), then only the new one. kube re-reads
+/// the file within a minute, so the pods never see a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_picked_up_without_an_error() {
+    let fake = FakeApi::start(TOKEN).await;
+    scale(&fake, 3);
+    let token_file = fake.dir().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let kubeconfig = fake.kubeconfig_with_token_file(&token_file);
+    let cleanup = "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\n";
+    let (_dir, mut c) = pods_with(&fake, &kubeconfig, 4, "statefulset", cleanup);
+    for i in 0..3 {
+        c.start(i).unwrap();
+    }
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    std::fs::write(&token_file, "rotated-token").unwrap();
+    fake.rotate_token("rotated-token", true);
+    // kube re-reads a token file that is 50 s old; the old token stays valid until then.
+    tokio::time::sleep(Duration::from_secs(56)).await;
+    fake.rotate_token("rotated-token", false);
+    scale(&fake, 4);
+    c.start(3).unwrap();
+    c.wait_members(&[0, 1, 2, 3], 4, FORM).await.unwrap_or_else(|e| {
+        panic!(
+            "the new pod joins with the rotated token: {e}\n{}",
+            c.log_tail(3, 20)
+        )
+    });
+    for i in 0..4 {
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(!log.contains("rejected the token"), "pod {i} saw a 401:\n{log}");
+    }
 }
