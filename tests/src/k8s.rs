@@ -68,9 +68,26 @@ fn group_of(resource: &str) -> &'static str {
     }
 }
 
+/// One change, kept for watches.
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    resource: String,
+    ns: String,
+    etype: &'static str,
+    obj: Value,
+}
+
+/// How many changes the watch history keeps (older start versions get 410 Expired).
+const HISTORY: usize = 1000;
+
 /// Everything the fake knows; tests change it through [`FakeApi`].
 #[derive(Default)]
 struct State {
+    /// Recent changes, oldest first; `floor` is the newest version no longer in it.
+    history: std::collections::VecDeque<Change>,
+    floor: u64,
+    live: Option<tokio::sync::broadcast::Sender<Change>>,
     rv: u64,
     uid: u64,
     /// (resource, namespace, name) → object.
@@ -183,6 +200,48 @@ impl State {
         self.rv.to_string()
     }
 
+    /// Stores (or, with `None`, deletes) an object and records the change for watches.
+    fn write(
+        &mut self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        obj: Option<Value>,
+        etype: &'static str,
+    ) -> Option<Value> {
+        let key = (resource.to_string(), ns.to_string(), name.to_string());
+        let previous = match &obj {
+            Some(o) => self.objects.insert(key, o.clone()),
+            None => self.objects.remove(&key),
+        };
+        if obj.is_none() && previous.is_none() {
+            return None;
+        }
+        let mut shown = obj.clone().or_else(|| previous.clone()).unwrap_or(Value::Null);
+        if obj.is_none() {
+            // A deletion is an event with a version of its own.
+            let rv = self.bump();
+            shown["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let change = Change {
+            rv: self.rv,
+            resource: resource.to_string(),
+            ns: ns.to_string(),
+            etype,
+            obj: shown,
+        };
+        self.history.push_back(change.clone());
+        while self.history.len() > HISTORY {
+            if let Some(old) = self.history.pop_front() {
+                self.floor = old.rv;
+            }
+        }
+        if let Some(live) = &self.live {
+            let _ = live.send(change);
+        }
+        previous
+    }
+
     fn stamp(&mut self, obj: &mut Value, ns: &str, kind: &str, api_version: &str, keep_uid: Option<Value>) {
         let rv = self.bump();
         self.uid += 1;
@@ -271,12 +330,6 @@ impl State {
         }
         let key = |n: &str| (resource.to_string(), ns.clone(), n.to_string());
         match verb {
-            "watch" => status(
-                405,
-                "MethodNotAllowed",
-                "watch is not served by this fake".into(),
-                json!({}),
-            ),
             "list" => {
                 let labels = q.get("labelSelector").cloned().unwrap_or_default();
                 let fields = q.get("fieldSelector").cloned().unwrap_or_default();
@@ -337,7 +390,7 @@ impl State {
                     );
                 }
                 self.stamp(&mut obj, &ns, kind, api_version, None);
-                self.objects.insert(key(&n), obj.clone());
+                self.write(resource, &ns, &n, Some(obj.clone()), "ADDED");
                 (201, obj)
             }
             "update" => {
@@ -350,7 +403,7 @@ impl State {
                 match (current, sent) {
                     (None, _) if resource == "leases" => {
                         self.stamp(&mut obj, &ns, kind, api_version, None);
-                        self.objects.insert(key(&n), obj.clone());
+                        self.write(resource, &ns, &n, Some(obj.clone()), "ADDED");
                         (201, obj)
                     }
                     (None, _) => not_found(resource, &n),
@@ -383,18 +436,15 @@ impl State {
                         }
                         let uid = cur["metadata"]["uid"].clone();
                         self.stamp(&mut obj, &ns, kind, api_version, Some(uid));
-                        self.objects.insert(key(&n), obj.clone());
+                        self.write(resource, &ns, &n, Some(obj.clone()), "MODIFIED");
                         (200, obj)
                     }
                 }
             }
             "delete" => {
                 let n = name.unwrap_or_default();
-                match self.objects.remove(&key(&n)) {
-                    Some(obj) => {
-                        self.bump();
-                        (200, obj)
-                    }
+                match self.write(resource, &ns, &n, None, "DELETED") {
+                    Some(obj) => (200, obj),
                     None => not_found(resource, &n),
                 }
             }
@@ -408,8 +458,10 @@ impl State {
     }
 }
 
-fn respond(code: u16, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn respond(code: u16, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -424,10 +476,7 @@ fn respond(code: u16, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn serve_one(
-    state: Arc<Mutex<State>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve_one(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_string();
@@ -460,8 +509,143 @@ async fn serve_one(
         let (code, body) = status(code, reason, "the fake is failing on purpose".into(), json!({}));
         return Ok(respond(code, &body));
     }
+    let q = query_pairs(&query);
+    if parts.method == Method::GET && q.get("watch").map(String::as_str) == Some("true") {
+        return Ok(s.watch(&path, &q));
+    }
     let (code, body) = s.handle(&parts.method, &path, &query, &body);
     Ok(respond(code, &body))
+}
+
+fn line(etype: &str, object: &Value) -> Bytes {
+    let mut text = json!({"type": etype, "object": object}).to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+impl State {
+    /// A watch: 200 and one JSON object per line (the history after `resourceVersion`, then
+    /// live changes, with BOOKMARKs when asked), until `timeoutSeconds`; a start version older
+    /// than the history gets the ERROR event with 410 Expired, then the end of the stream.
+    fn watch(&mut self, path: &str, q: &BTreeMap<String, String>) -> Response<Body> {
+        let Some(&(prefix, resource, kind, api_version)) = RESOURCES.iter().find(|(p, r, ..)| {
+            path.starts_with(&format!("{p}/namespaces/")) && path.ends_with(&format!("/{r}"))
+        }) else {
+            let (code, body) = not_found("watch", path);
+            return respond(code, &body);
+        };
+        let ns = path
+            .trim_start_matches(prefix)
+            .trim_start_matches("/namespaces/")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(denied) = self.forbidden("watch", resource, &ns, None) {
+            return respond(denied.0, &denied.1);
+        }
+        let labels = q.get("labelSelector").cloned().unwrap_or_default();
+        let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        let timeout = q
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(290))
+            .min(Duration::from_secs(290));
+        let start: Option<u64> = q
+            .get("resourceVersion")
+            .filter(|v| !v.is_empty() && *v != "0")
+            .and_then(|v| v.parse().ok());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+        let matches = {
+            let (resource, ns, labels) = (resource.to_string(), ns.clone(), labels.clone());
+            move |c: &Change| c.resource == resource && c.ns == ns && labels_match(&c.obj, &labels)
+        };
+        match start {
+            Some(v) if v < self.floor => {
+                let (_, status) = status(
+                    410,
+                    "Expired",
+                    format!("too old resource version: {v} ({})", self.floor + 1),
+                    json!({}),
+                );
+                let _ = tx.try_send(line("ERROR", &status));
+                drop(tx);
+            }
+            _ => {
+                // No version: the current objects as ADDED first, then changes.
+                let backlog: Vec<Bytes> = match start {
+                    Some(v) => self
+                        .history
+                        .iter()
+                        .filter(|c| c.rv > v && matches(c))
+                        .map(|c| line(c.etype, &c.obj))
+                        .collect(),
+                    None => self
+                        .objects
+                        .iter()
+                        .filter(|((r, n, _), o)| r == resource && *n == ns && labels_match(o, &labels))
+                        .map(|(_, o)| line("ADDED", o))
+                        .collect(),
+                };
+                let live = self
+                    .live
+                    .get_or_insert_with(|| tokio::sync::broadcast::channel(1024).0)
+                    .subscribe();
+                let current = self.rv;
+                tokio::spawn(async move {
+                    let mut live = live;
+                    for b in backlog {
+                        if tx.send(b).await.is_err() {
+                            return;
+                        }
+                    }
+                    let bookmark = |rv: u64| {
+                        line(
+                            "BOOKMARK",
+                            &json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}),
+                        )
+                    };
+                    let mut last = current;
+                    if bookmarks && tx.send(bookmark(last)).await.is_err() {
+                        return;
+                    }
+                    let end = tokio::time::sleep(timeout);
+                    tokio::pin!(end);
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = &mut end => return,
+                            _ = tick.tick(), if bookmarks => {
+                                if tx.send(bookmark(last)).await.is_err() { return; }
+                            }
+                            change = live.recv() => match change {
+                                Ok(c) => {
+                                    last = c.rv;
+                                    if matches(&c) && tx.send(line(c.etype, &c.obj)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                                Err(_) => return,
+                            },
+                        }
+                    }
+                });
+            }
+        }
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+        });
+        let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed());
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
 }
 
 impl FakeApi {
@@ -581,7 +765,15 @@ impl FakeApi {
                 .get(&(resource.into(), ns.into(), name.clone()))
                 .map(|o| o["metadata"]["uid"].clone());
             s.stamp(&mut obj, ns, kind, api_version, uid);
-            s.objects.insert((resource.into(), ns.into(), name), obj);
+            let etype = if s
+                .objects
+                .contains_key(&(resource.into(), ns.into(), name.clone()))
+            {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            s.write(resource, ns, &name, Some(obj), etype);
         });
     }
 
@@ -603,7 +795,7 @@ impl FakeApi {
 
     /// Deletes an object (as a controller would).
     pub fn delete(&self, resource: &str, ns: &str, name: &str) {
-        self.with(|s| s.objects.remove(&(resource.into(), ns.into(), name.into())));
+        self.with(|s| s.write(resource, ns, name, None, "DELETED"));
     }
 
     /// Makes `verb` on `resource` answer 403 (or allows it again).
@@ -615,6 +807,14 @@ impl FakeApi {
             } else {
                 s.forbidden.remove(&k);
             }
+        });
+    }
+
+    /// Compacts the watch history: watches that start from an older version get 410 Expired.
+    pub fn compact(&self) {
+        self.with(|s| {
+            s.floor = s.rv;
+            s.history.clear();
         });
     }
 
