@@ -369,6 +369,21 @@ mod tests {
     }
 
     #[test]
+    fn the_service_account_namespace_file_is_the_last_resort() {
+        let dir = std::env::temp_dir().join(format!("muster-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("namespace");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let cfg =
+            FormationConfig::from_toml("[cluster_formation]\npeer_discovery_backend = \"k8s\"\n").unwrap();
+        let r = K8sSettings::resolve(&cfg, &POD.parse().unwrap(), None, &file).unwrap();
+        assert_eq!(r.namespace, "from-file");
+        let r = K8sSettings::resolve(&cfg, &POD.parse().unwrap(), Some("env".into()), &file).unwrap();
+        assert_eq!(r.namespace, "env", "POD_NAMESPACE comes before the file");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_namespace_is_never_a_silent_default() {
         let e = resolve("", POD, None).unwrap_err();
         assert!(e.contains("no namespace") && e.contains("POD_NAMESPACE"), "{e}");

@@ -97,6 +97,8 @@ struct State {
     down: bool,
     latency: Duration,
     fail_with: Option<u16>,
+    /// The EndpointSlice controller: (namespace, service, pod label selector, publishNotReadyAddresses).
+    controller: Option<(String, String, String, bool)>,
     /// Resources answered with 404 as if the API server did not serve them at all.
     unserved: BTreeSet<String>,
     /// `METHOD path?query` of every request, for assertions.
@@ -239,7 +241,65 @@ impl State {
         if let Some(live) = &self.live {
             let _ = live.send(change);
         }
+        if resource == "pods" {
+            self.reconcile_slices(ns);
+        }
         previous
+    }
+
+    /// The EndpointSlice controller: rewrites the Service's slices from its pods' state, at most
+    /// two endpoints per slice (so clients must merge), `ready` forced true when the Service
+    /// publishes not-ready addresses, `serving` from the pod's Ready condition, `terminating`
+    /// from its deletionTimestamp.
+    fn reconcile_slices(&mut self, ns: &str) {
+        let Some((cns, service, selector, publish)) = self.controller.clone() else {
+            return;
+        };
+        if cns != ns {
+            return;
+        }
+        let mut endpoints = Vec::new();
+        for ((r, n, name), pod) in &self.objects {
+            if r != "pods" || n != ns || !labels_match(pod, &selector) {
+                continue;
+            }
+            let Some(ip) = pod["status"]["podIP"].as_str() else {
+                continue;
+            };
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            let terminating = !pod["metadata"]["deletionTimestamp"].is_null();
+            endpoints.push(json!({
+                "addresses": [ip], "hostname": name,
+                "targetRef": {"kind": "Pod", "name": name, "namespace": ns},
+                "conditions": {"ready": (publish || ready) && !terminating, "serving": ready, "terminating": terminating}
+            }));
+        }
+        let stale: Vec<String> = self
+            .objects
+            .iter()
+            .filter(|((r, n, _), o)| {
+                r == "endpointslices"
+                    && n == ns
+                    && label(o, "endpointslice.kubernetes.io/managed-by").as_deref()
+                        == Some("fake-controller")
+            })
+            .map(|((_, _, name), _)| name.clone())
+            .collect();
+        for name in stale {
+            self.write("endpointslices", ns, &name, None, "DELETED");
+        }
+        for (i, chunk) in endpoints.chunks(2).enumerate() {
+            let name = format!("{service}-{i}");
+            let mut slice = json!({
+                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service,
+                              "endpointslice.kubernetes.io/managed-by": "fake-controller"}},
+                "addressType": "IPv4", "endpoints": chunk, "ports": [{"name": "peer", "port": 4370, "protocol": "TCP"}]
+            });
+            self.stamp(&mut slice, ns, "EndpointSlice", "discovery.k8s.io/v1", None);
+            self.write("endpointslices", ns, &name, Some(slice), "ADDED");
+        }
     }
 
     fn stamp(&mut self, obj: &mut Value, ns: &str, kind: &str, api_version: &str, keep_uid: Option<Value>) {
@@ -808,6 +868,34 @@ impl FakeApi {
                 s.forbidden.remove(&k);
             }
         });
+    }
+
+    /// Runs the EndpointSlice controller for `service` in `ns`: its slices follow the pods that
+    /// match `selector` from now on.
+    pub fn endpoint_controller(&self, ns: &str, service: &str, selector: &str, publish_not_ready: bool) {
+        self.with(|s| {
+            s.controller = Some((ns.into(), service.into(), selector.into(), publish_not_ready));
+            s.reconcile_slices(ns);
+        });
+    }
+
+    /// Marks a pod Ready (serving) or not, as the kubelet would.
+    pub fn set_pod_ready(&self, ns: &str, name: &str, ready: bool) {
+        let Some(mut pod) = self.get("pods", ns, name) else {
+            return;
+        };
+        pod["status"]["conditions"] =
+            json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+        self.put("pods", ns, pod);
+    }
+
+    /// Marks a pod as terminating (a deletionTimestamp), as a graceful delete does.
+    pub fn set_pod_terminating(&self, ns: &str, name: &str) {
+        let Some(mut pod) = self.get("pods", ns, name) else {
+            return;
+        };
+        pod["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        self.put("pods", ns, pod);
     }
 
     /// Compacts the watch history: watches that start from an older version get 410 Expired.

@@ -80,6 +80,44 @@ async fn statefulset_mode_lists_every_ordinal_with_the_lowest_as_seed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubeconfig_context_picks_the_cluster_and_skipping_tls_verification_is_refused() {
+    let fake = cluster(1).await;
+    let path = fake.dir().join("two-contexts");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: dead\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    \
+             certificate-authority: {}\n- name: dead\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: fake\n  \
+             context:\n    cluster: fake\n    user: u\n- name: dead\n  context:\n    cluster: dead\n    user: u\nusers:\n- name: u\n  \
+             user:\n    token: {TOKEN}\n",
+            fake.url,
+            fake.ca.display()
+        ),
+    )
+    .unwrap();
+    let current = backend_at(&path, &pod_name(0), "");
+    assert!(
+        current.list().await.unwrap_err().is_temporary(),
+        "the current context is the dead one"
+    );
+    let chosen = backend_at(&path, &pod_name(0), "context = \"fake\"");
+    assert_eq!(chosen.list().await.unwrap().nodes, vec![pod_name(0)]);
+    let insecure = fake.dir().join("insecure");
+    let text = std::fs::read_to_string(fake.kubeconfig(TOKEN)).unwrap().replace(
+        "    certificate-authority:",
+        "    insecure-skip-tls-verify: true\n    certificate-authority:",
+    );
+    std::fs::write(&insecure, text).unwrap();
+    let e = backend_at(&insecure, &pod_name(0), "").list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Misconfigured);
+    assert!(
+        e.to_string()
+            .contains("refuses to talk to an API server it cannot verify"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_statefulset_is_misconfigured_and_a_bad_token_is_named() {
     let fake = FakeApi::start(TOKEN).await;
     let b = backend(&fake, &pod_name(0), "");
@@ -205,6 +243,39 @@ async fn endpoints_mode_merges_slices_keeps_not_ready_and_drops_terminating() {
         None,
         "unreadable: the configured hint alone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_mode_follows_the_slice_controller_as_pods_change() {
+    let fake = cluster(3).await;
+    fake.endpoint_controller(NS, "muster-nodes", "app=muster", true);
+    let slices = fake.list("endpointslices", NS);
+    assert_eq!(
+        slices.len(),
+        2,
+        "three pods, two per slice: the client must merge"
+    );
+    let b = backend(
+        &fake,
+        &pod_name(0),
+        &format!(
+            "mode = \"endpoints\"\naddress_type = \"hostname\"\nhostname_suffix = \".muster-nodes.{NS}.svc.cluster.local\"\nreplicas = 3"
+        ),
+    );
+    assert_eq!(
+        b.list().await.unwrap().nodes,
+        vec![pod_name(0), pod_name(1), pod_name(2)]
+    );
+    // Ready or not, a pod is a candidate; a terminating one is not; a new pod appears.
+    fake.set_pod_ready(NS, "muster-1", true);
+    fake.set_pod_terminating(NS, "muster-2");
+    fake.pod(NS, "muster-3", "127.0.20.4");
+    assert_eq!(
+        b.list().await.unwrap().nodes,
+        vec![pod_name(0), pod_name(1), pod_name(3)]
+    );
+    fake.delete("pods", NS, "muster-3");
+    assert_eq!(b.list().await.unwrap().nodes, vec![pod_name(0), pod_name(1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@ use muster::NodeName;
 use muster_node::launch::{Layout, LocalCluster, Ports};
 use muster_tests::k8s::FakeApi;
 use muster_tests::{cluster_status, local_cluster_of, node_exe};
-use serde_json::json;
 
 const NS: &str = "prod";
 const TOKEN: &str = "e2e-token";
@@ -67,21 +66,14 @@ fn pods_with(
     local_cluster_of(&node_exe!(), &layout)
 }
 
-/// The API objects of a StatefulSet with `replicas` running pods (and their EndpointSlice).
+/// The API objects of a StatefulSet with `replicas` running pods; the fake's EndpointSlice
+/// controller keeps the headless Service's slices in step with the pods.
 fn scale(fake: &FakeApi, replicas: usize) {
+    fake.endpoint_controller(NS, "muster-nodes", "app=muster", true);
     fake.statefulset(NS, "muster", i32::try_from(replicas).unwrap(), 0);
-    let mut endpoints = Vec::new();
     for i in 0..replicas {
         fake.pod(NS, &format!("muster-{i}"), &ip(i));
-        endpoints.push(json!({"addresses": [ip(i)], "hostname": format!("muster-{i}"),
-                              "conditions": {"ready": true, "serving": false}}));
     }
-    fake.put(
-        "endpointslices",
-        NS,
-        json!({"metadata": {"name": "muster-nodes-x", "labels": {"kubernetes.io/service-name": "muster-nodes"}},
-               "addressType": "IPv4", "endpoints": endpoints}),
-    );
 }
 
 fn cluster_ids(c: &LocalCluster, which: &[usize]) -> BTreeSet<String> {
@@ -215,31 +207,45 @@ async fn pod_0_with_a_lost_volume_rejoins_and_never_forms_a_second_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_lease_holder_delays_formation_until_the_lease_expires() {
+async fn a_sigkilled_lease_holder_delays_formation_until_the_lease_expires() {
+    use std::io::BufRead;
     let fake = FakeApi::start(TOKEN).await;
     scale(&fake, 3);
-    // Held by a process that was SIGKILLed a moment ago: the record no longer changes.
-    fake.put(
-        "leases",
-        NS,
-        json!({"metadata": {"name": "muster-muster-formation"},
-               "spec": {"holderIdentity": "muster@muster-9#dead", "leaseDurationSeconds": 3,
-                        "renewTime": "2026-12-01T00:00:00.000000Z", "leaseTransitions": 4}}),
-    );
+    // Another process takes the Lease and renews it, then is SIGKILLed.
+    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_k8s-lock-holder"))
+        .arg(fake.kubeconfig(TOKEN))
+        .arg(NS)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // renewed at least once
+    holder.kill().unwrap(); // SIGKILL: no release
+    holder.wait().unwrap();
+    let killed = Instant::now();
     let (_dir, mut c) = pods(&fake, 3, "statefulset", "");
     c.start_all().unwrap();
-    let t = Instant::now();
     c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    let waited = killed.elapsed();
     assert!(
-        t.elapsed() >= Duration::from_secs(3),
-        "not before the Lease expired: {:?}",
-        t.elapsed()
+        waited >= Duration::from_secs(3),
+        "not before the Lease expired: {waited:?}"
     );
     assert_eq!(cluster_ids(&c, &[0, 1, 2]).len(), 1);
     let lease = fake.get("leases", NS, "muster-muster-formation").unwrap();
     assert!(
-        lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 5,
+        lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 1,
         "taken over: {lease}"
+    );
+    assert!(
+        !lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("muster@muster-9"),
+        "{lease}"
     );
 }
 
