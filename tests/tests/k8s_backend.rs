@@ -645,3 +645,43 @@ async fn milestones_become_events_on_the_pod() {
         .count();
     assert_eq!(posts, 3, "two published, one refused, then none");
 }
+
+/// The default: in-cluster config from the pod's service account (`KUBERNETES_SERVICE_HOST` /
+/// `_PORT` and the files under /var/run/secrets/kubernetes.io/serviceaccount, here on a tmpfs in
+/// a private mount namespace, so the host's /run is untouched), namespace from its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_config_uses_the_service_account_files() {
+    let fake = cluster(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("muster.toml");
+    std::fs::write(&config, "[cluster_formation]\npeer_discovery_backend = \"k8s\"\n[cluster_formation.k8s]\nrequest_timeout = \"2s\"\n")
+        .unwrap();
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!(
+        "set -e; mount -t tmpfs tmpfs /run; mkdir -p {sa}; printf %s {TOKEN} > {sa}/token; cp {ca} {sa}/ca.crt; \
+         printf %s {NS} > {sa}/namespace; exec {exe} {config} {name}",
+        ca = fake.ca.display(),
+        exe = env!("CARGO_BIN_EXE_k8s-list"),
+        config = config.display(),
+        name = pod_name(0),
+    );
+    let port = fake.url.rsplit(':').next().unwrap().to_string();
+    let out = tokio::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c", &script])
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .await
+        .expect("unshare (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "in-cluster listing failed (needs root for the mount namespace): {stdout}{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [pod_name(0).to_string(), pod_name(1).to_string()]
+    );
+}
