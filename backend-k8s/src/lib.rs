@@ -16,6 +16,12 @@
 //! - Peers resolved through the API (pod → `status.podIP`) when the Role allows it, so a
 //!   restarted pod's new address is used at once rather than a cached DNS answer.
 
+// No panics on input from the network, a file or the environment.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod client;
 pub mod errors;
 pub mod lease;

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 pub mod certs;
+pub mod consul;
 pub mod dns;
 pub mod etcd;
 pub mod k8s;

@@ -1,0 +1,330 @@
+//! The formation lock: a session (TTL `lock_ttl`, lock-delay `lock_delay`, tied to the node's
+//! service check when it is registered) holding `<prefix>/<cluster>/formation-lock` by
+//! `?acquire=`.
+//!
+//! - An acquire answered `false` while another session holds the key waits on a blocking read
+//!   of the key instead of polling.
+//! - A `false` with no holder is a lock-delay after a holder died: it sleeps, and does not spin.
+//! - The session is renewed every half TTL, adopting the TTL Consul returns. A 404, or no
+//!   renewal within one TTL, marks the guard lost.
+//! - Release releases the key first, then destroys the session, so releasing starts no
+//!   lock-delay.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, NodeName};
+use reqwest::Method;
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::client::{Block, Consul, failure, json, truth};
+use crate::{Inner, NAME};
+
+fn session_rule() -> &'static str {
+    "session_prefix \"\" { policy = \"write\" }"
+}
+
+fn key_rule(inner: &Inner) -> String {
+    format!(
+        "key_prefix \"{}\" {{ policy = \"write\" }}",
+        inner.r.settings.key_prefix
+    )
+}
+
+/// A held lock.
+pub struct ConsulLock {
+    consul: Consul,
+    key: String,
+    session: String,
+    stop: Option<oneshot::Sender<()>>,
+    lost: watch::Receiver<bool>,
+}
+
+/// The session holding `key`, if any.
+pub async fn holder(inner: &Inner, key: &str) -> Result<Option<String>, DiscoveryError> {
+    Ok(read(inner, key, None).await?.1)
+}
+
+/// Reads `key`: its ModifyIndex (or the reply's index when absent) and its holder.
+async fn read(
+    inner: &Inner,
+    key: &str,
+    block: Option<Block>,
+) -> Result<(u64, Option<String>), DiscoveryError> {
+    let what = format!("reading {key}");
+    let r = inner
+        .consul
+        .call(
+            &what,
+            Method::GET,
+            &format!("/v1/kv/{key}"),
+            &[("consistent", String::new())],
+            None,
+            block,
+        )
+        .await?;
+    match r.status.as_u16() {
+        404 => Ok((r.index.unwrap_or(1), None)),
+        200 => {
+            let v = json(&what, &r)?;
+            let index = v
+                .pointer("/0/ModifyIndex")
+                .and_then(|i| i.as_u64())
+                .or(r.index)
+                .unwrap_or(1);
+            let session = v
+                .pointer("/0/Session")
+                .and_then(|s| s.as_str())
+                .filter(|s| !s.is_empty());
+            Ok((index, session.map(String::from)))
+        }
+        _ => Err(failure(&what, &key_rule(inner), &r)),
+    }
+}
+
+async fn create_session(inner: &Inner, owner: &NodeName) -> Result<String, DiscoveryError> {
+    let s = &inner.r.settings;
+    // Tied to the node's own check when registered (the lock dies with the node); TTL-only
+    // otherwise.
+    let checks: Vec<String> = if inner.reg.status().registered {
+        vec![format!("service:{}", inner.r.service_id)]
+    } else {
+        Vec::new()
+    };
+    let body = json!({
+        "Name": format!("muster formation lock: {owner}"),
+        "TTL": format!("{}s", s.lock_ttl.as_secs()),
+        "LockDelay": format!("{}ms", s.lock_delay.as_millis()),
+        "Behavior": "release",
+        "Checks": checks,
+    });
+    let what = "creating the lock session";
+    let r = inner
+        .consul
+        .call(
+            what,
+            Method::PUT,
+            "/v1/session/create",
+            &[],
+            Some(body.to_string().into_bytes()),
+            None,
+        )
+        .await?;
+    if !r.status.is_success() {
+        return Err(failure(what, session_rule(), &r));
+    }
+    json(what, &r)?
+        .get("ID")
+        .cloned()
+        .unwrap_or_default()
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| {
+            DiscoveryError::new(NAME, ErrorKind::Other, "session create: no ID in Consul's answer")
+        })
+}
+
+async fn destroy(consul: &Consul, session: &str) {
+    let _ = consul
+        .call(
+            "destroying the lock session",
+            Method::PUT,
+            &format!("/v1/session/destroy/{session}"),
+            &[],
+            None,
+            None,
+        )
+        .await;
+}
+
+/// Takes the lock on `key` for `owner`, waiting at most `wait`.
+pub async fn acquire(
+    inner: &Inner,
+    owner: &NodeName,
+    key: &str,
+    wait: Duration,
+) -> Result<ConsulLock, DiscoveryError> {
+    let deadline = Instant::now() + wait;
+    let session = create_session(inner, owner).await?;
+    // Renewed from the start: a long wait must not outlive the session.
+    let (stop, stopped) = oneshot::channel();
+    let (lost_tx, lost) = watch::channel(false);
+    tokio::spawn(renew(
+        inner.consul.clone(),
+        session.clone(),
+        inner.r.settings.lock_ttl,
+        stopped,
+        lost_tx,
+    ));
+    let outcome: Result<(), DiscoveryError> = async {
+        loop {
+            let what = format!("acquiring {key}");
+            let r = inner
+                .consul
+                .call(
+                    &what,
+                    Method::PUT,
+                    &format!("/v1/kv/{key}"),
+                    &[("acquire", session.clone())],
+                    Some(owner.to_string().into_bytes()),
+                    None,
+                )
+                .await?;
+            if !r.status.is_success() {
+                return Err(failure(&what, &key_rule(inner), &r));
+            }
+            if truth(&r) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DiscoveryError::new(
+                    NAME,
+                    ErrorKind::Unavailable,
+                    format!("the formation lock {key} was not free within {wait:?}"),
+                ));
+            }
+            match read(inner, key, None).await? {
+                // Held: wait for the key to change (a blocking read), not a poll.
+                (index, Some(_)) => {
+                    let block = Block {
+                        index,
+                        wait: left.min(Duration::from_secs(15)),
+                    };
+                    let _ = read(inner, key, Some(block)).await?;
+                }
+                // Free but refused: a lock-delay after a dead holder. Sleep; never spin.
+                (_, None) => {
+                    let nap = inner
+                        .r
+                        .settings
+                        .lock_delay
+                        .max(Duration::from_millis(500))
+                        .min(Duration::from_secs(5));
+                    tokio::time::sleep(nap.min(left)).await;
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = outcome {
+        let _ = stop.send(());
+        destroy(&inner.consul, &session).await;
+        return Err(e);
+    }
+    Ok(ConsulLock {
+        consul: inner.consul.clone(),
+        key: key.to_string(),
+        session,
+        stop: Some(stop),
+        lost,
+    })
+}
+
+async fn renew(
+    consul: Consul,
+    session: String,
+    ttl: Duration,
+    mut stopped: oneshot::Receiver<()>,
+    lost: watch::Sender<bool>,
+) {
+    let mut ttl = ttl;
+    let mut last_ok = Instant::now();
+    let mut failing = false;
+    loop {
+        // Every half TTL; every second while renewals fail.
+        let pause = if failing { Duration::from_secs(1) } else { ttl / 2 };
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        match consul
+            .call(
+                "renewing the lock session",
+                Method::PUT,
+                &format!("/v1/session/renew/{session}"),
+                &[],
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(r) if r.status.is_success() => {
+                last_ok = Instant::now();
+                failing = false;
+                // Consul may lengthen the TTL under load: adopt it.
+                if let Some(t) = serde_json::from_str::<serde_json::Value>(&r.body)
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/0/TTL")
+                            .cloned()
+                            .unwrap_or_default()
+                            .as_str()
+                            .and_then(|t| t.strip_suffix('s'))
+                            .and_then(|t| t.parse::<u64>().ok())
+                    })
+                {
+                    ttl = Duration::from_secs(t.max(1));
+                }
+            }
+            Ok(r) if r.status.as_u16() == 404 => {
+                warn!("the lock session {session} expired; the formation lock is lost");
+                let _ = lost.send(true);
+                return;
+            }
+            _ if last_ok.elapsed() > ttl => {
+                warn!(
+                    "the lock session {session} could not be renewed within its TTL; the formation lock is lost"
+                );
+                let _ = lost.send(true);
+                return;
+            }
+            _ => failing = true,
+        }
+    }
+}
+
+#[async_trait]
+impl LockGuard for ConsulLock {
+    async fn release(mut self: Box<Self>) -> Result<(), DiscoveryError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Release first: destroying a session that holds the key would start a lock-delay.
+        let what = format!("releasing {}", self.key);
+        let r = self
+            .consul
+            .call(
+                &what,
+                Method::PUT,
+                &format!("/v1/kv/{}", self.key),
+                &[("release", self.session.clone())],
+                None,
+                None,
+            )
+            .await;
+        destroy(&self.consul, &self.session).await;
+        let r = r?;
+        if !r.status.is_success() {
+            return Err(failure(&what, "key_prefix { policy = \"write\" }", &r));
+        }
+        Ok(())
+    }
+
+    fn token(&self) -> &[u8] {
+        self.session.as_bytes()
+    }
+
+    fn lost(&self) -> BoxFuture<'static, ()> {
+        let mut rx = self.lost.clone();
+        Box::pin(async move {
+            if rx.wait_for(|lost| *lost).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! The Consul backend against the fake agent (`muster_tests::consul`): registration passing at
+//! once and healing itself, listings, the session lock (exclusive, freed after a dead holder's
+//! TTL, lock-delay waited out without spinning), fencing, ACL errors that never show the token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use muster::{
+    ClaimError, ClusterId, Discovery, ErrorKind, Fencing, FormationConfig, FormationLock, NodeName,
+    Registration,
+};
+use muster_backend_consul::ConsulBackend;
+use muster_discovery_core::testing::conformance;
+use muster_tests::consul::FakeConsul;
+
+fn n(i: u32) -> NodeName {
+    format!("m@127.0.0.{i}:4370").parse().unwrap()
+}
+
+fn backend(fake: &FakeConsul, local: &NodeName, extra: &str) -> ConsulBackend {
+    // Test defaults, unless `extra` sets the key itself.
+    let defaults: String = [
+        "check_ttl = \"3s\"",
+        "lock_ttl = \"10s\"",
+        "request_timeout = \"2s\"",
+        "lock_timeout = \"5s\"",
+    ]
+    .iter()
+    .filter(|d| !extra.contains(d.split(' ').next().unwrap_or_default()))
+    .map(|d| format!("{d}\n"))
+    .collect();
+    let text = format!(
+        "[cluster_formation]\npeer_discovery_backend = \"consul\"\n[cluster_formation.consul]\naddress = \"{}\"\n\
+         {defaults}{extra}",
+        fake.address
+    );
+    ConsulBackend::from_config(&FormationConfig::from_toml(&text).unwrap(), local).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_is_passing_at_once_listed_oldest_first_and_heals_after_an_agent_restart() {
+    let fake = FakeConsul::start(1.0).await;
+    let (a, b) = (backend(&fake, &n(1), ""), backend(&fake, &n(2), ""));
+    a.register().await.unwrap();
+    b.register().await.unwrap();
+    assert_eq!(
+        fake.check_status("service:muster:m@127.0.0.1:4370").as_deref(),
+        Some("passing")
+    );
+    let listed = a.list().await.unwrap();
+    assert_eq!(listed.nodes, vec![n(1), n(2)]);
+    assert_eq!(
+        listed.preferred_seed,
+        Some(n(1)),
+        "the oldest registration is the seed"
+    );
+    assert!(listed.authoritative, "a consistent read with a known leader");
+    // The heartbeat (every second) keeps the 3 s check passing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(a.list().await.unwrap().nodes.len(), 2);
+    assert!(a.status().renewals >= 2, "{:?}", a.status());
+    // The agent restarts and forgets both: each heartbeat re-registers within a second.
+    fake.agent_restart();
+    let t = Instant::now();
+    while a.list().await.unwrap().nodes.len() < 2 && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        a.list().await.unwrap().nodes.len(),
+        2,
+        "re-registered after the agent restart"
+    );
+    assert!(a.status().re_registrations >= 1);
+    // Unregistered: gone at once.
+    b.unregister().await.unwrap();
+    assert_eq!(a.list().await.unwrap().nodes, vec![n(1)]);
+    b.unregister().await.expect("deregistering twice is fine (404)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_heartbeat_goes_critical_and_unlisted_and_old_agents_are_healed_too() {
+    let fake = FakeConsul::start(1.0).await;
+    let (a, b) = (backend(&fake, &n(1), ""), backend(&fake, &n(2), ""));
+    a.register().await.unwrap();
+    b.register().await.unwrap();
+    // Its process is gone: the heartbeat stops and the 3 s check goes critical.
+    drop(b);
+    let t = Instant::now();
+    while a.list().await.unwrap().nodes.contains(&n(2)) && t.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = t.elapsed();
+    assert!(
+        !a.list().await.unwrap().nodes.contains(&n(2)),
+        "a critical instance is not listed"
+    );
+    assert!(waited >= Duration::from_secs(1), "not before its TTL: {waited:?}");
+    assert_eq!(
+        fake.check_status("service:muster:m@127.0.0.2:4370").as_deref(),
+        Some("critical")
+    );
+    // An agent before 1.11 answers 500 for an unknown check: that heals too.
+    fake.pre_1_11(true);
+    fake.agent_restart();
+    let t = Instant::now();
+    while !a.list().await.unwrap().nodes.contains(&n(1)) && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        a.list().await.unwrap().nodes.contains(&n(1)),
+        "re-registered on the old 500 text"
+    );
+    // include_warning keeps a warning instance; a critical one never.
+    let c = backend(&fake, &n(3), "include_warning = true\ncheck_ttl = \"60s\"");
+    c.register().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // its first heartbeat is done
+    fake.set_check("service:muster:m@127.0.0.3:4370", "warning");
+    assert!(c.list().await.unwrap().nodes.contains(&n(3)));
+    assert!(
+        !a.list().await.unwrap().nodes.contains(&n(3)),
+        "without include_warning, only passing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_tags_meta_and_consistency_change_what_is_listed() {
+    let fake = FakeConsul::start(1.0).await;
+    let blue = backend(
+        &fake,
+        &n(1),
+        "cluster_name = \"blue\"\nservice_tags = [\"x\"]\nservice_meta = { zone = \"a\" }",
+    );
+    let green = backend(&fake, &n(2), "cluster_name = \"green\"");
+    blue.register().await.unwrap();
+    green.register().await.unwrap();
+    assert_eq!(blue.list().await.unwrap().nodes, vec![n(1)]);
+    assert_eq!(green.list().await.unwrap().nodes, vec![n(2)]);
+    let other = backend(&fake, &n(4), "service_name = \"other\"\ncluster_name = \"blue\"");
+    assert!(
+        other.list().await.unwrap().nodes.is_empty(),
+        "another service name is another world"
+    );
+    // Stale reads are never authoritative; a leaderless cluster fails consistent reads.
+    let stale = backend(&fake, &n(1), "cluster_name = \"blue\"\nconsistency = \"stale\"");
+    assert!(!stale.list().await.unwrap().authoritative && !stale.full_membership());
+    fake.leaderless(true);
+    let e = blue.list().await.unwrap_err();
+    assert!(
+        e.is_temporary() && e.to_string().contains("No cluster leader"),
+        "{e}"
+    );
+    let default = backend(&fake, &n(1), "cluster_name = \"blue\"\nconsistency = \"default\"");
+    assert!(
+        !default.list().await.unwrap().authoritative,
+        "no known leader: not authoritative"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_is_exclusive_freed_after_a_dead_holders_ttl_and_lock_delay_is_waited_out_without_spinning()
+{
+    // Twice as fast: a 10 s session TTL expires within 10 s (renewed every 5 s while alive).
+    let fake = FakeConsul::start(0.5).await;
+    let (a, b) = (
+        backend(&fake, &n(1), "lock_timeout = \"20s\""),
+        backend(&fake, &n(2), "lock_delay = \"4s\""),
+    );
+    let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
+    assert!(b.lock(&n(2), Duration::from_millis(500)).await.is_err());
+    held.release().await.unwrap();
+    let g = b
+        .lock(&n(2), Duration::from_secs(2))
+        .await
+        .expect("free at once after a release");
+    // The holder dies (dropped, its renewals stop): the session expires at up to 2 × TTL, and
+    // its lock-delay (4 s, 2 s here) keeps the key refused a while longer; the waiter sleeps.
+    drop(g);
+    let before = fake.requests().len();
+    let t = Instant::now();
+    let taken = a.lock(&n(1), Duration::from_secs(20)).await.unwrap();
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "not before the session expired and the lock-delay passed: {waited:?}"
+    );
+    let acquires = fake.requests()[before..]
+        .iter()
+        .filter(|r| r.contains("acquire="))
+        .count();
+    assert!(
+        acquires < 20,
+        "waited on blocking reads and slept through the lock-delay: {acquires} acquires"
+    );
+    taken.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_id_is_claimed_once_and_listed_with_the_command_that_re_bootstraps() {
+    let fake = FakeConsul::start(1.0).await;
+    let (a, b) = (backend(&fake, &n(1), ""), backend(&fake, &n(2), ""));
+    let guard = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
+    a.claim(&ClusterId("aaaa".into()), Some(guard.as_ref()))
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+    assert!(
+        matches!(b.claim(&ClusterId("bbbb".into()), None).await, Err(ClaimError::Taken(id)) if id.0 == "aaaa")
+    );
+    b.claim(&ClusterId("aaaa".into()), None)
+        .await
+        .expect("the same id again is Ok");
+    let listed = b.list().await.unwrap();
+    assert_eq!(listed.recorded_cluster, Some(ClusterId("aaaa".into())));
+    assert!(
+        listed
+            .fencing_hint
+            .unwrap()
+            .contains("consul kv delete muster/default/cluster-id")
+    );
+    // Under a lock that is no longer held: refused.
+    let guard = b.lock(&n(2), Duration::from_secs(5)).await.unwrap();
+    fake.agent_restart(); // sessions gone, the key released
+    let r = b.claim(&ClusterId("cccc".into()), Some(guard.as_ref())).await;
+    assert!(matches!(r, Err(ClaimError::LockLost)), "{r:?}");
+    // Another key prefix is another record.
+    let other = backend(&fake, &n(3), "key_prefix = \"other\"");
+    assert_eq!(other.list().await.unwrap().recorded_cluster, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_denials_say_which_rule_is_missing_and_never_show_the_token() {
+    let fake = FakeConsul::start(1.0).await;
+    fake.require_tokens(&["s3cr3t-token"]);
+    let wrong = backend(&fake, &n(1), "token = \"wr0ng-token\"");
+    let e = wrong.register().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    let text = e.to_string();
+    assert!(
+        text.contains("ACL not found") && !text.contains("wr0ng-token"),
+        "{text}"
+    );
+    let right = backend(&fake, &n(1), "token = \"s3cr3t-token\"");
+    right.register().await.unwrap();
+    fake.deny("/v1/kv/", true);
+    let e = right
+        .lock(&n(1), Duration::from_secs(1))
+        .await
+        .err()
+        .expect("denied")
+        .to_string();
+    assert!(
+        e.contains("Permission denied") && e.contains("key_prefix \"muster\" { policy = \"write\" }"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cr3t-token"));
+    assert!(
+        fake.requests().iter().all(|r| !r.contains("token")),
+        "the token travels only in the X-Consul-Token header, never in a URL"
+    );
+    let e = right.list().await.unwrap_err().to_string();
+    assert!(e.contains("Permission denied"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_and_errors_are_temporary_and_bad_addresses_are_named() {
+    let fake = FakeConsul::start(1.0).await;
+    let a = backend(&fake, &n(1), "");
+    fake.fault(
+        "/v1/health/",
+        Some((500, "rpc error making call: No cluster leader")),
+    );
+    let e = a.list().await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    fake.fault("/v1/health/", None);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        port
+    };
+    let text = format!(
+        "[cluster_formation]\npeer_discovery_backend = \"consul\"\n[cluster_formation.consul]\naddress = \"127.0.0.1:{dead}\"\n"
+    );
+    let down = ConsulBackend::from_config(&FormationConfig::from_toml(&text).unwrap(), &n(1)).unwrap();
+    let e = down.list().await.unwrap_err();
+    assert!(e.is_temporary() && e.kind == ErrorKind::Unavailable, "{e}");
+    let bad = "[cluster_formation]\npeer_discovery_backend = \"consul\"\n[cluster_formation.consul]\naddress = \"ftp://x\"\n";
+    let e = ConsulBackend::from_config(&FormationConfig::from_toml(bad).unwrap(), &n(1))
+        .err()
+        .unwrap();
+    assert_eq!(e.kind, ErrorKind::Misconfigured);
+    assert!(e.to_string().contains("cluster_formation.consul.address"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_backend_passes_the_conformance_suite() {
+    let fake = FakeConsul::start(1.0).await;
+    let address = fake.address.clone();
+    let nodes: Vec<NodeName> = (1..=3).map(n).collect();
+    let make = move |local: &NodeName, addr: &str| {
+        let text = format!(
+            "[cluster_formation]\npeer_discovery_backend = \"consul\"\n[cluster_formation.consul]\naddress = \"{addr}\"\n\
+             check_ttl = \"3s\"\nlock_ttl = \"10s\"\nrequest_timeout = \"1s\"\n"
+        );
+        ConsulBackend::from_config(&FormationConfig::from_toml(&text).unwrap(), local).unwrap()
+    };
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    };
+    let backends: Vec<Arc<dyn Discovery>> = nodes
+        .iter()
+        .map(|x| Arc::new(make(x, &address)) as Arc<dyn Discovery>)
+        .collect();
+    let by_name = nodes.clone();
+    let subject = conformance::Subject::new(nodes.clone(), move |x| {
+        backends[by_name.iter().position(|y| y == x).expect("a subject node")].clone()
+    })
+    .with_unreachable(Arc::new(make(&nodes[0], &dead)));
+    conformance::run(&subject).await;
+}
