@@ -10,7 +10,8 @@
 //! | `etcd` | etcd: leases, lock, fencing (build needs `protoc`) | `muster-backend-etcd` |
 //! | `dns` | DNS A/AAAA (+PTR) or SRV | `muster-backend-dns` |
 //! | `k8s` | Kubernetes: StatefulSet ordinals or EndpointSlices, Lease lock, ConfigMap fencing (the final binary enables one `k8s-openapi` version feature, e.g. `v1_33`) | `muster-backend-k8s` |
-//! | `aws`, `consul` | reserved: each arrives with its own crate | — |
+//! | `consul` | Consul: TTL-checked registration, session lock, KV fencing | `muster-backend-consul` |
+//! | `aws` | reserved: arrives with its own crate | — |
 //!
 //! ```
 //! use muster::{FormationConfig, NodeName};
@@ -37,6 +38,8 @@ pub use muster_discovery_core::*;
 
 #[cfg(feature = "classic")]
 pub use muster_backend_classic as classic;
+#[cfg(feature = "consul")]
+pub use muster_backend_consul as consul;
 #[cfg(feature = "dns")]
 pub use muster_backend_dns as dns;
 #[cfg(feature = "etcd")]
@@ -118,6 +121,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "k8s") {
         v.push("k8s");
     }
+    if cfg!(feature = "consul") {
+        v.push("consul");
+    }
     v
 }
 
@@ -151,7 +157,10 @@ pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<d
         #[cfg(feature = "aws")]
         "aws" => Err(BuildError::NotImplemented("aws")),
         #[cfg(feature = "consul")]
-        "consul" => Err(BuildError::NotImplemented("consul")),
+        "consul" => Ok(Arc::new(
+            consul::ConsulBackend::from_config(config, local)
+                .map_err(|e| BuildError::Config(ConfigError::new(None, e.to_string())))?,
+        )),
         #[cfg(feature = "etcd")]
         "etcd" => Ok(Arc::new(etcd::EtcdBackend::from_config(config, local)?)),
         other => {
