@@ -91,6 +91,8 @@ struct State {
     rpc_prefix: bool,
     pre_1_11: bool,
     leaderless: bool,
+    /// Health reads say ACLs filtered rows out.
+    filtered: bool,
     /// Path prefix → (status, body) answered instead.
     faults: BTreeMap<String, (u16, String)>,
     log: Vec<String>,
@@ -266,12 +268,16 @@ async fn answer(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
 }
 
 fn index_headers(s: &State, index: u64) -> Vec<(&'static str, String)> {
-    vec![
+    let mut h = vec![
         ("X-Consul-Index", index.max(1).to_string()),
         ("X-Consul-KnownLeader", (!s.leaderless).to_string()),
         ("X-Consul-LastContact", "0".into()),
         ("Content-Type", "application/json".into()),
-    ]
+    ];
+    if s.filtered {
+        h.push(("X-Consul-Results-Filtered-By-ACLs", "true".into()));
+    }
+    h
 }
 
 async fn handle(
@@ -745,6 +751,11 @@ impl FakeConsul {
     /// Starts the fake on a free loopback port; durations run `scale` times as fast as sent
     /// (1.0 = real time, 0.1 = ten times faster).
     pub async fn start(scale: f64) -> FakeConsul {
+        Self::start_with(scale, None).await
+    }
+
+    /// Like [`FakeConsul::start`], serving HTTPS with `tls` (and `https://` in `address`).
+    pub async fn start_with(scale: f64, tls: Option<Arc<rustls::ServerConfig>>) -> FakeConsul {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fake Consul");
@@ -759,6 +770,8 @@ impl FakeConsul {
             changed: changed.clone(),
             scale,
         });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let serve = {
             let ctx = ctx.clone();
             tokio::spawn(async move {
@@ -766,12 +779,20 @@ impl FakeConsul {
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
                     };
-                    let ctx = ctx.clone();
+                    let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| answer(ctx.clone(), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), service)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        match acceptor {
+                            Some(a) => {
+                                if let Ok(tls) = a.accept(tcp).await {
+                                    let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                                }
+                            }
+                            None => {
+                                let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                            }
+                        }
                     });
                 }
             })
@@ -786,7 +807,7 @@ impl FakeConsul {
             })
         };
         FakeConsul {
-            address: format!("http://{addr}"),
+            address: format!("{scheme}://{addr}"),
             state,
             changed,
             scale,
@@ -856,6 +877,16 @@ impl FakeConsul {
     /// No known leader: `?consistent` reads fail, others say `KnownLeader: false`.
     pub fn leaderless(&self, on: bool) {
         self.with(|s| s.leaderless = on);
+    }
+
+    /// Health reads report rows filtered out by ACLs.
+    pub fn acl_filtered(&self, on: bool) {
+        self.with(|s| s.filtered = on);
+    }
+
+    /// The registration body the agent got for service `id`.
+    pub fn service(&self, id: &str) -> Option<Value> {
+        self.with(|s| s.services.get(id).map(|x| x.body.clone()))
     }
 
     /// Sets a check's status by hand (as a failed heartbeat would).

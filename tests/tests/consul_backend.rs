@@ -293,15 +293,34 @@ async fn outages_and_errors_are_temporary_and_bad_addresses_are_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The conformance suite against the fake, or against a real agent when
+/// `MUSTER_CONSUL_TEST_ADDR` (and `MUSTER_CONSUL_TEST_TOKEN`) is set; the other tests in this
+/// file need the fake's hooks (agent restart, faults, ACL switches) and always use it.
 async fn consul_backend_passes_the_conformance_suite() {
-    let fake = FakeConsul::start(1.0).await;
-    let address = fake.address.clone();
+    let real = std::env::var("MUSTER_CONSUL_TEST_ADDR")
+        .ok()
+        .filter(|a| !a.is_empty());
+    let fake = match real {
+        Some(_) => None,
+        None => Some(FakeConsul::start(1.0).await),
+    };
+    let address = real
+        .clone()
+        .or_else(|| fake.as_ref().map(|f| f.address.clone()))
+        .unwrap_or_default();
+    let token = std::env::var("MUSTER_CONSUL_TEST_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let cluster = format!("conformance-{}", std::process::id());
     let nodes: Vec<NodeName> = (1..=3).map(n).collect();
     let make = move |local: &NodeName, addr: &str| {
-        let text = format!(
+        let mut text = format!(
             "[cluster_formation]\npeer_discovery_backend = \"consul\"\n[cluster_formation.consul]\naddress = \"{addr}\"\n\
-             check_ttl = \"3s\"\nlock_ttl = \"10s\"\nrequest_timeout = \"1s\"\n"
+             check_ttl = \"3s\"\nlock_ttl = \"10s\"\nrequest_timeout = \"1s\"\ncluster_name = \"{cluster}\"\n"
         );
+        if let Some(t) = &token {
+            text.push_str(&format!("token = \"{t}\"\n"));
+        }
         ConsulBackend::from_config(&FormationConfig::from_toml(&text).unwrap(), local).unwrap()
     };
     let dead = {
@@ -320,4 +339,154 @@ async fn consul_backend_passes_the_conformance_suite() {
     })
     .with_unreachable(Arc::new(make(&nodes[0], &dead)));
     conformance::run(&subject).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registration_carries_every_configured_field() {
+    let fake = FakeConsul::start(1.0).await;
+    let b = backend(
+        &fake,
+        &n(1),
+        "service_address = \"10.1.2.3\"\nservice_port = 5999\nservice_tags = [\"blue\", \"v2\"]\n\
+         service_meta = { zone = \"a\" }\nderegister_critical_after = \"5m\"\ncheck_ttl = \"7s\"\ndatacenter = \"dc2\"",
+    );
+    b.register().await.unwrap();
+    let body = fake
+        .service("muster:m@127.0.0.1:4370")
+        .expect("registered under its unique ID");
+    assert_eq!(body["Address"], "10.1.2.3");
+    assert_eq!(body["Port"], 5999);
+    assert_eq!(
+        body["Tags"],
+        serde_json::json!(["default", "blue", "v2"]),
+        "the cluster name first"
+    );
+    assert_eq!(body["Meta"]["zone"], "a");
+    assert_eq!(body["Meta"]["muster-node"], "m@127.0.0.1:4370");
+    assert_eq!(body["Check"]["Status"], "passing", "passing from the start");
+    assert_eq!(body["Check"]["TTL"], "7000ms");
+    assert_eq!(body["Check"]["DeregisterCriticalServiceAfter"], "300000ms");
+    assert!(
+        fake.requests().iter().all(|r| r.contains("dc=dc2")),
+        "every call names the datacenter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_is_read_and_acl_filtered_rows_make_a_listing_not_authoritative() {
+    let fake = FakeConsul::start(1.0).await;
+    fake.require_tokens(&["from-a-file"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let b = backend(&fake, &n(1), &format!("token_file = \"{}\"", file.display()));
+    b.register().await.unwrap();
+    assert!(b.list().await.unwrap().authoritative);
+    fake.acl_filtered(true);
+    assert!(
+        !b.list().await.unwrap().authoritative,
+        "rows hidden by ACLs: not the full membership"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_wait_longer_than_the_request_timeout_does_not_time_out() {
+    let fake = FakeConsul::start(1.0).await;
+    let (a, b) = (
+        backend(&fake, &n(1), "request_timeout = \"1s\""),
+        backend(&fake, &n(2), "request_timeout = \"1s\""),
+    );
+    let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        let g = b.lock(&n(2), Duration::from_secs(10)).await;
+        (g.map(|_| ()), t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let (got, waited) = waiter.await.unwrap();
+    got.expect("the waiter gets the lock, its blocking read outlasting request_timeout");
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+    assert!(
+        released.elapsed() < Duration::from_secs(1),
+        "woken by the release, not by polling"
+    );
+    let blocking = fake
+        .requests()
+        .iter()
+        .filter(|r| r.contains("formation-lock") && r.contains("index="))
+        .count();
+    assert!(
+        blocking >= 1 && blocking <= 3,
+        "one blocking read, not a poll: {blocking}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_and_a_client_certificate() {
+    use muster_tests::certs;
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certs::ca(d, "ca");
+    certs::ca(d, "other-ca");
+    certs::leaf(
+        d,
+        "server",
+        "ca",
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    certs::leaf(
+        d,
+        "client",
+        "ca",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(d.join("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(d.join("server.crt"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(d.join("server.key")).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let fake = FakeConsul::start_with(1.0, Some(Arc::new(tls))).await;
+    assert!(fake.address.starts_with("https://"));
+    let files = |ca: &str, client: bool| {
+        let mut t = format!("ca_file = \"{}\"\n", d.join(format!("{ca}.crt")).display());
+        if client {
+            t.push_str(&format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                d.join("client.crt").display(),
+                d.join("client.key").display()
+            ));
+        }
+        t
+    };
+    let good = backend(&fake, &n(1), &files("ca", true));
+    good.register().await.unwrap();
+    assert_eq!(good.list().await.unwrap().nodes, vec![n(1)]);
+    let no_client_cert = backend(&fake, &n(2), &files("ca", false));
+    assert!(
+        no_client_cert.list().await.is_err(),
+        "the agent requires a client certificate"
+    );
+    let wrong_ca = backend(&fake, &n(2), &files("other-ca", true));
+    assert!(
+        wrong_ca.list().await.is_err(),
+        "an agent certificate from another CA is not trusted"
+    );
 }
