@@ -418,7 +418,7 @@ async fn a_blocking_wait_longer_than_the_request_timeout_does_not_time_out() {
         .filter(|r| r.contains("formation-lock") && r.contains("index="))
         .count();
     assert!(
-        blocking >= 1 && blocking <= 3,
+        (1..=3).contains(&blocking),
         "one blocking read, not a poll: {blocking}"
     );
 }
