@@ -1,13 +1,10 @@
-//! # muster-backend-consul (work in progress for issue #12)
+//! # muster-backend-consul
 //!
 //! Peer discovery through Consul (`[cluster_formation.consul]`): each node registers a service
 //! with a TTL check that is passing from the start and heals itself (re-registered on a 404 or
 //! after an agent restart); the listing is the passing instances of the service tagged with the
 //! cluster name, oldest first; formation is guarded by a session lock on a KV key and fenced by
-//! a `cas=0` record of the cluster id.
-//!
-//! Not yet wired into the `muster` facade: the fake agent, its tests and the end-to-end runs
-//! come first.
+//! a `cas=0` record of the cluster id. See `docs/backends/consul.md`.
 
 // No panics on input from the network, a file or the environment.
 #![cfg_attr(
@@ -237,7 +234,9 @@ impl FormationLock for ConsulBackend {
         timeout: std::time::Duration,
     ) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         let key = self.key("formation-lock");
-        Ok(Box::new(lock::acquire(&self.inner, owner, &key, timeout).await?))
+        // The engine's wait, bounded by this backend's own `lock_timeout`.
+        let wait = timeout.min(self.inner.r.settings.lock_timeout);
+        Ok(Box::new(lock::acquire(&self.inner, owner, &key, wait).await?))
     }
 }
 

@@ -22,7 +22,6 @@
 //! sessions lost), per-path faults, a leaderless switch, a request log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,6 +94,10 @@ struct State {
     filtered: bool,
     /// Path prefix → (status, body) answered instead.
     faults: BTreeMap<String, (u16, String)>,
+    /// Path prefix → extra delay before answering.
+    delays: BTreeMap<String, Duration>,
+    /// Path prefixes whose connections are dropped without an answer.
+    drops: BTreeSet<String>,
     log: Vec<String>,
 }
 
@@ -235,7 +238,35 @@ impl Ctx {
     }
 }
 
-async fn answer(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Ends a connection without an answer (hyper closes it when the service fails).
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn answer(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+    let path = req.uri().path().to_string();
+    let (delay, drop) = {
+        let s = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        let delay = s
+            .delays
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(_, d)| *d);
+        (delay, s.drops.iter().any(|p| path.starts_with(p.as_str())))
+    };
+    if drop {
+        return Err(Dropped);
+    }
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_string();
@@ -865,6 +896,29 @@ impl FakeConsul {
             }
             None => {
                 s.faults.remove(prefix);
+            }
+        });
+    }
+
+    /// Delays answers to paths under `prefix` (None: no delay).
+    pub fn delay(&self, prefix: &str, delay: Option<Duration>) {
+        self.with(|s| match delay {
+            Some(d) => {
+                s.delays.insert(prefix.to_string(), d);
+            }
+            None => {
+                s.delays.remove(prefix);
+            }
+        });
+    }
+
+    /// Drops connections to paths under `prefix` without an answer (or not).
+    pub fn drop_connections(&self, prefix: &str, on: bool) {
+        self.with(|s| {
+            if on {
+                s.drops.insert(prefix.to_string());
+            } else {
+                s.drops.remove(prefix);
             }
         });
     }

@@ -167,7 +167,30 @@ async fn the_lock_is_exclusive_freed_after_a_dead_holders_ttl_and_lock_delay_is_
     );
     let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
     assert!(b.lock(&n(2), Duration::from_millis(500)).await.is_err());
+    // lock_timeout bounds the engine's longer wait.
+    let short = backend(&fake, &n(3), "lock_timeout = \"1s\"");
+    let t = Instant::now();
+    assert!(short.lock(&n(3), Duration::from_secs(30)).await.is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "lock_timeout = 1s: {:?}",
+        t.elapsed()
+    );
+    let before_release = fake.requests().len();
     held.release().await.unwrap();
+    let after: Vec<String> = fake.requests()[before_release..].to_vec();
+    let release = after
+        .iter()
+        .position(|r| r.contains("release="))
+        .expect("a release");
+    let destroy = after
+        .iter()
+        .position(|r| r.contains("/v1/session/destroy/"))
+        .expect("a destroy");
+    assert!(
+        release < destroy,
+        "release first, then destroy (no lock-delay): {after:?}"
+    );
     let g = b
         .lock(&n(2), Duration::from_secs(2))
         .await
@@ -272,6 +295,16 @@ async fn outages_and_errors_are_temporary_and_bad_addresses_are_named() {
     let e = a.list().await.unwrap_err();
     assert!(e.is_temporary(), "{e}");
     fake.fault("/v1/health/", None);
+    // A slow agent is bounded by request_timeout (2 s); a dropped connection is temporary too.
+    fake.delay("/v1/health/", Some(Duration::from_secs(4)));
+    let t = Instant::now();
+    assert!(a.list().await.unwrap_err().is_temporary());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    fake.delay("/v1/health/", None);
+    fake.drop_connections("/v1/health/", true);
+    assert!(a.list().await.unwrap_err().is_temporary());
+    fake.drop_connections("/v1/health/", false);
+    a.list().await.expect("served again");
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
