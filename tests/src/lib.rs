@@ -121,6 +121,20 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// The cluster id each node in `which` reports (`"none"` when it has none), as a set: one
+/// element means one cluster.
+pub fn cluster_ids(cluster: &LocalCluster, which: &[usize]) -> std::collections::BTreeSet<String> {
+    which
+        .iter()
+        .map(|&i| {
+            cluster_status(cluster, i)["cluster"]
+                .as_str()
+                .unwrap_or("none")
+                .to_string()
+        })
+        .collect()
+}
+
 /// Polls `cond` every 50 ms until it holds or `limit` passes (the core retry mechanism);
 /// returns how long it took.
 pub async fn eventually<F: AsyncFnMut() -> bool>(

@@ -12,6 +12,7 @@ use muster::{
 use muster_backend_consul::ConsulBackend;
 use muster_discovery_core::testing::conformance;
 use muster_tests::consul::FakeConsul;
+use muster_tests::eventually;
 
 fn n(i: u32) -> NodeName {
     format!("m@127.0.0.{i}:4370").parse().unwrap()
@@ -61,10 +62,10 @@ async fn a_registration_is_passing_at_once_listed_oldest_first_and_heals_after_a
     assert!(a.status().renewals >= 2, "{:?}", a.status());
     // The agent restarts and forgets both: each heartbeat re-registers within a second.
     fake.agent_restart();
-    let t = Instant::now();
-    while a.list().await.unwrap().nodes.len() < 2 && t.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        a.list().await.unwrap().nodes.len() >= 2
+    })
+    .await;
     assert_eq!(
         a.list().await.unwrap().nodes.len(),
         2,
@@ -85,11 +86,11 @@ async fn a_stopped_heartbeat_goes_critical_and_unlisted_and_old_agents_are_heale
     b.register().await.unwrap();
     // Its process is gone: the heartbeat stops and the 3 s check goes critical.
     drop(b);
-    let t = Instant::now();
-    while a.list().await.unwrap().nodes.contains(&n(2)) && t.elapsed() < Duration::from_secs(6) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let waited = t.elapsed();
+    let waited = eventually(Duration::from_secs(6), async || {
+        !a.list().await.unwrap().nodes.contains(&n(2))
+    })
+    .await
+    .unwrap_or(Duration::MAX);
     assert!(
         !a.list().await.unwrap().nodes.contains(&n(2)),
         "a critical instance is not listed"
@@ -102,10 +103,10 @@ async fn a_stopped_heartbeat_goes_critical_and_unlisted_and_old_agents_are_heale
     // An agent before 1.11 answers 500 for an unknown check: that heals too.
     fake.pre_1_11(true);
     fake.agent_restart();
-    let t = Instant::now();
-    while !a.list().await.unwrap().nodes.contains(&n(1)) && t.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        a.list().await.unwrap().nodes.contains(&n(1))
+    })
+    .await;
     assert!(
         a.list().await.unwrap().nodes.contains(&n(1)),
         "re-registered on the old 500 text"

@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use muster_node::launch::{Layout, LocalCluster};
+use muster_node::launch::Layout;
 use muster_tests::consul::FakeConsul;
-use muster_tests::{cluster_status, local_cluster_of, node_exe};
+use muster_tests::{cluster_ids, cluster_status, eventually, local_cluster_of, node_exe};
 
 const FORM: Duration = Duration::from_secs(30);
 
@@ -27,18 +27,6 @@ fn layout(fake: &FakeConsul, nodes: usize, cluster: &str, extra: &str) -> Layout
     }
 }
 
-fn ids(c: &LocalCluster, which: &[usize]) -> BTreeSet<String> {
-    which
-        .iter()
-        .map(|&i| {
-            cluster_status(c, i)["cluster"]
-                .as_str()
-                .unwrap_or("none")
-                .to_string()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_started_at_once_form_one_cluster_ten_times() {
     let fake = FakeConsul::start(1.0).await;
@@ -48,11 +36,15 @@ async fn five_nodes_started_at_once_form_one_cluster_ten_times() {
         if let Err(e) = c.wait_members(&[0, 1, 2, 3, 4], 5, FORM).await {
             panic!("round {round}: {e}\n{}", c.log_tail(0, 30));
         }
-        assert_eq!(ids(&c, &[0, 1, 2, 3, 4]).len(), 1, "round {round}: one cluster");
+        assert_eq!(
+            cluster_ids(&c, &[0, 1, 2, 3, 4]).len(),
+            1,
+            "round {round}: one cluster"
+        );
         let (_, recorded) = fake
             .key(&format!("muster/round{round}/cluster-id"))
             .expect("the id is recorded");
-        assert_eq!(BTreeSet::from([recorded]), ids(&c, &[0]), "round {round}");
+        assert_eq!(BTreeSet::from([recorded]), cluster_ids(&c, &[0]), "round {round}");
         c.stop_all(Duration::from_secs(5)).await;
     }
 }
@@ -66,15 +58,14 @@ async fn a_wiped_node_alone_refuses_to_form_a_second_cluster() {
     c.stop_all(Duration::from_secs(5)).await;
     std::fs::remove_dir_all(&c.nodes[0].data_dir).unwrap();
     c.start(0).unwrap();
-    let t = Instant::now();
-    let mut log = String::new();
-    while t.elapsed() < Duration::from_secs(20) {
-        log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default();
-        if log.contains("consul kv delete muster/fenced/cluster-id") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let path = &c.nodes[0].log;
+    eventually(Duration::from_secs(20), async || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains("consul kv delete muster/fenced/cluster-id")
+    })
+    .await;
+    let log = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         log.contains("consul kv delete muster/fenced/cluster-id"),
         "the refusal names the key:\n{}",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use muster::NodeName;
 use muster_node::launch::{Layout, LocalCluster, Ports};
 use muster_tests::k8s::FakeApi;
-use muster_tests::{cluster_status, local_cluster_of, node_exe};
+use muster_tests::{cluster_ids, cluster_status, eventually, local_cluster_of, node_exe};
 
 const NS: &str = "prod";
 const TOKEN: &str = "e2e-token";
@@ -76,18 +76,6 @@ fn scale(fake: &FakeApi, replicas: usize) {
     }
 }
 
-fn cluster_ids(c: &LocalCluster, which: &[usize]) -> BTreeSet<String> {
-    which
-        .iter()
-        .map(|&i| {
-            cluster_status(c, i)["cluster"]
-                .as_str()
-                .unwrap_or("none")
-                .to_string()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_started_at_once_form_one_cluster_ten_times_in_each_mode() {
     for mode in ["statefulset", "endpoints"] {
@@ -122,10 +110,7 @@ async fn three_pods_started_at_once_form_one_cluster_ten_times_in_each_mode() {
                 r.sort();
                 r
             };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while reasons(&fake).len() < 3 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually(Duration::from_secs(5), async || reasons(&fake).len() >= 3).await;
             assert_eq!(
                 reasons(&fake),
                 ["Formed", "Joined", "Joined"],
@@ -187,18 +172,14 @@ async fn pod_0_with_a_lost_volume_rejoins_and_never_forms_a_second_cluster() {
     c.stop_all(Duration::from_secs(5)).await;
     std::fs::remove_dir_all(&c.nodes[0].data_dir).unwrap();
     c.start(0).unwrap();
-    let started = Instant::now();
-    let mut refused = String::new();
-    while started.elapsed() < Duration::from_secs(20) {
-        let log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default();
-        if log.contains("kubectl -n prod delete configmap muster-muster-cluster") {
-            refused = log;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let hint = "kubectl -n prod delete configmap muster-muster-cluster";
+    let log = &c.nodes[0].log;
+    let refused = eventually(Duration::from_secs(20), async || {
+        std::fs::read_to_string(log).unwrap_or_default().contains(hint)
+    })
+    .await;
     assert!(
-        !refused.is_empty(),
+        refused.is_some(),
         "pod-0 names the command that re-bootstraps:\n{}",
         c.log_tail(0, 30)
     );
