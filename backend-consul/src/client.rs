@@ -36,6 +36,11 @@ pub struct Block {
     pub wait: Duration,
 }
 
+/// A duration as Consul's Go parser reads it, in whole milliseconds.
+pub fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
 /// The client.
 #[derive(Clone)]
 pub struct Consul {
@@ -122,7 +127,7 @@ impl Consul {
         let mut limit = self.limit;
         if let Some(b) = block {
             q.push(("index", b.index.max(1).to_string()));
-            q.push(("wait", format!("{}ms", b.wait.as_millis())));
+            q.push(("wait", go_duration(b.wait)));
             limit += b.wait + b.wait / 16;
         }
         let mut req = self

@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::client::{Block, Consul, failure, json, truth};
+use crate::client::{Block, Consul, failure, go_duration, json, truth};
 use crate::{Inner, NAME};
 
 fn session_rule() -> &'static str {
@@ -98,7 +98,7 @@ async fn create_session(inner: &Inner, owner: &NodeName) -> Result<String, Disco
     let body = json!({
         "Name": format!("muster formation lock: {owner}"),
         "TTL": format!("{}s", s.lock_ttl.as_secs()),
-        "LockDelay": format!("{}ms", s.lock_delay.as_millis()),
+        "LockDelay": go_duration(s.lock_delay),
         "Behavior": "release",
         "Checks": checks,
     });

@@ -6,7 +6,6 @@
 //! registration heals itself. Unregister deregisters (a 404 there is success).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use muster_discovery_core::retry::{Jitter, Retry};
 use muster_discovery_core::{DiscoveryError, RegistrationStatus};
@@ -15,7 +14,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::client::failure;
+use crate::client::{failure, go_duration};
 use crate::{Inner, META_NODE};
 
 /// Registration state, for the status page and metrics.
@@ -52,10 +51,6 @@ fn rule(inner: &Inner) -> String {
         "service \"{}\" {{ policy = \"write\" }}",
         inner.r.settings.service_name
     )
-}
-
-fn go_duration(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
 }
 
 /// `PUT /v1/agent/service/register` with a passing TTL check.

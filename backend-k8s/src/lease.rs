@@ -53,24 +53,13 @@ pub struct LeaseSpot {
 /// This process's holder identity for `owner`.
 pub fn identity(owner: &NodeName) -> String {
     let uid = std::env::var("POD_UID").ok().filter(|v| !v.is_empty());
-    let mut boot = [0u8; 6];
-    let boot = getrandom_hex(&mut boot);
+    // Any random id differing between processes will do: the core's (OS randomness, with a
+    // clock fallback).
+    let boot = muster_discovery_core::ClusterId::random().0;
     match uid {
         Some(uid) => format!("{owner}#{uid}#{boot}"),
         None => format!("{owner}#{boot}"),
     }
-}
-
-fn getrandom_hex(buf: &mut [u8]) -> String {
-    // The boot id only has to differ between processes; the clock and pid are a fallback.
-    if getrandom::fill(buf).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        return format!("{nanos:08x}{:x}", std::process::id());
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn now() -> MicroTime {
