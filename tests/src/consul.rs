@@ -70,6 +70,19 @@ struct Entry {
     session: Option<String>,
 }
 
+impl Entry {
+    /// A key created at `index`: empty, unlocked.
+    fn new(index: u64) -> Entry {
+        Entry {
+            value: Vec::new(),
+            create_index: index,
+            modify_index: index,
+            lock_index: 0,
+            session: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     index: u64,
@@ -669,13 +682,7 @@ fn kv(s: &mut State, method: &str, key: &str, q: &BTreeMap<String, String>, body
                     return text(200, "false");
                 }
                 let idx = s.bump();
-                let e = s.kv.entry(key.to_string()).or_insert(Entry {
-                    value: Vec::new(),
-                    create_index: idx,
-                    modify_index: idx,
-                    lock_index: 0,
-                    session: None,
-                });
+                let e = s.kv.entry(key.to_string()).or_insert_with(|| Entry::new(idx));
                 match &e.session {
                     Some(h) if h != sid => return text(200, "false"),
                     Some(_) => {}
@@ -712,13 +719,7 @@ fn kv(s: &mut State, method: &str, key: &str, q: &BTreeMap<String, String>, body
                 }
             }
             let idx = s.bump();
-            let e = s.kv.entry(key.to_string()).or_insert(Entry {
-                value: Vec::new(),
-                create_index: idx,
-                modify_index: idx,
-                lock_index: 0,
-                session: None,
-            });
+            let e = s.kv.entry(key.to_string()).or_insert_with(|| Entry::new(idx));
             e.value = body.to_vec();
             e.modify_index = idx;
             text(200, "true")

@@ -132,13 +132,17 @@ fn status(code: u16, reason: &str, message: String, details: Value) -> (u16, Val
     )
 }
 
+/// `leases.coordination.k8s.io`, or `pods` for the core group: how the API server names a
+/// resource in its messages.
+fn qualified(resource: &str) -> String {
+    match group_of(resource) {
+        "" => resource.to_string(),
+        g => format!("{resource}.{g}"),
+    }
+}
+
 fn not_found(resource: &str, name: &str) -> (u16, Value) {
-    let g = group_of(resource);
-    let full = if g.is_empty() {
-        resource.to_string()
-    } else {
-        format!("{resource}.{g}")
-    };
+    let (g, full) = (group_of(resource), qualified(resource));
     status(
         404,
         "NotFound",
@@ -321,12 +325,7 @@ impl State {
         if !self.forbidden.contains(&(verb.to_string(), resource.to_string())) {
             return None;
         }
-        let g = group_of(resource);
-        let full = if g.is_empty() {
-            resource.to_string()
-        } else {
-            format!("{resource}.{g}")
-        };
+        let (g, full) = (group_of(resource), qualified(resource));
         let subject = match name {
             Some(n) => format!("{full} \"{n}\""),
             None => full,
@@ -436,12 +435,7 @@ impl State {
                     );
                 };
                 if self.objects.contains_key(&key(&n)) {
-                    let g = group_of(resource);
-                    let full = if g.is_empty() {
-                        resource.to_string()
-                    } else {
-                        format!("{resource}.{g}")
-                    };
+                    let (g, full) = (group_of(resource), qualified(resource));
                     return status(
                         409,
                         "AlreadyExists",
@@ -478,12 +472,7 @@ impl State {
                     (Some(cur), sent) => {
                         let cur_rv = cur["metadata"]["resourceVersion"].as_str().map(String::from);
                         if sent.is_some() && sent != cur_rv {
-                            let g = group_of(resource);
-                            let full = if g.is_empty() {
-                                resource.to_string()
-                            } else {
-                                format!("{resource}.{g}")
-                            };
+                            let (g, full) = (group_of(resource), qualified(resource));
                             return status(
                                 409,
                                 "Conflict",
