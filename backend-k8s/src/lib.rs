@@ -69,6 +69,8 @@ pub struct K8sBackend {
     client: OnceCell<Client>,
     /// `lock = "auto"` found the Role without Lease rights.
     lock_denied: AtomicBool,
+    /// `lock = "auto"` has its answer (allowed or denied); no need to ask again.
+    lock_probed: AtomicBool,
     /// `resolve_peers_via_api = "auto"` found the Role without `pods get`.
     resolve_denied: AtomicBool,
     /// The Role does not allow `events create`: warned once, not tried again.
@@ -96,6 +98,7 @@ impl K8sBackend {
             local: local.clone(),
             client: OnceCell::new(),
             lock_denied: AtomicBool::new(false),
+            lock_probed: AtomicBool::new(false),
             resolve_denied: AtomicBool::new(false),
             events_denied: AtomicBool::new(false),
         })
@@ -322,16 +325,23 @@ impl K8sBackend {
 
     /// `lock = "auto"`: finds out once whether the Role allows the Lease.
     async fn probe_lock_rights(&self, client: &Client) {
-        if self.r.settings.lock != Toggle::Auto || self.lock_denied.load(Ordering::Relaxed) {
+        if self.r.settings.lock != Toggle::Auto || self.lock_probed.load(Ordering::Relaxed) {
             return;
         }
         let spot = self.lease_spot(client);
-        if let Ok(Err(e)) = raw(
+        let answer = raw(
             "reading the formation Lease",
             self.limit(),
             spot.api.get_opt(&spot.name),
         )
-        .await
+        .await;
+        // A definite answer (read, or 403) settles it; an outage or a timeout asks again next time.
+        match &answer {
+            Ok(Ok(_)) => self.lock_probed.store(true, Ordering::Relaxed),
+            Ok(Err(e)) if status_code(e) == Some(403) => self.lock_probed.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        if let Ok(Err(e)) = answer
             && status_code(&e) == Some(403)
         {
             warn!(

@@ -451,6 +451,20 @@ async fn lock_auto_falls_back_without_lease_rights_and_true_reports_them() {
     );
     let off = backend(&fake, &pod_name(0), "lock = false");
     assert!(off.formation_lock().is_none() && off.fencing().is_some());
+    // Allowed: asked once, not on every listing.
+    fake.forbid("get", "leases", false);
+    let allowed = backend(&fake, &pod_name(1), "");
+    let lease_reads = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /apis/coordination.k8s.io"))
+            .count()
+    };
+    let before = lease_reads();
+    allowed.list().await.unwrap();
+    allowed.list().await.unwrap();
+    assert_eq!(lease_reads() - before, 1, "the Role is probed once");
+    assert!(allowed.formation_lock().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
