@@ -38,6 +38,8 @@ pub struct LocalNode {
     pub child: Option<Child>,
     /// When the process was last started.
     pub started: Option<Instant>,
+    /// The log's length when the process was last started: what it wrote since begins here.
+    pub log_start: u64,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
 }
@@ -224,6 +226,7 @@ impl LocalCluster {
                 listen: listens[i],
                 child: None,
                 started: None,
+                log_start: 0,
                 env: Vec::new(),
             });
         }
@@ -260,6 +263,7 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(&node.log)?;
+        node.log_start = log.metadata()?.len();
         let child = Command::new(&self.exe)
             .args(["--log-format", self.log_format, "start", "--config"])
             .arg(&node.config)
@@ -423,6 +427,13 @@ impl LocalCluster {
             .find(|l| l.starts_with("VmHWM:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
+    }
+
+    /// What node `i`'s current process has logged (earlier runs' lines excluded).
+    pub fn log_since_start(&self, i: usize) -> String {
+        let text = std::fs::read(&self.nodes[i].log).unwrap_or_default();
+        let from = usize::try_from(self.nodes[i].log_start).unwrap_or(usize::MAX);
+        String::from_utf8_lossy(text.get(from..).unwrap_or_default()).into_owned()
     }
 
     /// The tail of node `i`'s log, for failure messages.
