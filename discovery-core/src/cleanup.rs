@@ -3,8 +3,8 @@
 //! A member is unknown only when it was absent from `consecutive_absences` successful discovery
 //! rounds in a row AND unreachable in each of them. A round whose listing failed is skipped (it
 //! neither counts nor resets). A backend whose list is not authoritative never causes removal,
-//! and the local node is never a candidate. By default (`only_log_warning`) unknown nodes are only
-//! reported.
+//! unless it knows departures (an autoscaling group), and the local node is never a candidate.
+//! By default (`only_log_warning`) unknown nodes are only reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -35,7 +35,8 @@ pub struct CleanupRound {
     pub unknown: Vec<NodeName>,
     /// Members absent and unreachable this round, with their absence counts.
     pub absent: Vec<(NodeName, u32)>,
-    /// The backend's list is authoritative (only then may unknown nodes be removed).
+    /// The listing may remove members: it is authoritative, or its backend knows departures
+    /// (an autoscaling group). Only then may unknown nodes be removed.
     pub authoritative: bool,
     /// Members forgotten this round.
     pub forgotten: Vec<NodeName>,
@@ -64,7 +65,7 @@ impl CleanupTracker {
         let member_set: BTreeSet<&NodeName> = members.iter().collect();
         self.absences.retain(|n, _| member_set.contains(n));
         let mut round = CleanupRound {
-            authoritative: listing.authoritative,
+            authoritative: listing.authoritative || listing.departures_known,
             ..CleanupRound::default()
         };
         for member in members.iter().filter(|m| *m != local) {

@@ -33,6 +33,9 @@ pub struct DiscoveryResult {
     /// How many nodes the backend knows the cluster is meant to have (a StatefulSet's
     /// replicas): raises `target_cluster_size_hint` to it for this round.
     pub expected_size: Option<usize>,
+    /// A node missing from this listing has left (an autoscaling group no longer lists it):
+    /// cleanup may count it as gone even though the listing is not authoritative for formation.
+    pub departures_known: bool,
 }
 
 impl DiscoveryResult {
@@ -48,12 +51,19 @@ impl DiscoveryResult {
             recorded_cluster: None,
             fencing_hint: None,
             expected_size: None,
+            departures_known: false,
         }
     }
 
     /// Sets the expected cluster size (see [`DiscoveryResult::expected_size`]).
     pub fn with_expected_size(mut self, size: usize) -> Self {
         self.expected_size = Some(size);
+        self
+    }
+
+    /// Marks absences as departures (see [`DiscoveryResult::departures_known`]).
+    pub fn with_departures_known(mut self) -> Self {
+        self.departures_known = true;
         self
     }
 

@@ -11,7 +11,7 @@
 //! | `dns` | DNS A/AAAA (+PTR) or SRV | `muster-backend-dns` |
 //! | `k8s` | Kubernetes: StatefulSet ordinals or EndpointSlices, Lease lock, ConfigMap fencing (the final binary enables one `k8s-openapi` version feature, e.g. `v1_33`) | `muster-backend-k8s` |
 //! | `consul` | Consul: TTL-checked registration, session lock, KV fencing | `muster-backend-consul` |
-//! | `aws` | reserved: arrives with its own crate | — |
+//! | `aws` | AWS: EC2 tags or autoscaling-group membership (desired capacity as the expected size), optional SSM fencing (aws-sdk-ec2 takes minutes to build) | `muster-backend-aws` |
 //!
 //! ```
 //! use muster::{FormationConfig, NodeName};
@@ -36,6 +36,8 @@ use std::sync::Arc;
 
 pub use muster_discovery_core::*;
 
+#[cfg(feature = "aws")]
+pub use muster_backend_aws as aws;
 #[cfg(feature = "classic")]
 pub use muster_backend_classic as classic;
 #[cfg(feature = "consul")]
@@ -56,8 +58,6 @@ pub const BACKENDS: &[&str] = &["classic", "dns", "k8s", "aws", "consul", "etcd"
 pub enum BuildError {
     /// The backend exists but this build does not include it.
     NotCompiled(&'static str),
-    /// The feature is on but this release has no implementation of the backend yet.
-    NotImplemented(&'static str),
     /// No backend has that name.
     Unknown {
         /// The configured name.
@@ -78,11 +78,6 @@ impl fmt::Display for BuildError {
                     "backend '{name}' is not compiled in; rebuild with --features {name}"
                 )
             }
-            BuildError::NotImplemented(name) => write!(
-                f,
-                "backend '{name}' is not implemented in this release of muster; available: {}",
-                compiled_backends().join(", ")
-            ),
             BuildError::Unknown { name, suggestion } => {
                 write!(
                     f,
@@ -121,6 +116,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "k8s") {
         v.push("k8s");
     }
+    if cfg!(feature = "aws") {
+        v.push("aws");
+    }
     if cfg!(feature = "consul") {
         v.push("consul");
     }
@@ -155,7 +153,7 @@ pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<d
         #[cfg(feature = "k8s")]
         "k8s" => Ok(Arc::new(k8s::K8sBackend::from_config(config, local)?)),
         #[cfg(feature = "aws")]
-        "aws" => Err(BuildError::NotImplemented("aws")),
+        "aws" => Ok(Arc::new(aws::AwsBackend::from_config(config, local)?)),
         #[cfg(feature = "consul")]
         "consul" => Ok(Arc::new(
             consul::ConsulBackend::from_config(config, local)

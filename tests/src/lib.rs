@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+pub mod aws;
 pub mod certs;
 pub mod consul;
 pub mod dns;

@@ -675,7 +675,7 @@ async fn in_cluster_config_uses_the_service_account_files() {
         "set -e; mount -t tmpfs tmpfs /run; mkdir -p {sa}; printf %s {TOKEN} > {sa}/token; cp {ca} {sa}/ca.crt; \
          printf %s {NS} > {sa}/namespace; exec {exe} {config} {name}",
         ca = fake.ca.display(),
-        exe = env!("CARGO_BIN_EXE_k8s-list"),
+        exe = env!("CARGO_BIN_EXE_backend-list"),
         config = config.display(),
         name = pod_name(0),
     );

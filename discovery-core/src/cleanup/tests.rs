@@ -131,3 +131,17 @@ fn the_local_node_is_never_a_candidate() {
         assert!(r.unknown.is_empty());
     }
 }
+
+#[test]
+fn a_listing_that_knows_departures_may_remove_though_it_is_not_authoritative() {
+    let mut t = CleanupTracker::default();
+    let eventual = DiscoveryResult::new([n(1), n(2)], false);
+    let group = DiscoveryResult::new([n(1), n(2)], false).with_departures_known();
+    let members = [n(1), n(2), n(3)];
+    let r = t.observe(&n(1), &members, Ok(&eventual), &Default::default(), 1);
+    assert_eq!(r.unknown, vec![n(3)]);
+    assert!(!r.authoritative, "an eventual listing never removes");
+    let r = t.observe(&n(1), &members, Ok(&group), &Default::default(), 1);
+    assert_eq!(r.unknown, vec![n(3)]);
+    assert!(r.authoritative, "a group that no longer lists n3 says it left");
+}
