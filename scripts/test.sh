@@ -12,7 +12,8 @@ log() { printf '\n== %s\n' "$*"; }
 # System packages the build and the server-backed tests need: etcd for the etcd backend's tests,
 # protoc and the well-known .proto files for etcd-client's build, openssl for TLS test certificates,
 # dnsmasq and bind9 for the DNS tests, iproute2 and util-linux (ip, unshare) for the test namespace;
-# kubernetes-validate (PyPI) for the Kubernetes manifests.
+# kubernetes-validate (PyPI) for the Kubernetes manifests; moto and cfn-lint (PyPI, in a private
+# venv) for the AWS tests.
 # apt-get update runs once, and only when something is missing.
 APT_PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl dnsmasq-base bind9 bind9-dnsutils
   iproute2 util-linux)
@@ -24,6 +25,11 @@ done
 # pip, for kubernetes-validate below.
 if ! command -v kubernetes-validate >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
   missing+=(python3-pip)
+fi
+# venv, for moto and cfn-lint below (Debian splits it out of python3).
+MUSTER_VENV=${MUSTER_VENV:-$HOME/.cache/muster/venv}
+if [[ ! -x "$MUSTER_VENV/bin/moto_server" ]] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing+=(python3-venv)
 fi
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
@@ -40,6 +46,16 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
     python3 -m pip install --quiet --break-system-packages kubernetes-validate==1.37.0
   hash -r
 fi
+
+# moto (the EC2 / Auto Scaling / SSM / CloudFormation emulator) and cfn-lint, in a private venv
+# the AWS tests find through MUSTER_VENV.
+MOTO_PIN='moto[server,ec2,autoscaling,ssm,cloudformation,elbv2,iam]==5.2.5'
+if [[ ! -x "$MUSTER_VENV/bin/moto_server" || ! -x "$MUSTER_VENV/bin/cfn-lint" ]]; then
+  log "installing moto and cfn-lint from PyPI into $MUSTER_VENV"
+  python3 -m venv "$MUSTER_VENV"
+  "$MUSTER_VENV/bin/pip" install --quiet "$MOTO_PIN" cfn-lint==1.58.0
+fi
+export MUSTER_VENV
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
