@@ -163,7 +163,11 @@ async fn a_terminated_instance_is_forgotten_and_a_scaled_out_one_joins() {
     let new: Vec<String> = members.into_iter().filter(|m| !g.ids.contains(m)).collect();
     assert_eq!(new.len(), 1, "one instance launched");
     let got = g.setup.private_ips(&new).await;
-    assert_eq!(got, std::slice::from_ref(&next_ip), "moto assigns addresses in order");
+    assert_eq!(
+        got,
+        std::slice::from_ref(&next_ip),
+        "moto assigns addresses in order"
+    );
     add_loopback_address(&next_ip);
     let id = new[0].clone();
     imds[3].set(|s| s.instance_id = id);
