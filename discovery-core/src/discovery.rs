@@ -252,6 +252,14 @@ pub trait Discovery: Send + Sync {
     /// Told of formation milestones; best effort (the default ignores them).
     async fn milestone(&self, _milestone: &Milestone) {}
 
+    /// Starts watching the listing: the backend fires `trigger` whenever it may have changed,
+    /// so the engine decides again at once instead of at its next interval. Called once per
+    /// formation run; the watch ends with the backend. The default has no watch (the engine
+    /// polls at its interval).
+    fn watch(&self, trigger: crate::trigger::Trigger) {
+        let _ = trigger;
+    }
+
     /// Resolves a peer's host name with this backend's own resolver settings, so that a
     /// deployment with its own nameservers never falls back to the system resolver for peers.
     /// `None` (the default): use the system resolver.

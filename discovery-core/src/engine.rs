@@ -20,6 +20,7 @@ use crate::node_name::NodeName;
 use crate::probe::probe_all;
 use crate::retry::{Jitter, Retry, RetryError};
 use crate::status::{FormationOutcome, FormationStatus, Phase, TraceEntry, summarize};
+use crate::trigger::Trigger;
 
 /// Runs formation for one node.
 pub struct FormationEngine {
@@ -30,6 +31,20 @@ pub struct FormationEngine {
     status: watch::Sender<FormationStatus>,
     started: Instant,
     rule: fn(&DecisionInput<'_>) -> Verdict,
+    /// Fired by peers' notices (and backend watches): decide again now.
+    trigger: Trigger,
+    /// The candidates of the last published view, told when this node forms or joins.
+    candidates: std::sync::Mutex<Vec<NodeName>>,
+}
+
+/// The parts of a published view a peer decides on (not its age): a change is worth a notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Notable {
+    seed: Option<NodeName>,
+    sees_cluster: Option<ClusterId>,
+    candidates: usize,
+    intent: Option<ClusterId>,
+    committed: Option<Vouch>,
 }
 
 /// What one discovery round saw.
@@ -61,6 +76,8 @@ struct RunState {
     proposal: ClusterId,
     /// Whether `proposal` is announced as this node's intent.
     intending: bool,
+    /// What the last notice told peers.
+    noticed: Option<Notable>,
 }
 
 impl FormationEngine {
@@ -80,7 +97,16 @@ impl FormationEngine {
             status,
             started: Instant::now(),
             rule: decide,
+            trigger: Trigger::new(),
+            candidates: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The trigger that makes this engine decide again now: the embedding broker fires it when
+    /// a peer's notice arrives (see [`Membership::notify`]), a backend when its watch sees a
+    /// change. Between fires the engine still decides every `discovery_retry_interval`.
+    pub fn trigger(&self) -> Trigger {
+        self.trigger.clone()
     }
 
     /// Replaces the decision rule. For the simulator's negative tests (a known-unsafe rule must
@@ -121,7 +147,20 @@ impl FormationEngine {
             }
         });
         match &result {
-            Ok(outcome) => info!(node = %self.local, "{}", summarize_outcome(outcome)),
+            Ok(outcome) => {
+                info!(node = %self.local, "{}", summarize_outcome(outcome));
+                // The former tells every candidate (they join it now); a node that resumed tells
+                // the members it knows (some may wait for it). A joiner tells nobody: the member
+                // that accepted it pushes the new membership, and a notice from each of N joiners
+                // to N candidates would cost N² rounds.
+                match outcome {
+                    FormationOutcome::NewCluster { .. } => self.notify_done(&[]),
+                    FormationOutcome::Rejoined { .. } => {
+                        self.notify_done(&self.membership.restart_state().known_peers)
+                    }
+                    FormationOutcome::JoinedExisting { .. } => {}
+                }
+            }
             Err(e) => warn!(node = %self.local, "formation failed: {e}"),
         }
         let milestone = match &result {
@@ -180,9 +219,12 @@ impl FormationEngine {
                 _ => self.membership.new_cluster_id(),
             },
             intending: false,
+            noticed: None,
         };
         // Register before anything else, on every boot, so that peers (and this node) see it.
         self.try_register(&mut st).await;
+        // A backend with a watch wakes the engine when its listing changes.
+        self.discovery.watch(self.trigger.clone());
         if let Some(cluster) = restart.cluster.clone() {
             return self.restart_window(cluster, restart).await;
         }
@@ -209,7 +251,7 @@ impl FormationEngine {
         // The retry closure is FnMut; the run state lives behind an (uncontended) async mutex.
         let st = tokio::sync::Mutex::new(st);
         let result = retry
-            .run(|attempt| {
+            .run_woken(&self.trigger, |attempt| {
                 let st = &st;
                 async move { self.attempt(&mut *st.lock().await, attempt).await }
             })
@@ -464,8 +506,11 @@ impl FormationEngine {
         Ok(Round { listing, probes })
     }
 
-    fn publish(&self, st: &RunState) {
-        self.membership.publish_view(Some(FormationView {
+    /// Publishes the view for peers' probes and, when something a peer decides on changed,
+    /// notices who must hear it: every candidate when this node is (or names no) seed, since its
+    /// intent is what they commit to; otherwise the seed it names, which collects their views.
+    fn publish(&self, st: &mut RunState) {
+        let view = FormationView {
             // A committed node names the seed it committed to, whatever its own view says.
             seed: match (&st.sees_cluster, &st.commitment) {
                 (Some(_), _) => None,
@@ -477,7 +522,41 @@ impl FormationEngine {
             unchanged_for: st.view_changed_at.elapsed(),
             intent: st.intending.then(|| st.proposal.clone()),
             committed: st.commitment.clone(),
-        }));
+        };
+        let notable = Notable {
+            seed: view.seed.clone(),
+            sees_cluster: view.sees_cluster.clone(),
+            candidates: view.candidates,
+            intent: view.intent.clone(),
+            committed: view.committed.clone(),
+        };
+        self.membership.publish_view(Some(view));
+        let peers: Vec<NodeName> = st.view.iter().filter(|n| **n != self.local).cloned().collect();
+        if let Ok(mut c) = self.candidates.lock() {
+            c.clone_from(&peers);
+        }
+        if st.noticed.as_ref() == Some(&notable) {
+            return;
+        }
+        let targets = match &notable.seed {
+            Some(seed) if *seed != self.local => vec![seed.clone()],
+            _ => peers,
+        };
+        st.noticed = Some(notable);
+        if !targets.is_empty() {
+            self.membership.notify(&targets);
+        }
+    }
+
+    /// Tells every candidate this node knows (and `also`) that it formed or resumed.
+    fn notify_done(&self, also: &[NodeName]) {
+        let mut peers = self.candidates.lock().map(|c| c.clone()).unwrap_or_default();
+        peers.extend(also.iter().filter(|n| **n != self.local).cloned());
+        peers.sort();
+        peers.dedup();
+        if !peers.is_empty() {
+            self.membership.notify(&peers);
+        }
     }
 
     /// Runs the pure decision on a round, applies its published state (persisting a changed
@@ -673,7 +752,7 @@ impl FormationEngine {
         let per_attempt = cfg.retry_timeout;
         let started = Instant::now();
         let result = retry
-            .run(|_| {
+            .run_woken(&self.trigger, |_| {
                 let (peers, cluster) = (&peers, &cluster);
                 async move {
                     let attempt = (started.elapsed().as_millis() / per_attempt.as_millis().max(1)) as u32 + 1;

@@ -25,6 +25,7 @@ pub mod retry;
 pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trigger;
 
 pub use config::{ConfigError, FormationConfig, OnExhausted};
 pub use decision::{Decision, WaitReason};
@@ -37,3 +38,4 @@ pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retr
 pub use membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState, Vouch};
 pub use node_name::{Host, NodeName, NodeNameError};
 pub use status::{FormationOutcome, FormationStatus, Phase};
+pub use trigger::Trigger;

@@ -167,4 +167,13 @@ pub trait Membership: Send + Sync {
 
     /// Persists (or clears) this blank node's commitment to a seed, before the engine publishes it.
     async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError>;
+
+    /// Tells `peers`, best effort and without waiting, that this node's formation state changed
+    /// (its view, intent or commitment; or it formed, joined or resumed), so that each decides
+    /// again now instead of at its next interval: the receiver fires its engine's
+    /// [`Trigger`](crate::Trigger). The engine calls this once per change. A lost notice only
+    /// costs time. The default does nothing: peers then notice at their interval.
+    fn notify(&self, peers: &[NodeName]) {
+        let _ = peers;
+    }
 }

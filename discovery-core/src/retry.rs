@@ -150,10 +150,49 @@ impl Retry {
 
     /// Runs `op(attempt)` (attempts count from 1) until it breaks with a result, or the limits
     /// run out. `Continue(reason)` means "not yet"; `Break(Ok)` succeeds; `Break(Err)` stops.
-    pub async fn run<T, E, R, F, Fut>(&self, mut op: F) -> Result<T, RetryError<E, R>>
+    pub async fn run<T, E, R, F, Fut>(&self, op: F) -> Result<T, RetryError<E, R>>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = ControlFlow<Result<T, E>, R>>,
+    {
+        self.run_with(tokio::time::sleep, op).await
+    }
+
+    /// Like [`Retry::run`], but a fire of `wake` ends the pause early: the next attempt starts
+    /// [`FLOOR`](crate::trigger::FLOOR) after the fire instead of at the interval, which stays
+    /// the fallback. Fires during an attempt coalesce into one early attempt.
+    pub async fn run_woken<T, E, R, F, Fut>(
+        &self,
+        wake: &crate::trigger::Trigger,
+        op: F,
+    ) -> Result<T, RetryError<E, R>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = ControlFlow<Result<T, E>, R>>,
+    {
+        let wake = wake.clone();
+        let sleep = move |pause: Duration| {
+            let wake = wake.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = wake.fired() => {
+                        tokio::time::sleep(crate::trigger::FLOOR.min(pause)).await;
+                        // Fires during the floor are covered by the round about to start.
+                        wake.clear();
+                    }
+                }
+            }
+        };
+        self.run_with(sleep, op).await
+    }
+
+    async fn run_with<T, E, R, F, Fut, S, SF>(&self, sleep: S, mut op: F) -> Result<T, RetryError<E, R>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = ControlFlow<Result<T, E>, R>>,
+        S: Fn(Duration) -> SF + 'static,
+        SF: Future<Output = ()> + 'static,
     {
         let start = Instant::now();
         let mut attempt = 0u32;
@@ -170,7 +209,7 @@ impl Retry {
             }
         })
         .retry(Builder(self.schedule(start)))
-        .sleep(tokio::time::sleep)
+        .sleep(sleep)
         .when(|f| matches!(f, Failed::Again(_)))
         .notify(|_, _| made += 1)
         .await;

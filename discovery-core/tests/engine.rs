@@ -524,3 +524,86 @@ async fn memory_backends_pass_the_conformance_suite() {
         muster_discovery_core::testing::conformance::an_error_is_never_an_empty_list(&subject).await;
     }
 }
+
+/// Three nodes started together with a 10 s interval: the seed's intent and its formation reach
+/// the others as notices, so every node is formed in well under one interval; with every notice
+/// lost the same start needs whole intervals (the interval stays the fallback).
+#[tokio::test(start_paused = true)]
+async fn notices_decide_at_once_and_the_interval_is_only_the_fallback() {
+    async fn formed_after(notice_loss: f64) -> Duration {
+        let faults = NetworkFaults {
+            notice_loss,
+            ..NetworkFaults::default()
+        };
+        let net = Network::new(faults, 11);
+        let nodes = vec![n(1), n(2), n(3)];
+        let dir = Directory::new(BackendMode::Static(nodes.clone()), 11);
+        let cfg = FormationConfig {
+            discovery_retry_interval: Duration::from_secs(10),
+            ..config()
+        };
+        let started = tokio::time::Instant::now();
+        let tasks: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let e = engine(&net, &dir, node, &cfg);
+                net.set_trigger(node, e.trigger());
+                tokio::spawn(async move { e.run().await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().expect("formation succeeds");
+        }
+        assert_eq!(net.clusters().len(), 1);
+        let (sent, delivered) = net.notices();
+        assert!(sent > 0, "notices were sent");
+        if notice_loss == 0.0 {
+            assert_eq!(sent, delivered, "none lost");
+        } else {
+            assert_eq!(delivered, 0, "all lost");
+        }
+        started.elapsed()
+    }
+    let with = formed_after(0.0).await;
+    let without = formed_after(1.0).await;
+    assert!(with < Duration::from_millis(500), "with notices: {with:?}");
+    assert!(without >= Duration::from_secs(5), "without notices: {without:?}");
+}
+
+/// A trigger fired while the engine waits ends the pause (after the floor); many fires coalesce
+/// into one more round.
+#[tokio::test(start_paused = true)]
+async fn fires_coalesce_into_one_more_round() {
+    use muster_discovery_core::Trigger;
+    use muster_discovery_core::retry::Retry;
+    use std::ops::ControlFlow;
+    let trigger = Trigger::new();
+    let rounds = Arc::new(Mutex::new(Vec::new()));
+    let start = tokio::time::Instant::now();
+    let (r, t) = (rounds.clone(), trigger.clone());
+    let run = tokio::spawn(async move {
+        Retry::every(Duration::from_secs(60))
+            .attempts(3)
+            .run_woken(&t, |_| {
+                let r = r.clone();
+                async move {
+                    r.lock().unwrap().push(start.elapsed());
+                    ControlFlow::<Result<(), ()>, ()>::Continue(())
+                }
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..10 {
+        trigger.fire();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = rounds.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        2,
+        "one round at the start, one for the ten fires: {seen:?}"
+    );
+    assert_eq!(seen[1], Duration::from_millis(105), "the floor after the fire");
+    run.abort();
+}

@@ -248,3 +248,51 @@ fn simulator_finds_the_splits_of_the_old_majority_rule() {
     eprintln!("old majority rule: {splits} static-list seeds split (first: seed {first:?})");
     assert!(splits > 0, "the simulator must catch the majority rule's splits");
 }
+
+/// Scale: 25 and 100 simulated nodes (1,000 with `MUSTER_SIM_SCALE=1000`), a few seeds each,
+/// shipped settings, a parallel start within 200 ms. Each forms one cluster; the run prints the
+/// simulated time to form and the messages (probes and notices) per node, and the messages per
+/// node grow no faster than linearly with the number of nodes.
+#[test]
+fn scale_runs_form_one_cluster_with_messages_per_node_linear_in_n() {
+    let mut sizes = vec![25usize, 100];
+    if let Ok(v) = std::env::var("MUSTER_SIM_SCALE") {
+        sizes.push(
+            v.parse()
+                .unwrap_or_else(|_| panic!("MUSTER_SIM_SCALE={v:?} is not a number")),
+        );
+    }
+    let mut per_node = Vec::new();
+    for &n in &sizes {
+        let mut worst_time = std::time::Duration::ZERO;
+        let mut worst_msgs = 0.0f64;
+        let started = Instant::now();
+        for seed in 0..3 {
+            let report = run_scenario(
+                Scenario::scale(n, std::time::Duration::from_millis(200), seed),
+                muster_discovery_core::decision::decide,
+            );
+            assert!(report.ok(), "{report}");
+            assert_eq!(report.clusters, 1, "{report}");
+            let t = report.formed_after_last_start.expect("formed");
+            worst_time = worst_time.max(t);
+            worst_msgs = worst_msgs.max((report.probes + report.notices) as f64 / n as f64);
+        }
+        eprintln!(
+            "scale: {n:>5} nodes, 3 seeds: formed {:.3} s (simulated) after the last start at worst, \
+             {worst_msgs:.0} messages per node at worst ({:.1} s wall)",
+            worst_time.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        per_node.push((n, worst_msgs));
+    }
+    for pair in per_node.windows(2) {
+        let ((n1, m1), (n2, m2)) = (pair[0], pair[1]);
+        let growth = m2 / m1;
+        let linear = n2 as f64 / n1 as f64;
+        assert!(
+            growth <= linear * 1.5,
+            "messages per node grew {growth:.1}x from {n1} to {n2} nodes (linear: {linear:.1}x)"
+        );
+    }
+}

@@ -32,6 +32,9 @@ pub struct NetworkFaults {
     pub max_latency: Duration,
     /// Probability that a call to a running node fails anyway.
     pub failure_rate: f64,
+    /// Probability that a formation notice is lost (on top of partitions, pauses and stopped
+    /// receivers, which drop notices too). Latencies are drawn per notice, so notices reorder.
+    pub notice_loss: f64,
 }
 
 impl Default for NetworkFaults {
@@ -40,6 +43,7 @@ impl Default for NetworkFaults {
             min_latency: Duration::from_millis(1),
             max_latency: Duration::from_millis(5),
             failure_rate: 0.0,
+            notice_loss: 0.0,
         }
     }
 }
@@ -58,6 +62,8 @@ struct NodeState {
     /// Every cluster this node was a member of since its disk was last wiped (the simulator's
     /// "never dropped" check).
     joined: Vec<ClusterId>,
+    /// The running engine's trigger: what a delivered notice fires.
+    trigger: Option<crate::trigger::Trigger>,
 }
 
 #[derive(Debug)]
@@ -68,6 +74,8 @@ struct NetInner {
     faults: NetworkFaults,
     rng: SimRng,
     probes: u64,
+    notices_sent: u64,
+    notices_delivered: u64,
     epoch: tokio::time::Instant,
     /// Directed links that drop every call: (from, to).
     blocked: BTreeSet<(NodeName, NodeName)>,
@@ -93,6 +101,8 @@ impl Network {
                 faults,
                 rng: SimRng::new(seed),
                 probes: 0,
+                notices_sent: 0,
+                notices_delivered: 0,
                 epoch: tokio::time::Instant::now(),
                 blocked: BTreeSet::new(),
                 form_latency: Duration::ZERO,
@@ -268,6 +278,51 @@ impl Network {
     }
 
     /// Draws a latency and whether a call fails.
+    /// Connects `node`'s running engine to the notices sent to it.
+    pub fn set_trigger(&self, node: &NodeName, trigger: crate::trigger::Trigger) {
+        if let Some(st) = self.lock().nodes.get_mut(node) {
+            st.trigger = Some(trigger);
+        }
+    }
+
+    /// Notices sent and delivered so far.
+    pub fn notices(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.notices_sent, g.notices_delivered)
+    }
+
+    /// Delivers a notice from `from` to `to` after a drawn latency, unless it is lost, the link
+    /// is cut, or the receiver is down or paused then.
+    fn send_notice(&self, from: &NodeName, to: &NodeName) {
+        let (latency, fails) = self.call_faults();
+        let lost = {
+            let mut g = self.lock();
+            g.notices_sent += 1;
+            let p = g.faults.notice_loss;
+            g.rng.chance(p) || fails
+        };
+        let (net, from, to) = (self.clone(), from.clone(), to.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(latency).await;
+            let trigger = {
+                let mut g = net.lock();
+                let cut = g.blocked.contains(&(from.clone(), to.clone()));
+                let asleep = Network::paused(&g, &to);
+                let t = g.nodes.get(&to).filter(|s| s.up).and_then(|s| s.trigger.clone());
+                if lost || cut || asleep {
+                    return;
+                }
+                if t.is_some() {
+                    g.notices_delivered += 1;
+                }
+                t
+            };
+            if let Some(t) = trigger {
+                t.fire();
+            }
+        });
+    }
+
     fn call_faults(&self) -> (Duration, bool) {
         let mut g = self.lock();
         let f = g.faults;
@@ -294,6 +349,12 @@ fn unreachable(peer: &NodeName, why: &str) -> MembershipError {
 impl Membership for MemoryMember {
     fn local_node(&self) -> NodeName {
         self.local.clone()
+    }
+
+    fn notify(&self, peers: &[NodeName]) {
+        for p in peers {
+            self.net.send_notice(&self.local, p);
+        }
     }
 
     async fn probe(&self, peer: &NodeName) -> Result<PeerInfo, MembershipError> {
