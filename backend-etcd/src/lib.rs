@@ -116,12 +116,15 @@ fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, DiscoveryError> {
 pub struct EtcdBackend {
     inner: Arc<Inner>,
     keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for EtcdBackend {
     fn drop(&mut self) {
-        if let Some(task) = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
+        for slot in [&self.keeper, &self.watcher] {
+            if let Some(task) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
         }
     }
 }
@@ -144,6 +147,7 @@ impl EtcdBackend {
                 lease: Mutex::new(None),
             }),
             keeper: Mutex::new(None),
+            watcher: Mutex::new(None),
         }
     }
 
@@ -198,6 +202,15 @@ impl Discovery for EtcdBackend {
 
     fn fencing(&self) -> Option<&dyn Fencing> {
         Some(self)
+    }
+
+    /// A prefix watch on the cluster's keys (registrations, the cluster id): every change fires
+    /// the trigger. Re-established after an error, at the connect timeout.
+    fn watch(&self, trigger: muster_discovery_core::Trigger) {
+        let mut slot = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(tokio::spawn(registration::watch(self.inner.clone(), trigger)));
+        }
     }
 
     async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {

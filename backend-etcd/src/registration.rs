@@ -124,3 +124,48 @@ pub async fn keeper(inner: Arc<Inner>) {
         });
     }
 }
+
+/// The watch task: a prefix watch on the cluster's keys; any event fires `trigger`. Runs until
+/// aborted (the backend dropped); a broken watch is re-established with the same backoff as the
+/// registration.
+pub async fn watch(inner: Arc<Inner>, trigger: muster_discovery_core::Trigger) {
+    let backoff = Retry::every(Duration::from_millis(250))
+        .backoff(inner.settings.connect_timeout.max(Duration::from_secs(1)))
+        .jitter(Jitter::Random);
+    let prefix = format!("{}/", inner.settings.base());
+    let _ = backoff
+        .run(|_| {
+            let (inner, prefix, trigger) = (&inner, &prefix, &trigger);
+            async move {
+                if let Err(e) = watch_once(inner, prefix, trigger).await {
+                    warn!(node = %inner.local, "etcd watch on {prefix} broke (polling meanwhile): {e}");
+                }
+                ControlFlow::<Result<(), ()>, ()>::Continue(())
+            }
+        })
+        .await;
+}
+
+async fn watch_once(
+    inner: &Inner,
+    prefix: &str,
+    trigger: &muster_discovery_core::Trigger,
+) -> Result<(), muster_discovery_core::DiscoveryError> {
+    let mut client = inner.client().await?;
+    let mut stream = client
+        .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .map_err(|e| crate::errors::map("watching the cluster's keys", e))?;
+    // A change made while the watch was being set up is caught by this fire's round.
+    trigger.fire();
+    while let Some(resp) = stream
+        .message()
+        .await
+        .map_err(|e| crate::errors::map("watching the cluster's keys", e))?
+    {
+        if !resp.events().is_empty() {
+            trigger.fire();
+        }
+    }
+    Ok(())
+}

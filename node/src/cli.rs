@@ -179,8 +179,12 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
 pub fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // A few blocking threads are plenty (state saves, which are serialized anyway): under a
+    // crowd of joins, an unbounded pool grew to one thread (and one malloc arena) per waiting
+    // save, which cost a seed of 100 nodes over 100 MiB.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(4)
         .enable_all()
         .build()
     {

@@ -39,13 +39,17 @@ pub struct Metrics {
     pub messages_received: Counter,
     /// Connections refused for a failed handshake.
     pub auth_failures: Counter,
+    /// Formation notices sent to peers (see `Membership::notify`).
+    pub notices_sent: Counter,
+    /// Formation notices received from peers.
+    pub notices_received: Counter,
 }
 
 /// The whole `/metrics` page for `node`.
 pub fn render(node: &Arc<Node>) -> String {
     let m = &node.metrics;
     let mut r = Registry::default();
-    let counters: [(&str, &str, &Counter); 7] = [
+    let counters: [(&str, &str, &Counter); 9] = [
         ("muster_discovery_calls", "Backend listings.", &m.discovery_calls),
         (
             "muster_discovery_errors",
@@ -76,6 +80,16 @@ pub fn render(node: &Arc<Node>) -> String {
             "muster_auth_failures",
             "Connections refused for a failed handshake.",
             &m.auth_failures,
+        ),
+        (
+            "muster_formation_notices_sent",
+            "Formation notices sent to peers (decide again now).",
+            &m.notices_sent,
+        ),
+        (
+            "muster_formation_notices_received",
+            "Formation notices received from peers.",
+            &m.notices_received,
         ),
     ];
     for (name, help, c) in counters {
@@ -210,6 +224,9 @@ impl Discovery for Counting {
     }
     async fn milestone(&self, milestone: &Milestone) {
         self.inner.milestone(milestone).await
+    }
+    fn watch(&self, trigger: muster::Trigger) {
+        self.inner.watch(trigger)
     }
     async fn resolve_host(&self, host: &str) -> Option<Result<Vec<std::net::IpAddr>, DiscoveryError>> {
         self.inner.resolve_host(host).await

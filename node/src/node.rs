@@ -87,12 +87,23 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     formation: OnceLock<watch::Receiver<FormationStatus>>,
     backend: OnceLock<Arc<dyn Discovery>>,
+    /// Wakes the formation engine when a peer's notice arrives.
+    trigger: OnceLock<muster::Trigger>,
     stop: watch::Sender<bool>,
     probe_timeout: Duration,
     sync_cursor: Mutex<usize>,
+    /// The state pusher: `IDLE`, `PUSHING`, or `DIRTY` (pushing, and more changed since).
+    push: std::sync::atomic::AtomicU8,
     /// Channels to peers, reused across calls.
     pool: Pool,
 }
+
+/// How long a state push waits for more changes to send with it.
+const PUSH_DELAY: Duration = Duration::from_millis(5);
+/// The pusher's states (see `Node::broadcast`).
+const IDLE: u8 = 0;
+const PUSHING: u8 = 1;
+const DIRTY: u8 = 2;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -154,9 +165,11 @@ impl Node {
             metrics: Arc::default(),
             formation: OnceLock::new(),
             backend: OnceLock::new(),
+            trigger: OnceLock::new(),
             stop,
             probe_timeout,
             sync_cursor: Mutex::new(0),
+            push: std::sync::atomic::AtomicU8::new(IDLE),
             pool: Pool::default(),
         });
         // Requests peers send on connections this node opened are answered like any others.
@@ -208,6 +221,19 @@ impl Node {
     pub fn set_formation(&self, rx: watch::Receiver<FormationStatus>, backend: Arc<dyn Discovery>) {
         let _ = self.formation.set(rx);
         let _ = self.backend.set(backend);
+    }
+
+    /// Connects peers' notices to the formation engine.
+    pub fn set_trigger(&self, trigger: muster::Trigger) {
+        let _ = self.trigger.set(trigger);
+    }
+
+    /// A peer's notice arrived: the engine decides again now (fires coalesce).
+    pub fn noticed(&self) {
+        self.metrics.notices_received.inc();
+        if let Some(t) = self.trigger.get() {
+            t.fire();
+        }
     }
 
     /// The backend's registration state, for backends that keep one.
@@ -371,13 +397,52 @@ impl Node {
         Response::State { state }
     }
 
-    /// Pushes the current state to every other member in the background.
+    /// Pushes the current state to every other member in the background. Pushes coalesce: at
+    /// most one is in flight, and the changes made meanwhile (a crowd of joins) go out together
+    /// in one more push of the latest state, instead of one push per change to every member.
     pub fn broadcast(self: Arc<Self>) {
+        use std::sync::atomic::Ordering::AcqRel;
+        // IDLE → PUSHING starts the pusher; PUSHING → DIRTY asks it for one more round.
+        loop {
+            match self.push.load(std::sync::atomic::Ordering::Acquire) {
+                IDLE => {
+                    if self
+                        .push
+                        .compare_exchange(IDLE, PUSHING, AcqRel, std::sync::atomic::Ordering::Acquire)
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                PUSHING => {
+                    if self
+                        .push
+                        .compare_exchange(PUSHING, DIRTY, AcqRel, std::sync::atomic::Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
         tokio::spawn(async move {
-            let state = self.state();
-            let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
-            let this = &self;
-            join_all(peers.iter().map(|p| this.sync_with(p, state.clone()))).await;
+            loop {
+                tokio::time::sleep(PUSH_DELAY).await;
+                // Changes from here on are either in this push's state or mark it DIRTY.
+                self.push.store(PUSHING, std::sync::atomic::Ordering::Release);
+                let state = self.state();
+                let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
+                let this = &self;
+                join_all(peers.iter().map(|p| this.sync_with(p, state.clone()))).await;
+                if self
+                    .push
+                    .compare_exchange(PUSHING, IDLE, AcqRel, std::sync::atomic::Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+            }
         });
     }
 
@@ -713,7 +778,8 @@ impl Membership for NodeMembership {
             g.ready = true;
         }
         n.metrics.joins.inc();
-        n.clone().broadcast();
+        // No push from here: the member that accepted the join pushes the new membership to
+        // every member (coalesced), and anti-entropy repairs a lost push.
         Ok(())
     }
 
@@ -777,6 +843,21 @@ impl Membership for NodeMembership {
 
     fn publish_view(&self, view: Option<FormationView>) {
         self.0.lock().view = view;
+    }
+
+    /// Sends a notice to each peer in the background, each bounded by the probe timeout; a lost
+    /// notice only costs the peer an interval.
+    fn notify(&self, peers: &[NodeName]) {
+        let n = self.0.clone();
+        let peers = peers.to_vec();
+        tokio::spawn(async move {
+            let n = &n;
+            join_all(peers.iter().map(|p| async move {
+                n.metrics.notices_sent.inc();
+                let _ = tokio::time::timeout(n.probe_timeout, n.call(p, &Request::Notice)).await;
+            }))
+            .await;
+        });
     }
 
     async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {

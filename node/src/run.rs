@@ -52,6 +52,7 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
     let membership = Arc::new(NodeMembership(node.clone()));
     let engine = FormationEngine::new(cf.clone(), backend.clone(), membership.clone());
     node.set_formation(engine.status(), backend.clone());
+    node.set_trigger(engine.trigger());
     tokio::spawn(crate::server::serve(listener, node.clone()));
     tokio::spawn(node.clone().anti_entropy(cfg.file.node.sync_interval));
     info!(

@@ -146,6 +146,16 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
         Request::Probe => Response::Peer {
             info: Box::new(node.peer_info()),
         },
+        // Only from a peer (the channel authenticated it); the CLI has no formation state.
+        Request::Notice => match peer {
+            Some(_) => {
+                node.noticed();
+                Response::Ok
+            }
+            None => Response::Error {
+                message: "a notice comes from a peer, not from the CLI".into(),
+            },
+        },
         // A node joins only as itself: the name in the request must be the channel's.
         Request::Join {
             node: joiner,

@@ -41,6 +41,9 @@ pub enum Request {
     Ping,
     /// Read-only facts for formation.
     Probe,
+    /// The sender's formation state changed (view, intent, commitment; formed or joined): decide
+    /// again now. Carries nothing the receiver trusts; its next round probes afresh.
+    Notice,
     /// Add `node` (with its incarnation) to this node's cluster.
     Join {
         /// The joining node.
