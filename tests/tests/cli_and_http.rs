@@ -164,6 +164,28 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
         assert!(metrics.contains(name), "{name} missing in:\n{metrics}");
     }
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    // Node 2 heard the seed's notices (its intent, then that it formed) and told the seed of
+    // its commitment: it decided on them at once, not at its interval.
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{metrics}"))
+    };
+    assert!(
+        counter("muster_formation_notices_received_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(counter("muster_formation_notices_sent_total") >= 1.0, "{metrics}");
+    // A notice comes from a peer (the channel names it), never from the CLI.
+    match c.call(1, &muster_node::proto::Request::Notice).await {
+        Ok(muster_node::proto::Response::Error { message }) => {
+            assert!(message.contains("from a peer"), "{message}")
+        }
+        other => panic!("a CLI notice must be refused: {other:?}"),
+    }
     assert_eq!(http_get(http, "/nope").0, 404);
 }
 

@@ -9,6 +9,10 @@
 //! handshakes of the benchmark's own status calls.
 //!
 //! `cargo run --release -p muster-tests --bin formation-bench -- --nodes 3,5,10,25 --runs 5`
+//! runs with tuned settings (100 ms interval, 250 ms probe timeout); `--defaults` with the
+//! shipped settings, nothing tuned: `--defaults --nodes 5,25,100 --runs 10`. It also reports the
+//! CPU seconds each node used (utime + stime from /proc), and raises its own open-file limit so
+//! that 100 nodes' connections fit.
 //!
 //! It runs the `muster-test-node` binary next to itself (the `muster` CLI built into this
 //! package), building it first with the same profile when it is missing or older.
@@ -28,12 +32,14 @@ struct Args {
     nodes: Vec<usize>,
     runs: usize,
     channel_cost: bool,
+    defaults: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut nodes = vec![3, 5, 10, 25];
     let mut runs = 5;
     let mut channel_cost = false;
+    let mut defaults = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -47,8 +53,8 @@ fn parse_args() -> Result<Args, String> {
                             .map_err(|_| format!("--nodes: {x:?} is not a number"))
                     })
                     .collect::<Result<_, _>>()?;
-                if nodes.iter().any(|n| !(1..=64).contains(n)) {
-                    return Err("--nodes: each size must be 1 to 64".into());
+                if nodes.iter().any(|n| !(1..=100).contains(n)) {
+                    return Err("--nodes: each size must be 1 to 100".into());
                 }
             }
             "--runs" => {
@@ -59,9 +65,12 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--channel-cost" => channel_cost = true,
+            "--defaults" => defaults = true,
             "-h" | "--help" => {
                 println!(
-                    "formation-bench [--nodes 3,5,10,25] [--runs 5] [--channel-cost]\n\n\
+                    "formation-bench [--nodes 3,5,10,25] [--runs 5] [--defaults] [--channel-cost]\n\n\
+                     --defaults: the shipped [cluster_formation] settings (default: a 100 ms interval\n\
+                     and a 250 ms probe timeout)\n\
                      --channel-cost: also run every size with the channel's cryptography made four\n\
                      times as expensive (MUSTER_BENCH_CHANNEL_WORK=4), interleaved with the normal\n\
                      runs; a third of the extra median formation time is what the cryptography costs"
@@ -75,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
         nodes,
         runs,
         channel_cost,
+        defaults,
     })
 }
 
@@ -123,19 +133,52 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Run {
     seconds: f64,
     peak_rss_kib: u64,
+    /// CPU seconds (user + system) per node, mean.
+    cpu_seconds: f64,
     messages_per_node: f64,
     /// CPU seconds all nodes together spent in the channel's cryptography.
     crypto_seconds: f64,
 }
 
-async fn one_run(exe: &std::path::Path, n: usize, work: u32) -> Result<Run, String> {
+/// CPU seconds (user + system) process `pid` has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / hz.max(1) as f64)
+}
+
+/// Raises the soft open-file limit to the hard one: 100 nodes and their connections need more
+/// than the usual 1024.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct passed; no other preconditions.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn one_run(exe: &std::path::Path, n: usize, work: u32, defaults: bool) -> Result<Run, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let layout = Layout {
+    let mut layout = Layout {
         nodes: n,
         prefix: "bench".into(),
         http: true,
         ..Layout::default()
     };
+    if defaults {
+        layout.formation = String::new();
+    }
     let mut c = LocalCluster::create(exe, dir.path(), &layout).map_err(|e| e.to_string())?;
     for node in &mut c.nodes {
         node.env
@@ -160,6 +203,12 @@ async fn one_run(exe: &std::path::Path, n: usize, work: u32) -> Result<Run, Stri
     let formed = times.into_iter().max().unwrap_or(last_start);
     let seconds = formed.saturating_duration_since(last_start).as_secs_f64();
     let peak_rss_kib = (0..n).filter_map(|i| c.peak_rss_kib(i)).max().unwrap_or(0);
+    let cpu: Vec<f64> = c
+        .nodes
+        .iter()
+        .filter_map(|x| x.child.as_ref().and_then(|ch| cpu_seconds(ch.id())))
+        .collect();
+    let cpu_seconds = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
     let (mut messages, mut crypto_seconds) = (0.0, 0.0);
     for node in &c.nodes {
         let addr = node.http.ok_or("http disabled")?;
@@ -168,9 +217,13 @@ async fn one_run(exe: &std::path::Path, n: usize, work: u32) -> Result<Run, Stri
             .ok_or("a node did not report muster_peer_channel_crypto_seconds_total")?;
     }
     c.stop_all(Duration::from_secs(5)).await;
+    if std::env::var_os("MUSTER_BENCH_KEEP").is_some() {
+        eprintln!("N={n}: configs and logs kept in {}", dir.keep().display());
+    }
     Ok(Run {
         seconds,
         peak_rss_kib,
+        cpu_seconds,
         messages_per_node: messages / n as f64,
         crypto_seconds,
     })
@@ -185,6 +238,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    raise_open_files();
     let exe = match node_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -193,17 +247,22 @@ async fn main() {
         }
     };
     println!(
-        "formation-bench: {} run(s) per size, classic backend, loopback, {}",
+        "formation-bench: {} run(s) per size, classic backend, loopback, {} settings, {}",
         args.runs,
+        if args.defaults {
+            "default"
+        } else {
+            "tuned (100 ms interval, 250 ms probe timeout)"
+        },
         exe.display()
     );
     println!();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS per node (MiB) | peer messages per node | \
-         channel crypto per node (ms CPU) | channel crypto share of the machine's CPU |"
+        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS per node (MiB) | CPU per node (s) | \
+         peer messages per node | channel crypto per node (ms CPU) | channel crypto share of the machine's CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     let mut costs = Vec::new();
     for &n in &args.nodes {
@@ -216,7 +275,7 @@ async fn main() {
                 &[1]
             };
             for &work in works {
-                match one_run(&exe, n, work).await {
+                match one_run(&exe, n, work, args.defaults).await {
                     Ok(run) if work == 1 => runs.push(run),
                     Ok(run) => doubled.push(run.seconds),
                     Err(e) => {
@@ -234,6 +293,8 @@ async fn main() {
         let mut msgs: Vec<f64> = runs.iter().map(|r| r.messages_per_node).collect();
         msgs.sort_by(f64::total_cmp);
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_seconds).collect();
+        cpu.sort_by(f64::total_cmp);
         // CPU time all nodes spent in the channel's cryptography, over the CPU time the machine
         // had during formation (cores × formation time), per run; the median.
         let mut crypto: Vec<f64> = runs
@@ -247,11 +308,12 @@ async fn main() {
             .collect();
         share.sort_by(f64::total_cmp);
         println!(
-            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {:.0} | {:.2} | {:.1} % |",
+            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {:.3} | {:.0} | {:.2} | {:.1} % |",
             runs.len(),
             percentile(&secs, 0.5),
             percentile(&secs, 0.9),
             secs[secs.len() - 1],
+            percentile(&cpu, 0.5),
             percentile(&msgs, 0.5),
             percentile(&crypto, 0.5),
             percentile(&share, 0.5) * 100.0
