@@ -76,6 +76,9 @@ struct Coverage {
     short_leases: u64,
     formations: u64,
     refusals: u64,
+    lossy_notices: u64,
+    no_notices: u64,
+    notices: u64,
 }
 
 impl Coverage {
@@ -96,6 +99,9 @@ impl Coverage {
         self.short_leases += u64::from(s.family == Family::Locking && s.lock_lease < s.form_latency);
         self.formations += r.formations;
         self.refusals += r.refusals.len() as u64;
+        self.lossy_notices += u64::from(s.faults.notice_loss > 0.0 && s.faults.notice_loss < 1.0);
+        self.no_notices += u64::from(s.faults.notice_loss >= 1.0);
+        self.notices += r.notices;
     }
 }
 
@@ -105,7 +111,8 @@ impl std::fmt::Display for Coverage {
             f,
             "seeds with crashes {}, wipes {}, pauses {}, graceful full stops {} (force-boot {}), \
              partitions {} (one-way {}), pre-formed clusters {}, list changes {}, slow forms {}, \
-             lock leases shorter than form {}; formations {}, refusals {}",
+             lock leases shorter than form {}, notices partly lost {}, all lost {}; formations {}, \
+             refusals {}, notices sent {}",
             self.crashes,
             self.wipes,
             self.pauses,
@@ -117,8 +124,11 @@ impl std::fmt::Display for Coverage {
             self.list_changes,
             self.slow_forms,
             self.short_leases,
+            self.lossy_notices,
+            self.no_notices,
             self.formations,
-            self.refusals
+            self.refusals,
+            self.notices
         )
     }
 }

@@ -425,10 +425,20 @@ impl LocalCluster {
 
     /// Peak resident memory (VmHWM, KiB) of node `i`'s process, while it runs.
     pub fn peak_rss_kib(&self, i: usize) -> Option<u64> {
+        self.proc_status_kib(i, "VmHWM:")
+    }
+
+    /// Node `i`'s private (anonymous) resident memory now, in KiB: its RSS without the pages
+    /// of the binary and libraries that every node process shares.
+    pub fn private_rss_kib(&self, i: usize) -> Option<u64> {
+        self.proc_status_kib(i, "RssAnon:")
+    }
+
+    fn proc_status_kib(&self, i: usize, field: &str) -> Option<u64> {
         let pid = self.nodes[i].child.as_ref()?.id();
         let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         text.lines()
-            .find(|l| l.starts_with("VmHWM:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
     }

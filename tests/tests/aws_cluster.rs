@@ -102,6 +102,14 @@ async fn a_group_of_three_started_at_once_forms_one_cluster_ten_times() {
         }
         assert_eq!(cluster_ids(&c, &[0, 1, 2]).len(), 1, "round {round}: one cluster");
         c.stop_all(Duration::from_secs(5)).await;
+        // The role's credentials never reach a log.
+        for i in 0..3 {
+            let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+            assert!(
+                !log.contains("imds-session-token"),
+                "node {i} logged its session token"
+            );
+        }
     }
     // Each instance asked its own IMDS for its identity, region and role.
     for (i, m) in imds.iter().enumerate() {

@@ -133,6 +133,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Run {
     seconds: f64,
     peak_rss_kib: u64,
+    /// The largest private (anonymous) RSS of a node once formed.
+    private_rss_kib: u64,
     /// CPU seconds (user + system) per node, mean.
     cpu_seconds: f64,
     messages_per_node: f64,
@@ -203,6 +205,7 @@ async fn one_run(exe: &std::path::Path, n: usize, work: u32, defaults: bool) -> 
     let formed = times.into_iter().max().unwrap_or(last_start);
     let seconds = formed.saturating_duration_since(last_start).as_secs_f64();
     let peak_rss_kib = (0..n).filter_map(|i| c.peak_rss_kib(i)).max().unwrap_or(0);
+    let private_rss_kib = (0..n).filter_map(|i| c.private_rss_kib(i)).max().unwrap_or(0);
     let cpu: Vec<f64> = c
         .nodes
         .iter()
@@ -223,6 +226,7 @@ async fn one_run(exe: &std::path::Path, n: usize, work: u32, defaults: bool) -> 
     Ok(Run {
         seconds,
         peak_rss_kib,
+        private_rss_kib,
         cpu_seconds,
         messages_per_node: messages / n as f64,
         crypto_seconds,
@@ -259,10 +263,10 @@ async fn main() {
     println!();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS per node (MiB) | CPU per node (s) | \
+        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS per node (MiB) | private RSS per node, formed (MiB) | CPU per node (s) | \
          peer messages per node | channel crypto per node (ms CPU) | channel crypto share of the machine's CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     let mut costs = Vec::new();
     for &n in &args.nodes {
@@ -293,6 +297,7 @@ async fn main() {
         let mut msgs: Vec<f64> = runs.iter().map(|r| r.messages_per_node).collect();
         msgs.sort_by(f64::total_cmp);
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let private = runs.iter().map(|r| r.private_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
         let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_seconds).collect();
         cpu.sort_by(f64::total_cmp);
         // CPU time all nodes spent in the channel's cryptography, over the CPU time the machine
@@ -308,7 +313,7 @@ async fn main() {
             .collect();
         share.sort_by(f64::total_cmp);
         println!(
-            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {:.3} | {:.0} | {:.2} | {:.1} % |",
+            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {private:.1} | {:.3} | {:.0} | {:.2} | {:.1} % |",
             runs.len(),
             percentile(&secs, 0.5),
             percentile(&secs, 0.9),
