@@ -4,7 +4,6 @@
 //! See `shared/reference/aws.md` §4–§6.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -336,34 +335,64 @@ fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Bo
     r
 }
 
-/// Serves `handler` on a free loopback port until the returned task is aborted.
-async fn serve<F, Fut>(handler: F) -> (SocketAddr, JoinHandle<()>)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a test server");
-    let addr = listener.local_addr().expect("its address");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+/// A test server on a free loopback port whose behaviour lives in a shared `S`; it stops when
+/// dropped.
+pub struct Served<S> {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    state: Arc<Mutex<S>>,
+    task: JoinHandle<()>,
+}
+
+impl<S> Drop for Served<S> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<S> Served<S> {
+    /// Serves `handler` (which holds its own clone of `state`).
+    async fn serve<F, Fut>(state: Arc<Mutex<S>>, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a test server");
+        let addr = listener.local_addr().expect("its address");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+            }
+        });
+        Served {
+            url: format!("http://{addr}"),
+            state,
+            task,
         }
-    });
-    (addr, task)
+    }
+
+    /// Changes its behaviour.
+    pub fn set(&self, f: impl FnOnce(&mut S)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// What a fake IMDS serves and how it misbehaves.
@@ -389,20 +418,9 @@ pub struct ImdsState {
 
 /// A fake IMDSv2 for one simulated instance, with the token TTL header aws-config requires;
 /// GETs without a token it issued get 401.
-pub struct FakeImds {
-    /// `http://127.0.0.1:<port>`.
-    pub url: String,
-    state: Arc<Mutex<ImdsState>>,
-    task: JoinHandle<()>,
-}
+pub type FakeImds = Served<ImdsState>;
 
-impl Drop for FakeImds {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FakeImds {
+impl Served<ImdsState> {
     /// Serves instance `instance_id` at `local_ipv4` in [`REGION`] with role `muster-node`.
     pub async fn start(instance_id: &str, local_ipv4: &str) -> FakeImds {
         let state = Arc::new(Mutex::new(ImdsState {
@@ -413,26 +431,12 @@ impl FakeImds {
             ..ImdsState::default()
         }));
         let s = state.clone();
-        let (addr, task) = serve(move |req| imds_answer(s.clone(), req)).await;
-        FakeImds {
-            url: format!("http://{addr}"),
-            state,
-            task,
-        }
-    }
-
-    /// Changes what it serves.
-    pub fn set(&self, f: impl FnOnce(&mut ImdsState)) {
-        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        Served::serve(state, move |req| imds_answer(s.clone(), req)).await
     }
 
     /// The requests so far.
     pub fn requests(&self) -> Vec<String> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .requests
-            .clone()
+        self.with(|s| s.requests.clone())
     }
 }
 
@@ -558,21 +562,10 @@ pub struct Faults {
     pub log: Vec<String>,
 }
 
-/// A proxy in front of moto that injects [`Faults`].
-pub struct FaultProxy {
-    /// `http://127.0.0.1:<port>`.
-    pub url: String,
-    faults: Arc<Mutex<Faults>>,
-    task: JoinHandle<()>,
-}
+/// A proxy in front of moto that injects [`Faults`] (changed with `set`).
+pub type FaultProxy = Served<Faults>;
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FaultProxy {
+impl Served<Faults> {
     /// Proxies to `upstream` (moto's URL).
     pub async fn start(upstream: &str) -> FaultProxy {
         let faults = Arc::new(Mutex::new(Faults::default()));
@@ -582,22 +575,15 @@ impl FaultProxy {
             .expect("an HTTP client");
         let up = upstream.to_string();
         let f = faults.clone();
-        let (addr, task) = serve(move |req| proxy(f.clone(), client.clone(), up.clone(), req)).await;
-        FaultProxy {
-            url: format!("http://{addr}"),
-            faults,
-            task,
-        }
-    }
-
-    /// Changes the faults.
-    pub fn set(&self, f: impl FnOnce(&mut Faults)) {
-        f(&mut self.faults.lock().unwrap_or_else(|e| e.into_inner()));
+        Served::serve(faults, move |req| {
+            proxy(f.clone(), client.clone(), up.clone(), req)
+        })
+        .await
     }
 
     /// `service:Action` of every request so far.
     pub fn log(&self) -> Vec<String> {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).log.clone()
+        self.with(|f| f.log.clone())
     }
 }
 

@@ -36,6 +36,24 @@ async fn env() -> Env {
     }
 }
 
+/// moto with autoscaling group `name` of `desired` instances in `cidr`: the members' ids and
+/// private IPs, and a fake IMDS for the first member (the node under test).
+struct Group {
+    env: Env,
+    ids: Vec<String>,
+    ips: Vec<String>,
+    imds: FakeImds,
+}
+
+async fn group(name: &str, desired: i32, cidr: &str) -> Group {
+    let env = env().await;
+    let subnet = env.setup.subnet(cidr).await;
+    let ids = env.setup.group(name, desired, &subnet).await;
+    let ips = env.setup.private_ips(&ids).await;
+    let imds = FakeImds::start(&ids[0], &ips[0]).await;
+    Group { env, ids, ips, imds }
+}
+
 /// A backend for node `local` through the proxy, credentials from `imds`'s role.
 fn backend(env: &Env, imds: &FakeImds, local: &NodeName, table: &str) -> AwsBackend {
     let text = format!(
@@ -195,12 +213,9 @@ async fn a_listing_follows_every_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_mode_lists_the_members_with_the_desired_capacity_and_asks_for_its_own_group_once() {
-    let env = env().await;
-    let subnet = env.setup.subnet("10.70.1.0/24").await;
-    let ids = env.setup.group("peers", 3, &subnet).await;
+    let Group { env, ids, ips, imds } = group("peers", 3, "10.70.1.0/24").await;
+    let subnet = env.setup.subnet("10.70.2.0/24").await;
     env.setup.group("others", 2, &subnet).await;
-    let ips = env.setup.private_ips(&ids).await;
-    let imds = FakeImds::start(&ids[0], &ips[0]).await;
     let b = backend(&env, &imds, &name(&ips[0]), "use_autoscaling_group = true\n");
     for _ in 0..3 {
         let l = b.list().await.unwrap();
@@ -243,10 +258,7 @@ async fn group_mode_lists_the_members_with_the_desired_capacity_and_asks_for_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_mode_tags_filter_the_members_and_the_overrides_replace_the_lookups() {
-    let env = env().await;
-    let subnet = env.setup.subnet("10.71.1.0/24").await;
-    let ids = env.setup.group("g1", 3, &subnet).await;
-    let ips = env.setup.private_ips(&ids).await;
+    let Group { env, ids, ips, imds } = group("g1", 3, "10.71.1.0/24").await;
     env.setup
         .ec2
         .create_tags()
@@ -261,7 +273,6 @@ async fn group_mode_tags_filter_the_members_and_the_overrides_replace_the_lookup
         .send()
         .await
         .unwrap();
-    let imds = FakeImds::start(&ids[0], &ips[0]).await;
     let tagged = backend(
         &env,
         &imds,
@@ -427,11 +438,7 @@ async fn throttling_and_5xx_are_retried_then_temporary_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_permissions_name_the_iam_action_to_grant() {
-    let env = env().await;
-    let subnet = env.setup.subnet("10.72.1.0/24").await;
-    let ids = env.setup.group("perm", 2, &subnet).await;
-    let ips = env.setup.private_ips(&ids).await;
-    let imds = FakeImds::start(&ids[0], &ips[0]).await;
+    let Group { env, ips, imds, .. } = group("perm", 2, "10.72.1.0/24").await;
     for (action, iam) in [
         (
             "DescribeAutoScalingInstances",
@@ -572,11 +579,7 @@ async fn region_and_credentials_come_from_imds_and_its_failures_say_what_to_fix(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_records_one_cluster_id_in_ssm_and_a_listing_reports_it() {
     use muster::{ClaimError, ClusterId};
-    let env = env().await;
-    let subnet = env.setup.subnet("10.73.1.0/24").await;
-    let ids = env.setup.group("fenced", 2, &subnet).await;
-    let ips = env.setup.private_ips(&ids).await;
-    let imds = FakeImds::start(&ids[0], &ips[0]).await;
+    let Group { env, ips, imds, .. } = group("fenced", 2, "10.73.1.0/24").await;
     let off = backend(&env, &imds, &name(&ips[0]), "use_autoscaling_group = true\n");
     assert!(off.fencing().is_none(), "fencing is off unless asked for");
     off.list().await.unwrap();
