@@ -5,7 +5,7 @@ use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::ParameterType;
 use muster_discovery_core::{ClaimError, ClusterId, DiscoveryError};
 
-use crate::errors::{Call, classify};
+use crate::errors::classify;
 use crate::sdk::Clients;
 
 /// The hint shown when a recorded cluster is unreachable.
@@ -15,21 +15,8 @@ pub fn hint(parameter: &str) -> String {
     )
 }
 
-fn call<'a>(c: &'a Clients, what: &'a str, action: &'a str, custom: bool) -> Call<'a> {
-    Call {
-        what,
-        action,
-        region: &c.region,
-        custom_endpoint: custom,
-    }
-}
-
 /// The recorded id, if any.
-pub async fn recorded(
-    c: &Clients,
-    parameter: &str,
-    custom: bool,
-) -> Result<Option<ClusterId>, DiscoveryError> {
+pub async fn recorded(c: &Clients, parameter: &str) -> Result<Option<ClusterId>, DiscoveryError> {
     let what = format!("reading the cluster record {parameter}");
     match c.ssm.get_parameter().name(parameter).send().await {
         Ok(out) => Ok(out
@@ -38,12 +25,12 @@ pub async fn recorded(
             .map(|v| ClusterId(v.trim().to_string()))
             .filter(|id| !id.0.is_empty())),
         Err(e) if e.code() == Some("ParameterNotFound") => Ok(None),
-        Err(e) => Err(classify(call(c, &what, "ssm:GetParameter", custom), e)),
+        Err(e) => Err(classify(c.call(&what, "ssm:GetParameter"), e)),
     }
 }
 
 /// Creates the parameter with `id` unless it exists; the same id already recorded succeeds.
-pub async fn claim(c: &Clients, parameter: &str, id: &ClusterId, custom: bool) -> Result<(), ClaimError> {
+pub async fn claim(c: &Clients, parameter: &str, id: &ClusterId) -> Result<(), ClaimError> {
     let what = format!("recording the cluster id in {parameter}");
     let put = c
         .ssm
@@ -57,7 +44,7 @@ pub async fn claim(c: &Clients, parameter: &str, id: &ClusterId, custom: bool) -
         .await;
     match put {
         Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("ParameterAlreadyExists") => match recorded(c, parameter, custom).await? {
+        Err(e) if e.code() == Some("ParameterAlreadyExists") => match recorded(c, parameter).await? {
             Some(theirs) if theirs == *id => Ok(()),
             Some(theirs) => Err(ClaimError::Taken(theirs)),
             None => Err(ClaimError::Backend(DiscoveryError::new(
@@ -67,7 +54,7 @@ pub async fn claim(c: &Clients, parameter: &str, id: &ClusterId, custom: bool) -
             ))),
         },
         Err(e) => Err(ClaimError::Backend(classify(
-            call(c, &what, "ssm:PutParameter", custom),
+            c.call(&what, "ssm:PutParameter"),
             e,
         ))),
     }

@@ -20,7 +20,6 @@ pub mod listing;
 pub mod sdk;
 pub mod settings;
 
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -132,7 +131,7 @@ impl AwsBackend {
                     Some(g) => Ok(g.clone()),
                     None => {
                         let id = self.instance_id().await?;
-                        let g = listing::group_of(c, &self.r, &id).await?;
+                        let g = listing::group_of(c, &id).await?;
                         info!(node = %self.local, "instance {id} is a member of autoscaling group {g}");
                         Ok(g)
                     }
@@ -174,9 +173,7 @@ impl AwsBackend {
 /// How long node `local`'s first listing waits: a fraction of `max` fixed by the node's name,
 /// so nodes booted together spread their first calls over the window.
 pub fn startup_delay(local: &NodeName, max: Duration) -> Duration {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    local.as_str().hash(&mut h);
-    let permille = u32::try_from(h.finish() % 1000).unwrap_or(0);
+    let permille = u32::try_from(local.seed() % 1000).unwrap_or(0);
     max * permille / 1000
 }
 
@@ -199,7 +196,7 @@ impl Discovery for AwsBackend {
         let s = &self.r.settings;
         let mut result = if s.use_autoscaling_group {
             let name = self.group_name(c).await?;
-            let g = listing::group(c, &self.r, &name).await?;
+            let g = listing::group(c, &name).await?;
             let nodes = self.names(&listing::members(c, &self.r, &g).await?);
             self.check_listed(&nodes, &format!("autoscaling group {name}"));
             // A member the group no longer lists has left it: cleanup may count it as gone.
@@ -214,7 +211,7 @@ impl Discovery for AwsBackend {
         };
         if s.fencing {
             let p = self.parameter(c).await?;
-            if let Some(id) = fencing::recorded(c, &p, s.endpoint_url.is_some()).await? {
+            if let Some(id) = fencing::recorded(c, &p).await? {
                 result = result
                     .with_recorded_cluster(id)
                     .with_fencing_hint(fencing::hint(&p));
@@ -234,6 +231,6 @@ impl Fencing for AwsBackend {
     async fn claim(&self, id: &ClusterId, _lock: Option<&dyn LockGuard>) -> Result<(), ClaimError> {
         let c = self.clients().await?;
         let p = self.parameter(c).await?;
-        fencing::claim(c, &p, id, self.r.settings.endpoint_url.is_some()).await
+        fencing::claim(c, &p, id).await
     }
 }

@@ -6,7 +6,7 @@ use muster_discovery_core::{DiscoveryError, ErrorKind, NodeName};
 use tracing::debug;
 
 use crate::NAME;
-use crate::errors::{Call, classify};
+use crate::errors::classify;
 use crate::sdk::Clients;
 use crate::settings::{AddressType, Resolved};
 
@@ -98,15 +98,6 @@ pub fn filters(r: &Resolved) -> Vec<Filter> {
     f
 }
 
-fn call<'a>(c: &'a Clients, r: &Resolved, what: &'a str, action: &'a str) -> Call<'a> {
-    Call {
-        what,
-        action,
-        region: &c.region,
-        custom_endpoint: r.settings.endpoint_url.is_some(),
-    }
-}
-
 /// `DescribeInstances` with the filters (plus `extra`), every page.
 pub async fn instances(
     c: &Clients,
@@ -125,7 +116,7 @@ pub async fn instances(
         .send();
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| classify(call(c, r, what, "ec2:DescribeInstances"), e))?;
+        let page = page.map_err(|e| classify(c.call(what, "ec2:DescribeInstances"), e))?;
         for res in page.reservations() {
             out.extend(res.instances().iter().cloned());
         }
@@ -135,7 +126,7 @@ pub async fn instances(
 
 /// The group `instance_id` belongs to (`DescribeAutoScalingInstances` for that id only, not
 /// every group in the account).
-pub async fn group_of(c: &Clients, r: &Resolved, instance_id: &str) -> Result<String, DiscoveryError> {
+pub async fn group_of(c: &Clients, instance_id: &str) -> Result<String, DiscoveryError> {
     let what = format!("finding the autoscaling group of instance {instance_id}");
     let out = c
         .asg
@@ -143,7 +134,7 @@ pub async fn group_of(c: &Clients, r: &Resolved, instance_id: &str) -> Result<St
         .instance_ids(instance_id)
         .send()
         .await
-        .map_err(|e| classify(call(c, r, &what, "autoscaling:DescribeAutoScalingInstances"), e))?;
+        .map_err(|e| classify(c.call(&what, "autoscaling:DescribeAutoScalingInstances"), e))?;
     out.auto_scaling_instances()
         .iter()
         .find_map(|i| i.auto_scaling_group_name().map(str::to_string))
@@ -161,7 +152,7 @@ pub async fn group_of(c: &Clients, r: &Resolved, instance_id: &str) -> Result<St
 }
 
 /// The group's pending and in-service members and its desired capacity.
-pub async fn group(c: &Clients, r: &Resolved, name: &str) -> Result<Group, DiscoveryError> {
+pub async fn group(c: &Clients, name: &str) -> Result<Group, DiscoveryError> {
     let what = format!("reading autoscaling group {name}");
     let out = c
         .asg
@@ -169,7 +160,7 @@ pub async fn group(c: &Clients, r: &Resolved, name: &str) -> Result<Group, Disco
         .auto_scaling_group_names(name)
         .send()
         .await
-        .map_err(|e| classify(call(c, r, &what, "autoscaling:DescribeAutoScalingGroups"), e))?;
+        .map_err(|e| classify(c.call(&what, "autoscaling:DescribeAutoScalingGroups"), e))?;
     let g = out
         .auto_scaling_groups()
         .iter()

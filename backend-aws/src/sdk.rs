@@ -32,6 +32,20 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     /// The region in use.
     pub region: String,
+    /// `endpoint_url` is set (moto, a VPC endpoint): the region is not what resolves.
+    pub custom_endpoint: bool,
+}
+
+impl Clients {
+    /// What an error classification needs to know of a call.
+    pub fn call<'a>(&'a self, what: &'a str, action: &'a str) -> crate::errors::Call<'a> {
+        crate::errors::Call {
+            what,
+            action,
+            region: &self.region,
+            custom_endpoint: self.custom_endpoint,
+        }
+    }
 }
 
 /// The hop-limit advice every IMDS failure carries.
@@ -149,5 +163,6 @@ pub async fn clients(s: &AwsSettings, imds: &imds::Client) -> Result<Clients, Di
         asg: aws_sdk_autoscaling::Client::new(&conf),
         ssm: aws_sdk_ssm::Client::new(&conf),
         region,
+        custom_endpoint: s.endpoint_url.is_some(),
     })
 }

@@ -33,18 +33,6 @@ pub struct FormationEngine {
     rule: fn(&DecisionInput<'_>) -> Verdict,
     /// Fired by peers' notices (and backend watches): decide again now.
     trigger: Trigger,
-    /// The candidates of the last published view, told when this node forms or joins.
-    candidates: std::sync::Mutex<Vec<NodeName>>,
-}
-
-/// The parts of a published view a peer decides on (not its age): a change is worth a notice.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Notable {
-    seed: Option<NodeName>,
-    sees_cluster: Option<ClusterId>,
-    candidates: usize,
-    intent: Option<ClusterId>,
-    committed: Option<Vouch>,
 }
 
 /// What one discovery round saw.
@@ -76,8 +64,16 @@ struct RunState {
     proposal: ClusterId,
     /// Whether `proposal` is announced as this node's intent.
     intending: bool,
-    /// What the last notice told peers.
-    noticed: Option<Notable>,
+    /// The view the last notice told peers of, without its age (which changes every round and
+    /// is nothing a peer acts on).
+    noticed: Option<FormationView>,
+}
+
+impl RunState {
+    /// The candidates in the view other than `local`.
+    fn peers(&self, local: &NodeName) -> Vec<NodeName> {
+        self.view.iter().filter(|n| *n != local).cloned().collect()
+    }
 }
 
 impl FormationEngine {
@@ -98,7 +94,6 @@ impl FormationEngine {
             started: Instant::now(),
             rule: decide,
             trigger: Trigger::new(),
-            candidates: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -147,20 +142,7 @@ impl FormationEngine {
             }
         });
         match &result {
-            Ok(outcome) => {
-                info!(node = %self.local, "{}", summarize_outcome(outcome));
-                // The former tells every candidate (they join it now); a node that resumed tells
-                // the members it knows (some may wait for it). A joiner tells nobody: the member
-                // that accepted it pushes the new membership, and a notice from each of N joiners
-                // to N candidates would cost N² rounds.
-                match outcome {
-                    FormationOutcome::NewCluster { .. } => self.notify_done(&[]),
-                    FormationOutcome::Rejoined { .. } => {
-                        self.notify_done(&self.membership.restart_state().known_peers)
-                    }
-                    FormationOutcome::JoinedExisting { .. } => {}
-                }
-            }
+            Ok(outcome) => info!(node = %self.local, "{}", summarize_outcome(outcome)),
             Err(e) => warn!(node = %self.local, "formation failed: {e}"),
         }
         let milestone = match &result {
@@ -226,7 +208,18 @@ impl FormationEngine {
         // A backend with a watch wakes the engine when its listing changes.
         self.discovery.watch(self.trigger.clone());
         if let Some(cluster) = restart.cluster.clone() {
-            return self.restart_window(cluster, restart).await;
+            let known: Vec<NodeName> = restart
+                .known_peers
+                .iter()
+                .filter(|p| **p != self.local)
+                .cloned()
+                .collect();
+            let resumed = self.restart_window(cluster, restart).await;
+            // The members it knows may be waiting for it in their own restart window.
+            if resumed.is_ok() && !known.is_empty() {
+                self.membership.notify(&known);
+            }
+            return resumed;
         }
         if let Some(v) = &st.commitment {
             info!(
@@ -257,7 +250,18 @@ impl FormationEngine {
             })
             .await;
         match result {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                // The former tells every candidate: they join it now. A joiner tells nobody: the
+                // member that accepted it pushes the new membership, and a notice from each of N
+                // joiners to N candidates would cost N² rounds.
+                if matches!(outcome, FormationOutcome::NewCluster { .. }) {
+                    let peers = st.into_inner().peers(&self.local);
+                    if !peers.is_empty() {
+                        self.membership.notify(&peers);
+                    }
+                }
+                Ok(outcome)
+            }
             Err(RetryError::Stopped(e)) => Err(e),
             Err(RetryError::Exhausted { .. }) => unreachable!("the formation retry has no limit"),
         }
@@ -266,10 +270,7 @@ impl FormationEngine {
     /// Retry jitter seeded from the node name: nodes started together spread their rounds apart,
     /// and a simulated run replays exactly.
     fn jitter(&self) -> Jitter {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.local.hash(&mut h);
-        Jitter::Seeded(h.finish())
+        Jitter::Seeded(self.local.seed())
     }
 
     async fn try_register(&self, st: &mut RunState) {
@@ -494,7 +495,7 @@ impl FormationEngine {
             .clone()
             .or_else(|| st.view.first().cloned());
         self.publish(st);
-        let mut peers: Vec<NodeName> = st.view.iter().filter(|n| **n != self.local).cloned().collect();
+        let mut peers = st.peers(&self.local);
         // A committed node keeps probing its seed even when the backend stopped listing it.
         if let Some(v) = &st.commitment
             && v.seed != self.local
@@ -523,39 +524,22 @@ impl FormationEngine {
             intent: st.intending.then(|| st.proposal.clone()),
             committed: st.commitment.clone(),
         };
-        let notable = Notable {
-            seed: view.seed.clone(),
-            sees_cluster: view.sees_cluster.clone(),
-            candidates: view.candidates,
-            intent: view.intent.clone(),
-            committed: view.committed.clone(),
+        // What peers act on: the view without its age.
+        let notable = FormationView {
+            unchanged_for: Duration::ZERO,
+            ..view.clone()
         };
         self.membership.publish_view(Some(view));
-        let peers: Vec<NodeName> = st.view.iter().filter(|n| **n != self.local).cloned().collect();
-        if let Ok(mut c) = self.candidates.lock() {
-            c.clone_from(&peers);
-        }
         if st.noticed.as_ref() == Some(&notable) {
             return;
         }
         let targets = match &notable.seed {
             Some(seed) if *seed != self.local => vec![seed.clone()],
-            _ => peers,
+            _ => st.peers(&self.local),
         };
         st.noticed = Some(notable);
         if !targets.is_empty() {
             self.membership.notify(&targets);
-        }
-    }
-
-    /// Tells every candidate this node knows (and `also`) that it formed or resumed.
-    fn notify_done(&self, also: &[NodeName]) {
-        let mut peers = self.candidates.lock().map(|c| c.clone()).unwrap_or_default();
-        peers.extend(also.iter().filter(|n| **n != self.local).cloned());
-        peers.sort();
-        peers.dedup();
-        if !peers.is_empty() {
-            self.membership.notify(&peers);
         }
     }
 

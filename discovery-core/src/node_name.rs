@@ -88,6 +88,15 @@ impl NodeName {
     pub fn with_prefix(&self, prefix: &str) -> Result<Self, NodeNameError> {
         Self::new(prefix, self.host.clone(), self.port)
     }
+
+    /// A number fixed by the name, different for different names: it seeds this node's retry
+    /// jitter and spreads a crowd of nodes' first calls apart, reproducibly.
+    pub fn seed(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
 }
 
 fn err(input: &str, reason: impl Into<String>) -> NodeNameError {

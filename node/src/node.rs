@@ -401,30 +401,13 @@ impl Node {
     /// most one is in flight, and the changes made meanwhile (a crowd of joins) go out together
     /// in one more push of the latest state, instead of one push per change to every member.
     pub fn broadcast(self: Arc<Self>) {
-        use std::sync::atomic::Ordering::AcqRel;
-        // IDLE → PUSHING starts the pusher; PUSHING → DIRTY asks it for one more round.
-        loop {
-            match self.push.load(std::sync::atomic::Ordering::Acquire) {
-                IDLE => {
-                    if self
-                        .push
-                        .compare_exchange(IDLE, PUSHING, AcqRel, std::sync::atomic::Ordering::Acquire)
-                        .is_ok()
-                    {
-                        break;
-                    }
-                }
-                PUSHING => {
-                    if self
-                        .push
-                        .compare_exchange(PUSHING, DIRTY, AcqRel, std::sync::atomic::Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
-                _ => return,
-            }
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        // IDLE → PUSHING starts the pusher; otherwise DIRTY asks it for one more round.
+        let before = self
+            .push
+            .fetch_update(AcqRel, Acquire, |s| Some(if s == IDLE { PUSHING } else { DIRTY }));
+        if before != Ok(IDLE) {
+            return;
         }
         tokio::spawn(async move {
             loop {
@@ -435,11 +418,7 @@ impl Node {
                 let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
                 let this = &self;
                 join_all(peers.iter().map(|p| this.sync_with(p, state.clone()))).await;
-                if self
-                    .push
-                    .compare_exchange(PUSHING, IDLE, AcqRel, std::sync::atomic::Ordering::Acquire)
-                    .is_ok()
-                {
+                if self.push.compare_exchange(PUSHING, IDLE, AcqRel, Acquire).is_ok() {
                     return;
                 }
             }
