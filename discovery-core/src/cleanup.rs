@@ -115,25 +115,26 @@ impl Cleanup {
         }
     }
 
-    /// Runs one round: list, probe the members that are not listed, count, act.
+    /// Runs one round: list, probe the members, count, act. A member that does not answer this
+    /// node but that another member reports in contact counts as reachable: cleanup removes only
+    /// what nobody reaches, never a member cut off from this node alone.
     pub async fn run_once(&mut self) -> CleanupRound {
         let local = self.membership.local_node();
         let members = self.membership.members().await;
         let listing = self.discovery.list().await;
         let mut reachable = BTreeSet::new();
         if let Ok(l) = &listing {
-            let unlisted: Vec<NodeName> = members
-                .iter()
-                .filter(|m| **m != local && !l.nodes.contains(m))
-                .cloned()
-                .collect();
-            let answers = probe_all(self.membership.as_ref(), &unlisted, self.probe_timeout).await;
-            reachable.extend(
-                answers
-                    .into_iter()
-                    .filter(|(_, p)| matches!(p, Probe::Answered(_)))
-                    .map(|(m, _)| m),
-            );
+            let others: Vec<NodeName> = members.iter().filter(|m| **m != local).cloned().collect();
+            // Only worth a round of probes when some member is not listed.
+            if others.iter().any(|m| !l.nodes.contains(m)) {
+                let answers = probe_all(self.membership.as_ref(), &others, self.probe_timeout).await;
+                for (member, probe) in answers {
+                    if let Probe::Answered(info) = probe {
+                        reachable.extend(info.in_contact.iter().filter(|n| **n != local).cloned());
+                        reachable.insert(member);
+                    }
+                }
+            }
         }
         let mut round = self.tracker.observe(
             &local,

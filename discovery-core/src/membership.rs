@@ -87,6 +87,10 @@ pub struct PeerInfo {
     pub start_time_ms: u64,
     /// The peer's formation view, when it is still forming.
     pub view: Option<FormationView>,
+    /// The members the peer exchanged messages with recently: cleanup counts a member one of
+    /// them reaches as reachable, so a member cut off from one node only is never forgotten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_contact: Vec<NodeName>,
 }
 
 /// What the node's persisted state says about its past, read once at boot.

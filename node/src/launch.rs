@@ -42,6 +42,9 @@ pub struct LocalNode {
     pub log_start: u64,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
+    /// A command the node runs under, program first (for example `nsenter --net=… --` to run it
+    /// in a test host's network namespace); it must exec the node so the PID stays the node's.
+    pub wrap: Vec<std::ffi::OsString>,
 }
 
 /// How to lay out a local cluster.
@@ -228,6 +231,7 @@ impl LocalCluster {
                 started: None,
                 log_start: 0,
                 env: Vec::new(),
+                wrap: Vec::new(),
             });
         }
         Ok(LocalCluster {
@@ -264,7 +268,15 @@ impl LocalCluster {
             .append(true)
             .open(&node.log)?;
         node.log_start = log.metadata()?.len();
-        let child = Command::new(&self.exe)
+        let mut cmd = match node.wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        let child = cmd
             .args(["--log-format", self.log_format, "start", "--config"])
             .arg(&node.config)
             .env_remove("MUSTER_COOKIE")
@@ -420,6 +432,33 @@ impl LocalCluster {
     pub async fn stop_all(&mut self, grace: Duration) {
         for i in 0..self.nodes.len() {
             let _ = self.stop(i, grace).await;
+        }
+    }
+
+    /// The PID of node `i`'s running process.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (for example `libc::SIGSTOP`) to node `i`'s running process, by its PID.
+    pub fn signal(&self, i: usize, signal: i32) -> std::io::Result<()> {
+        let pid = self
+            .pid(i)
+            .ok_or_else(|| std::io::Error::other("node is not running"))?;
+        let pid = i32::try_from(pid).map_err(std::io::Error::other)?;
+        // SAFETY: kill(2) on our own child's PID; it has not been reaped (we hold its handle).
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Whether node `i`'s process is running (not exited).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod contact;
 pub mod cookie;
 pub mod ctl;
 pub mod demo;

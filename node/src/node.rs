@@ -96,6 +96,8 @@ pub struct Node {
     push: std::sync::atomic::AtomicU8,
     /// Channels to peers, reused across calls.
     pool: Pool,
+    /// Which peers this node heard from lately (reported in probe answers).
+    pub contacts: crate::contact::Contacts,
 }
 
 /// How long a state push waits for more changes to send with it.
@@ -171,6 +173,7 @@ impl Node {
             sync_cursor: Mutex::new(0),
             push: std::sync::atomic::AtomicU8::new(IDLE),
             pool: Pool::default(),
+            contacts: crate::contact::Contacts::default(),
         });
         // Requests peers send on connections this node opened are answered like any others.
         node.pool
@@ -307,6 +310,7 @@ impl Node {
         };
         if r.is_ok() {
             self.metrics.messages_received.inc();
+            self.contacts.saw(peer);
         }
         r
     }
@@ -321,6 +325,7 @@ impl Node {
             ready: f.ready,
             start_time_ms: self.start_ms,
             view: f.view.clone(),
+            in_contact: self.contacts.recent(&f.members),
         }
     }
 
@@ -452,6 +457,7 @@ impl Node {
 
     /// Anti-entropy: exchange state with the next member in turn, every `interval`.
     pub async fn anti_entropy(self: Arc<Self>, interval: Duration) {
+        self.contacts.set_period(interval);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

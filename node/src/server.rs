@@ -110,8 +110,9 @@ pub fn handler(node: Weak<Node>) -> Handler {
             };
             // Only node-to-node traffic counts as peer messages (the CLI's calls do not).
             let from_peer = peer.is_some();
-            if from_peer {
+            if let Some(p) = &peer {
                 node.metrics.messages_received.inc();
+                node.contacts.saw(p);
             }
             let stop = matches!(req, Request::Stop);
             let resp = dispatch(&node, req, peer.as_ref()).await;

@@ -249,27 +249,46 @@ impl Store {
         let path = self.dir.join(STATE_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::other(format!(
-                    "{} is corrupt: {e}; restore it or reset the node",
-                    path.display()
-                ))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is corrupt ({e}); the node will not start on a state it cannot read. \
+                         Restore the file from a backup, or move it away to reset the node: it then \
+                         starts blank and joins its cluster again (what `muster ctl reset` does on a \
+                         running node)",
+                        path.display()
+                    ),
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
             Err(e) => Err(e),
         }
     }
 
-    /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
+    /// Writes the state atomically: temp file, fsync, rename, fsync of the directory. A failed
+    /// write (a full disk) names the file, removes the temp file, and leaves the previous state
+    /// file as it was: there is never a partial state file.
     pub fn save(&self, p: &Persisted) -> std::io::Result<()> {
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let path = self.dir.join(STATE_FILE);
         let bytes = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
-        {
+        let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             slow_disk();
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot write {}: {e} (the previous state is kept)",
+                    path.display()
+                ),
+            ));
         }
-        std::fs::rename(&tmp, self.dir.join(STATE_FILE))?;
         std::fs::File::open(&self.dir)?.sync_all()
     }
 

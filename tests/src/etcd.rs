@@ -68,6 +68,10 @@ pub struct EtcdServer {
     data: tempfile::TempDir,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
     child: Option<Child>,
+    /// Where it listens (127.0.0.1, or a test host's address).
+    ip: std::net::Ipv4Addr,
+    /// The command it runs under (`nsenter` into a test host), empty for none.
+    wrap: Vec<std::ffi::OsString>,
 }
 
 fn etcd_binary() -> &'static str {
@@ -86,33 +90,44 @@ fn etcd_binary() -> &'static str {
 impl EtcdServer {
     /// Starts a plain-HTTP etcd and waits until it answers.
     pub async fn start() -> EtcdServer {
-        Self::start_with(None).await
+        Self::start_with(None, std::net::Ipv4Addr::LOCALHOST, Vec::new()).await
+    }
+
+    /// Starts a plain-HTTP etcd in test host `host` (its own network namespace), on its address.
+    pub async fn start_in(host: &crate::hosts::Host) -> EtcdServer {
+        Self::start_with(None, host.ip, host.wrap()).await
     }
 
     /// Starts an etcd that requires TLS with client certificates signed by `tls.ca`.
     pub async fn start_tls(tls: &Tls) -> EtcdServer {
-        Self::start_with(Some((
-            tls.server_cert.clone(),
-            tls.server_key.clone(),
-            tls.ca.clone(),
-        )))
+        Self::start_with(
+            Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())),
+            std::net::Ipv4Addr::LOCALHOST,
+            Vec::new(),
+        )
         .await
     }
 
-    async fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> EtcdServer {
+    async fn start_with(
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+        ip: std::net::Ipv4Addr,
+        wrap: Vec<std::ffi::OsString>,
+    ) -> EtcdServer {
         let mut ports = Ports::new();
         let (client_port, peer_port) = (ports.take().unwrap(), ports.take().unwrap());
         let mut s = EtcdServer {
             endpoint: if tls.is_some() {
-                format!("https://127.0.0.1:{client_port}")
+                format!("https://{ip}:{client_port}")
             } else {
-                format!("127.0.0.1:{client_port}")
+                format!("{ip}:{client_port}")
             },
             client_port,
             peer_port,
             data: tempfile::tempdir().unwrap(),
             tls,
             child: None,
+            ip,
+            wrap,
         };
         s.spawn();
         s.wait_ready().await;
@@ -121,9 +136,17 @@ impl EtcdServer {
 
     fn spawn(&mut self) {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new(etcd_binary());
+        let client = format!("{scheme}://{}:{}", self.ip, self.client_port);
+        let peer = format!("http://{}:{}", self.ip, self.peer_port);
+        let etcd = etcd_binary();
+        let mut cmd = match self.wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(etcd);
+                c
+            }
+            None => Command::new(etcd),
+        };
         cmd.args(["--name", "t1", "--data-dir"])
             .arg(self.data.path().join("etcd"))
             .args([
@@ -162,7 +185,7 @@ impl EtcdServer {
     /// Waits until the client port accepts connections (and etcd answers a plain request).
     pub async fn wait_ready(&self) {
         let up = crate::eventually(Duration::from_secs(20), async || {
-            std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() && self.answers().await
+            std::net::TcpStream::connect((self.ip, self.client_port)).is_ok() && self.answers().await
         })
         .await;
         assert!(up.is_some(), "etcd did not become ready; log: {}", self.log());

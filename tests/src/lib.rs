@@ -8,6 +8,8 @@ pub mod certs;
 pub mod consul;
 pub mod dns;
 pub mod etcd;
+pub mod faults;
+pub mod hosts;
 pub mod k8s;
 
 pub use muster_node::launch::{Layout, LocalCluster};

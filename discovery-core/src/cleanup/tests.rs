@@ -145,3 +145,22 @@ fn a_listing_that_knows_departures_may_remove_though_it_is_not_authoritative() {
     assert_eq!(r.unknown, vec![n(3)]);
     assert!(r.authoritative, "a group that no longer lists n3 says it left");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_member_another_member_reaches_is_never_removed() {
+    let (net, dir, mut cleanup) = cluster(BackendMode::Static(vec![n(1), n(2), n(3)]), false).await;
+    // n3 is no longer listed and n1 cannot reach it, but n2 still can.
+    dir.set_static(vec![n(1), n(2)]);
+    net.block(&n(1), &n(3));
+    for _ in 0..5 {
+        let r = cleanup.run_once().await;
+        assert!(r.absent.is_empty(), "n3 is reachable through n2: {r:?}");
+        assert!(r.forgotten.is_empty());
+    }
+    // Once n2 loses it too, the absences count and n3 goes after the configured rounds.
+    net.block(&n(2), &n(3));
+    for round in 1..=2 {
+        assert_eq!(cleanup.run_once().await.absent, vec![(n(3), round)]);
+    }
+    assert_eq!(cleanup.run_once().await.forgotten, vec![n(3)]);
+}

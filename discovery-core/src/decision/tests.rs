@@ -46,6 +46,7 @@ fn with_view(
                     intent: c(id),
                 }),
             }),
+            in_contact: vec![],
         })),
     )
 }
@@ -68,6 +69,7 @@ fn member(i: u32, cluster: &str, members: &[u32], ready: bool) -> (NodeName, Pro
             ready,
             start_time_ms: 0,
             view: None,
+            in_contact: vec![],
         })),
     )
 }

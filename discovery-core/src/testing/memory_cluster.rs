@@ -380,12 +380,19 @@ impl Membership for MemoryMember {
             if fails {
                 return Err(unreachable(peer, "injected network failure"));
             }
-            let members = st
+            let members: Vec<NodeName> = st
                 .cluster
                 .as_ref()
                 .and_then(|c| g.clusters.get(c))
                 .map(|m| m.iter().cloned().collect())
                 .unwrap_or_default();
+            // The members this peer's own calls would reach now: running, unpaused, unblocked.
+            let in_contact = members
+                .iter()
+                .filter(|m| *m != peer && !g.blocked.contains(&(peer.clone(), (*m).clone())))
+                .filter(|m| g.nodes.get(*m).is_some_and(|s| s.up) && !Network::paused(&g, m))
+                .cloned()
+                .collect();
             PeerInfo {
                 node: peer.clone(),
                 cluster: st.cluster.clone(),
@@ -393,6 +400,7 @@ impl Membership for MemoryMember {
                 ready: st.ready,
                 start_time_ms: st.start_ms,
                 view: st.view.clone(),
+                in_contact,
             }
         };
         tokio::time::sleep(latency).await;

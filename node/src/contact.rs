@@ -1,0 +1,92 @@
+//! Which peers this node heard from lately (a call it made was answered, or a peer's call
+//! arrived). Probe answers report them, so that another member's cleanup never forgets a member
+//! that this node still reaches (the "reachable by anyone" rule).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use muster::NodeName;
+
+/// The shortest window a contact counts for.
+const MIN_WINDOW: Duration = Duration::from_secs(30);
+
+/// Last contact per peer.
+#[derive(Debug)]
+pub struct Contacts {
+    seen: Mutex<HashMap<NodeName, Instant>>,
+    /// The anti-entropy period in ms: each member is visited once per `members` periods.
+    period_ms: AtomicU64,
+}
+
+impl Default for Contacts {
+    fn default() -> Self {
+        Contacts {
+            seen: Mutex::default(),
+            period_ms: AtomicU64::new(2_000),
+        }
+    }
+}
+
+impl Contacts {
+    /// Records an exchange with `peer` now.
+    pub fn saw(&self, peer: &NodeName) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get_mut(peer) {
+            Some(t) => *t = Instant::now(),
+            None => {
+                seen.insert(peer.clone(), Instant::now());
+            }
+        }
+    }
+
+    /// Sets the anti-entropy period, which bounds how long two live members go without contact.
+    pub fn set_period(&self, period: Duration) {
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.period_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The members of `members` heard from within the window: twice a full anti-entropy cycle
+    /// over the members, and never less than 30 s.
+    pub fn recent(&self, members: &[NodeName]) -> Vec<NodeName> {
+        let cycle = Duration::from_millis(self.period_ms.load(Ordering::Relaxed))
+            .saturating_mul(u32::try_from(members.len()).unwrap_or(u32::MAX))
+            .saturating_mul(2);
+        let window = cycle.max(MIN_WINDOW);
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        members
+            .iter()
+            .filter(|m| seen.get(*m).is_some_and(|t| t.elapsed() <= window))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeName {
+        format!("m@{s}").parse().unwrap()
+    }
+
+    #[test]
+    fn only_members_heard_from_are_reported() {
+        let c = Contacts::default();
+        c.saw(&n("a"));
+        c.saw(&n("stranger"));
+        assert_eq!(c.recent(&[n("a"), n("b")]), vec![n("a")]);
+    }
+
+    #[test]
+    fn the_window_grows_with_the_members_and_the_period() {
+        let c = Contacts::default();
+        c.set_period(Duration::from_secs(10));
+        c.saw(&n("a"));
+        *c.seen.lock().unwrap().get_mut(&n("a")).unwrap() = Instant::now() - Duration::from_secs(45);
+        // Three members at 10 s: a 60 s window, so 45 s ago still counts; one member: 30 s.
+        assert_eq!(c.recent(&[n("a"), n("b"), n("c")]), vec![n("a")]);
+        assert!(c.recent(&[n("a")]).is_empty());
+    }
+}
