@@ -4,6 +4,9 @@
 #
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 # Env:   MUSTER_SIM_SEEDS=N         simulator seeds (default 2000)
+#        MUSTER_FAULT_ROUNDS=full   the fault scenarios' full repetition counts (default: a few
+#                                   rounds each; see docs/reliability.md)
+#        MUSTER_FAULT_REPORT=FILE   append each fault scenario's result line to FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,12 +14,13 @@ log() { printf '\n== %s\n' "$*"; }
 
 # System packages the build and the server-backed tests need: etcd for the etcd backend's tests,
 # protoc and the well-known .proto files for etcd-client's build, openssl for TLS test certificates,
-# dnsmasq and bind9 for the DNS tests, iproute2 and util-linux (ip, unshare) for the test namespace;
+# dnsmasq and bind9 for the DNS tests, iproute2 and util-linux (ip, unshare, nsenter) for the test
+# namespace and the fault tests' test hosts, nftables for their partitions and packet loss;
 # kubernetes-validate (PyPI) for the Kubernetes manifests; moto and cfn-lint (PyPI, in a private
 # venv) for the AWS tests.
 # apt-get update runs once, and only when something is missing.
 APT_PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl dnsmasq-base bind9 bind9-dnsutils
-  iproute2 util-linux)
+  iproute2 util-linux nftables)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   # "install ok installed" only: a removed package keeps a dpkg record ("config-files").

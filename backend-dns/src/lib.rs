@@ -122,35 +122,21 @@ impl DnsBackend {
     }
 
     fn node(&self, host: Host, port: Option<u16>) -> Result<NodeName, DiscoveryError> {
-        NodeName::new(self.local.prefix(), host, port).map_err(|e| {
-            DiscoveryError::new(
-                NAME,
-                ErrorKind::Other,
-                format!("a DNS answer does not make a node name: {e}"),
-            )
-        })
+        decode::node(self.local.prefix(), host, port)
     }
 
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DiscoveryError> {
         let q = fqdn(host);
-        let a = self.resolver.ipv4_lookup(q.as_str()).await.map(|l| {
-            l.answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    _ => None,
-                })
-                .collect()
-        });
-        let aaaa = self.resolver.ipv6_lookup(q.as_str()).await.map(|l| {
-            l.answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })
-                .collect()
-        });
+        let a = self
+            .resolver
+            .ipv4_lookup(q.as_str())
+            .await
+            .map(|l| decode::addresses(l.answers()));
+        let aaaa = self
+            .resolver
+            .ipv6_lookup(q.as_str())
+            .await
+            .map(|l| decode::addresses(l.answers()));
         let mut out = Vec::new();
         for part in [
             classify(&format!("A lookup of {q}"), a)?,
@@ -164,23 +150,13 @@ impl DnsBackend {
     }
 
     async fn reverse(&self, ip: IpAddr) -> Result<Option<String>, DiscoveryError> {
-        let r = self.resolver.reverse_lookup(Name::from(ip)).await.map(|l| {
-            l.answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::PTR(p) => Some(p.0.to_ascii()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        });
+        let r = self
+            .resolver
+            .reverse_lookup(Name::from(ip))
+            .await
+            .map(|l| decode::ptr_name(l.answers()).into_iter().collect::<Vec<_>>());
         Ok(match classify(&format!("PTR lookup of {ip}"), r)? {
-            Answer::Records(mut names) => {
-                names.sort();
-                names
-                    .into_iter()
-                    .next()
-                    .map(|n| n.trim_end_matches('.').to_string())
-            }
+            Answer::Records(names) => names.into_iter().next(),
             Answer::Nothing => None,
         })
     }
@@ -218,28 +194,94 @@ impl DnsBackend {
 
     async fn list_srv(&self, srv: &str) -> Result<Vec<NodeName>, DiscoveryError> {
         let q = fqdn(srv);
-        let r = self.resolver.srv_lookup(q.as_str()).await.map(|l| {
-            l.answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::SRV(s) => Some((s.priority, u16::MAX - s.weight, s.target.to_ascii(), s.port)),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        });
-        let mut records = match classify(&format!("SRV lookup of {q}"), r)? {
-            Answer::Records(v) => v,
-            Answer::Nothing => return Ok(Vec::new()),
-        };
-        // Priority (then weight) only orders the candidates; all of them are listed.
+        let r = self
+            .resolver
+            .srv_lookup(q.as_str())
+            .await
+            .map(|l| decode::srv_records(l.answers()));
+        match classify(&format!("SRV lookup of {q}"), r)? {
+            Answer::Records(v) => decode::srv_nodes(self.local.prefix(), v),
+            Answer::Nothing => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The pure part of reading DNS answers: records in, node names out (fuzzed on its own).
+pub mod decode {
+    use super::*;
+    use hickory_resolver::proto::rr::Record;
+
+    /// One SRV answer: priority, inverted weight (so that sorting puts heavier first), target, port.
+    pub type Srv = (u16, u16, String, u16);
+
+    /// The answer records of a DNS message on the wire, if it decodes.
+    pub fn wire_answers(bytes: &[u8]) -> Option<Vec<Record>> {
+        hickory_resolver::proto::op::Message::from_vec(bytes)
+            .ok()
+            .map(|m| m.answers)
+    }
+
+    /// The SRV records among `answers`.
+    pub fn srv_records(answers: &[Record]) -> Vec<Srv> {
+        answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some((s.priority, u16::MAX - s.weight, s.target.to_ascii(), s.port)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Node names for SRV records, ordered by priority then weight (the order only ranks the
+    /// candidates; all are listed), each target lowercased without its trailing dot.
+    pub fn srv_nodes(prefix: &str, mut records: Vec<Srv>) -> Result<Vec<NodeName>, DiscoveryError> {
         records.sort();
         records
             .into_iter()
             .map(|(_, _, target, port)| {
                 let host = Host::Dns(target.trim_end_matches('.').to_ascii_lowercase());
-                self.node(host, Some(port))
+                node(prefix, host, Some(port))
             })
             .collect()
+    }
+
+    /// The addresses among A and AAAA `answers`.
+    pub fn addresses(answers: &[Record]) -> Vec<IpAddr> {
+        answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The first PTR target among `answers` (sorted), without its trailing dot.
+    pub fn ptr_name(answers: &[Record]) -> Option<String> {
+        let mut names: Vec<String> = answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .next()
+            .map(|n| n.trim_end_matches('.').to_string())
+    }
+
+    /// The node name `prefix@host[:port]`, or an error saying the answer makes none.
+    pub fn node(prefix: &str, host: Host, port: Option<u16>) -> Result<NodeName, DiscoveryError> {
+        NodeName::new(prefix, host, port).map_err(|e| {
+            DiscoveryError::new(
+                NAME,
+                ErrorKind::Other,
+                format!("a DNS answer does not make a node name: {e}"),
+            )
+        })
     }
 }
 

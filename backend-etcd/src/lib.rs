@@ -221,27 +221,41 @@ impl Discovery for EtcdBackend {
             .with_sort(SortTarget::Create, SortOrder::Ascend);
         let limit = self.inner.settings.connect_timeout;
         let resp = errors::bounded("listing nodes", limit, client.get(base.as_str(), Some(opts))).await?;
-        let nodes_prefix = self.inner.settings.nodes_prefix();
-        let id_key = self.inner.settings.cluster_id_key();
-        let mut nodes = Vec::new();
-        let mut recorded = None;
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            if key == id_key {
-                recorded = Some(ClusterId(String::from_utf8_lossy(kv.value()).into_owned()));
-            } else if let Some(name) = key.strip_prefix(nodes_prefix.as_str()) {
-                match name.parse::<NodeName>() {
-                    Ok(n) => nodes.push(n),
-                    Err(e) => warn!("ignoring etcd key {key}: {e}"),
-                }
-            }
-        }
+        let (nodes, recorded) = decode_listing(
+            resp.kvs().iter().map(|kv| (kv.key(), kv.value())),
+            &self.inner.settings.nodes_prefix(),
+            &self.inner.settings.cluster_id_key(),
+        );
         let mut result = DiscoveryResult::new(nodes, true);
         if let Some(id) = recorded {
             result = result.with_recorded_cluster(id).with_fencing_hint(self.hint());
         }
         Ok(result)
     }
+}
+
+/// The pure part of a listing: etcd keys and values in, the registered node names (keys under
+/// `nodes_prefix` that make a node name; others are logged and skipped) and the recorded
+/// cluster id (the value at `id_key`) out. Fuzzed on its own.
+pub fn decode_listing<'a>(
+    kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    nodes_prefix: &str,
+    id_key: &str,
+) -> (Vec<NodeName>, Option<ClusterId>) {
+    let mut nodes = Vec::new();
+    let mut recorded = None;
+    for (key, value) in kvs {
+        let key = String::from_utf8_lossy(key);
+        if key == id_key {
+            recorded = Some(ClusterId(String::from_utf8_lossy(value).into_owned()));
+        } else if let Some(name) = key.strip_prefix(nodes_prefix) {
+            match name.parse::<NodeName>() {
+                Ok(n) => nodes.push(n),
+                Err(e) => warn!("ignoring etcd key {key}: {e}"),
+            }
+        }
+    }
+    (nodes, recorded)
 }
 
 #[async_trait]

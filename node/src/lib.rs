@@ -18,6 +18,8 @@ pub mod contact;
 pub mod cookie;
 pub mod ctl;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod launch;
 pub mod limits;

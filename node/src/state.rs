@@ -429,4 +429,69 @@ mod tests {
         std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("is corrupt"));
     }
+
+    mod merge_properties {
+        //! The merge is a join: commutative, associative and idempotent on the membership, so
+        //! members converge whatever order states travel in; and a forgotten node never comes
+        //! back through an older copy of the state.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn state() -> impl Strategy<Value = ClusterState> {
+            let entry = (0..4u32, 0..4u64, any::<bool>());
+            prop::collection::vec(entry, 0..6).prop_map(|entries| {
+                let mut s = ClusterState {
+                    cluster: Some(ClusterId("c".into())),
+                    ..ClusterState::default()
+                };
+                for (i, incarnation, removed) in entries {
+                    s.members
+                        .insert(n(&format!("h{i}")), Member { incarnation, removed });
+                }
+                s
+            })
+        }
+
+        fn join(a: &ClusterState, b: &ClusterState) -> ClusterState {
+            let mut out = a.clone();
+            out.merge(b).unwrap();
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn commutative(a in state(), b in state()) {
+                prop_assert_eq!(join(&a, &b).members, join(&b, &a).members);
+            }
+
+            #[test]
+            fn associative(a in state(), b in state(), c in state()) {
+                prop_assert_eq!(join(&join(&a, &b), &c).members, join(&a, &join(&b, &c)).members);
+            }
+
+            #[test]
+            fn idempotent(a in state(), b in state()) {
+                prop_assert_eq!(&join(&a, &a).members, &a.members);
+                let ab = join(&a, &b);
+                prop_assert_eq!(join(&ab, &b).members, ab.members);
+            }
+
+            #[test]
+            fn a_forgotten_node_never_resurrects_through_an_older_state(a in state(), old in state(), who in 0..4u32) {
+                let x = n(&format!("h{who}"));
+                let mut current = a.clone();
+                current.add(&x, 2).ok();
+                let before_forget = current.clone();
+                current.remove(&x);
+                let at = current.members[&x].incarnation;
+                // Any state that knows x at most at the incarnation it was forgotten at.
+                let mut older = join(&old, &before_forget);
+                older.members.retain(|m, e| *m != x || e.incarnation <= at);
+                let merged = join(&current, &older);
+                prop_assert!(!merged.is_member(&x), "{x} came back: {:?}", merged.members.get(&x));
+                let merged = join(&older, &current);
+                prop_assert!(!merged.is_member(&x), "{x} came back the other way: {:?}", merged.members.get(&x));
+            }
+        }
+    }
 }

@@ -374,6 +374,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         ))
     }
 
+    /// The underlying stream, after the handshake (the fuzzer writes raw bytes on it).
+    pub(crate) fn into_inner(self) -> S {
+        self.io.into_inner()
+    }
+
+    /// Seals each of `chunks` (a flag byte, then data) as one transport frame, as they are: the
+    /// fuzzer's way to reach the receiver's chunk reassembly with chunks no sender would make.
+    pub(crate) async fn send_raw_chunks(&mut self, chunks: &[&[u8]]) -> Result<(), ChannelError> {
+        for plain in chunks {
+            let mut sealed = vec![0u8; plain.len() + TAG];
+            let n = locked(&self.noise)
+                .write_message(plain, &mut sealed)
+                .map_err(noise_err)?;
+            self.io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
+        }
+        SinkExt::<Bytes>::flush(&mut self.io).await?;
+        Ok(())
+    }
+
     /// Sends one message, encrypted (split into chunks when larger than one Noise message).
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ChannelError> {
         send_on(&mut self.io, &self.noise, msg).await
