@@ -49,6 +49,10 @@ enum Step {
     Claimed(ClusterId, bool),
 }
 
+/// A blank non-seed probes every candidate at least once per this many retry intervals (it
+/// probes only its seed in between; see `FormationEngine::seed_only`).
+pub const PROBE_ALL_EVERY: u32 = 10;
+
 /// State carried between rounds of one formation run.
 struct RunState {
     view: BTreeSet<NodeName>,
@@ -67,6 +71,8 @@ struct RunState {
     /// The view the last notice told peers of, without its age (which changes every round and
     /// is nothing a peer acts on).
     noticed: Option<FormationView>,
+    /// When this node last probed every candidate (see [`FormationEngine::round`]).
+    probed_all_at: Instant,
 }
 
 impl RunState {
@@ -202,6 +208,7 @@ impl FormationEngine {
             },
             intending: false,
             noticed: None,
+            probed_all_at: Instant::now(),
         };
         // Register before anything else, on every boot, so that peers (and this node) see it.
         self.try_register(&mut st).await;
@@ -495,7 +502,13 @@ impl FormationEngine {
             .clone()
             .or_else(|| st.view.first().cloned());
         self.publish(st);
-        let mut peers = st.peers(&self.local);
+        let mut peers = match self.seed_only(st) {
+            Some(seed) => vec![seed],
+            None => {
+                st.probed_all_at = Instant::now();
+                st.peers(&self.local)
+            }
+        };
         // A committed node keeps probing its seed even when the backend stopped listing it.
         if let Some(v) = &st.commitment
             && v.seed != self.local
@@ -505,6 +518,27 @@ impl FormationEngine {
         }
         let probes = probe_all(self.membership.as_ref(), &peers, self.config.probe_timeout).await;
         Ok(Round { listing, probes })
+    }
+
+    /// The seed, when this round may probe it alone. Without a lock a blank node that is not the
+    /// seed decides on its seed's answer only: it waits for the seed, commits to the seed's
+    /// intent, and joins the cluster the seed formed or joined (rule 1). So it probes the seed
+    /// alone, and a formation costs about 2N probes per round instead of N². Probing everyone is
+    /// still done when something else matters: when it has seen a cluster the seed is not in
+    /// (to join it, or to learn that it is gone), and at least every [`PROBE_ALL_EVERY`] retry
+    /// intervals, to find a cluster that only other candidates can see. The seed itself always
+    /// probes everyone.
+    fn seed_only(&self, st: &RunState) -> Option<NodeName> {
+        let seed = st.seed.clone()?;
+        let lockless = self.discovery.formation_lock().is_none();
+        let due = self
+            .config
+            .discovery_retry_interval
+            .saturating_mul(PROBE_ALL_EVERY);
+        // A cluster seen through the seed is joined through the seed; one seen elsewhere needs
+        // every candidate's answer (to join it, or to learn that it is gone).
+        let seed_side = st.sees_cluster.is_none() || st.seen_members.contains(&seed);
+        (lockless && seed != self.local && seed_side && st.probed_all_at.elapsed() < due).then_some(seed)
     }
 
     /// Publishes the view for peers' probes and, when something a peer decides on changed,
@@ -533,8 +567,13 @@ impl FormationEngine {
         if st.noticed.as_ref() == Some(&notable) {
             return;
         }
-        let targets = match &notable.seed {
-            Some(seed) if *seed != self.local => vec![seed.clone()],
+        let targets = match (&notable.seed, &notable.sees_cluster, &st.seed) {
+            (Some(seed), _, _) if *seed != self.local => vec![seed.clone()],
+            // A node that sees a cluster names no seed; the seed it would have named is the one
+            // that must hear it (a seed collecting commitments withdraws). The other candidates
+            // decide on their own probes: a notice to each of N peers from each of N joiners
+            // would cost N² rounds.
+            (None, Some(_), Some(seed)) if *seed != self.local => vec![seed.clone()],
             _ => st.peers(&self.local),
         };
         st.noticed = Some(notable);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use muster::NodeName;
 
-/// The shortest window a contact counts for.
-const MIN_WINDOW: Duration = Duration::from_secs(30);
+/// The shortest window a contact counts for, in anti-entropy periods.
+const MIN_PERIODS: u32 = 3;
 
 /// Last contact per peer.
 #[derive(Debug)]
@@ -30,6 +30,11 @@ impl Default for Contacts {
 }
 
 impl Contacts {
+    /// Records that a call to `peer` failed: this node does not reach it now.
+    pub fn lost(&self, peer: &NodeName) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(peer);
+    }
+
     /// Records an exchange with `peer` now.
     pub fn saw(&self, peer: &NodeName) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -47,13 +52,16 @@ impl Contacts {
         self.period_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The members of `members` heard from within the window: twice a full anti-entropy cycle
-    /// over the members, and never less than 30 s.
+    /// The members of `members` heard from within the window, and not lost since: twice a full
+    /// anti-entropy cycle over the members (each visits every other once per cycle), and never
+    /// less than three periods. A member that died drops out within that window, or at once
+    /// when a call to it fails.
     pub fn recent(&self, members: &[NodeName]) -> Vec<NodeName> {
-        let cycle = Duration::from_millis(self.period_ms.load(Ordering::Relaxed))
+        let period = Duration::from_millis(self.period_ms.load(Ordering::Relaxed));
+        let cycle = period
             .saturating_mul(u32::try_from(members.len()).unwrap_or(u32::MAX))
             .saturating_mul(2);
-        let window = cycle.max(MIN_WINDOW);
+        let window = cycle.max(period.saturating_mul(MIN_PERIODS));
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         members
             .iter()
@@ -85,8 +93,17 @@ mod tests {
         c.set_period(Duration::from_secs(10));
         c.saw(&n("a"));
         *c.seen.lock().unwrap().get_mut(&n("a")).unwrap() = Instant::now() - Duration::from_secs(45);
-        // Three members at 10 s: a 60 s window, so 45 s ago still counts; one member: 30 s.
+        // Three members at 10 s: a 60 s window, so 45 s ago still counts; one member: three
+        // periods, 30 s.
         assert_eq!(c.recent(&[n("a"), n("b"), n("c")]), vec![n("a")]);
         assert!(c.recent(&[n("a")]).is_empty());
+    }
+
+    #[test]
+    fn a_failed_call_ends_the_contact_at_once() {
+        let c = Contacts::default();
+        c.saw(&n("a"));
+        c.lost(&n("a"));
+        assert!(c.recent(&[n("a"), n("b")]).is_empty());
     }
 }

@@ -473,6 +473,18 @@ impl LocalCluster {
         self.proc_status_kib(i, "RssAnon:")
     }
 
+    /// Node `i`'s proportional set size now, in KiB: its private pages plus its share of the
+    /// pages it shares with other processes (the binary's, with every other node): what one
+    /// more node costs the machine.
+    pub fn pss_kib(&self, i: usize) -> Option<u64> {
+        let pid = self.nodes[i].child.as_ref()?.id();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+        text.lines()
+            .find(|l| l.starts_with("Pss:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
     fn proc_status_kib(&self, i: usize, field: &str) -> Option<u64> {
         let pid = self.nodes[i].child.as_ref()?.id();
         let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

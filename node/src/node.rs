@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::future::join_all;
 use muster::status::FormationStatus;
 use muster::{
@@ -98,10 +99,20 @@ pub struct Node {
     pool: Pool,
     /// Which peers this node heard from lately (reported in probe answers).
     pub contacts: crate::contact::Contacts,
+    /// Joins waiting for the next group commit (see `Node::accept_join`).
+    joins: std::sync::Mutex<Vec<JoinWaiter>>,
 }
+
+/// A joiner waiting for the group commit that adds it, and where its answer goes.
+type JoinWaiter = (NodeName, tokio::sync::oneshot::Sender<Response>);
 
 /// How long a state push waits for more changes to send with it.
 const PUSH_DELAY: Duration = Duration::from_millis(5);
+/// Members one push round sends to at once.
+const PUSH_FANOUT: usize = 16;
+/// The pause between push rounds per member pushed to: a round costs every member a merge and
+/// a write, so a crowd of joins into a big cluster goes out in a few rounds, not one per join.
+const PUSH_GAP_PER_MEMBER: Duration = Duration::from_micros(500);
 /// The pusher's states (see `Node::broadcast`).
 const IDLE: u8 = 0;
 const PUSHING: u8 = 1;
@@ -174,6 +185,7 @@ impl Node {
             push: std::sync::atomic::AtomicU8::new(IDLE),
             pool: Pool::default(),
             contacts: crate::contact::Contacts::default(),
+            joins: std::sync::Mutex::default(),
         });
         // Requests peers send on connections this node opened are answered like any others.
         node.pool
@@ -308,9 +320,12 @@ impl Node {
             Ok(addrs) => self.pool.call(&self.creds, peer, addrs, req, CALL_TIMEOUT).await,
             Err(e) => Err(e),
         };
-        if r.is_ok() {
-            self.metrics.messages_received.inc();
-            self.contacts.saw(peer);
+        match &r {
+            Ok(_) => {
+                self.metrics.messages_received.inc();
+                self.contacts.saw(peer);
+            }
+            Err(_) => self.contacts.lost(peer),
         }
         r
     }
@@ -373,38 +388,86 @@ impl Node {
 
     /// Adds a joining node to this node's cluster.
     /// The incarnation is this member's to assign (`ClusterState::next_incarnation`): the
-    /// joiner's own clock (`_requested`) may have stepped back.
-    pub fn accept_join(self: &Arc<Self>, node: &NodeName, _requested: u64) -> Response {
-        let state = {
+    /// joiner's own clock (`_requested`) may have stepped back. Joins that arrive together are
+    /// written together (group commit): each waits in a queue, and whoever takes the state lock
+    /// next adds every queued joiner and persists them with one write, so a crowd of joiners
+    /// costs a few writes instead of one each. Every join is still answered only once it is on
+    /// disk.
+    pub async fn accept_join(self: &Arc<Self>, node: &NodeName, _requested: u64) -> Response {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.joins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((node.clone(), tx));
+        self.commit_joins();
+        rx.await.unwrap_or_else(|_| Response::Error {
+            message: format!("{} dropped the join of {node}; try again", self.name),
+        })
+    }
+
+    /// Adds every queued joiner, persists once, and answers each (see `accept_join`).
+    fn commit_joins(self: &Arc<Self>) {
+        let (answers, state, joined) = {
             let mut g = self.lock();
+            let batch: Vec<JoinWaiter> =
+                std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
+            if batch.is_empty() {
+                // An earlier committer took this caller's join with its own.
+                return;
+            }
             if g.p.state.cluster.is_none() || !g.ready {
-                return Response::Error {
-                    message: format!("{} is not a ready cluster member; try another member", self.name),
-                };
-            }
-            let incarnation = g.p.state.next_incarnation(node, now_ms());
-            match g.p.state.add(node, incarnation) {
-                Ok(true) => {
-                    if let Err(e) = self.save(&g.p) {
-                        return Response::Error {
-                            message: e.to_string(),
-                        };
-                    }
+                let message = format!("{} is not a ready cluster member; try another member", self.name);
+                for (_, tx) in batch {
+                    let _ = tx.send(Response::Error {
+                        message: message.clone(),
+                    });
                 }
-                Ok(false) => {}
-                Err(message) => return Response::Error { message },
+                return;
             }
-            g.p.state.clone()
+            let mut changed = false;
+            let mut results = Vec::new();
+            for (node, tx) in batch {
+                let incarnation = g.p.state.next_incarnation(&node, now_ms());
+                let r = g.p.state.add(&node, incarnation).map(|c| changed |= c);
+                results.push(((node, tx), r));
+            }
+            if changed && let Err(e) = self.save(&g.p) {
+                for ((_, tx), r) in results {
+                    let message = match r {
+                        Ok(()) => e.to_string(),
+                        Err(m) => m,
+                    };
+                    let _ = tx.send(Response::Error { message });
+                }
+                return;
+            }
+            let joined: Vec<NodeName> = results
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|((n, _), _)| n.clone())
+                .collect();
+            (results, g.p.state.clone(), joined)
         };
-        self.metrics.joins.inc();
-        info!(node = %self.name, "{node} joined cluster {}", state.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default());
-        self.clone().broadcast();
-        Response::State { state }
+        let cluster = state.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default();
+        for node in &joined {
+            self.metrics.joins.inc();
+            info!(node = %self.name, "{node} joined cluster {cluster}");
+        }
+        for ((_, tx), r) in answers {
+            let _ = tx.send(match r {
+                Ok(()) => Response::State { state: state.clone() },
+                Err(message) => Response::Error { message },
+            });
+        }
+        if !joined.is_empty() {
+            self.clone().broadcast();
+        }
     }
 
     /// Pushes the current state to every other member in the background. Pushes coalesce: at
     /// most one is in flight, and the changes made meanwhile (a crowd of joins) go out together
     /// in one more push of the latest state, instead of one push per change to every member.
+    /// Rounds after the first wait in proportion to the members (`PUSH_GAP_PER_MEMBER`).
     pub fn broadcast(self: Arc<Self>) {
         use std::sync::atomic::Ordering::{AcqRel, Acquire};
         // IDLE → PUSHING starts the pusher; otherwise DIRTY asks it for one more round.
@@ -415,17 +478,25 @@ impl Node {
             return;
         }
         tokio::spawn(async move {
+            let mut wait = PUSH_DELAY;
             loop {
-                tokio::time::sleep(PUSH_DELAY).await;
+                tokio::time::sleep(wait).await;
                 // Changes from here on are either in this push's state or mark it DIRTY.
                 self.push.store(PUSHING, std::sync::atomic::Ordering::Release);
                 let state = self.state();
                 let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
                 let this = &self;
-                join_all(peers.iter().map(|p| this.sync_with(p, state.clone()))).await;
+                // A bounded number at once: every exchange holds a copy of the state, encoded
+                // and decoded, so a push to a hundred members at once is a hundred copies.
+                futures::stream::iter(&peers)
+                    .for_each_concurrent(PUSH_FANOUT, |p| this.sync_with(p, state.clone()))
+                    .await;
                 if self.push.compare_exchange(PUSHING, IDLE, AcqRel, Acquire).is_ok() {
                     return;
                 }
+                wait = PUSH_GAP_PER_MEMBER
+                    .saturating_mul(u32::try_from(peers.len()).unwrap_or(u32::MAX))
+                    .max(PUSH_DELAY);
             }
         });
     }

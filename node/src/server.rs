@@ -162,7 +162,7 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             node: joiner,
             incarnation,
         } => match peer {
-            Some(p) if *p == joiner => node.accept_join(&joiner, incarnation),
+            Some(p) if *p == joiner => node.accept_join(&joiner, incarnation).await,
             Some(p) => Response::Error {
                 message: format!("join for {joiner} refused: this connection is authenticated as {p}"),
             },

@@ -151,7 +151,7 @@ async fn latency_jitter_and_loss_on_every_link_still_form_one_cluster() {
     );
 }
 
-/// A random node SIGKILLed at a random moment of a five-node parallel start (0–400 ms in), and
+/// A random node SIGKILLed at a random moment of a five-node parallel start (0–250 ms in), and
 /// restarted 0–500 ms later. Bound: one cluster of five within 30 s of the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_at_a_random_moment_of_formation_restarts_into_the_one_cluster() {
@@ -170,7 +170,7 @@ async fn a_node_killed_at_a_random_moment_of_formation_restarts_into_the_one_clu
         let victim = dice.below(5) as usize;
         let mut seen = Seen::default();
         let others: Vec<usize> = all(5).into_iter().filter(|i| *i != victim).collect();
-        tokio::time::sleep(dice.millis(400)).await;
+        tokio::time::sleep(dice.millis(250)).await;
         c.kill(victim).unwrap();
         // What the victim had persisted when it died must survive its restart.
         let state = c.nodes[victim].data_dir.join("state.json");

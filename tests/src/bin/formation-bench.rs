@@ -1,6 +1,8 @@
 //! Formation benchmark: starts N real `muster` node processes at once on loopback (classic
 //! backend) and measures the time from the last process start until every node reports all N
-//! members, the peak RSS per node (VmHWM), the peer messages per node, and what the secure
+//! members, the peak RSS (VmHWM) and the private RSS of the largest node (the seed, which every
+//! other node talks to), each node's PSS (its private memory plus its share of what the node
+//! processes share, the binary above all: what one more node costs), the peer messages per node, and what the secure
 //! channel costs: the CPU time the nodes spent in its cryptography (Noise handshakes, frame
 //! encryption and decryption, measured inside each node and read from `/metrics`) as a share of
 //! the CPU time the machine had while the cluster formed (cores × formation time); with
@@ -15,7 +17,9 @@
 //! that 100 nodes' connections fit.
 //!
 //! It runs the `muster-test-node` binary next to itself (the `muster` CLI built into this
-//! package), building it first with the same profile when it is missing or older.
+//! package, every backend compiled in), building it first with the same profile when it is
+//! missing or older; `--exe target/release/muster` runs the classic-only `muster` binary of
+//! `cargo build --release -p muster-node` instead.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,6 +37,8 @@ struct Args {
     runs: usize,
     channel_cost: bool,
     defaults: bool,
+    /// The node binary, when given.
+    exe: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
     let mut runs = 5;
     let mut channel_cost = false;
     let mut defaults = false;
+    let mut exe = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -65,15 +72,23 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--channel-cost" => channel_cost = true,
+            "--exe" => {
+                exe = Some(PathBuf::from(
+                    it.next().ok_or("--exe needs the path of a muster binary")?,
+                ))
+            }
             "--defaults" => defaults = true,
             "-h" | "--help" => {
                 println!(
-                    "formation-bench [--nodes 3,5,10,25] [--runs 5] [--defaults] [--channel-cost]\n\n\
+                    "formation-bench [--nodes 3,5,10,25] [--runs 5] [--defaults] [--channel-cost] [--exe PATH]\n\n\
                      --defaults: the shipped [cluster_formation] settings (default: a 100 ms interval\n\
                      and a 250 ms probe timeout)\n\
                      --channel-cost: also run every size with the channel's cryptography made four\n\
                      times as expensive (MUSTER_BENCH_CHANNEL_WORK=4), interleaved with the normal\n\
-                     runs; a third of the extra median formation time is what the cryptography costs"
+                     runs; a third of the extra median formation time is what the cryptography costs\n\
+                     --exe: the node binary to run (default: muster-test-node beside this one, every\n\
+                     backend compiled in; e.g. target/release/muster from `cargo build --release -p\n\
+                     muster-node`, the classic backend only)"
                 );
                 std::process::exit(0);
             }
@@ -85,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
         runs,
         channel_cost,
         defaults,
+        exe,
     })
 }
 
@@ -135,6 +151,9 @@ struct Run {
     peak_rss_kib: u64,
     /// The largest private (anonymous) RSS of a node once formed.
     private_rss_kib: u64,
+    /// Proportional set size after formation: the median node's, and the largest.
+    pss_median_kib: u64,
+    pss_max_kib: u64,
     /// CPU seconds (user + system) per node, mean.
     cpu_seconds: f64,
     messages_per_node: f64,
@@ -206,6 +225,10 @@ async fn one_run(exe: &std::path::Path, n: usize, work: u32, defaults: bool) -> 
     let seconds = formed.saturating_duration_since(last_start).as_secs_f64();
     let peak_rss_kib = (0..n).filter_map(|i| c.peak_rss_kib(i)).max().unwrap_or(0);
     let private_rss_kib = (0..n).filter_map(|i| c.private_rss_kib(i)).max().unwrap_or(0);
+    let mut pss: Vec<u64> = (0..n).filter_map(|i| c.pss_kib(i)).collect();
+    pss.sort_unstable();
+    let pss_median_kib = pss.get(pss.len() / 2).copied().unwrap_or(0);
+    let pss_max_kib = pss.last().copied().unwrap_or(0);
     let cpu: Vec<f64> = c
         .nodes
         .iter()
@@ -227,6 +250,8 @@ async fn one_run(exe: &std::path::Path, n: usize, work: u32, defaults: bool) -> 
         seconds,
         peak_rss_kib,
         private_rss_kib,
+        pss_median_kib,
+        pss_max_kib,
         cpu_seconds,
         messages_per_node: messages / n as f64,
         crypto_seconds,
@@ -243,7 +268,12 @@ async fn main() {
         }
     };
     raise_open_files();
-    let exe = match node_exe() {
+    let found = match args.exe.clone() {
+        Some(e) if e.exists() => Ok(e),
+        Some(e) => Err(format!("--exe {}: no such file", e.display())),
+        None => node_exe(),
+    };
+    let exe = match found {
         Ok(e) => e,
         Err(e) => {
             eprintln!("formation-bench: {e}");
@@ -263,10 +293,11 @@ async fn main() {
     println!();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS per node (MiB) | private RSS per node, formed (MiB) | CPU per node (s) | \
+        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS, largest node (MiB) | private RSS, largest node, formed (MiB) | \
+         PSS per node, formed: median / largest (MiB) | CPU per node (s) | \
          peer messages per node | channel crypto per node (ms CPU) | channel crypto share of the machine's CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     let mut costs = Vec::new();
     for &n in &args.nodes {
@@ -298,6 +329,10 @@ async fn main() {
         msgs.sort_by(f64::total_cmp);
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
         let private = runs.iter().map(|r| r.private_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let mut pss_median: Vec<u64> = runs.iter().map(|r| r.pss_median_kib).collect();
+        pss_median.sort_unstable();
+        let pss_median = pss_median[pss_median.len() / 2] as f64 / 1024.0;
+        let pss_max = runs.iter().map(|r| r.pss_max_kib).max().unwrap_or(0) as f64 / 1024.0;
         let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_seconds).collect();
         cpu.sort_by(f64::total_cmp);
         // CPU time all nodes spent in the channel's cryptography, over the CPU time the machine
@@ -313,7 +348,7 @@ async fn main() {
             .collect();
         share.sort_by(f64::total_cmp);
         println!(
-            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {private:.1} | {:.3} | {:.0} | {:.2} | {:.1} % |",
+            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {private:.1} | {pss_median:.1} / {pss_max:.1} | {:.3} | {:.0} | {:.2} | {:.1} % |",
             runs.len(),
             percentile(&secs, 0.5),
             percentile(&secs, 0.9),
