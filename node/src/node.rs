@@ -112,7 +112,7 @@ const PUSH_DELAY: Duration = Duration::from_millis(5);
 const PUSH_FANOUT: usize = 16;
 /// The pause between push rounds per member pushed to: a round costs every member a merge and
 /// a write, so a crowd of joins into a big cluster goes out in a few rounds, not one per join.
-const PUSH_GAP_PER_MEMBER: Duration = Duration::from_micros(500);
+const PUSH_GAP_PER_MEMBER: Duration = Duration::from_micros(100);
 /// The pusher's states (see `Node::broadcast`).
 const IDLE: u8 = 0;
 const PUSHING: u8 = 1;
