@@ -787,12 +787,7 @@ fn top_level_items(s: &str) -> Vec<&str> {
 /// Adds `ip` to `lo`, only inside a private network namespace (where `lo` is the only
 /// interface), so a test never changes the machine's real network.
 pub fn add_loopback_address(ip: &str) {
-    // /proc/net/dev follows this process's network namespace (/sys/class/net follows sysfs's).
-    let ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_string()))
-        .collect();
+    let ifaces = crate::hosts::interfaces();
     assert!(
         ifaces == ["lo"],
         "refusing to add {ip} to lo outside a private network namespace (interfaces: {ifaces:?}); \

@@ -94,14 +94,20 @@ fn ip(args: &[&str]) {
     run(Command::new("ip").args(args), &format!("ip {}", args.join(" ")));
 }
 
-/// Fails unless this process is in a private network namespace (only `lo`, and bridges or veths
-/// of other harnesses in this same test process).
-fn assert_private_namespace() {
-    let ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+/// The network interfaces of this process's network namespace (/proc/net/dev follows the
+/// namespace; /sys/class/net follows sysfs's).
+pub fn interfaces() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/dev")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_string()))
-        .collect();
+        .collect()
+}
+
+/// Fails unless this process is in a private network namespace (only `lo`, and bridges or veths
+/// of other harnesses in this same test process).
+fn assert_private_namespace() {
+    let ifaces = interfaces();
     let ours = |i: &String| i == "lo" || i.starts_with("mb") || i.starts_with("mv");
     assert!(
         ifaces.iter().all(ours),

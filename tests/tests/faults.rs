@@ -51,6 +51,16 @@ fn host_cluster(
     (dir, c)
 }
 
+/// A cluster of `n` nodes on loopback with the fast fault-round settings.
+fn loopback_cluster(n: usize) -> (tempfile::TempDir, LocalCluster) {
+    let layout = Layout {
+        nodes: n,
+        formation: FAST.into(),
+        ..Layout::default()
+    };
+    local_cluster_of(&node_exe!(), &layout)
+}
+
 fn all(n: usize) -> Vec<usize> {
     (0..n).collect()
 }
@@ -160,12 +170,7 @@ async fn a_node_killed_at_a_random_moment_of_formation_restarts_into_the_one_clu
     let mut dice = Dice::new("kill storm");
     let mut persisted_before_kill = 0;
     for round in 1..=n {
-        let layout = Layout {
-            nodes: 5,
-            formation: FAST.into(),
-            ..Layout::default()
-        };
-        let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout);
+        let (_dir, mut c) = loopback_cluster(5);
         c.start_all().unwrap();
         let victim = dice.below(5) as usize;
         let mut seen = Seen::default();
@@ -208,12 +213,7 @@ async fn the_seed_paused_longer_than_the_probe_timeout_then_resumed_leaves_one_c
     let started = Instant::now();
     let mut dice = Dice::new("seed pause");
     for round in 1..=n {
-        let layout = Layout {
-            nodes: 5,
-            formation: FAST.into(),
-            ..Layout::default()
-        };
-        let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout);
+        let (_dir, mut c) = loopback_cluster(5);
         // node1 sorts first: it is the seed.
         let seed = (0..5).min_by_key(|i| c.nodes[*i].name.to_string()).unwrap();
         c.start_all().unwrap();
@@ -388,12 +388,7 @@ fn fill(dir: &std::path::Path) {
 async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_partial_file() {
     let started = Instant::now();
     for (case, victim) in [("form", 0usize), ("join", 2)] {
-        let layout = Layout {
-            nodes: 3,
-            formation: FAST.into(),
-            ..Layout::default()
-        };
-        let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout);
+        let (_dir, mut c) = loopback_cluster(3);
         on_small_tmpfs(&mut c, victim);
         // The victim starts alone (a first formation needs every listed node), then its disk
         // fills, then the others start.
@@ -461,12 +456,7 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_or_truncated_state_file_refuses_to_start_and_names_the_fix() {
     let started = Instant::now();
-    let layout = Layout {
-        nodes: 3,
-        formation: FAST.into(),
-        ..Layout::default()
-    };
-    let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout);
+    let (_dir, mut c) = loopback_cluster(3);
     c.start_all().unwrap();
     let mut seen = Seen::default();
     check_end(&mut c, &mut seen, &all(3), 3, FORM).await;
