@@ -215,12 +215,7 @@ impl FormationEngine {
         // A backend with a watch wakes the engine when its listing changes.
         self.discovery.watch(self.trigger.clone());
         if let Some(cluster) = restart.cluster.clone() {
-            let known: Vec<NodeName> = restart
-                .known_peers
-                .iter()
-                .filter(|p| **p != self.local)
-                .cloned()
-                .collect();
+            let known = self.known_peers(&restart);
             let resumed = self.restart_window(cluster, restart).await;
             // The members it knows may be waiting for it in their own restart window.
             if resumed.is_ok() && !known.is_empty() {
@@ -272,6 +267,16 @@ impl FormationEngine {
             Err(RetryError::Stopped(e)) => Err(e),
             Err(RetryError::Exhausted { .. }) => unreachable!("the formation retry has no limit"),
         }
+    }
+
+    /// The members a restarting node knew, other than itself.
+    fn known_peers(&self, restart: &crate::membership::RestartState) -> Vec<NodeName> {
+        restart
+            .known_peers
+            .iter()
+            .filter(|p| **p != self.local)
+            .cloned()
+            .collect()
     }
 
     /// Retry jitter seeded from the node name: nodes started together spread their rounds apart,
@@ -738,12 +743,7 @@ impl FormationEngine {
         restart: crate::membership::RestartState,
     ) -> Result<FormationOutcome, FormationError> {
         self.status.send_modify(|s| s.phase = Phase::Restarting);
-        let peers: Vec<NodeName> = restart
-            .known_peers
-            .iter()
-            .filter(|p| **p != self.local)
-            .cloned()
-            .collect();
+        let peers = self.known_peers(&restart);
         let why_now = if restart.force_boot {
             Some("force-boot is set")
         } else if restart.last_to_stop {

@@ -82,6 +82,19 @@ impl Default for Layout {
     }
 }
 
+/// A command running `program` under `wrap` (a command prefix, program first, that execs what
+/// follows it, such as `nsenter --net=… --`), or directly when `wrap` is empty.
+pub fn wrapped(wrap: &[std::ffi::OsString], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match wrap.split_first() {
+        Some((first, args)) => {
+            let mut c = Command::new(first);
+            c.args(args).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Polls every 10 ms until `timeout`, with the core's retry mechanism.
 fn poll(timeout: Duration) -> Retry {
     Retry::every(Duration::from_millis(10)).within(timeout)
@@ -268,15 +281,7 @@ impl LocalCluster {
             .append(true)
             .open(&node.log)?;
         node.log_start = log.metadata()?.len();
-        let mut cmd = match node.wrap.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(&self.exe);
-                c
-            }
-            None => Command::new(&self.exe),
-        };
-        let child = cmd
+        let child = wrapped(&node.wrap, &self.exe)
             .args(["--log-format", self.log_format, "start", "--config"])
             .arg(&node.config)
             .env_remove("MUSTER_COOKIE")

@@ -138,15 +138,7 @@ impl EtcdServer {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://{}:{}", self.ip, self.client_port);
         let peer = format!("http://{}:{}", self.ip, self.peer_port);
-        let etcd = etcd_binary();
-        let mut cmd = match self.wrap.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(etcd);
-                c
-            }
-            None => Command::new(etcd),
-        };
+        let mut cmd = muster_node::launch::wrapped(&self.wrap, etcd_binary());
         cmd.args(["--name", "t1", "--data-dir"])
             .arg(self.data.path().join("etcd"))
             .args([

@@ -62,9 +62,7 @@ impl Host {
 
     /// A command running `program` in this host.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.netns())).arg("--").arg(program);
-        c
+        muster_node::launch::wrapped(&self.wrap(), program)
     }
 }
 
