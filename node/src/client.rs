@@ -245,7 +245,9 @@ impl Pool {
         if let Some(conn) = self.current(node) {
             return Ok(conn);
         }
-        let channel = open(creds, node, addrs).await?;
+        // Boxed: setting up a channel takes a few KiB of state, which every call's future would
+        // otherwise carry, whether it opens a connection or (mostly) reuses one.
+        let channel = Box::pin(open(creds, node, addrs)).await?;
         let (conn, ended) = Conn::start(channel, Some(node.clone()), self.handler.get().cloned());
         let peer = node.clone();
         tokio::spawn(async move {

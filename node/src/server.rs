@@ -56,7 +56,9 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
         }
         Ok((channel, peer))
     };
-    let (channel, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
+    // Boxed: the handshake's state is freed once it is done, instead of staying in this task's
+    // state (which lives as long as the connection) for every connection a seed holds.
+    let (channel, peer) = match Box::pin(tokio::time::timeout(HANDSHAKE_TIMEOUT, hs)).await {
         Ok(Ok(established)) => established,
         Ok(Err(Refused::Tls(why))) => {
             node.metrics.auth_failures.inc();

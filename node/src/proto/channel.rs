@@ -23,15 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use muster::NodeName;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use snow::{HandshakeState, TransportState};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::messages::Handshake;
 use crate::cookie::Cookie;
@@ -45,6 +44,15 @@ pub const AUTH_FAILED: &str = "authentication failed (cookie mismatch?)";
 
 const NOISE: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 const NOISE_MAX: usize = 65535;
+/// The initial read and write buffer of a connection. Requests and small answers fit; bigger
+/// ones grow it for as long as they take. A seed holds a connection per
+/// member, so tokio-util's default of 8 KiB each way would cost 16 KiB per member before
+/// anything is said.
+const FRAMED_CAPACITY: usize = 256;
+/// A buffer an idle connection keeps after a big message: one that grew beyond this (to carry
+/// a full membership state, say) goes back to [`FRAMED_CAPACITY`] once empty, so a hundred
+/// connections do not each keep the largest message they ever carried.
+const KEEP_CAPACITY: usize = 4096;
 const TAG: usize = 16;
 /// Plaintext bytes per chunk: one flag byte, the rest data.
 const CHUNK: usize = NOISE_MAX - TAG - 1;
@@ -109,14 +117,28 @@ pub struct Channel<S> {
 
 /// The sending half of a split channel.
 pub struct ChannelSender<S> {
-    io: SplitSink<Framed<S, LengthDelimitedCodec>, Bytes>,
+    io: FramedWrite<WriteHalf<S>, LengthDelimitedCodec>,
     noise: Arc<Mutex<TransportState>>,
 }
 
 /// The receiving half of a split channel.
 pub struct ChannelReceiver<S> {
-    io: SplitStream<Framed<S, LengthDelimitedCodec>>,
+    io: FramedRead<ReadHalf<S>, LengthDelimitedCodec>,
     noise: Arc<Mutex<TransportState>>,
+}
+
+/// Gives an empty buffer that grew beyond [`KEEP_CAPACITY`] back (see there).
+fn trim(buf: &mut BytesMut) {
+    if !buf.is_empty() {
+        return;
+    }
+    // An empty buffer's `capacity` counts only what lies after the bytes already sent or
+    // decoded; reserving on it takes back the whole allocation (no copy, nothing to move), so
+    // that its size shows.
+    buf.reserve(FRAMED_CAPACITY);
+    if buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::with_capacity(FRAMED_CAPACITY);
+    }
 }
 
 /// CPU time this process spent in the channel's cryptography, when accounted ([`accounting`]) (Noise handshakes and frame
@@ -304,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         cluster_name: &str,
         node: Option<&NodeName>,
     ) -> Result<(Channel<S>, NodeName), ChannelError> {
-        let mut io = Framed::new(io, codec());
+        let mut io = Framed::with_capacity(io, codec(), FRAMED_CAPACITY);
         let hello = hello_bytes(cluster_name)?;
         io.send(Bytes::from(hello.clone())).await?;
         let mut hs = noise(cookie, &hello, true)?;
@@ -334,7 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         cluster_name: &str,
         me: &NodeName,
     ) -> Result<(Channel<S>, Option<NodeName>), ChannelError> {
-        let mut io = Framed::new(io, codec());
+        let mut io = Framed::with_capacity(io, codec(), FRAMED_CAPACITY);
         let hello = next(&mut io).await?;
         match serde_json::from_slice::<Handshake>(&hello) {
             Ok(Handshake::Hello { version, .. }) if version != VERSION => {
@@ -395,25 +417,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
 
     /// Sends one message, encrypted (split into chunks when larger than one Noise message).
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ChannelError> {
-        send_on(&mut self.io, &self.noise, msg).await
+        let sent = send_on(&mut self.io, &self.noise, msg).await;
+        trim(self.io.write_buffer_mut());
+        sent
     }
 
     /// Receives one message; any frame that fails to decrypt ends the channel.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
-        recv_on(&mut self.io, &self.noise).await
+        let received = recv_on(&mut self.io, &self.noise).await;
+        trim(self.io.read_buffer_mut());
+        received
     }
 
-    /// Splits the channel so that one task can send while another receives.
+    /// Splits the channel so that one task can send while another receives. Each half keeps
+    /// its own buffer (bytes already read stay with the receiver).
     pub fn split(self) -> (ChannelSender<S>, ChannelReceiver<S>) {
-        let (sink, stream) = self.io.split();
-        let sender = ChannelSender {
-            io: sink,
-            noise: self.noise.clone(),
-        };
+        let parts = self.io.into_parts();
+        let (read, write) = tokio::io::split(parts.io);
+        let mut rx = FramedRead::with_capacity(read, codec(), FRAMED_CAPACITY);
+        rx.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let mut tx = FramedWrite::with_capacity(write, codec(), FRAMED_CAPACITY);
+        tx.write_buffer_mut().extend_from_slice(&parts.write_buf);
         (
-            sender,
+            ChannelSender {
+                io: tx,
+                noise: self.noise.clone(),
+            },
             ChannelReceiver {
-                io: stream,
+                io: rx,
                 noise: self.noise,
             },
         )
@@ -423,7 +454,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> ChannelSender<S> {
     /// Sends one message, as [`Channel::send`].
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ChannelError> {
-        send_on(&mut self.io, &self.noise, msg).await
+        let sent = send_on(&mut self.io, &self.noise, msg).await;
+        trim(self.io.write_buffer_mut());
+        sent
     }
 
     /// Flushes and shuts down the sending direction (the other side reads the end).
@@ -435,7 +468,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelSender<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReceiver<S> {
     /// Receives one message, as [`Channel::recv`].
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
-        recv_on(&mut self.io, &self.noise).await
+        let received = recv_on(&mut self.io, &self.noise).await;
+        trim(self.io.read_buffer_mut());
+        received
     }
 }
 

@@ -142,6 +142,36 @@ async fn messages_larger_than_one_noise_message_are_chunked_and_reassembled() {
 }
 
 #[tokio::test]
+async fn split_halves_carry_big_messages_and_give_the_grown_buffers_back() {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move {
+        let (ch, _) = Channel::accept(b, &cookie(COOKIE), "prod", &n("m@s"))
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = ch.split();
+        let big: String = rx.recv().await.unwrap();
+        // The read buffer grew to carry a 100 KB message, and is back to its start size.
+        assert!(rx.io.read_buffer().capacity() <= KEEP_CAPACITY);
+        tx.send(&big).await.unwrap();
+        assert!(tx.io.write_buffer().capacity() <= KEEP_CAPACITY);
+        let small: String = rx.recv().await.unwrap();
+        assert_eq!(small, "after");
+    });
+    let (ch, _) = Channel::connect(a, &cookie(COOKIE), "prod", Some(&n("m@c")))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = ch.split();
+    let big = "x".repeat(100_000);
+    tx.send(&big).await.unwrap();
+    assert!(tx.io.write_buffer().capacity() <= KEEP_CAPACITY);
+    let echoed: String = rx.recv().await.unwrap();
+    assert_eq!(echoed, big);
+    assert!(rx.io.read_buffer().capacity() <= KEEP_CAPACITY);
+    tx.send(&"after").await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
 async fn a_wrong_cookie_fails_on_both_sides_without_revealing_either() {
     let (a, b) = tokio::io::duplex(4096);
     let server = tokio::spawn(async move {
