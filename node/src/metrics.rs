@@ -3,6 +3,7 @@
 //! (the formation phase as one series per phase, so that no series vanishes when it changes).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use muster::{
@@ -43,6 +44,9 @@ pub struct Metrics {
     pub notices_sent: Counter,
     /// Formation notices received from peers.
     pub notices_received: Counter,
+    /// When this node's readiness or member list last changed (Unix time, seconds): how long
+    /// formation took, read afterwards, exactly, without polling the node while it forms.
+    pub membership_changed: Gauge<f64, AtomicU64>,
 }
 
 /// The whole `/metrics` page for `node`.
@@ -99,6 +103,11 @@ pub fn render(node: &Arc<Node>) -> String {
         "muster_reachable_peers",
         "Peers that answered the last status check.",
         m.reachable_peers.clone(),
+    );
+    r.register(
+        "muster_membership_changed_timestamp_seconds",
+        "When readiness or the member list last changed (Unix time).",
+        m.membership_changed.clone(),
     );
     r.register_collector(Box::new(StateView(node.clone())));
     let mut out = String::new();

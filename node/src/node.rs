@@ -72,7 +72,15 @@ impl Drop for Guard<'_> {
             ready: self.inner.ready,
             view: self.inner.view.clone(),
         };
-        *self.node.facts.write().unwrap_or_else(|e| e.into_inner()) = facts;
+        let mut published = self.node.facts.write().unwrap_or_else(|e| e.into_inner());
+        if published.ready != facts.ready || published.members != facts.members {
+            self.node.metrics.membership_changed.set(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
+        }
+        *published = facts;
     }
 }
 
@@ -108,11 +116,24 @@ type JoinWaiter = (NodeName, tokio::sync::oneshot::Sender<Response>);
 
 /// How long a state push waits for more changes to send with it.
 const PUSH_DELAY: Duration = Duration::from_millis(5);
-/// Members one push round sends to at once.
-const PUSH_FANOUT: usize = 16;
+/// Members one push round sends to at once: each exchange holds the state encoded and decoded
+/// (a hundred members' state is several KiB each way), and what a push waits for is the members'
+/// writes, which more at once do not speed up on a shared disk.
+const PUSH_FANOUT: usize = 8;
 /// The pause between push rounds per member pushed to: a round costs every member a merge and
 /// a write, so a crowd of joins into a big cluster goes out in a few rounds, not one per join.
 const PUSH_GAP_PER_MEMBER: Duration = Duration::from_micros(100);
+/// The longest a push waits for the changes to pause.
+const PUSH_HOLD_MAX: Duration = Duration::from_millis(250);
+
+/// How long changes must pause before a push to `members` others goes out, and the pause between
+/// push rounds (see `PUSH_GAP_PER_MEMBER`).
+fn push_gap(members: usize) -> Duration {
+    PUSH_GAP_PER_MEMBER
+        .saturating_mul(u32::try_from(members).unwrap_or(u32::MAX))
+        .max(PUSH_DELAY)
+}
+
 /// The pusher's states (see `Node::broadcast`).
 const IDLE: u8 = 0;
 const PUSHING: u8 = 1;
@@ -467,9 +488,10 @@ impl Node {
     /// Pushes the current state to every other member in the background. Pushes coalesce: at
     /// most one is in flight, and the changes made meanwhile (a crowd of joins) go out together
     /// in one more push of the latest state, instead of one push per change to every member.
-    /// Rounds after the first wait in proportion to the members (`PUSH_GAP_PER_MEMBER`).
+    /// A push waits until changes pause for a gap that grows with the members
+    /// (`PUSH_GAP_PER_MEMBER`, at least `PUSH_DELAY`), for at most `PUSH_HOLD_MAX`.
     pub fn broadcast(self: Arc<Self>) {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
         // IDLE → PUSHING starts the pusher; otherwise DIRTY asks it for one more round.
         let before = self
             .push
@@ -478,11 +500,22 @@ impl Node {
             return;
         }
         tokio::spawn(async move {
-            let mut wait = PUSH_DELAY;
+            let mut wait = push_gap(self.facts().members.len());
             loop {
-                tokio::time::sleep(wait).await;
+                // Wait until the changes pause (a crowd of joins arrives in several group
+                // commits): one push of the latest state costs every member one write, where a
+                // push per commit would cost it one write per commit. Never longer than
+                // `PUSH_HOLD_MAX`, so that steady churn still goes out.
+                let held = tokio::time::Instant::now();
+                loop {
+                    self.push.store(PUSHING, Release);
+                    tokio::time::sleep(wait).await;
+                    if self.push.load(Acquire) != DIRTY || held.elapsed() >= PUSH_HOLD_MAX {
+                        break;
+                    }
+                }
                 // Changes from here on are either in this push's state or mark it DIRTY.
-                self.push.store(PUSHING, std::sync::atomic::Ordering::Release);
+                self.push.store(PUSHING, Release);
                 let state = self.state();
                 let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
                 let this = &self;
@@ -494,9 +527,7 @@ impl Node {
                 if self.push.compare_exchange(PUSHING, IDLE, AcqRel, Acquire).is_ok() {
                     return;
                 }
-                wait = PUSH_GAP_PER_MEMBER
-                    .saturating_mul(u32::try_from(peers.len()).unwrap_or(u32::MAX))
-                    .max(PUSH_DELAY);
+                wait = push_gap(peers.len());
             }
         });
     }

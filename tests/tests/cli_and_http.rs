@@ -179,6 +179,13 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
         "{metrics}"
     );
     assert!(counter("muster_formation_notices_sent_total") >= 1.0, "{metrics}");
+    // When it became ready with both members: after this test started, and not in the future.
+    let changed = counter("muster_membership_changed_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(changed > now - 120.0 && changed <= now, "{changed} vs now {now}");
     // A notice comes from a peer (the channel names it), never from the CLI.
     match c.call(1, &muster_node::proto::Request::Notice).await {
         Ok(muster_node::proto::Response::Error { message }) => {
