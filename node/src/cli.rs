@@ -93,15 +93,32 @@ pub enum CookieAction {
     },
 }
 
+/// Logs to stderr at `info`, or as `MUSTER_LOG` says: a level (`debug`), or `target=level`
+/// pairs with an optional default (`muster_node=debug,warn`). A value that is neither is named
+/// in a warning, and `info` applies.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let info = || Targets::new().with_default(tracing::Level::INFO);
+    let (filter, bad) = match std::env::var("MUSTER_LOG") {
+        Ok(v) => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (info(), Some((v, e))),
+        },
+        Err(_) => (info(), None),
+    };
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer.with_target(false)).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+    if let Some((v, e)) = bad {
+        tracing::warn!(
+            "MUSTER_LOG={v:?} is not a log filter ({e}); logging at info. Give a level (debug) or \
+             target=level pairs (muster_node=debug,warn)"
+        );
     }
 }
 
