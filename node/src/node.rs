@@ -519,10 +519,11 @@ impl Node {
                 let state = self.state();
                 let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
                 let this = &self;
-                // A bounded number at once: every exchange holds a copy of the state, encoded
-                // and decoded, so a push to a hundred members at once is a hundred copies.
+                // One request for every member; a bounded number at once, since every exchange
+                // holds the state encoded and the member's answer decoded.
+                let req = Request::Sync { state };
                 futures::stream::iter(&peers)
-                    .for_each_concurrent(PUSH_FANOUT, |p| this.sync_with(p, state.clone()))
+                    .for_each_concurrent(PUSH_FANOUT, |p| this.sync_with(p, &req))
                     .await;
                 if self.push.compare_exchange(PUSHING, IDLE, AcqRel, Acquire).is_ok() {
                     return;
@@ -532,9 +533,9 @@ impl Node {
         });
     }
 
-    /// One push-pull exchange with `peer`.
-    async fn sync_with(&self, peer: &NodeName, state: ClusterState) {
-        match self.call(peer, &Request::Sync { state }).await {
+    /// One push-pull exchange with `peer`: `req` is a `Request::Sync` of this node's state.
+    async fn sync_with(&self, peer: &NodeName, req: &Request) {
+        match self.call(peer, req).await {
             Ok(Response::State { state: theirs }) => {
                 let mut g = self.lock();
                 // A node that was reset while the exchange was in flight stays blank: only a
@@ -578,7 +579,7 @@ impl Node {
                 peers.get(*c).cloned()
             };
             if let Some(peer) = peer {
-                self.sync_with(&peer, state).await;
+                self.sync_with(&peer, &Request::Sync { state }).await;
             }
         }
     }

@@ -405,11 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// fuzzer's way to reach the receiver's chunk reassembly with chunks no sender would make.
     pub(crate) async fn send_raw_chunks(&mut self, chunks: &[&[u8]]) -> Result<(), ChannelError> {
         for plain in chunks {
-            let mut sealed = vec![0u8; plain.len() + TAG];
-            let n = locked(&self.noise)
-                .write_message(plain, &mut sealed)
-                .map_err(noise_err)?;
-            self.io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
+            seal_and_feed(&mut self.io, &self.noise, plain).await?;
         }
         SinkExt::<Bytes>::flush(&mut self.io).await?;
         Ok(())
@@ -484,26 +480,40 @@ where
     K: Sink<Bytes, Error = std::io::Error> + Unpin,
     T: Serialize,
 {
-    let bytes = serde_json::to_vec(msg).map_err(json_err)?;
-    if bytes.len() > MAX_MESSAGE {
+    // The JSON goes after a byte left for the chunk flag, so that a message of one chunk (nearly
+    // all of them) is encrypted from where it was written, without a copy.
+    let mut framed = vec![LAST];
+    serde_json::to_writer(&mut framed, msg).map_err(json_err)?;
+    let len = framed.len() - 1;
+    if len > MAX_MESSAGE {
         return Err(ChannelError::TooLarge);
     }
-    let mut chunks = bytes.chunks(CHUNK).peekable();
-    let mut plain = Vec::with_capacity(bytes.len().min(CHUNK) + 1);
-    let mut sealed = Vec::new();
-    loop {
-        let chunk = chunks.next().unwrap_or(&[]);
-        plain.clear();
-        plain.push(if chunks.peek().is_some() { MORE } else { LAST });
-        plain.extend_from_slice(chunk);
-        sealed.resize(plain.len() + TAG, 0);
-        let n = crypto(|| locked(noise).write_message(&plain, &mut sealed)).map_err(noise_err)?;
-        io.feed(Bytes::copy_from_slice(prefix(&sealed, n))).await?;
-        if chunks.peek().is_none() {
-            break;
+    if len <= CHUNK {
+        seal_and_feed(io, noise, &framed).await?;
+    } else {
+        let mut chunks = framed.get(1..).unwrap_or_default().chunks(CHUNK).peekable();
+        let mut plain = Vec::with_capacity(CHUNK + 1);
+        while let Some(chunk) = chunks.next() {
+            plain.clear();
+            plain.push(if chunks.peek().is_some() { MORE } else { LAST });
+            plain.extend_from_slice(chunk);
+            seal_and_feed(io, noise, &plain).await?;
         }
     }
     io.flush().await?;
+    Ok(())
+}
+
+/// Encrypts one chunk (its flag byte first) into a transport frame and queues it.
+async fn seal_and_feed<K>(io: &mut K, noise: &Mutex<TransportState>, plain: &[u8]) -> Result<(), ChannelError>
+where
+    K: Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    let mut sealed = vec![0u8; plain.len() + TAG];
+    let n = crypto(|| locked(noise).write_message(plain, &mut sealed)).map_err(noise_err)?;
+    sealed.truncate(n);
+    // Handed over as it is, not copied.
+    io.feed(Bytes::from(sealed)).await?;
     Ok(())
 }
 
@@ -522,6 +532,10 @@ where
         let Some((&flag, data)) = prefix(&plain, n).split_first() else {
             return Err(ChannelError::Malformed("empty chunk".into()));
         };
+        if flag == LAST && message.is_empty() {
+            // A message of one chunk (nearly all): parsed where it was decrypted.
+            return serde_json::from_slice(data).map_err(json_err);
+        }
         if message.len() + data.len() > MAX_MESSAGE {
             return Err(ChannelError::TooLarge);
         }
