@@ -1,14 +1,16 @@
 //! Formation benchmark: starts N real `muster` node processes at once on loopback (classic
 //! backend) and measures the time from the last process start until every node reports all N
-//! members, the peak RSS (VmHWM) and the private RSS of the largest node (the seed, which every
-//! other node talks to), each node's PSS (its private memory plus its share of what the node
-//! processes share, the binary above all: what one more node costs), the peer messages per node, and what the secure
-//! channel costs: the CPU time the nodes spent in its cryptography (Noise handshakes, frame
-//! encryption and decryption, measured inside each node and read from `/metrics`) as a share of
-//! the CPU time the machine had while the cluster formed (cores × formation time); with
-//! `--channel-cost`, also measured directly by comparing runs of the same build with that
-//! cryptography made four times as expensive. Both figures are conservative: they also count the
-//! handshakes of the benchmark's own status calls.
+//! members (by the nodes' own record of when their membership last changed, so the polling's
+//! period adds nothing; the polled time is shown beside it), the peak RSS (VmHWM) and the private
+//! RSS of the largest node (the seed, which every other node talks to), each node's PSS (its
+//! private memory plus its share of what the node processes share, the binary above all: what
+//! one more node costs), the peer messages per node, and what the secure channel costs: the CPU
+//! time the nodes spent in its cryptography (Noise handshakes, frame encryption and decryption,
+//! measured inside each node and read from `/metrics`) as a share of the CPU time the machine had
+//! while the cluster formed (cores × formation time); with `--channel-cost`, also measured
+//! directly by comparing runs of the same build with that cryptography made four times as
+//! expensive. Both figures are conservative: they also count the handshakes of the benchmark's
+//! own status calls.
 //!
 //! `cargo run --release -p muster-tests --bin formation-bench -- --nodes 3,5,10,25 --runs 5`
 //! runs with tuned settings (100 ms interval, 250 ms probe timeout); `--defaults` with the
@@ -16,12 +18,12 @@
 //! CPU seconds each node used (utime + stime from /proc), and raises its own open-file limit so
 //! that 100 nodes' connections fit.
 //!
-//! It runs the `muster-test-node` binary next to itself (the `muster` CLI built into this
-//! package, every backend compiled in), building it first with the same profile when it is
-//! missing or older; `--exe target/release/muster` runs the classic-only `muster` binary of
-//! `cargo build --release -p muster-node` instead. `--data-dir DIR` puts the nodes' data dirs
-//! there: all N share one disk, so at N = 100 their fsyncs queue on one journal (about 0.2 s of
-//! a formation here); `--data-dir /dev/shm` stands for nodes that each have their own disk.
+//! It runs the node as deployed: `target/dist/muster`, the classic-only `muster` binary of
+//! `cargo build --profile dist -p muster-node`, which it builds first when run under cargo.
+//! `--exe PATH` runs another build instead (`target/release/muster-test-node`: every backend
+//! compiled in, the `release` profile). `--data-dir DIR` puts the nodes' data dirs there: all N
+//! share one disk, so at N = 100 their fsyncs queue on one journal; `--data-dir /dev/shm` stands
+//! for nodes that each have their own disk.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -92,9 +94,9 @@ fn parse_args() -> Result<Args, String> {
                      --channel-cost: also run every size with the channel's cryptography made four\n\
                      times as expensive (MUSTER_BENCH_CHANNEL_WORK=4), interleaved with the normal\n\
                      runs; a third of the extra median formation time is what the cryptography costs\n\
-                     --exe: the node binary to run (default: muster-test-node beside this one, every\n\
-                     backend compiled in; e.g. target/release/muster from `cargo build --release -p\n\
-                     muster-node`, the classic backend only)\n\
+                     --exe: the node binary to run (default: target/dist/muster, the classic-only\n\
+                     node as `cargo build --profile dist -p muster-node` builds it for deployment;\n\
+                     e.g. target/release/muster-test-node, every backend, the release profile)\n\
                      --data-dir: where the nodes' data dirs go (default: the system temp dir). All N\n\
                      nodes share that one disk, so their fsyncs queue on one journal; /dev/shm\n\
                      (tmpfs, no fsync cost) stands for nodes that each have their own disk"
@@ -114,26 +116,35 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// The node binary beside this one, built with the same profile if needed.
+/// The node binary as deployed: `muster` built with the `dist` profile (`target/dist/muster`,
+/// the classic backend, as `cargo build --profile dist -p muster-node` makes it), built first
+/// when this runs under cargo.
 fn node_exe() -> Result<PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = me.parent().ok_or("no parent dir")?;
-    let exe = dir.join("muster-test-node");
-    let release = dir.ends_with("release");
+    // target/<profile>/formation-bench → target/dist/muster
+    let target = me.parent().and_then(|d| d.parent()).ok_or("no target dir")?;
+    let exe = target.join("dist").join("muster");
     if let Ok(cargo) = std::env::var("CARGO") {
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "muster-tests", "--bin", "muster-test-node"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "--profile",
+                "dist",
+                "-p",
+                "muster-node",
+                "--bin",
+                "muster",
+            ])
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() {
-            return Err("building muster-test-node failed".into());
+            return Err("building the node (cargo build --profile dist -p muster-node) failed".into());
         }
     }
     if !exe.exists() {
         return Err(format!(
-            "{} is missing: run `cargo build --release -p muster-tests --bins` first",
+            "{} is missing: run `cargo build --profile dist -p muster-node` first",
             exe.display()
         ));
     }
@@ -157,7 +168,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 struct Run {
+    /// From the last process start until every node had all N members, by the nodes' clocks.
     seconds: f64,
+    /// The same, as the polling saw it (later by up to a sweep over the nodes).
+    seen_seconds: f64,
     peak_rss_kib: u64,
     /// The largest private (anonymous) RSS of a node once formed.
     private_rss_kib: u64,
@@ -169,6 +183,13 @@ struct Run {
     messages_per_node: f64,
     /// CPU seconds all nodes together spent in the channel's cryptography.
     crypto_seconds: f64,
+}
+
+/// Now, as Unix time in seconds.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// CPU seconds (user + system) process `pid` has used, from /proc/<pid>/stat.
@@ -232,6 +253,8 @@ async fn one_run(
         .filter_map(|x| x.started)
         .max()
         .unwrap_or_else(Instant::now);
+    // The same instant on the wall clock, which the nodes' timestamps use.
+    let last_start_unix = unix_seconds() - last_start.elapsed().as_secs_f64();
     let all: Vec<usize> = (0..n).collect();
     let times = match c.wait_members(&all, n, Duration::from_secs(60)).await {
         Ok(t) => t,
@@ -241,8 +264,19 @@ async fn one_run(
             return Err(format!("{e}\n  configs and logs kept in {}", kept.display()));
         }
     };
-    let formed = times.into_iter().max().unwrap_or(last_start);
-    let seconds = formed.saturating_duration_since(last_start).as_secs_f64();
+    let seen = times.into_iter().max().unwrap_or(last_start);
+    let seen_seconds = seen.saturating_duration_since(last_start).as_secs_f64();
+    // Each node's own record of when its readiness or member list last changed: once every node
+    // reports all N members, that is when it got there, to the millisecond, whatever the
+    // polling's period and however long one sweep over N nodes takes.
+    let mut formed = f64::MIN;
+    for node in &c.nodes {
+        let addr = node.http.ok_or("http disabled")?;
+        let at = metric(addr, "muster_membership_changed_timestamp_seconds")
+            .ok_or("a node did not report muster_membership_changed_timestamp_seconds")?;
+        formed = formed.max(at);
+    }
+    let seconds = (formed - last_start_unix).max(0.0);
     let peak_rss_kib = (0..n).filter_map(|i| c.peak_rss_kib(i)).max().unwrap_or(0);
     let private_rss_kib = (0..n).filter_map(|i| c.private_rss_kib(i)).max().unwrap_or(0);
     let mut pss: Vec<u64> = (0..n).filter_map(|i| c.pss_kib(i)).collect();
@@ -268,6 +302,7 @@ async fn one_run(
     }
     Ok(Run {
         seconds,
+        seen_seconds,
         peak_rss_kib,
         private_rss_kib,
         pss_median_kib,
@@ -314,11 +349,11 @@ async fn main() {
     println!();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "| nodes | runs | median (s) | p90 (s) | max (s) | peak RSS, largest node (MiB) | private RSS, largest node, formed (MiB) | \
+        "| nodes | runs | median (s) | p90 (s) | max (s) | median as polled (s) | peak RSS, largest node (MiB) | private RSS, largest node, formed (MiB) | \
          PSS per node, formed: median / largest (MiB) | CPU per node (s) | \
          peer messages per node | channel crypto per node (ms CPU) | channel crypto share of the machine's CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     let mut costs = Vec::new();
     for &n in &args.nodes {
@@ -346,6 +381,8 @@ async fn main() {
         }
         let mut secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
         secs.sort_by(f64::total_cmp);
+        let mut seen: Vec<f64> = runs.iter().map(|r| r.seen_seconds).collect();
+        seen.sort_by(f64::total_cmp);
         let mut msgs: Vec<f64> = runs.iter().map(|r| r.messages_per_node).collect();
         msgs.sort_by(f64::total_cmp);
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
@@ -369,11 +406,12 @@ async fn main() {
             .collect();
         share.sort_by(f64::total_cmp);
         println!(
-            "| {n} | {} | {:.3} | {:.3} | {:.3} | {rss:.1} | {private:.1} | {pss_median:.1} / {pss_max:.1} | {:.3} | {:.0} | {:.2} | {:.1} % |",
+            "| {n} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {rss:.1} | {private:.1} | {pss_median:.1} / {pss_max:.1} | {:.3} | {:.0} | {:.2} | {:.1} % |",
             runs.len(),
             percentile(&secs, 0.5),
             percentile(&secs, 0.9),
             secs[secs.len() - 1],
+            percentile(&seen, 0.5),
             percentile(&cpu, 0.5),
             percentile(&msgs, 0.5),
             percentile(&crypto, 0.5),
