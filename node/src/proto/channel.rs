@@ -45,9 +45,8 @@ pub const AUTH_FAILED: &str = "authentication failed (cookie mismatch?)";
 const NOISE: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 const NOISE_MAX: usize = 65535;
 /// The initial read and write buffer of a connection. Requests and small answers fit; bigger
-/// ones grow it for as long as they take. A seed holds a connection per
-/// member, so tokio-util's default of 8 KiB each way would cost 16 KiB per member before
-/// anything is said.
+/// ones grow it for as long as they take. A seed holds a connection per member, so tokio-util's
+/// default of 8 KiB each way would cost 16 KiB per member before anything is said.
 const FRAMED_CAPACITY: usize = 256;
 /// A buffer an idle connection keeps after a big message: one that grew beyond this (to carry
 /// a full membership state, say) goes back to [`FRAMED_CAPACITY`] once empty, so a hundred
