@@ -74,11 +74,7 @@ impl Drop for Guard<'_> {
         };
         let mut published = self.node.facts.write().unwrap_or_else(|e| e.into_inner());
         if published.ready != facts.ready || published.members != facts.members {
-            self.node.metrics.membership_changed.set(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64()),
-            );
+            self.node.metrics.membership_changed.set(now_ms() as f64 / 1e3);
         }
         *published = facts;
     }

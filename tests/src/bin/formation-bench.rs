@@ -151,10 +151,9 @@ fn node_exe() -> Result<PathBuf, String> {
     Ok(exe)
 }
 
-/// Reads a sample from a node's /metrics.
-fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
-    let (_, body) = muster_tests::http_get(addr, "/metrics");
-    body.lines()
+/// The value of sample `name` on a /metrics page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
         .find(|l| l.split_whitespace().next() == Some(name))?
         .split_whitespace()
         .nth(1)?
@@ -266,17 +265,6 @@ async fn one_run(
     };
     let seen = times.into_iter().max().unwrap_or(last_start);
     let seen_seconds = seen.saturating_duration_since(last_start).as_secs_f64();
-    // Each node's own record of when its readiness or member list last changed: once every node
-    // reports all N members, that is when it got there, to the millisecond, whatever the
-    // polling's period and however long one sweep over N nodes takes.
-    let mut formed = f64::MIN;
-    for node in &c.nodes {
-        let addr = node.http.ok_or("http disabled")?;
-        let at = metric(addr, "muster_membership_changed_timestamp_seconds")
-            .ok_or("a node did not report muster_membership_changed_timestamp_seconds")?;
-        formed = formed.max(at);
-    }
-    let seconds = (formed - last_start_unix).max(0.0);
     let peak_rss_kib = (0..n).filter_map(|i| c.peak_rss_kib(i)).max().unwrap_or(0);
     let private_rss_kib = (0..n).filter_map(|i| c.private_rss_kib(i)).max().unwrap_or(0);
     let mut pss: Vec<u64> = (0..n).filter_map(|i| c.pss_kib(i)).collect();
@@ -289,13 +277,19 @@ async fn one_run(
         .filter_map(|x| x.child.as_ref().and_then(|ch| cpu_seconds(ch.id())))
         .collect();
     let cpu_seconds = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
-    let (mut messages, mut crypto_seconds) = (0.0, 0.0);
+    // One /metrics page per node. Its membership-changed timestamp is the node's own record of
+    // when its readiness or member list last changed: once every node reports all N members,
+    // that is when it got there, to the millisecond, whatever the polling's period and however
+    // long one sweep over N nodes takes.
+    let (mut messages, mut crypto_seconds, mut formed) = (0.0, 0.0, f64::MIN);
     for node in &c.nodes {
-        let addr = node.http.ok_or("http disabled")?;
-        messages += metric(addr, "muster_peer_messages_sent_total").unwrap_or(0.0);
-        crypto_seconds += metric(addr, "muster_peer_channel_crypto_seconds_total")
-            .ok_or("a node did not report muster_peer_channel_crypto_seconds_total")?;
+        let (_, page) = muster_tests::http_get(node.http.ok_or("http disabled")?, "/metrics");
+        let required = |name: &str| sample(&page, name).ok_or(format!("a node did not report {name}"));
+        formed = formed.max(required("muster_membership_changed_timestamp_seconds")?);
+        messages += sample(&page, "muster_peer_messages_sent_total").unwrap_or(0.0);
+        crypto_seconds += required("muster_peer_channel_crypto_seconds_total")?;
     }
+    let seconds = (formed - last_start_unix).max(0.0);
     c.stop_all(Duration::from_secs(5)).await;
     if std::env::var_os("MUSTER_BENCH_KEEP").is_some() {
         eprintln!("N={n}: configs and logs kept in {}", dir.keep().display());
