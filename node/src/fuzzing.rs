@@ -215,10 +215,23 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// The persisted state file: parse; a state that parses merges into itself without change and
-/// into a blank state to an equal membership.
+/// A persisted state slot (`state.a`, `state.b`) and the single `state.json` of earlier
+/// versions: decode; a slot that decodes encodes back to the same JSON and sequence; a state
+/// that parses merges into itself without change and into a blank state to an equal membership.
 pub fn state_file(data: &[u8]) {
-    let Ok(p) = serde_json::from_slice::<Persisted>(data) else {
+    let json = match crate::state::slot::decode(data) {
+        Ok(d) => {
+            let again = crate::state::slot::encode(d.seq, d.json, data.len());
+            assert_eq!(
+                crate::state::slot::decode(&again),
+                Ok(d.clone()),
+                "a decoded slot encodes back to itself"
+            );
+            d.json
+        }
+        Err(_) => data,
+    };
+    let Ok(p) = serde_json::from_slice::<Persisted>(json) else {
         return;
     };
     let mut same = p.state.clone();

@@ -4,10 +4,19 @@
 //! with the higher incarnation, and at equal incarnations a removal wins ("adds minus removes",
 //! keyed by node and incarnation). So concurrent joins through different members never lose a
 //! member, a forget is never undone by an old copy, and a reset node (new incarnation) can rejoin.
+//!
+//! The data dir keeps the state in two slots, `state.a` and `state.b` ([`slot`]). A save
+//! overwrites the older slot in place and returns once it is flushed, so a save costs one
+//! `fdatasync` and the other slot always holds the save before it: a crash in the middle of a
+//! save loses only that save, which was never acknowledged.
+
+pub mod slot;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use muster::{ClusterId, NodeName, Vouch};
 use serde::{Deserialize, Serialize};
@@ -166,7 +175,34 @@ pub struct Persisted {
     pub vouch: Option<Vouch>,
 }
 
-const STATE_FILE: &str = "state.json";
+/// The two slots (see [`slot`]): each save overwrites the older one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    const BOTH: [Slot; 2] = [Slot::A, Slot::B];
+
+    fn file(self) -> &'static str {
+        match self {
+            Slot::A => "state.a",
+            Slot::B => "state.b",
+        }
+    }
+
+    fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+/// The single state file of earlier versions: read when no slot exists, removed by the first
+/// save.
+const LEGACY_FILE: &str = "state.json";
 
 /// Test knob: `MUSTER_TEST_FSYNC_DELAY_MS` makes every state fsync this much slower (an SD card
 /// on a bad day), so tests can check that a slow disk never delays probe answers.
@@ -184,16 +220,76 @@ fn slow_disk() {
 }
 const FORCE_BOOT_FILE: &str = "force_boot";
 
-/// The data dir: atomic state writes and the force-boot marker, under an exclusive lock so that a
-/// second process pointed at the same dir cannot interleave its writes.
+/// The error for a state the node cannot read: it will not start on it.
+fn corrupt(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{what}; the node will not start on a state it cannot read. Restore the files from a \
+             backup, or move them away to reset the node: it then starts blank and joins its \
+             cluster again (what `muster ctl reset` does on a running node)"
+        ),
+    )
+}
+
+/// Reads the single state file of earlier versions; a missing file is a blank node.
+fn load_legacy(path: &Path) -> std::io::Result<Persisted> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(&format!("{} is corrupt ({e})", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The data dir: the state in two slots, written in turn, and the force-boot marker, under an
+/// exclusive lock so that a second process pointed at the same dir cannot interleave its writes.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
     /// Held (advisory `flock`) for as long as any clone of the store lives.
-    _lock: Option<std::sync::Arc<std::fs::File>>,
+    _lock: Option<Arc<std::fs::File>>,
+    /// Which slot holds the last save, once the slots were read.
+    cursor: Arc<Mutex<Option<Cursor>>>,
 }
 
 const LOCK_FILE: &str = "lock";
+
+/// What the store knows of its slots between saves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    /// The slot holding the newest good state, if any.
+    newest: Option<Slot>,
+    /// Its sequence number (0 when there is none).
+    seq: u64,
+    /// Each slot file's size (0: missing).
+    sizes: (usize, usize),
+    /// The legacy state file is still there.
+    legacy: bool,
+}
+
+impl Cursor {
+    fn size(&mut self, slot: Slot) -> &mut usize {
+        match slot {
+            Slot::A => &mut self.sizes.0,
+            Slot::B => &mut self.sizes.1,
+        }
+    }
+}
+
+/// One slot as read from disk.
+enum Read {
+    Missing,
+    Good {
+        seq: u64,
+        state: Box<Persisted>,
+        size: usize,
+    },
+    Bad {
+        why: String,
+        size: usize,
+    },
+}
 
 impl Store {
     /// A store in `dir`, creating it (mode 0700) if needed, and taking its exclusive lock: a
@@ -221,12 +317,12 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        store._lock = Some(std::sync::Arc::new(file));
+        store._lock = Some(Arc::new(file));
         Ok(store)
     }
 
     /// A store in `dir` without the lock: for offline tools (`ctl force-boot --data-dir`) that
-    /// only touch the force-boot marker.
+    /// only touch the force-boot marker, and for tests that read a stopped node's state.
     pub fn unlocked(dir: &Path) -> std::io::Result<Store> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -236,6 +332,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             _lock: None,
+            cursor: Arc::default(),
         })
     }
 
@@ -244,50 +341,175 @@ impl Store {
         &self.dir
     }
 
-    /// Loads the persisted state; a missing file is a blank node.
-    pub fn load(&self) -> std::io::Result<Persisted> {
-        let path = self.dir.join(STATE_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is corrupt ({e}); the node will not start on a state it cannot read. \
-                         Restore the file from a backup, or move it away to reset the node: it then \
-                         starts blank and joins its cluster again (what `muster ctl reset` does on a \
-                         running node)",
-                        path.display()
-                    ),
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
-            Err(e) => Err(e),
-        }
+    /// The paths of the two state slots.
+    pub fn slot_paths(&self) -> [PathBuf; 2] {
+        Slot::BOTH.map(|s| self.dir.join(s.file()))
     }
 
-    /// Writes the state atomically: temp file, fsync, rename, fsync of the directory. A failed
-    /// write (a full disk) names the file, removes the temp file, and leaves the previous state
-    /// file as it was: there is never a partial state file.
+    fn read_slot(path: &Path) -> std::io::Result<Read> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Missing),
+            Err(e) => return Err(e),
+        };
+        let size = bytes.len();
+        let decoded = slot::decode(&bytes).map_err(|e| e.to_string()).and_then(|d| {
+            serde_json::from_slice::<Persisted>(d.json)
+                .map(|p| (d.seq, p))
+                .map_err(|e| format!("the state does not parse: {e}"))
+        });
+        Ok(match decoded {
+            Ok((seq, state)) => Read::Good {
+                seq,
+                state: Box::new(state),
+                size,
+            },
+            Err(why) => Read::Bad { why, size },
+        })
+    }
+
+    /// Loads the persisted state: the newer good slot. A slot that does not decode while the
+    /// other does is a save a crash tore (that save never completed, so the other slot holds
+    /// the last one): it is named in a warning and overwritten by the next save. Neither slot
+    /// good is an error that names both and the fix; no slot at all reads the state file of
+    /// earlier versions, and without that the node is blank.
+    pub fn load(&self) -> std::io::Result<Persisted> {
+        let mut reads = Vec::with_capacity(2);
+        for slot in Slot::BOTH {
+            let path = self.dir.join(slot.file());
+            let read = Self::read_slot(&path)?;
+            reads.push((slot, path, read));
+        }
+        let mut cursor = Cursor::default();
+        let mut best: Option<(Slot, &Path, u64, &Persisted)> = None;
+        for (slot, path, r) in &reads {
+            match r {
+                Read::Missing => {}
+                Read::Good { seq, state, size } => {
+                    *cursor.size(*slot) = *size;
+                    if best.is_none_or(|(_, _, s, _)| *seq > s) {
+                        best = Some((*slot, path, *seq, state));
+                    }
+                }
+                Read::Bad { size, .. } => *cursor.size(*slot) = *size,
+            }
+        }
+        let legacy = self.dir.join(LEGACY_FILE);
+        cursor.legacy = legacy.exists();
+        let state = match best {
+            Some((slot, good, seq, state)) => {
+                for (_, path, r) in &reads {
+                    if let Read::Bad { why, .. } = r {
+                        tracing::warn!(
+                            "{} is torn or damaged ({why}); using {}, the save before it: the next \
+                             save overwrites the damaged slot",
+                            path.display(),
+                            good.display()
+                        );
+                    }
+                }
+                cursor.newest = Some(slot);
+                cursor.seq = seq;
+                state.clone()
+            }
+            None if reads.iter().any(|(_, _, r)| matches!(r, Read::Bad { .. })) => {
+                let whys: Vec<String> = reads
+                    .iter()
+                    .filter_map(|(_, p, r)| match r {
+                        Read::Bad { why, .. } => Some(format!("{} is corrupt ({why})", p.display())),
+                        _ => None,
+                    })
+                    .collect();
+                return Err(corrupt(&format!(
+                    "{}; no good copy of the state is left",
+                    whys.join("; ")
+                )));
+            }
+            None => load_legacy(&legacy)?,
+        };
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+        Ok(state)
+    }
+
+    /// Writes the state into the older slot, and returns once it is on disk. The slot is
+    /// overwritten in place and `fdatasync`ed: one flush, no metadata to journal. A slot that is
+    /// missing or too small is replaced whole instead (temp file, fsync, rename, fsync of the
+    /// directory), at twice the size needed. A failed write names the file and leaves the other
+    /// slot, the last save, as it was.
     pub fn save(&self, p: &Persisted) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let path = self.dir.join(STATE_FILE);
-        let bytes = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            slow_disk();
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(std::io::Error::new(
+        let mut guard = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cursor = match *guard {
+            Some(c) => c,
+            None => {
+                drop(guard);
+                self.load()?;
+                guard = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+                guard.unwrap_or_default()
+            }
+        };
+        let target = cursor.newest.map_or(Slot::A, Slot::other);
+        let path = self.dir.join(target.file());
+        let seq = cursor.seq.saturating_add(1);
+        let json = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
+        let mut bytes = slot::encode(seq, &json, 0);
+        let size = cursor.size(target);
+        let written = if bytes.len() <= *size {
+            bytes.resize(*size, b'\n');
+            self.overwrite(&path, &bytes)
+        } else {
+            let grown = slot::capacity_for(bytes.len());
+            bytes.resize(grown, b'\n');
+            self.replace(&path, &bytes).map(|()| *size = grown)
+        };
+        written.map_err(|e| {
+            std::io::Error::new(
                 e.kind(),
                 format!(
                     "cannot write {}: {e} (the previous state is kept)",
                     path.display()
                 ),
-            ));
+            )
+        })?;
+        cursor.newest = Some(target);
+        cursor.seq = seq;
+        if cursor.legacy {
+            // The slot is on disk and its directory entry too: the old file can go. If this
+            // removal is lost, the good slot still wins over it at the next start.
+            match std::fs::remove_file(self.dir.join(LEGACY_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("cannot remove {}: {e}", self.dir.join(LEGACY_FILE).display())
+                }
+                _ => cursor.legacy = false,
+            }
+        }
+        *guard = Some(cursor);
+        Ok(())
+    }
+
+    /// The fast path: the slot's blocks are already allocated, so `fdatasync` has only data to
+    /// flush.
+    fn overwrite(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all_at(bytes, 0)?;
+        slow_disk();
+        f.sync_data()
+    }
+
+    /// The slow path, for a new or outgrown slot: the whole file is replaced atomically.
+    fn replace(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            slow_disk();
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
         std::fs::File::open(&self.dir)?.sync_all()
     }
@@ -402,7 +624,7 @@ mod tests {
         };
         store.save(&p).unwrap();
         assert_eq!(store.load().unwrap(), p);
-        assert!(!dir.path().join("data/state.json.tmp").exists());
+        assert!(!dir.path().join("data/state.a.tmp").exists());
         assert!(!store.force_boot());
         store.set_force_boot(true).unwrap();
         assert!(store.force_boot());
@@ -422,12 +644,156 @@ mod tests {
         assert!(Store::open(dir.path()).is_ok(), "the lock goes with the process");
     }
 
+    fn persisted(members: usize) -> Persisted {
+        let mut p = Persisted {
+            state: ClusterState::formed(c(), &n("a"), 1),
+            incarnation: 1,
+            ..Persisted::default()
+        };
+        for i in 0..members {
+            p.state.add(&n(&format!("h{i}")), 2).unwrap();
+        }
+        p
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
     #[test]
-    fn a_corrupt_state_file_says_so() {
+    fn saves_alternate_between_the_slots_and_overwrite_them_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
-        assert!(store.load().unwrap_err().to_string().contains("is corrupt"));
+        let [a, b] = store.slot_paths();
+        store.save(&persisted(1)).unwrap();
+        assert!(a.exists() && !b.exists(), "the first save creates the first slot");
+        store.save(&persisted(2)).unwrap();
+        assert!(b.exists(), "the second save creates the other");
+        let (ia, ib) = (inode(&a), inode(&b));
+        let size = std::fs::metadata(&a).unwrap().len();
+        for k in 3..8 {
+            store.save(&persisted(k)).unwrap();
+            assert_eq!(store.load().unwrap(), persisted(k));
+        }
+        assert_eq!((inode(&a), inode(&b)), (ia, ib), "written in place, not replaced");
+        assert_eq!(std::fs::metadata(&a).unwrap().len(), size, "and not resized");
+        // A fresh store (a restart) finds the newest save, and goes on from it.
+        let again = Store::unlocked(dir.path()).unwrap();
+        assert_eq!(again.load().unwrap(), persisted(7));
+        again.save(&persisted(8)).unwrap();
+        assert_eq!(store.load().unwrap(), persisted(8));
+    }
+
+    #[test]
+    fn a_state_that_outgrows_its_slot_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save(&persisted(0)).unwrap();
+        store.save(&persisted(0)).unwrap();
+        let big = persisted(500);
+        store.save(&big).unwrap();
+        store.save(&big).unwrap();
+        assert_eq!(Store::unlocked(dir.path()).unwrap().load().unwrap(), big);
+        for p in store.slot_paths() {
+            assert!((std::fs::metadata(&p).unwrap().len() as usize).is_multiple_of(slot::PAGE));
+            assert!(
+                !dir.path()
+                    .join(format!("{}.tmp", p.file_name().unwrap().display()))
+                    .exists()
+            );
+        }
+    }
+
+    #[test]
+    fn a_torn_newest_slot_falls_back_to_the_save_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save(&persisted(1)).unwrap();
+        store.save(&persisted(2)).unwrap();
+        store.save(&persisted(3)).unwrap();
+        // The third save went to the first slot; tear it, as a crash mid-write would.
+        let [a, b] = store.slot_paths();
+        let mut bytes = std::fs::read(&a).unwrap();
+        bytes[200] ^= 1;
+        std::fs::write(&a, &bytes).unwrap();
+        let restarted = Store::unlocked(dir.path()).unwrap();
+        assert_eq!(restarted.load().unwrap(), persisted(2));
+        let good = std::fs::read(&b).unwrap();
+        restarted.save(&persisted(4)).unwrap();
+        assert_eq!(
+            std::fs::read(&b).unwrap(),
+            good,
+            "the good slot is kept; the torn one rewritten"
+        );
+        assert_eq!(Store::unlocked(dir.path()).unwrap().load().unwrap(), persisted(4));
+    }
+
+    #[test]
+    fn both_slots_corrupt_refuses_and_names_both_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save(&persisted(1)).unwrap();
+        store.save(&persisted(2)).unwrap();
+        let [a, b] = store.slot_paths();
+        std::fs::write(&a, b"{not json").unwrap();
+        let half = std::fs::read(&b).unwrap();
+        let header = half.iter().position(|c| *c == b'\n').unwrap();
+        std::fs::write(&b, &half[..header + 10]).unwrap();
+        let e = Store::unlocked(dir.path())
+            .unwrap()
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{} is corrupt (no header line)", a.display())),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("{} is corrupt (the header announces", b.display())),
+            "{e}"
+        );
+        assert!(e.contains("move them away to reset the node"), "{e}");
+    }
+
+    #[test]
+    fn a_slot_written_by_this_version_stays_readable() {
+        // Committed bytes (the fuzzer's seed): a change of the on-disk format fails here.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/state_file/slot_two_members");
+        let bytes = std::fs::read(&path).unwrap();
+        let d = slot::decode(&bytes).unwrap();
+        assert_eq!(d.seq, 42);
+        let p: Persisted = serde_json::from_slice(d.json).unwrap();
+        assert_eq!(p.state.alive().len(), 1);
+        assert_eq!(p.running_at_shutdown.len(), 1);
+        let torn = std::fs::read(path.with_file_name("slot_torn")).unwrap();
+        assert_eq!(slot::decode(&torn), Err(slot::SlotError::Checksum));
+    }
+
+    #[test]
+    fn the_state_file_of_earlier_versions_is_read_and_replaced_by_the_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("state.json");
+        std::fs::write(&legacy, serde_json::to_vec_pretty(&persisted(2)).unwrap()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), persisted(2));
+        store.save(&persisted(3)).unwrap();
+        assert!(!legacy.exists(), "the first save retires it");
+        assert_eq!(Store::unlocked(dir.path()).unwrap().load().unwrap(), persisted(3));
+        std::fs::write(&legacy, b"{not json").unwrap();
+        let e = Store::unlocked(dir.path()).unwrap();
+        assert_eq!(
+            e.load().unwrap(),
+            persisted(3),
+            "a good slot wins over a stale old file"
+        );
+        std::fs::remove_file(&store.slot_paths()[0]).unwrap();
+        let e = Store::unlocked(dir.path())
+            .unwrap()
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{} is corrupt", legacy.display())), "{e}");
     }
 
     mod merge_properties {

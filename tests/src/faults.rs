@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use muster::{ClusterId, PeerInfo};
 use muster_node::launch::LocalCluster;
 use muster_node::proto::{Request, Response};
-use muster_node::state::Persisted;
+use muster_node::state::{Persisted, Store};
 
 /// Rounds for a scenario: `quick` by default, `full` (the count) when
 /// `MUSTER_FAULT_ROUNDS=full`, or the number `MUSTER_FAULT_ROUNDS` gives.
@@ -128,8 +128,9 @@ pub async fn check_end(c: &mut LocalCluster, seen: &mut Seen, which: &[usize], n
     for &i in which {
         let info = probe(c, i).await.expect("a ready node answers");
         assert_eq!(info.cluster.as_ref(), Some(&id), "node {i} is in the cluster");
-        let path = c.nodes[i].data_dir.join("state.json");
-        let p: Persisted = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let p: Persisted = Store::unlocked(&c.nodes[i].data_dir)
+            .and_then(|s| s.load())
+            .unwrap_or_else(|e| panic!("node {i}'s state reads: {e}"));
         assert_eq!(
             p.state.cluster.as_ref(),
             Some(&id),

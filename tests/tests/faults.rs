@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use muster_node::state::Store;
 use muster_tests::etcd::EtcdServer;
 use muster_tests::faults::{Dice, Seen, check_end, probe, report, rounds};
 use muster_tests::hosts::{DelayProxy, Hosts};
@@ -178,16 +179,13 @@ async fn a_node_killed_at_a_random_moment_of_formation_restarts_into_the_one_clu
         tokio::time::sleep(dice.millis(250)).await;
         c.kill(victim).unwrap();
         // What the victim had persisted when it died must survive its restart.
-        let state = c.nodes[victim].data_dir.join("state.json");
-        let before: Option<muster_node::state::Persisted> = std::fs::read(&state)
-            .ok()
-            .map(|b| serde_json::from_slice(&b).unwrap());
+        let before = Store::unlocked(&c.nodes[victim].data_dir)
+            .and_then(|s| s.load())
+            .unwrap_or_else(|e| panic!("round {round}: the killed node's state reads: {e}"));
         seen.watch(&c, &others, dice.millis(500)).await;
         c.start(victim).unwrap();
         check_end(&mut c, &mut seen, &all(5), 5, FORM).await;
-        if let Some(p) = before
-            && let Some(id) = p.state.cluster
-        {
+        if let Some(id) = before.state.cluster {
             persisted_before_kill += 1;
             assert!(
                 seen.clusters.contains_key(&id),
@@ -409,7 +407,8 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
         for i in (0..3).filter(|i| *i != victim) {
             c.start(i).unwrap();
         }
-        let state = c.nodes[victim].data_dir.join("state.json").display().to_string();
+        // Its first write of a slot (a new file) is the one the full disk refuses.
+        let state = c.nodes[victim].data_dir.join("state.").display().to_string();
         let named = muster_tests::eventually(Duration::from_secs(20), async || {
             c.log_since_start(victim)
                 .contains(&format!("cannot write {state}"))
@@ -425,11 +424,16 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
             "{case}: and says why"
         );
         assert!(c.is_running(victim), "{case}: the node keeps running and retries");
-        assert!(
-            !dir.join("state.json.tmp").exists(),
-            "{case}: no partial temp file"
+        for tmp in ["state.a.tmp", "state.b.tmp"] {
+            assert!(!dir.join(tmp).exists(), "{case}: no partial temp file {tmp}");
+        }
+        let on_disk = Store::unlocked(&dir)
+            .and_then(|s| s.load())
+            .unwrap_or_else(|e| panic!("{case}: no partial state file: {e}"));
+        assert_eq!(
+            on_disk.state.cluster, None,
+            "{case}: nothing of the refused write is on disk"
         );
-        assert!(!dir.join("state.json").exists(), "{case}: no partial state file");
         std::fs::remove_file(dir.join("fill")).unwrap();
         let mut seen = Seen::default();
         // check_end reads state files from the test's mount namespace: read the victim's here.
@@ -437,8 +441,7 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
             .await
             .unwrap_or_else(|e| panic!("{case}: {e}: {}", c.log_tail(victim, 30)));
         seen.sample(&c, &all(3)).await;
-        let p: muster_node::state::Persisted =
-            serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+        let p = Store::unlocked(&dir).and_then(|s| s.load()).unwrap();
         assert_eq!(p.state.alive().len(), 3, "{case}: the victim persisted all three");
         assert_eq!(seen.clusters.len(), 1);
         eprintln!("{case}: named, retried, formed");
@@ -451,8 +454,11 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
     );
 }
 
-/// A corrupted and a truncated state file: the node refuses to start, naming the file and the
-/// fix; after the operator moves the file away, it starts blank and rejoins the one cluster.
+/// State slots damaged while the node is stopped. The newest slot alone torn (what a crash in
+/// the middle of a save leaves): the node warns, naming it, and starts from the save before it,
+/// in its cluster. Both slots corrupted or truncated: it refuses to start, naming both files and
+/// the fix, and leaves them as they are; after the operator moves them away it starts blank and
+/// rejoins the one cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_or_truncated_state_file_refuses_to_start_and_names_the_fix() {
     let started = Instant::now();
@@ -460,19 +466,37 @@ async fn a_corrupted_or_truncated_state_file_refuses_to_start_and_names_the_fix(
     c.start_all().unwrap();
     let mut seen = Seen::default();
     check_end(&mut c, &mut seen, &all(3), 3, FORM).await;
-    for case in ["garbage", "truncated"] {
+    let slots = Store::unlocked(&c.nodes[1].data_dir).unwrap().slot_paths();
+    let damage = |bytes: &[u8], how: &str| match how {
+        "truncated" => bytes[..bytes.len() / 64].to_vec(),
+        _ => {
+            // A byte of the JSON, after the header line.
+            let mut b = bytes.to_vec();
+            let json = bytes.iter().position(|c| *c == b'{').expect("a slot holds JSON");
+            b[json + 10] ^= 0x55;
+            b
+        }
+    };
+    for case in ["torn", "garbage", "truncated"] {
         c.stop(1, Duration::from_secs(5)).await.unwrap();
-        let state = c.nodes[1].data_dir.join("state.json");
-        let bytes = std::fs::read(&state).unwrap();
-        let broken = match case {
-            "garbage" => {
-                let mut b = bytes.clone();
-                b[bytes.len() / 2] = b'\xff';
-                b
-            }
-            _ => bytes[..bytes.len() / 2].to_vec(),
-        };
-        std::fs::write(&state, &broken).unwrap();
+        let bytes = slots.clone().map(|p| std::fs::read(p).unwrap());
+        let seq = |b: &[u8]| muster_node::state::slot::decode(b).map_or(0, |d| d.seq);
+        let newest = usize::from(seq(&bytes[1]) > seq(&bytes[0]));
+        if case == "torn" {
+            std::fs::write(&slots[newest], damage(&bytes[newest], "garbage")).unwrap();
+            c.start(1).unwrap();
+            check_end(&mut c, &mut seen, &all(3), 3, FORM).await;
+            let log = c.log_since_start(1);
+            assert!(
+                log.contains(&format!("{} is torn or damaged", slots[newest].display())),
+                "{case}: the node names the torn slot: {log}"
+            );
+            continue;
+        }
+        let broken = bytes.clone().map(|b| damage(&b, case));
+        for (p, b) in slots.iter().zip(&broken) {
+            std::fs::write(p, b).unwrap();
+        }
         c.start(1).unwrap();
         let status = c
             .wait_exit(1, Duration::from_secs(10))
@@ -481,25 +505,35 @@ async fn a_corrupted_or_truncated_state_file_refuses_to_start_and_names_the_fix(
             .expect("it exits");
         assert!(!status.success(), "{case}: refuses to start");
         let log = c.log_since_start(1);
+        for p in &slots {
+            assert!(
+                log.contains(&format!("{} is corrupt", p.display())),
+                "{case}: names {}: {log}",
+                p.display()
+            );
+        }
         assert!(
-            log.contains(&format!("{} is corrupt", state.display()))
-                && log.contains("move it away to reset the node"),
-            "{case}: names the file and the fix: {log}"
+            log.contains("move them away to reset the node"),
+            "{case}: and the fix: {log}"
         );
-        assert_eq!(
-            std::fs::read(&state).unwrap(),
-            broken,
-            "{case}: the file is left for the operator"
-        );
-        std::fs::rename(&state, c.nodes[1].data_dir.join(format!("state.json.{case}"))).unwrap();
+        for (p, b) in slots.iter().zip(&broken) {
+            assert_eq!(
+                &std::fs::read(p).unwrap(),
+                b,
+                "{case}: the files are left for the operator"
+            );
+            let mut moved = p.as_os_str().to_owned();
+            moved.push(format!(".{case}"));
+            std::fs::rename(p, moved).unwrap();
+        }
         c.start(1).unwrap();
         check_end(&mut c, &mut seen, &all(3), 3, FORM).await;
     }
     report(
-        "corrupted and truncated state file",
-        2,
+        "torn, corrupted and truncated state slots",
+        3,
         started.elapsed(),
-        "refused with the file and the fix; rejoined after the reset",
+        "a torn newest slot falls back, named; both broken: refused with the files and the fix; rejoined after the reset",
     );
 }
 
