@@ -13,7 +13,6 @@
 pub mod slot;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -230,6 +229,20 @@ fn corrupt(what: &str) -> std::io::Error {
              cluster again (what `muster ctl reset` does on a running node)"
         ),
     )
+}
+
+/// Writes `bytes` at the start of `f` and newlines after them up to `size`, so that the slot
+/// reads clean and its blocks stay allocated.
+fn write_padded(f: &std::fs::File, bytes: &[u8], size: usize) -> std::io::Result<()> {
+    const NEWLINES: [u8; 1024] = [b'\n'; 1024];
+    f.write_all_at(bytes, 0)?;
+    let mut at = bytes.len();
+    while at < size {
+        let n = (size - at).min(NEWLINES.len());
+        f.write_all_at(NEWLINES.get(..n).unwrap_or_default(), at as u64)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// Reads the single state file of earlier versions; a missing file is a blank node.
@@ -450,16 +463,15 @@ impl Store {
         let target = cursor.newest.map_or(Slot::A, Slot::other);
         let path = self.dir.join(target.file());
         let seq = cursor.seq.saturating_add(1);
-        let json = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
-        let mut bytes = slot::encode(seq, &json, 0);
+        let mut bytes = slot::buffer();
+        serde_json::to_writer_pretty(&mut bytes, p).map_err(std::io::Error::other)?;
+        slot::seal(seq, &mut bytes);
         let size = cursor.size(target);
         let written = if bytes.len() <= *size {
-            bytes.resize(*size, b'\n');
-            self.overwrite(&path, &bytes)
+            self.overwrite(&path, &bytes, *size)
         } else {
             let grown = slot::capacity_for(bytes.len());
-            bytes.resize(grown, b'\n');
-            self.replace(&path, &bytes).map(|()| *size = grown)
+            self.replace(&path, &bytes, grown).map(|()| *size = grown)
         };
         written.map_err(|e| {
             std::io::Error::new(
@@ -488,21 +500,21 @@ impl Store {
 
     /// The fast path: the slot's blocks are already allocated, so `fdatasync` has only data to
     /// flush.
-    fn overwrite(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    fn overwrite(&self, path: &Path, bytes: &[u8], size: usize) -> std::io::Result<()> {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
-        f.write_all_at(bytes, 0)?;
+        write_padded(&f, bytes, size)?;
         slow_disk();
         f.sync_data()
     }
 
     /// The slow path, for a new or outgrown slot: the whole file is replaced atomically.
-    fn replace(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    fn replace(&self, path: &Path, bytes: &[u8], size: usize) -> std::io::Result<()> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
+            let f = std::fs::File::create(&tmp)?;
+            write_padded(&f, bytes, size)?;
             slow_disk();
             f.sync_all()?;
             std::fs::rename(&tmp, path)

@@ -66,17 +66,38 @@ pub fn capacity_for(needed: usize) -> usize {
         .saturating_mul(PAGE)
 }
 
-/// Encodes `json` as slot `seq`, padded with newlines to at least `min_len` bytes.
-pub fn encode(seq: u64, json: &[u8], min_len: usize) -> Vec<u8> {
+/// The header's length: its numbers have fixed widths, so a save writes the JSON straight into
+/// a buffer after room kept for the header ([`buffer`], [`seal`]) instead of copying it.
+pub const HEADER_LEN: usize =
+    MAGIC.len() + " seq=".len() + 20 + " len=".len() + 20 + " sha256=".len() + 64 + 1;
+
+const _: () = assert!(HEADER_LEN <= MAX_HEADER, "decode reads the whole header");
+
+/// A slot buffer: room for the header; the JSON goes after it.
+pub fn buffer() -> Vec<u8> {
+    let mut b = Vec::with_capacity(PAGE);
+    b.resize(HEADER_LEN, b' ');
+    b
+}
+
+/// Writes slot `seq`'s header into the room [`buffer`] kept, for the JSON after it.
+pub fn seal(seq: u64, slot: &mut [u8]) {
+    let Some((head, json)) = slot.split_at_mut_checked(HEADER_LEN) else {
+        return;
+    };
     let header = format!(
-        "{MAGIC} seq={seq} len={} sha256={}\n",
+        "{MAGIC} seq={seq:020} len={:020} sha256={}\n",
         json.len(),
         digest(seq, json)
     );
-    let mut out = Vec::with_capacity(min_len.max(header.len() + json.len() + 1));
-    out.extend_from_slice(header.as_bytes());
+    head.copy_from_slice(header.as_bytes());
+}
+
+/// Encodes `json` as slot `seq`, padded with newlines to at least `min_len` bytes.
+pub fn encode(seq: u64, json: &[u8], min_len: usize) -> Vec<u8> {
+    let mut out = buffer();
     out.extend_from_slice(json);
-    out.push(b'\n');
+    seal(seq, &mut out);
     if out.len() < min_len {
         out.resize(min_len, b'\n');
     }
@@ -166,8 +187,14 @@ mod tests {
         ));
         let other_seq = String::from_utf8(bytes.clone())
             .unwrap()
-            .replacen("seq=1", "seq=2", 1);
+            .replacen("1 len=", "2 len=", 1);
         assert_eq!(decode(other_seq.as_bytes()).unwrap_err(), SlotError::Checksum);
+    }
+
+    #[test]
+    fn the_header_has_the_length_kept_for_it() {
+        let bytes = encode(u64::MAX, &[b'x'; 3], 0);
+        assert_eq!(bytes.iter().position(|b| *b == b'\n'), Some(HEADER_LEN - 1));
     }
 
     #[test]
