@@ -668,6 +668,16 @@ mod tests {
         p
     }
 
+    /// A store in a fresh dir that saved `persisted(k)` for each `k` in turn.
+    fn saved(members: &[usize]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for k in members {
+            store.save(&persisted(*k)).unwrap();
+        }
+        (dir, store)
+    }
+
     fn inode(path: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).unwrap().ino()
@@ -699,13 +709,8 @@ mod tests {
 
     #[test]
     fn a_state_that_outgrows_its_slot_is_written_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.save(&persisted(0)).unwrap();
-        store.save(&persisted(0)).unwrap();
+        let (dir, store) = saved(&[0, 0, 500, 500]);
         let big = persisted(500);
-        store.save(&big).unwrap();
-        store.save(&big).unwrap();
         assert_eq!(Store::unlocked(dir.path()).unwrap().load().unwrap(), big);
         for p in store.slot_paths() {
             assert!((std::fs::metadata(&p).unwrap().len() as usize).is_multiple_of(slot::PAGE));
@@ -719,11 +724,7 @@ mod tests {
 
     #[test]
     fn a_torn_newest_slot_falls_back_to_the_save_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.save(&persisted(1)).unwrap();
-        store.save(&persisted(2)).unwrap();
-        store.save(&persisted(3)).unwrap();
+        let (dir, store) = saved(&[1, 2, 3]);
         // The third save went to the first slot; tear it, as a crash mid-write would.
         let [a, b] = store.slot_paths();
         let mut bytes = std::fs::read(&a).unwrap();
@@ -743,10 +744,7 @@ mod tests {
 
     #[test]
     fn both_slots_corrupt_refuses_and_names_both_and_the_fix() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.save(&persisted(1)).unwrap();
-        store.save(&persisted(2)).unwrap();
+        let (dir, store) = saved(&[1, 2]);
         let [a, b] = store.slot_paths();
         std::fs::write(&a, b"{not json").unwrap();
         let half = std::fs::read(&b).unwrap();

@@ -128,9 +128,7 @@ pub async fn check_end(c: &mut LocalCluster, seen: &mut Seen, which: &[usize], n
     for &i in which {
         let info = probe(c, i).await.expect("a ready node answers");
         assert_eq!(info.cluster.as_ref(), Some(&id), "node {i} is in the cluster");
-        let p: Persisted = Store::unlocked(&c.nodes[i].data_dir)
-            .and_then(|s| s.load())
-            .unwrap_or_else(|e| panic!("node {i}'s state reads: {e}"));
+        let p = persisted(&c.nodes[i].data_dir).unwrap_or_else(|e| panic!("node {i}'s state reads: {e}"));
         assert_eq!(
             p.state.cluster.as_ref(),
             Some(&id),
@@ -139,6 +137,12 @@ pub async fn check_end(c: &mut LocalCluster, seen: &mut Seen, which: &[usize], n
         let alive: BTreeSet<String> = p.state.alive().iter().map(|m| m.to_string()).collect();
         assert_eq!(alive, names, "node {i} persisted every member");
     }
+}
+
+/// What a node's data dir holds (its newer good state slot), read the way the node reads it,
+/// without its lock: for a node that is stopped, killed or done writing.
+pub fn persisted(data_dir: &std::path::Path) -> std::io::Result<Persisted> {
+    Store::unlocked(data_dir)?.load()
 }
 
 /// Appends one report line for a scenario that passed every round to `$MUSTER_FAULT_REPORT`

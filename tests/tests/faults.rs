@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use muster_node::state::Store;
 use muster_tests::etcd::EtcdServer;
-use muster_tests::faults::{Dice, Seen, check_end, probe, report, rounds};
+use muster_tests::faults::{Dice, Seen, check_end, persisted, probe, report, rounds};
 use muster_tests::hosts::{DelayProxy, Hosts};
 use muster_tests::{Layout, LocalCluster, local_cluster_of, node_exe};
 
@@ -179,8 +179,7 @@ async fn a_node_killed_at_a_random_moment_of_formation_restarts_into_the_one_clu
         tokio::time::sleep(dice.millis(250)).await;
         c.kill(victim).unwrap();
         // What the victim had persisted when it died must survive its restart.
-        let before = Store::unlocked(&c.nodes[victim].data_dir)
-            .and_then(|s| s.load())
+        let before = persisted(&c.nodes[victim].data_dir)
             .unwrap_or_else(|e| panic!("round {round}: the killed node's state reads: {e}"));
         seen.watch(&c, &others, dice.millis(500)).await;
         c.start(victim).unwrap();
@@ -427,9 +426,7 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
         for tmp in ["state.a.tmp", "state.b.tmp"] {
             assert!(!dir.join(tmp).exists(), "{case}: no partial temp file {tmp}");
         }
-        let on_disk = Store::unlocked(&dir)
-            .and_then(|s| s.load())
-            .unwrap_or_else(|e| panic!("{case}: no partial state file: {e}"));
+        let on_disk = persisted(&dir).unwrap_or_else(|e| panic!("{case}: no partial state file: {e}"));
         assert_eq!(
             on_disk.state.cluster, None,
             "{case}: nothing of the refused write is on disk"
@@ -441,7 +438,7 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
             .await
             .unwrap_or_else(|e| panic!("{case}: {e}: {}", c.log_tail(victim, 30)));
         seen.sample(&c, &all(3)).await;
-        let p = Store::unlocked(&dir).and_then(|s| s.load()).unwrap();
+        let p = persisted(&dir).unwrap();
         assert_eq!(p.state.alive().len(), 3, "{case}: the victim persisted all three");
         assert_eq!(seen.clusters.len(), 1);
         eprintln!("{case}: named, retried, formed");
