@@ -53,7 +53,14 @@ pub struct DecisionInput<'a> {
     pub commitment: Option<&'a Vouch>,
     /// The identity this node announces as its intent when it is the seed, and forms under.
     pub proposal: &'a ClusterId,
-    /// This attempt's number, from 1.
+    /// `proposal` was published as this node's intent throughout this round's probes: only then
+    /// may the commitments the probes show count for a formation.
+    pub intending: bool,
+    /// This node's [`Membership::disk_id`](crate::Membership::disk_id).
+    pub disk: u64,
+    /// The attempt number paced by the interval (time since the run began divided by
+    /// `discovery_retry_interval`, from 1), so that early attempts woken by notices do not
+    /// spend `discovery_retry_limit`.
     pub attempt: u32,
     /// The configuration.
     pub config: &'a FormationConfig,
@@ -154,6 +161,14 @@ pub enum WaitReason {
         intent: ClusterId,
         /// Whether the seed answered its probe.
         reachable: bool,
+    },
+    /// The seed this node committed to answers from a new disk: it cannot tell whether it
+    /// formed under the intent before it lost its data, so the commitment stands.
+    SeedLostData {
+        /// The seed.
+        seed: NodeName,
+        /// The identity it announced before it lost its data.
+        intent: ClusterId,
     },
     /// The backend records one cluster but the reachable members belong to another: the
     /// cluster is split or was re-bootstrapped; joining either side could lose data.
@@ -292,6 +307,12 @@ impl fmt::Display for WaitReason {
                  delete its data dir and start it again)",
                 if *reachable { "" } else { " (unreachable)" }
             ),
+            WaitReason::SeedLostData { seed, intent } => write!(
+                f,
+                "committed to seed {seed} forming cluster {intent}, but {seed} came back without its \
+                 data and cannot say whether it formed {intent}; waiting to see that cluster (if no \
+                 node holds {intent}, stop this blank node, delete its data dir and start it again)"
+            ),
             WaitReason::ForeignCluster {
                 recorded,
                 found,
@@ -350,6 +371,9 @@ pub struct Verdict {
     pub intend: bool,
     /// The node's commitment after this round (persisted by the engine when it changed).
     pub commitment: Option<Vouch>,
+    /// Intents of this seed's lost disk that no candidate holds (see
+    /// [`FormationView::disowned`](crate::FormationView::disowned)).
+    pub disown: Vec<ClusterId>,
 }
 
 /// A cluster to join: its id, its ready reachable members, its reachable members.
@@ -429,6 +453,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
         sees_cluster,
         intend,
         commitment,
+        disown: Vec::new(),
     };
     match choose_cluster(input.probes, input.discovery.recorded_cluster.as_ref()) {
         Err(reason) => return verdict(Decision::Refuse(*reason), None, None, false, commitment),
@@ -481,25 +506,23 @@ fn seed_of(input: &DecisionInput<'_>) -> Option<NodeName> {
 
 /// Rule 3 for lockless backends: the seed announces an intent, every candidate commits to it
 /// (persisted, sticky), and only then does the seed form.
-fn lockless(input: &DecisionInput<'_>, mut commitment: Option<Vouch>) -> Verdict {
+fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
     let local = input.local;
-    // Release a commitment whose seed answered blank without that intent: it is not forming
-    // under it, and any later intent carries another identity.
-    if let Some(c) = &commitment {
-        let withdrawn = c.seed == *local
-            || matches!(input.probes.get(&c.seed), Some(Probe::Answered(info))
-                if info.cluster.is_none()
-                    && info.view.as_ref().and_then(|v| v.intent.as_ref()) != Some(&c.intent));
-        if withdrawn {
-            commitment = None;
-        }
-    }
-    if let Some(c) = commitment {
-        let reachable = matches!(input.probes.get(&c.seed), Some(Probe::Answered(_)));
-        let reason = WaitReason::CommittedToSeed {
-            seed: c.seed.clone(),
-            intent: c.intent.clone(),
-            reachable,
+    if let Some(c) = commitment.filter(|c| !released(input, c)) {
+        let seed_view = match input.probes.get(&c.seed) {
+            Some(Probe::Answered(info)) => Some(info.view.as_ref()),
+            _ => None,
+        };
+        let reason = match seed_view {
+            Some(Some(v)) if v.disk.is_some() && v.disk != c.disk => WaitReason::SeedLostData {
+                seed: c.seed.clone(),
+                intent: c.intent.clone(),
+            },
+            _ => WaitReason::CommittedToSeed {
+                seed: c.seed.clone(),
+                intent: c.intent.clone(),
+                reachable: seed_view.is_some(),
+            },
         };
         return Verdict {
             decision: exhausted(input, reason, false),
@@ -507,87 +530,48 @@ fn lockless(input: &DecisionInput<'_>, mut commitment: Option<Vouch>) -> Verdict
             sees_cluster: None,
             intend: false,
             commitment: Some(c),
+            disown: Vec::new(),
         };
     }
     let seed = seed_of(input);
     let blocker = formation_blocker(input, seed.as_ref());
     let Some(seed) = seed.clone().filter(|s| s == local) else {
-        // Not the seed: commit to the seed's intent when it announces one.
-        if let (Some(WaitReason::WaitingForSeed { seed, .. }), Some(Probe::Answered(info))) =
-            (&blocker, seed.as_ref().and_then(|s| input.probes.get(s)))
-            && let Some(view) = info.view.as_ref()
-            && let (Some(intent), None, Some(true)) =
-                (&view.intent, &info.cluster, view.seed.as_ref().map(|s| s == seed))
-        {
-            let vouch = Vouch {
-                seed: seed.clone(),
-                intent: intent.clone(),
-            };
-            return Verdict {
-                decision: Decision::Wait(WaitReason::CommittedToSeed {
-                    seed: seed.clone(),
-                    intent: intent.clone(),
-                    reachable: true,
-                }),
-                seed: Some(seed.clone()),
-                sees_cluster: None,
-                intend: false,
-                commitment: Some(vouch),
-            };
-        }
-        let decision = match blocker {
-            Some(reason) => exhausted(input, reason, true),
-            None => Decision::Wait(WaitReason::NoCandidates),
-        };
-        return Verdict {
-            decision,
-            seed,
-            sees_cluster: None,
-            intend: false,
-            commitment: None,
-        };
+        return follower(input, seed, blocker);
     };
-    let (decision, intend) = match blocker {
+    let (decision, intend, disown) = match blocker {
         None => {
-            let missing: Vec<NodeName> = input
-                .view
-                .iter()
-                .filter(|n| *n != local)
-                .filter(|n| {
-                    !matches!(input.probes.get(*n), Some(Probe::Answered(info))
-                        if info.view.as_ref().and_then(|v| v.committed.as_ref())
-                            .is_some_and(|c| c.seed == *local && c.intent == *input.proposal))
-                })
-                .cloned()
-                .collect();
-            if missing.is_empty() {
-                (Decision::Form { standalone: false }, true)
+            let (missing, disown) = commitments(input);
+            // Commitments count only for an intent that was published while they were read.
+            if missing.is_empty() && input.intending {
+                (Decision::Form { standalone: false }, true, disown)
             } else {
                 let reason = WaitReason::CollectingCommitments {
                     intent: input.proposal.clone(),
                     missing,
                 };
-                (Decision::Wait(reason), true)
+                (Decision::Wait(reason), true, disown)
             }
         }
         Some(reason) => {
-            // Keep the intent through passing trouble (a probe lost, a view still settling), so
-            // commitments already given stay valid. Withdraw it when another seed must win:
-            // a peer believes in, or committed to, a lower seed, or has seen a cluster.
-            let keep = match &reason {
-                WaitReason::PeerCommitted { seed, .. } => seed > local,
-                WaitReason::PeerDisagrees {
-                    peer_sees: Some(_), ..
-                } => false,
-                WaitReason::PeerDisagrees {
-                    peer_seed: Some(s), ..
-                } => s > local,
-                WaitReason::RecordedCluster { .. } | WaitReason::NotListed | WaitReason::NoCandidates => {
-                    false
-                }
-                _ => true,
-            };
-            (exhausted(input, reason, true), keep)
+            // An intent is announced only once nothing blocks; once announced, it is kept through
+            // passing trouble (a probe lost, a view still settling), so commitments already given
+            // stay valid. It is withdrawn when another seed must win: a peer believes in, or
+            // committed to, a lower seed, or has seen a cluster.
+            let keep = input.intending
+                && match &reason {
+                    WaitReason::PeerCommitted { seed, .. } => seed > local,
+                    WaitReason::PeerDisagrees {
+                        peer_sees: Some(_), ..
+                    } => false,
+                    WaitReason::PeerDisagrees {
+                        peer_seed: Some(s), ..
+                    } => s > local,
+                    WaitReason::RecordedCluster { .. } | WaitReason::NotListed | WaitReason::NoCandidates => {
+                        false
+                    }
+                    _ => true,
+                };
+            (exhausted(input, reason, true), keep, Vec::new())
         }
     };
     Verdict {
@@ -596,18 +580,147 @@ fn lockless(input: &DecisionInput<'_>, mut commitment: Option<Vouch>) -> Verdict
         sees_cluster: None,
         intend,
         commitment: None,
+        disown,
     }
 }
 
-/// Applies `on_exhausted` to a wait.
+/// Whether a standing commitment is released: its seed, answering blank, either no longer
+/// announces the intent from the same disk (which remembers that it did not form under it), or
+/// disowns the intent of a disk it lost. A seed that answers from another disk may have formed
+/// under the intent before it lost its data, so that is no release.
+fn released(input: &DecisionInput<'_>, c: &Vouch) -> bool {
+    if c.seed == *input.local {
+        return true;
+    }
+    let Some(Probe::Answered(info)) = input.probes.get(&c.seed) else {
+        return false;
+    };
+    let Some(view) = info.view.as_ref().filter(|_| info.cluster.is_none()) else {
+        return false;
+    };
+    let same_disk = c.disk.is_some() && view.disk == c.disk;
+    (same_disk && view.intent.as_ref() != Some(&c.intent)) || view.disowned.contains(&c.intent)
+}
+
+/// A blank node that is not the seed: it commits to the seed's intent once the seed announces
+/// one and a full round shows that no candidate it knows of holds or sees a cluster.
+fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<WaitReason>) -> Verdict {
+    let wait = |decision| Verdict {
+        decision,
+        seed: seed.clone(),
+        sees_cluster: None,
+        intend: false,
+        commitment: None,
+        disown: Vec::new(),
+    };
+    if let (Some(WaitReason::WaitingForSeed { seed: s, .. }), Some(Probe::Answered(info))) =
+        (&blocker, seed.as_ref().and_then(|s| input.probes.get(s)))
+        && let Some(view) = info.view.as_ref()
+        && let (Some(intent), None, Some(true)) =
+            (&view.intent, &info.cluster, view.seed.as_ref().map(|v| v == s))
+    {
+        // The seed's own view may miss a candidate this node lists (a listing that is not
+        // authoritative, a member cut off from the seed): its answer must be heard first.
+        if let Some(reason) = full_round_blocker(input) {
+            return wait(exhausted(input, reason, false));
+        }
+        let vouch = Vouch {
+            seed: s.clone(),
+            intent: intent.clone(),
+            disk: view.disk,
+        };
+        return Verdict {
+            decision: Decision::Wait(WaitReason::CommittedToSeed {
+                seed: s.clone(),
+                intent: intent.clone(),
+                reachable: true,
+            }),
+            commitment: Some(vouch),
+            ..wait(Decision::Wait(WaitReason::NoCandidates))
+        };
+    }
+    wait(match blocker {
+        Some(reason) => exhausted(input, reason, true),
+        None => Decision::Wait(WaitReason::NoCandidates),
+    })
+}
+
+/// Why this round does not let a follower commit: a candidate of its view was not heard from,
+/// or a peer has seen a cluster (one this node cannot reach may still exist).
+fn full_round_blocker(input: &DecisionInput<'_>) -> Option<WaitReason> {
+    let unheard: Vec<NodeName> = input
+        .view
+        .iter()
+        .filter(|n| *n != input.local && !matches!(input.probes.get(*n), Some(Probe::Answered(_))))
+        .cloned()
+        .collect();
+    if !unheard.is_empty() {
+        let discovered = input.view.len();
+        return Some(WaitReason::TooFewReachable {
+            reachable: discovered - unheard.len(),
+            required: discovered,
+            discovered,
+            unreachable: unheard,
+        });
+    }
+    input.probes.iter().find_map(|(peer, probe)| match probe {
+        Probe::Answered(info) => {
+            info.view
+                .as_ref()
+                .and_then(|v| v.sees_cluster.clone())
+                .map(|c| WaitReason::PeerDisagrees {
+                    peer: peer.clone(),
+                    peer_seed: None,
+                    peer_sees: Some(c),
+                })
+        }
+        Probe::Unreachable(_) => None,
+    })
+}
+
+/// For a seed with nothing blocking it: the candidates not committed to its current intent, and
+/// the intents of its own lost disk that candidates are committed to. Those are disowned only on
+/// an authoritative listing, where every candidate answered blank: no member of them is left.
+fn commitments(input: &DecisionInput<'_>) -> (Vec<NodeName>, Vec<ClusterId>) {
+    let local = input.local;
+    let mut missing = Vec::new();
+    let mut disown = BTreeSet::new();
+    for n in input.view.iter().filter(|n| *n != local) {
+        let committed = match input.probes.get(n) {
+            Some(Probe::Answered(info)) => info.view.as_ref().and_then(|v| v.committed.as_ref()),
+            _ => None,
+        };
+        match committed {
+            Some(c) if c.seed == *local && c.intent == *input.proposal => {}
+            Some(c) => {
+                if c.seed == *local && c.disk != Some(input.disk) && input.discovery.authoritative {
+                    disown.insert(c.intent.clone());
+                }
+                missing.push(n.clone());
+            }
+            None => missing.push(n.clone()),
+        }
+    }
+    (missing, disown.into_iter().collect())
+}
+
+/// Applies `on_exhausted` to a wait. A standalone formation needs a round that probed every
+/// candidate, so that it never forms beside a cluster one of them could have shown.
 fn exhausted(input: &DecisionInput<'_>, reason: WaitReason, may_form: bool) -> Decision {
     if input.attempt < input.config.discovery_retry_limit {
         return Decision::Wait(reason);
     }
+    let probed_all = input
+        .view
+        .iter()
+        .all(|n| n == input.local || input.probes.contains_key(n));
     match input.config.on_exhausted {
         OnExhausted::Wait => Decision::Wait(reason),
         OnExhausted::Standalone if may_form && !matches!(reason, WaitReason::RecordedCluster { .. }) => {
-            Decision::Form { standalone: true }
+            match probed_all {
+                true => Decision::Form { standalone: true },
+                false => Decision::Wait(reason),
+            }
         }
         OnExhausted::Standalone | OnExhausted::Fail => Decision::GiveUp(reason),
     }

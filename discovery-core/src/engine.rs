@@ -73,7 +73,31 @@ struct RunState {
     noticed: Option<FormationView>,
     /// When this node last probed every candidate (see [`FormationEngine::round`]).
     probed_all_at: Instant,
+    /// This node's disk id, published so that committed peers can tell a restart from a wipe.
+    disk: u64,
+    /// Intents of this seed's lost disk that it disowns (see `FormationView::disowned`).
+    disowned: Vec<ClusterId>,
+    /// Candidates missing from the latest listings (non-authoritative backends only).
+    absent: BTreeMap<NodeName, Absence>,
+    /// When the run began: the retry budget is a deadline from here.
+    began: Instant,
+    /// The "waiting long" milestone was sent.
+    told_waiting_long: bool,
 }
+
+/// A candidate missing from the listings of a non-authoritative backend: it leaves the view once
+/// it has been missing from [`DEPARTED_AFTER`] listings over at least two retry intervals and did
+/// not answer a probe meanwhile (it was probed, and unreachable, at least once).
+#[derive(Debug, Clone, Copy)]
+struct Absence {
+    listings: u32,
+    since: Instant,
+    unreachable: bool,
+    answered: bool,
+}
+
+/// Listings a departed candidate must be missing from before it leaves the view.
+pub const DEPARTED_AFTER: u32 = 3;
 
 impl RunState {
     /// The candidates in the view other than `local`.
@@ -209,6 +233,11 @@ impl FormationEngine {
             intending: false,
             noticed: None,
             probed_all_at: Instant::now(),
+            disk: self.membership.disk_id(),
+            disowned: Vec::new(),
+            absent: BTreeMap::new(),
+            began: Instant::now(),
+            told_waiting_long: false,
         };
         // Register before anything else, on every boot, so that peers (and this node) see it.
         self.try_register(&mut st).await;
@@ -285,6 +314,24 @@ impl FormationEngine {
         Jitter::Seeded(self.local.seed())
     }
 
+    /// The interval-paced attempt number: 1 + whole retry intervals since the run began, but
+    /// never more than the rounds run (rounds slower than the interval do not shorten the budget).
+    fn paced_attempt(&self, st: &RunState, rounds: u32) -> u32 {
+        let interval = self.config.discovery_retry_interval.as_nanos().max(1);
+        let paced = (st.began.elapsed().as_nanos() / interval).min(u128::from(u32::MAX - 1)) as u32 + 1;
+        paced.min(rounds)
+    }
+
+    /// "attempt k of n, t s left": where the retry budget stands.
+    fn budget(&self, st: &RunState, attempt: u32) -> String {
+        let left = self.config.discovery_budget().saturating_sub(st.began.elapsed());
+        format!(
+            "attempt {attempt} of {}, {:.1} s left",
+            self.config.discovery_retry_limit,
+            left.as_secs_f64()
+        )
+    }
+
     async fn try_register(&self, st: &mut RunState) {
         let Some(registration) = self.registration().filter(|_| !st.registered) else {
             return;
@@ -306,8 +353,11 @@ impl FormationEngine {
         attempt: u32,
     ) -> ControlFlow<Result<FormationOutcome, FormationError>, ()> {
         self.try_register(st).await;
-        // Halfway through the attempts: say so once, with what the node is waiting for.
-        if attempt == (self.config.discovery_retry_limit / 2).max(2) {
+        // The budget is time, not rounds: rounds woken early by notices do not spend it.
+        let attempt = self.paced_attempt(st, attempt);
+        // Halfway through the budget: say so once, with what the node is waiting for.
+        if !st.told_waiting_long && attempt >= (self.config.discovery_retry_limit / 2).max(2) {
+            st.told_waiting_long = true;
             let detail = self.status.borrow().detail.clone();
             self.discovery.milestone(&Milestone::WaitingLong { detail }).await;
         }
@@ -317,7 +367,7 @@ impl FormationEngine {
         } else {
             LockState::NotSupported
         };
-        let verdict = match self.round(st).await {
+        let verdict = match self.round(st, attempt).await {
             Ok(round) => self.judge(st, &round, lock, attempt).await,
             Err(e) if e.kind == ErrorKind::Misconfigured => return ControlFlow::Break(Err(e.into())),
             Err(e) => {
@@ -325,7 +375,7 @@ impl FormationEngine {
                 self.status
                     .send_modify(|s| s.last_backend_error = Some(message.clone()));
                 let decision = Decision::Wait(WaitReason::BackendError { message });
-                self.record(attempt, st.view.len(), 0, &decision);
+                self.record(st, attempt, 0, &decision);
                 return ControlFlow::Continue(());
             }
         };
@@ -367,19 +417,19 @@ impl FormationEngine {
                 let decision = Decision::Wait(WaitReason::LockFailed {
                     message: e.to_string(),
                 });
-                self.record(attempt, st.view.len(), 0, &decision);
+                self.record(st, attempt, 0, &decision);
                 return Err(None);
             }
         };
         let lost = guard.lost();
         let held = async {
-            let round = match self.round(st).await {
+            let round = match self.round(st, attempt).await {
                 Ok(round) => round,
                 Err(e) => {
                     let d = Decision::Wait(WaitReason::BackendError {
                         message: e.to_string(),
                     });
-                    self.record(attempt, st.view.len(), 0, &d);
+                    self.record(st, attempt, 0, &d);
                     return Err(None);
                 }
             };
@@ -413,7 +463,7 @@ impl FormationEngine {
                     message: "the formation lock was lost (lease lapsed); the action in progress \
                               was cancelled".into(),
                 });
-                self.record(attempt, st.view.len(), 0, &d);
+                self.record(st, attempt, 0, &d);
                 Err(None)
             }
         };
@@ -440,11 +490,22 @@ impl FormationEngine {
         result
     }
 
+    /// Persists this seed's intent before it is announced: after a restart on the same disk the
+    /// seed resumes it, and peers committed to it can tell a restart from a lost disk.
+    async fn persist_intent(&self, st: &RunState) -> Result<(), crate::MembershipError> {
+        let own = Vouch {
+            seed: self.local.clone(),
+            intent: st.proposal.clone(),
+            disk: Some(st.disk),
+        };
+        self.membership.persist_vouch(Some(&own)).await
+    }
+
     fn record_failure(&self, attempt: u32, st: &RunState, e: &FormationError) {
         let d = Decision::Wait(WaitReason::ActionFailed {
             message: e.to_string(),
         });
-        self.record(attempt, st.view.len(), 0, &d);
+        self.record(st, attempt, 0, &d);
     }
 
     /// The identity a formation uses: the announced proposal, or a fresh one for standalone.
@@ -466,6 +527,7 @@ impl FormationEngine {
         let own = Vouch {
             seed: self.local.clone(),
             intent: id.clone(),
+            disk: Some(self.membership.disk_id()),
         };
         self.membership.persist_vouch(Some(&own)).await?;
         match fencing.claim(id, guard).await {
@@ -485,13 +547,18 @@ impl FormationEngine {
         }
     }
 
-    /// Lists, updates the view, publishes it, probes every other candidate.
-    async fn round(&self, st: &mut RunState) -> Result<Round, DiscoveryError> {
+    /// Lists, updates the view, publishes it, probes the candidates this round needs.
+    async fn round(&self, st: &mut RunState, attempt: u32) -> Result<Round, DiscoveryError> {
         let listing = self.discovery.list().await?;
         let mut view: BTreeSet<NodeName> = if listing.authoritative {
             BTreeSet::new()
         } else {
-            st.view.clone()
+            self.note_absences(st, &listing);
+            st.view
+                .iter()
+                .filter(|n| !self.departed(st, n))
+                .cloned()
+                .collect()
         };
         view.extend(listing.nodes.iter().cloned());
         if let Some(seed) = &listing.preferred_seed {
@@ -499,6 +566,7 @@ impl FormationEngine {
         }
         view.insert(self.local.clone());
         if view != st.view {
+            st.absent.retain(|n, _| view.contains(n));
             st.view = view;
             st.view_changed_at = Instant::now();
         }
@@ -507,22 +575,88 @@ impl FormationEngine {
             .clone()
             .or_else(|| st.view.first().cloned());
         self.publish(st);
-        let mut peers = match self.seed_only(st) {
-            Some(seed) => vec![seed],
+        let timeout = self.config.probe_timeout;
+        let member = self.membership.as_ref();
+        let mut probes = match self.seed_only(st, attempt) {
+            Some(seed) => {
+                let mut probes = probe_all(member, std::slice::from_ref(&seed), timeout).await;
+                // A seed that announces an intent asks for a commitment, which needs every
+                // candidate's answer: the rest are probed in this same round.
+                if st.commitment.is_none() && announces_intent(probes.get(&seed)) {
+                    let rest: Vec<NodeName> =
+                        st.peers(&self.local).into_iter().filter(|p| *p != seed).collect();
+                    probes.extend(probe_all(member, &rest, timeout).await);
+                    st.probed_all_at = Instant::now();
+                }
+                probes
+            }
             None => {
                 st.probed_all_at = Instant::now();
-                st.peers(&self.local)
+                probe_all(member, &st.peers(&self.local), timeout).await
             }
         };
         // A committed node keeps probing its seed even when the backend stopped listing it.
         if let Some(v) = &st.commitment
             && v.seed != self.local
-            && !peers.contains(&v.seed)
+            && !probes.contains_key(&v.seed)
         {
-            peers.push(v.seed.clone());
+            probes.extend(probe_all(member, std::slice::from_ref(&v.seed), timeout).await);
         }
-        let probes = probe_all(self.membership.as_ref(), &peers, self.config.probe_timeout).await;
+        self.note_answers(st, &probes);
         Ok(Round { listing, probes })
+    }
+
+    /// Counts, for a non-authoritative listing, how many listings in a row each candidate of the
+    /// view has been missing from (a listed candidate is no longer absent).
+    fn note_absences(&self, st: &mut RunState, listing: &DiscoveryResult) {
+        let listed = |n: &NodeName| listing.nodes.contains(n) || listing.preferred_seed.as_ref() == Some(n);
+        st.absent.retain(|n, _| !listed(n));
+        let committed_seed = st.commitment.as_ref().map(|v| &v.seed);
+        for n in st.view.iter() {
+            if *n == self.local || listed(n) || Some(n) == committed_seed {
+                continue;
+            }
+            st.absent
+                .entry(n.clone())
+                .and_modify(|a| a.listings += 1)
+                .or_insert(Absence {
+                    listings: 1,
+                    since: Instant::now(),
+                    unreachable: false,
+                    answered: false,
+                });
+        }
+    }
+
+    /// Records what the absent candidates' probes said.
+    fn note_answers(&self, st: &mut RunState, probes: &BTreeMap<NodeName, Probe>) {
+        for (n, a) in st.absent.iter_mut() {
+            match probes.get(n) {
+                Some(Probe::Answered(_)) => a.answered = true,
+                Some(Probe::Unreachable(_)) => a.unreachable = true,
+                None => {}
+            }
+        }
+    }
+
+    /// A candidate that left: missing from [`DEPARTED_AFTER`] listings over at least two retry
+    /// intervals, unreachable when probed and silent meanwhile. Dropping it is safe for the
+    /// reason a candidate never listed is not waited for: a view that is not authoritative is
+    /// only what the listings show (see docs/formation.md).
+    fn departed(&self, st: &RunState, node: &NodeName) -> bool {
+        let departed = st.absent.get(node).is_some_and(|a| {
+            a.listings >= DEPARTED_AFTER
+                && a.since.elapsed() >= self.config.discovery_retry_interval * 2
+                && a.unreachable
+                && !a.answered
+        });
+        if departed {
+            info!(
+                node = %self.local,
+                "candidate {node} left the view: missing from the last {DEPARTED_AFTER} listings and unreachable"
+            );
+        }
+        departed
     }
 
     /// The seed, when this round may probe it alone. Without a lock a blank node that is not the
@@ -533,8 +667,13 @@ impl FormationEngine {
     /// (to join it, or to learn that it is gone), and at least every [`PROBE_ALL_EVERY`] retry
     /// intervals, to find a cluster that only other candidates can see. The seed itself always
     /// probes everyone.
-    fn seed_only(&self, st: &RunState) -> Option<NodeName> {
+    fn seed_only(&self, st: &RunState, attempt: u32) -> Option<NodeName> {
         let seed = st.seed.clone()?;
+        // The round that may spend the last of the budget probes everyone: a standalone
+        // formation needs every candidate's answer.
+        if attempt + 1 >= self.config.discovery_retry_limit {
+            return None;
+        }
         let lockless = self.discovery.formation_lock().is_none();
         let due = self
             .config
@@ -562,6 +701,8 @@ impl FormationEngine {
             unchanged_for: st.view_changed_at.elapsed(),
             intent: st.intending.then(|| st.proposal.clone()),
             committed: st.commitment.clone(),
+            disk: Some(st.disk),
+            disowned: st.disowned.clone(),
         };
         // What peers act on: the view without its age.
         let notable = FormationView {
@@ -599,6 +740,8 @@ impl FormationEngine {
             lock,
             commitment: st.commitment.as_ref(),
             proposal: &st.proposal,
+            intending: st.intending,
+            disk: st.disk,
             attempt,
             config: &self.config,
         };
@@ -653,13 +796,26 @@ impl FormationEngine {
                 }
             }
         }
+        if verdict.disown != st.disowned {
+            st.disowned = verdict.disown.clone();
+            changed = true;
+        }
         if verdict.intend != st.intending {
             if st.intending {
-                // A withdrawn intent is never reused: stale commitments to it cannot count.
+                // A withdrawn intent is not announced again by this run: stale commitments to it
+                // are released by their holders, who see this disk answer without it.
                 st.proposal = self.membership.new_cluster_id();
+                st.intending = false;
+                changed = true;
+            } else if let Err(e) = self.persist_intent(st).await {
+                // Not persisted, so not announced: this round is a wait.
+                verdict.decision = Decision::Wait(WaitReason::ActionFailed {
+                    message: format!("could not persist the intent: {e}"),
+                });
+            } else {
+                st.intending = true;
+                changed = true;
             }
-            st.intending = verdict.intend;
-            changed = true;
         }
         if changed {
             self.publish(st);
@@ -669,15 +825,18 @@ impl FormationEngine {
             .values()
             .filter(|p| matches!(p, Probe::Answered(_)))
             .count();
-        self.record(attempt, st.view.len(), reachable, &verdict.decision);
+        self.record(st, attempt, reachable, &verdict.decision);
         verdict
     }
 
-    fn record(&self, attempt: u32, discovered: usize, reachable: usize, decision: &Decision) {
+    fn record(&self, st: &RunState, attempt: u32, reachable: usize, decision: &Decision) {
+        let discovered = st.view.len();
         let summary = summarize(decision);
         match decision {
-            Decision::Wait(_) => info!(node = %self.local, attempt, "waiting: {summary}"),
-            _ => info!(node = %self.local, attempt, "{summary}"),
+            Decision::Wait(_) => {
+                info!(node = %self.local, "{}: waiting: {summary}", self.budget(st, attempt))
+            }
+            _ => info!(node = %self.local, "{}: {summary}", self.budget(st, attempt)),
         }
         let entry = TraceEntry {
             at: self.started.elapsed(),
@@ -899,6 +1058,12 @@ impl FormationEngine {
             None => Ok(()),
         }
     }
+}
+
+/// Whether a probe answer is a blank seed announcing an intent.
+fn announces_intent(probe: Option<&Probe>) -> bool {
+    matches!(probe, Some(Probe::Answered(info))
+        if info.cluster.is_none() && info.view.as_ref().is_some_and(|v| v.intent.is_some()))
 }
 
 /// The error a decision that ends formation stops with: `GiveUp` (retries ran out) or `Refuse`

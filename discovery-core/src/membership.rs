@@ -59,17 +59,29 @@ pub struct FormationView {
     /// The seed intent this node has committed to (persisted, sticky: see [`Vouch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed: Option<Vouch>,
+    /// This node's [`Membership::disk_id`]: a committed peer releases its commitment to this
+    /// seed only on an answer from the same disk, which remembers whether it formed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
+    /// Intents announced from a disk this seed has since lost, which it found held by no
+    /// candidate of its authoritative listing: nodes committed to them may release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disowned: Vec<ClusterId>,
 }
 
 /// A persisted commitment to one seed's intent. While it stands, the node vouches for no other
-/// seed; it is dropped only when the seed answers blank without that intent (the seed is not
-/// forming under it and never will), or when the node joins a cluster.
+/// seed; it is dropped only when the seed, answering from the same disk, is blank and no longer
+/// announces that intent, when the seed disowns it, or when the node joins a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Vouch {
     /// The seed.
     pub seed: NodeName,
     /// The identity the seed announced.
     pub intent: ClusterId,
+    /// The seed's [`Membership::disk_id`] when it announced the intent (`None` when unknown:
+    /// such a commitment is released only by a disowning seed or a visible cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
 }
 
 /// What a probe of a peer returned. Probes are read-only: they never change the peer's state.
@@ -129,7 +141,8 @@ impl RestartState {
 ///   never "blank without a view" in between;
 /// - report `ready` only when the peer is a current member that accepts joins now;
 /// - persist [`Membership::persist_vouch`] before returning, and report it in
-///   [`Membership::restart_state`] after a restart.
+///   [`Membership::restart_state`] after a restart;
+/// - keep [`Membership::disk_id`] for as long as the persisted state survives, and only so long.
 #[async_trait]
 pub trait Membership: Send + Sync {
     /// This node's name.
@@ -168,6 +181,12 @@ pub trait Membership: Send + Sync {
 
     /// Publishes this node's formation view for peers' probes (`None` once formation is over).
     fn publish_view(&self, view: Option<FormationView>);
+
+    /// Identifies this node's persisted state: drawn once when the data dir is first written,
+    /// kept across restarts, new after the data is lost. It must be durable before the first
+    /// [`Membership::persist_vouch`] returns, so that a seed that announced an intent answers
+    /// with the same id until its disk is lost.
+    fn disk_id(&self) -> u64;
 
     /// Persists (or clears) this blank node's commitment to a seed, before the engine publishes it.
     async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError>;

@@ -62,6 +62,10 @@ struct Hooked {
     crash_after_form: bool,
     cannot_probe: Option<NodeName>,
     stall_before_claim: Duration,
+    /// When `cannot_probe` heals (`None`: never).
+    cannot_probe_until: Option<tokio::time::Instant>,
+    /// Directed links cut right after `form` returns.
+    block_after_form: Vec<(NodeName, NodeName)>,
 }
 
 impl Hooked {
@@ -71,7 +75,9 @@ impl Hooked {
             net: net.clone(),
             crash_after_form: false,
             cannot_probe: None,
+            cannot_probe_until: None,
             stall_before_claim: Duration::ZERO,
+            block_after_form: Vec::new(),
         }
     }
 }
@@ -82,7 +88,10 @@ impl Membership for Hooked {
         self.inner.local_node()
     }
     async fn probe(&self, peer: &NodeName) -> Result<PeerInfo, MembershipError> {
-        if self.cannot_probe.as_ref() == Some(peer) {
+        let healed = self
+            .cannot_probe_until
+            .is_some_and(|t| tokio::time::Instant::now() >= t);
+        if self.cannot_probe.as_ref() == Some(peer) && !healed {
             return Err(MembershipError::Unreachable(
                 peer.clone(),
                 "one-way partition".into(),
@@ -97,6 +106,9 @@ impl Membership for Hooked {
         self.inner.form(id).await?;
         if self.crash_after_form {
             self.net.crash(&self.inner.local_node());
+        }
+        for (from, to) in &self.block_after_form {
+            self.net.block(from, to);
         }
         Ok(())
     }
@@ -117,6 +129,9 @@ impl Membership for Hooked {
     }
     fn publish_view(&self, view: Option<FormationView>) {
         self.inner.publish_view(view)
+    }
+    fn disk_id(&self) -> u64 {
+        self.inner.disk_id()
     }
     async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {
         // The engine persists its own claim right before claiming: a stall here is a pause
@@ -171,7 +186,9 @@ async fn f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form() {
 
 /// Review A.1, partition variant: x cannot reach c (asymmetric: c reaches x). Before: c formed
 /// on x's agreement, x switched to a, a formed → {c} and {a, x}. Now c needs x's commitment,
-/// which x can only give after seeing c's intent, so c never forms; a does, and c joins it.
+/// which x can only give after seeing c's intent, so c never forms; and x commits to a only
+/// once it hears from every candidate it lists, c included, so nothing forms until the link
+/// heals; then a forms and c joins it.
 #[tokio::test(start_paused = true)]
 async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
     let (a, c, x, dir, net, cfg) = f1_views();
@@ -179,7 +196,11 @@ async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
     let ta = start_plain(&cfg, &dir, &net, &a);
     let mut hooked = Hooked::new(&net, &x);
     hooked.cannot_probe = Some(c.clone());
+    hooked.cannot_probe_until = Some(tokio::time::Instant::now() + Duration::from_secs(20));
     let tx = start(&cfg, &dir, &x, Arc::new(hooked));
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    assert!(net.splits().is_empty(), "split: {:?}", net.splits());
+    assert_eq!(net.clusters().len(), 0, "x cannot hear c: nothing forms");
     ta.await.unwrap().unwrap();
     tx.await.unwrap().unwrap();
     tc.await.unwrap().unwrap();
@@ -545,4 +566,213 @@ async fn slow_listings_do_not_reopen_the_non_authoritative_hole() {
     tx.await.unwrap().unwrap();
     ta.await.unwrap().unwrap();
     assert_one_cluster(&net, &[a, c, x]);
+}
+
+/// The shipped retry settings (limit, on_exhausted, interval, probe timeout) with `margin`.
+fn shipped(margin: Duration, hint: u32) -> FormationConfig {
+    FormationConfig {
+        stable_margin: margin,
+        target_cluster_size_hint: hint,
+        ..FormationConfig::default()
+    }
+}
+
+/// Starts a node whose engine is woken by peers' notices, as the reference node's is.
+fn start_woken(cfg: &FormationConfig, dir: &Directory, net: &Network, node: &NodeName) -> Run {
+    let e = FormationEngine::new(
+        cfg.clone(),
+        Arc::new(dir.backend_for(node)),
+        Arc::new(net.start(node)),
+    );
+    net.set_trigger(node, e.trigger());
+    tokio::spawn(async move { e.run().await })
+}
+
+/// A blank non-seed that probed only its seed committed to it without hearing from a
+/// candidate the seed does not list. Cluster C = {c, x, y} exists; c and x lost their disks; a
+/// new node a is the seed in every view, and a's listing never shows y. Before, c and x
+/// committed to a on a's answer alone and a formed beside y's C whenever `stable_margin` was
+/// below ten retry intervals (here the shipped interval with a 3 s margin, and the shipped
+/// settings themselves). Now a commitment needs a round in which every candidate answered, so
+/// c and x see y's cluster first and everyone ends in C.
+#[tokio::test(start_paused = true)]
+async fn s1_a_blank_follower_hears_every_candidate_before_it_commits() {
+    for margin in [Duration::from_secs(3), Duration::from_secs(5)] {
+        let (a, c, x, y) = (n(1), n(2), n(3), n(4));
+        let dir = Directory::new(BackendMode::Eventual, 1);
+        dir.set_delay(&a, &y, NEVER);
+        let net = Network::new(NetworkFaults::default(), 1);
+        let old = net.preform(&[c.clone(), x.clone(), y.clone()]);
+        net.wipe(&c);
+        net.wipe(&x);
+        let cfg = shipped(margin, 3);
+        let mut runs: Vec<Run> = [&a, &c, &x]
+            .iter()
+            .map(|node| start_woken(&cfg, &dir, &net, node))
+            .collect();
+        // y comes back a little later: the others' first listings do not show it yet.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        runs.push(start_woken(&cfg, &dir, &net, &y));
+        for run in runs {
+            run.await.unwrap().unwrap();
+        }
+        assert_eq!(assert_one_cluster(&net, &[a, c, x, y]), old, "margin {margin:?}");
+    }
+}
+
+/// A seed that formed, then lost its disk, must not release the commitments given to it. c
+/// formed C with x and y committed; y joined; x was cut off from c and y; c lost its disk and
+/// came back blank, still cut off from y; x reached c. Before, x saw c blank without the intent,
+/// released, and a (whose listing never shows y) formed with c and x beside y's C. Now c answers
+/// from another disk, which cannot say it never formed, so x stays committed until the partition
+/// heals and it sees C.
+#[tokio::test(start_paused = true)]
+async fn s2_a_wiped_seed_does_not_release_the_commitments_to_its_cluster() {
+    let (a, c, x, y) = (n(1), n(2), n(3), n(4));
+    let dir = Directory::new(BackendMode::Eventual, 2);
+    dir.set_delay(&a, &y, NEVER);
+    // a registers only later: until then c is the lowest name in every view.
+    let net = Network::new(NetworkFaults::default(), 2);
+    let cfg = FormationConfig {
+        target_cluster_size_hint: 3,
+        ..config()
+    };
+    let mut hooked = Hooked::new(&net, &c);
+    hooked.block_after_form = vec![(x.clone(), c.clone()), (x.clone(), y.clone())];
+    let tc = start(&cfg, &dir, &c, Arc::new(hooked));
+    let tx = start_plain(&cfg, &dir, &net, &x);
+    let ty = start_plain(&cfg, &dir, &net, &y);
+    tc.await.unwrap().unwrap();
+    ty.await.unwrap().unwrap();
+    let formed = net.cluster_of(&c).expect("c formed");
+    assert_eq!(net.cluster_of(&y), Some(formed.clone()));
+    assert!(net.cluster_of(&x).is_none(), "x is cut off before it joins");
+    // c loses its disk and comes back blank, cut off from y; x reaches c again.
+    net.crash(&c);
+    dir.crashed(&c);
+    net.wipe(&c);
+    net.block(&c, &y);
+    net.block(&y, &c);
+    net.unblock(&x, &c);
+    let tc = start_plain(&cfg, &dir, &net, &c);
+    let ta = start_plain(&cfg, &dir, &net, &a);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(net.splits().is_empty(), "split: {:?}", net.splits());
+    assert!(
+        net.cluster_of(&a).is_none(),
+        "a must not form while x is committed to c's cluster"
+    );
+    net.heal();
+    for run in [tc, ta, tx] {
+        run.await.unwrap().unwrap();
+    }
+    assert_eq!(assert_one_cluster(&net, &[a, c, x, y]), formed);
+}
+
+/// Rounds woken by notices spent the retry budget: a seed that many peers notify burned its 60
+/// attempts in seconds, and 80 nodes started 100 ms apart all gave up. The budget is now time
+/// (`limit × interval`): 100 static-list nodes one every 100 ms, and 30 nodes of a listing that
+/// is not authoritative over 3 s, form one cluster with the shipped settings.
+#[tokio::test(start_paused = true)]
+async fn l1_notices_do_not_spend_the_retry_budget() {
+    for (mode, count, every) in [
+        (BackendMode::Static((1..=100).map(n).collect()), 100, 100),
+        (BackendMode::Eventual, 30, 100),
+    ] {
+        let nodes: Vec<NodeName> = (1..=count).map(n).collect();
+        let dir = Directory::new(mode, 3);
+        let net = Network::new(NetworkFaults::default(), 3);
+        let cfg = shipped(Duration::from_secs(5), if count == 30 { 16 } else { 1 });
+        let mut runs = Vec::new();
+        for node in &nodes {
+            runs.push(start_woken(&cfg, &dir, &net, node));
+            tokio::time::sleep(Duration::from_millis(every)).await;
+        }
+        for run in runs {
+            run.await.unwrap().expect("no node gives up");
+        }
+        assert_one_cluster(&net, &nodes);
+    }
+}
+
+/// A seed announced its intent in its first round whatever blocked it, so blank nodes committed
+/// (and persisted it) while most candidates were still down, and a seed that died then stranded
+/// them. Now an intent needs every candidate's answer first.
+#[tokio::test(start_paused = true)]
+async fn l2_no_intent_while_candidates_are_missing() {
+    let nodes: Vec<NodeName> = (1..=5).map(n).collect();
+    let dir = Directory::new(BackendMode::Static(nodes.clone()), 4);
+    let net = Network::new(NetworkFaults::default(), 4);
+    let cfg = config();
+    let runs: Vec<Run> = nodes[..2]
+        .iter()
+        .map(|node| start_woken(&cfg, &dir, &net, node))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for node in &nodes[..2] {
+        assert_eq!(
+            net.published_view(node).and_then(|v| v.intent),
+            None,
+            "{node} announced"
+        );
+        assert_eq!(net.persisted_vouch(node), None, "{node} committed with 2 of 5 up");
+    }
+    let rest: Vec<Run> = nodes[2..]
+        .iter()
+        .map(|node| start_woken(&cfg, &dir, &net, node))
+        .collect();
+    for run in runs.into_iter().chain(rest) {
+        run.await.unwrap().unwrap();
+    }
+    assert_one_cluster(&net, &nodes);
+}
+
+/// `on_exhausted = "standalone"` with a short budget formed beside a reachable, ready cluster,
+/// because a blank non-seed probed only its (unreachable) seed. Now the round that may form
+/// standalone probes every candidate, and the node joins the cluster it finds.
+#[tokio::test(start_paused = true)]
+async fn l3_standalone_never_forms_beside_a_reachable_cluster() {
+    let (s, m, z) = (n(1), n(2), n(3));
+    let dir = Directory::new(BackendMode::Static(vec![s.clone(), m.clone(), z.clone()]), 5);
+    let net = Network::new(NetworkFaults::default(), 5);
+    let old = net.preform(std::slice::from_ref(&m));
+    let cfg = FormationConfig {
+        discovery_retry_limit: 3,
+        on_exhausted: OnExhausted::Standalone,
+        ..config()
+    };
+    start_woken(&cfg, &dir, &net, &m).await.unwrap().unwrap();
+    let outcome = start_woken(&cfg, &dir, &net, &z).await.unwrap().unwrap();
+    assert!(
+        matches!(&outcome, FormationOutcome::JoinedExisting { cluster, .. } if *cluster == old),
+        "{outcome:?}"
+    );
+    assert!(net.splits().is_empty(), "split: {:?}", net.splits());
+}
+
+/// On a listing that is not authoritative the view was the union of every listing, so a
+/// candidate that left (a terminated instance, a pod rescheduled under a new address) blocked
+/// formation until retries ran out. Now it leaves the view once it has been missing from several
+/// listings and unreachable.
+#[tokio::test(start_paused = true)]
+async fn l4_a_departed_candidate_leaves_the_view() {
+    let (a, b, d) = (n(1), n(2), n(3));
+    let dir = Directory::new(BackendMode::Eventual, 6);
+    dir.set_registration_ttl(Some(Duration::from_secs(1)));
+    let net = Network::new(NetworkFaults::default(), 6);
+    let cfg = FormationConfig {
+        target_cluster_size_hint: 2,
+        ..shipped(Duration::from_secs(5), 2)
+    };
+    let td = start_woken(&cfg, &dir, &net, &d);
+    let ta = start_woken(&cfg, &dir, &net, &a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // d is terminated for good: its process and, after the TTL, its registration are gone.
+    td.abort();
+    net.crash(&d);
+    dir.crashed(&d);
+    let tb = start_woken(&cfg, &dir, &net, &b);
+    ta.await.unwrap().expect("a forms without d");
+    tb.await.unwrap().expect("b forms without d");
+    assert_one_cluster(&net, &[a, b]);
 }

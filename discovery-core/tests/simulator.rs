@@ -166,6 +166,7 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
                 sees_cluster: Some(cluster.clone()),
                 intend: false,
                 commitment: None,
+                disown: Vec::new(),
             };
         }
     }
@@ -175,6 +176,7 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
         sees_cluster: None,
         intend: false,
         commitment: None,
+        disown: Vec::new(),
     }
 }
 

@@ -169,7 +169,10 @@ impl Node {
         store: Store,
         probe_timeout: Duration,
     ) -> std::io::Result<Arc<Node>> {
-        let p = store.load()?;
+        let mut p = store.load()?;
+        if p.disk == 0 {
+            p.disk = crate::random::nonzero_u64()?;
+        }
         let (stop, _) = watch::channel(false);
         let node = Arc::new(Node {
             creds: Credentials {
@@ -710,8 +713,12 @@ impl Node {
         let peers: Vec<NodeName> = state.alive();
         let req = Request::Sync { state };
         join_all(peers.iter().map(|p| self.call(p, &req))).await;
+        let disk = crate::random::nonzero_u64().map_err(state_err)?;
         let mut g = self.lock();
-        g.p = Persisted::default();
+        g.p = Persisted {
+            disk,
+            ..Persisted::default()
+        };
         g.ready = false;
         g.removed_logged = false;
         self.save(&g.p)?;
@@ -942,6 +949,10 @@ impl Membership for NodeMembership {
             }))
             .await;
         });
+    }
+
+    fn disk_id(&self) -> u64 {
+        self.0.lock().p.disk
     }
 
     async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {

@@ -7,3 +7,11 @@ pub fn hex(bytes: usize) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::other(format!("the OS random source failed: {e}")))?;
     Ok(hex::encode(b))
 }
+
+/// A random non-zero 64-bit id (0 marks "none yet" in persisted state).
+pub fn nonzero_u64() -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b)
+        .map_err(|e| std::io::Error::other(format!("the OS random source failed: {e}")))?;
+    Ok(u64::from_le_bytes(b).max(1))
+}

@@ -172,6 +172,10 @@ pub struct Persisted {
     /// `muster::Vouch`. Cleared when the node forms, joins or resets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vouch: Option<Vouch>,
+    /// This data dir's id (`Membership::disk_id`): drawn when first loaded without one, new after
+    /// a reset, so that peers can tell a seed that restarted from one that lost its data.
+    #[serde(default)]
+    pub disk: u64,
 }
 
 /// The two slots (see [`slot`]): each save overwrites the older one.

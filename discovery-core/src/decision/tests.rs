@@ -14,6 +14,11 @@ fn c(id: &str) -> ClusterId {
     ClusterId(id.to_string())
 }
 
+/// The disk id of test node `i` (every node on its first disk).
+fn disk(i: u32) -> u64 {
+    1000 + u64::from(i)
+}
+
 /// A blank peer whose view names `seed`.
 fn blank(i: u32, seed: Option<u32>, stable_ms: u64) -> (NodeName, Probe) {
     with_view(i, seed, stable_ms, None, None)
@@ -44,7 +49,10 @@ fn with_view(
                 committed: committed.map(|(s, id)| Vouch {
                     seed: n(s),
                     intent: c(id),
+                    disk: Some(disk(s)),
                 }),
+                disk: Some(disk(i)),
+                disowned: vec![],
             }),
             in_contact: vec![],
         })),
@@ -93,6 +101,8 @@ struct Case {
     expected_size: Option<usize>,
     unchanged_ms: u64,
     commitment: Option<(u32, &'static str)>,
+    /// The local node's proposal was announced during the round.
+    intending: bool,
     expect: Decision,
 }
 
@@ -107,6 +117,7 @@ impl Default for Case {
             recorded: None,
             peers: vec![],
             commitment: None,
+            intending: true,
             lock: LockState::NotSupported,
             attempt: 1,
             on_exhausted: OnExhausted::Fail,
@@ -138,6 +149,7 @@ fn run(case: &Case) -> Verdict {
     let commitment = case.commitment.map(|(s, id)| Vouch {
         seed: n(s),
         intent: c(id),
+        disk: Some(disk(s)),
     });
     decide(&DecisionInput {
         local: &local,
@@ -148,6 +160,8 @@ fn run(case: &Case) -> Verdict {
         lock: case.lock,
         commitment: commitment.as_ref(),
         proposal: &c(PROPOSAL),
+        intending: case.intending,
+        disk: disk(case.local),
         attempt: case.attempt,
         config: &config,
     })
@@ -708,7 +722,8 @@ fn verdict_carries_the_intent_and_the_commitment() {
         v.commitment,
         Some(Vouch {
             seed: n(1),
-            intent: c("x")
+            intent: c("x"),
+            disk: Some(disk(1)),
         })
     );
     assert_eq!(v.seed, Some(n(1)));
@@ -721,4 +736,167 @@ fn verdict_carries_the_intent_and_the_commitment() {
     });
     assert!(matches!(v.decision, Decision::Join { .. }));
     assert!(v.commitment.is_some());
+}
+
+/// `peer` with its answer's disk id replaced (a seed that lost its data answers from another).
+fn on_disk(mut peer: (NodeName, Probe), id: u64, disowned: &[&str]) -> (NodeName, Probe) {
+    if let Probe::Answered(info) = &mut peer.1
+        && let Some(view) = info.view.as_mut()
+    {
+        view.disk = Some(id);
+        view.disowned = disowned.iter().map(|d| c(d)).collect();
+    }
+    peer
+}
+
+#[test]
+fn a_commitment_is_released_only_by_the_same_disk_or_a_disowning_seed() {
+    // The seed answers from the disk that announced "old", without it: released, and the node
+    // follows the seed's new intent.
+    let same = run(&Case {
+        local: 2,
+        commitment: Some((1, "old")),
+        peers: vec![with_view(1, Some(1), 0, Some("new"), None), blank(3, Some(1), 0)],
+        ..Case::default()
+    });
+    assert_eq!(same.commitment.map(|v| v.intent), Some(c("new")));
+    // From another disk it cannot say whether it formed "old": the commitment stands.
+    let wiped = run(&Case {
+        local: 2,
+        commitment: Some((1, "old")),
+        peers: vec![
+            on_disk(with_view(1, Some(1), 0, Some("new"), None), 7, &[]),
+            blank(3, Some(1), 0),
+        ],
+        ..Case::default()
+    });
+    assert_eq!(
+        wiped.decision,
+        Decision::Wait(WaitReason::SeedLostData {
+            seed: n(1),
+            intent: c("old")
+        })
+    );
+    assert_eq!(wiped.commitment.map(|v| v.intent), Some(c("old")));
+    // Unless it disowns "old".
+    let disowned = run(&Case {
+        local: 2,
+        commitment: Some((1, "old")),
+        peers: vec![
+            on_disk(with_view(1, Some(1), 0, Some("new"), None), 7, &["old"]),
+            blank(3, Some(1), 0),
+        ],
+        ..Case::default()
+    });
+    assert_eq!(disowned.commitment.map(|v| v.intent), Some(c("new")));
+}
+
+#[test]
+fn a_seed_disowns_the_intents_of_its_lost_disk_only_on_an_authoritative_listing() {
+    // Peers committed to this seed's intent "lost" from another disk (the seed's old one).
+    let peers = || {
+        vec![
+            on_disk(committed(2, 1, "lost", 0), disk(2), &[]),
+            on_disk(committed(3, 1, "lost", 0), disk(3), &[]),
+        ]
+    };
+    let stale = |peer: (NodeName, Probe)| match peer.1 {
+        Probe::Answered(mut info) => {
+            if let Some(v) = info.view.as_mut().and_then(|v| v.committed.as_mut()) {
+                v.disk = Some(99);
+            }
+            (peer.0, Probe::Answered(info))
+        }
+        other => (peer.0, other),
+    };
+    let v = run(&Case {
+        peers: peers().into_iter().map(stale).collect(),
+        ..Case::default()
+    });
+    assert_eq!(v.disown, vec![c("lost")]);
+    assert!(matches!(
+        v.decision,
+        Decision::Wait(WaitReason::CollectingCommitments { .. })
+    ));
+    let v = run(&Case {
+        authoritative: false,
+        peers: peers().into_iter().map(stale).collect(),
+        ..Case::default()
+    });
+    assert!(v.disown.is_empty(), "{v:?}");
+}
+
+#[test]
+fn a_follower_commits_only_after_every_candidate_it_lists_answered() {
+    let announce = || with_view(1, Some(1), 0, Some("x"), None);
+    // Candidate 3 was not probed in this round (a seed-only round): no commitment yet.
+    let v = run(&Case {
+        local: 2,
+        peers: vec![announce()],
+        ..Case::default()
+    });
+    assert_eq!(v.commitment, None, "{v:?}");
+    // Candidate 3 did not answer: no commitment.
+    let v = run(&Case {
+        local: 2,
+        peers: vec![announce(), down(3)],
+        ..Case::default()
+    });
+    assert_eq!(v.commitment, None, "{v:?}");
+    // Candidate 3 has seen a cluster this node cannot reach: no commitment.
+    let mut sees = blank(3, None, 0);
+    if let Probe::Answered(info) = &mut sees.1 {
+        info.view.as_mut().unwrap().sees_cluster = Some(c("elsewhere"));
+    }
+    let v = run(&Case {
+        local: 2,
+        peers: vec![announce(), sees],
+        ..Case::default()
+    });
+    assert_eq!(v.commitment, None, "{v:?}");
+}
+
+#[test]
+fn a_seed_announces_only_when_nothing_blocks_and_forms_only_under_an_announced_intent() {
+    // Too few candidates reachable: no intent (before: announced in the first round).
+    let v = run(&Case {
+        intending: false,
+        peers: vec![blank(2, Some(1), 0), down(3)],
+        ..Case::default()
+    });
+    assert!(!v.intend, "{v:?}");
+    // Once announced, passing trouble keeps it.
+    let v = run(&Case {
+        peers: vec![blank(2, Some(1), 0), down(3)],
+        ..Case::default()
+    });
+    assert!(v.intend, "{v:?}");
+    // Every peer committed to the proposal, but it was not announced during the round (a
+    // restarted seed): announce first, form in a later round.
+    let v = run(&Case {
+        intending: false,
+        peers: vec![committed(2, 1, PROPOSAL, 0), committed(3, 1, PROPOSAL, 0)],
+        ..Case::default()
+    });
+    assert!(v.intend && matches!(v.decision, Decision::Wait(_)), "{v:?}");
+    let v = run(&Case {
+        peers: vec![committed(2, 1, PROPOSAL, 0), committed(3, 1, PROPOSAL, 0)],
+        ..Case::default()
+    });
+    assert_eq!(v.decision, Decision::Form { standalone: false });
+}
+
+#[test]
+fn standalone_needs_a_round_that_probed_every_candidate() {
+    let exhausted = |peers| Case {
+        local: 3,
+        attempt: 5,
+        on_exhausted: OnExhausted::Standalone,
+        peers,
+        ..Case::default()
+    };
+    let v = run(&exhausted(vec![down(1)]));
+    assert!(matches!(v.decision, Decision::Wait(_)), "{v:?}");
+    let v = run(&exhausted(vec![down(1), down(2)]));
+    assert_eq!(v.decision, Decision::Form { standalone: true });
 }

@@ -57,6 +57,8 @@ struct NodeState {
     force_boot: bool,
     view: Option<FormationView>,
     vouch: Option<Vouch>,
+    /// The disk's id (`Membership::disk_id`); 0 until first started, new after a wipe.
+    disk: u64,
     start_ms: u64,
     paused_until: Option<Instant>,
     /// Every cluster this node was a member of since its disk was last wiped (the simulator's
@@ -71,6 +73,7 @@ struct NetInner {
     nodes: BTreeMap<NodeName, NodeState>,
     clusters: BTreeMap<ClusterId, BTreeSet<NodeName>>,
     next_cluster: u64,
+    next_disk: u64,
     faults: NetworkFaults,
     rng: SimRng,
     probes: u64,
@@ -98,6 +101,7 @@ impl Network {
                 nodes: BTreeMap::new(),
                 clusters: BTreeMap::new(),
                 next_cluster: 1,
+                next_disk: 1,
                 faults,
                 rng: SimRng::new(seed),
                 probes: 0,
@@ -120,7 +124,13 @@ impl Network {
     pub fn start(&self, node: &NodeName) -> MemoryMember {
         let mut g = self.lock();
         let now_ms = g.epoch.elapsed().as_millis() as u64;
+        let disk = g.next_disk;
         let st = g.nodes.entry(node.clone()).or_default();
+        if st.disk == 0 {
+            st.disk = disk;
+            g.next_disk += 1;
+        }
+        let st = g.nodes.get_mut(node).expect("inserted above");
         st.up = true;
         st.ready = false;
         st.view = None;
@@ -167,6 +177,7 @@ impl Network {
             st.last_to_stop = false;
             st.force_boot = false;
             st.vouch = None;
+            st.disk = 0;
             st.joined.clear();
         }
     }
@@ -183,6 +194,16 @@ impl Network {
             st.joined.push(id.clone());
         }
         id
+    }
+
+    /// The formation view a node publishes now.
+    pub fn published_view(&self, node: &NodeName) -> Option<FormationView> {
+        self.lock().nodes.get(node).and_then(|s| s.view.clone())
+    }
+
+    /// The commitment (or own intent) a node has persisted.
+    pub fn persisted_vouch(&self, node: &NodeName) -> Option<Vouch> {
+        self.lock().nodes.get(node).and_then(|s| s.vouch.clone())
     }
 
     /// Freezes a running node until `until`: its calls wait, its probe answers stop.
@@ -558,6 +579,10 @@ impl Membership for MemoryMember {
         if let Some(st) = self.net.lock().nodes.get_mut(&self.local) {
             st.view = view;
         }
+    }
+
+    fn disk_id(&self) -> u64 {
+        self.net.lock().nodes.get(&self.local).map_or(0, |st| st.disk)
     }
 
     async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {
