@@ -628,6 +628,9 @@ impl FormationLock for K8sBackend {
 
 #[async_trait]
 impl Fencing for K8sBackend {
+    /// Two requests: a GET of the Lease (another holder: `LockLost`), then a create of the
+    /// ConfigMap, the commit point (409: read it back and compare). A Lease taken over between
+    /// the two does not stop the create.
     async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError> {
         let client = self.client().await.map_err(ClaimError::Backend)?;
         if let Some(guard) = lock {
