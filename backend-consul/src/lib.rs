@@ -242,6 +242,9 @@ impl FormationLock for ConsulBackend {
 
 #[async_trait]
 impl Fencing for ConsulBackend {
+    /// Two requests: a consistent read of the lock key (another session or none: `LockLost`),
+    /// then the `cas=0` write, the commit point (`false`: read it back and compare). A session
+    /// invalidated between the two does not stop the write.
     async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError> {
         if let Some(guard) = lock {
             let session = String::from_utf8_lossy(guard.token()).into_owned();

@@ -339,7 +339,8 @@ impl LockGuard for LeaseGuard {
     }
 }
 
-/// Whether the Lease is held right now under `identity` (read from the server).
+/// Whether the Lease names `identity` as its holder right now (read from the server). Only the
+/// holder is compared: a Lease past its duration that nobody has taken over still counts.
 pub async fn held_by(spot: &LeaseSpot, identity: &str) -> Result<bool, DiscoveryError> {
     let what = format!("checking the formation Lease {}", spot.label);
     let lease = bounded(&what, GET, spot.limit, spot.api.get_opt(&spot.name)).await?;

@@ -29,6 +29,7 @@ pub mod settings;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
@@ -75,6 +76,9 @@ pub struct K8sBackend {
     resolve_denied: AtomicBool,
     /// The Role does not allow `events create`: warned once, not tried again.
     events_denied: AtomicBool,
+    /// Endpoints mode: `true` once the StatefulSet was read (every later listing needs its
+    /// replicas); `false` once the one taken from the pod name proved absent or unreadable.
+    sts_sized: OnceLock<bool>,
 }
 
 impl K8sBackend {
@@ -101,6 +105,7 @@ impl K8sBackend {
             lock_probed: AtomicBool::new(false),
             resolve_denied: AtomicBool::new(false),
             events_denied: AtomicBool::new(false),
+            sts_sized: OnceLock::new(),
         })
     }
 
@@ -152,32 +157,83 @@ impl K8sBackend {
         if let Some(replicas) = self.r.settings.replicas {
             return Ok((self.r.settings.ordinals_start, replicas));
         }
-        let sts_name = self.r.statefulset.clone().unwrap_or_default();
+        let what = format!("reading StatefulSet {}/{}", self.ns(), self.sts_name());
+        match self.read_statefulset(&what, client).await? {
+            Ok(sts) => Ok(ordinals_of(sts)),
+            Err(e) => Err(self.statefulset_error(&what, e)),
+        }
+    }
+
+    fn sts_name(&self) -> &str {
+        self.r.statefulset.as_deref().unwrap_or_default()
+    }
+
+    /// One GET of the StatefulSet, keeping the API error for the caller to classify.
+    async fn read_statefulset(
+        &self,
+        what: &str,
+        client: &Client,
+    ) -> Result<Result<StatefulSet, kube::Error>, DiscoveryError> {
         let api: Api<StatefulSet> = Api::namespaced(client.clone(), self.ns());
-        let what = format!("reading StatefulSet {}/{sts_name}", self.ns());
-        let sts = match raw(&what, self.limit(), api.get(&sts_name)).await? {
-            Ok(sts) => sts,
-            Err(e) if status_code(&e) == Some(404) => {
-                return Err(DiscoveryError::new(
-                    NAME,
-                    ErrorKind::Misconfigured,
-                    format!(
-                        "StatefulSet {}/{sts_name} does not exist (cluster_formation.k8s.statefulset, \
-                         namespace)",
-                        self.ns()
-                    ),
-                ));
+        raw(what, self.limit(), api.get(self.sts_name())).await
+    }
+
+    /// A failed StatefulSet read: a 404 is misconfigured (it names a StatefulSet that does not
+    /// exist), the rest as [`map`] classifies them.
+    fn statefulset_error(&self, what: &str, e: kube::Error) -> DiscoveryError {
+        if status_code(&e) == Some(404) {
+            return DiscoveryError::new(
+                NAME,
+                ErrorKind::Misconfigured,
+                format!(
+                    "StatefulSet {}/{} does not exist (cluster_formation.k8s.statefulset, namespace)",
+                    self.ns(),
+                    self.sts_name()
+                ),
+            );
+        }
+        map(what, STS_GET, e)
+    }
+
+    /// Endpoints mode: the StatefulSet's replicas, the cluster size to wait for. A failed read
+    /// is an error, never a listing with a smaller size. Only a StatefulSet taken from the pod
+    /// name, at its first answer, may turn out absent (404: the pod is not in one) or unreadable
+    /// (403: the Role does not grant it); the configured hint alone then applies from then on.
+    async fn expected_size(&self, client: &Client) -> Result<Option<usize>, DiscoveryError> {
+        if self.r.statefulset.is_none() || self.sts_sized.get() == Some(&false) {
+            return Ok(None);
+        }
+        if let Some(replicas) = self.r.settings.replicas {
+            return Ok(Some(replicas as usize));
+        }
+        let guessed = self.r.settings.statefulset.is_none() && self.sts_sized.get().is_none();
+        let what = format!(
+            "reading StatefulSet {}/{} for the cluster size to wait for",
+            self.ns(),
+            self.sts_name()
+        );
+        match self.read_statefulset(&what, client).await? {
+            Ok(sts) => {
+                let _ = self.sts_sized.set(true);
+                Ok(Some(ordinals_of(sts).1 as usize))
             }
-            Err(e) => return Err(map(&what, STS_GET, e)),
-        };
-        let spec = sts.spec.unwrap_or_default();
-        let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
-        let start = spec
-            .ordinals
-            .and_then(|o| o.start)
-            .and_then(|s| u32::try_from(s).ok())
-            .unwrap_or(0);
-        Ok((start, replicas))
+            Err(e) if guessed && matches!(status_code(&e), Some(403 | 404)) => {
+                let _ = self.sts_sized.set(false);
+                let why = if status_code(&e) == Some(404) {
+                    "does not exist"
+                } else {
+                    "is not readable by the Role (add statefulsets get, group \"apps\", to use its replicas)"
+                };
+                warn!(
+                    "StatefulSet {}/{} (from the pod name) {why}: the cluster size to wait for is \
+                     target_cluster_size_hint alone",
+                    self.ns(),
+                    self.sts_name()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(self.statefulset_error(&what, e)),
+        }
     }
 
     async fn statefulset_nodes(&self, client: &Client) -> Result<DiscoveryResult, DiscoveryError> {
@@ -251,13 +307,8 @@ impl K8sBackend {
             Err(e) => return Err(map(&what, SLICES_LIST, e)),
         }
         let mut result = DiscoveryResult::new(nodes, false);
-        // The StatefulSet's replicas, when there is one and the Role lets us read it, say how
-        // many to wait for (a raised size hint); otherwise the configured hint alone applies.
-        if self.r.statefulset.is_some() {
-            match self.ordinals(client).await {
-                Ok((_, replicas)) => result = result.with_expected_size(replicas as usize),
-                Err(e) => tracing::debug!("no expected size from the StatefulSet: {e}"),
-            }
+        if let Some(size) = self.expected_size(client).await? {
+            result = result.with_expected_size(size);
         }
         Ok(result)
     }
@@ -433,6 +484,18 @@ impl K8sBackend {
     }
 }
 
+/// `(start, replicas)` from a StatefulSet's spec (replicas default to 1, as the API's do).
+fn ordinals_of(sts: StatefulSet) -> (u32, u32) {
+    let spec = sts.spec.unwrap_or_default();
+    let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+    let start = spec
+        .ordinals
+        .and_then(|o| o.start)
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(0);
+    (start, replicas)
+}
+
 /// The endpoints of a slice, whatever the k8s-openapi version makes the field.
 #[allow(clippy::needless_return)] // one of the two returns is compiled in
 fn slice_endpoints(s: &EndpointSlice) -> &[Endpoint] {
@@ -565,6 +628,9 @@ impl FormationLock for K8sBackend {
 
 #[async_trait]
 impl Fencing for K8sBackend {
+    /// Two requests: a GET of the Lease (another holder: `LockLost`), then a create of the
+    /// ConfigMap, the commit point (409: read it back and compare). A Lease taken over between
+    /// the two does not stop the create.
     async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError> {
         let client = self.client().await.map_err(ClaimError::Backend)?;
         if let Some(guard) = lock {

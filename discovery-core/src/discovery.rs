@@ -167,7 +167,7 @@ pub trait LockGuard: Send + Sync {
     async fn release(self: Box<Self>) -> Result<(), DiscoveryError>;
 
     /// The backend's fencing token for this hold (for etcd the lock key, whose revision a claim
-    /// checks): [`Fencing::claim`] succeeds only while the hold it names is still current.
+    /// checks): [`Fencing::claim`] refuses a claim whose hold it finds lost.
     fn token(&self) -> &[u8];
 
     /// Resolves once the lock is known lost (keep-alive failed, lease expired). The engine races
@@ -214,9 +214,11 @@ pub enum ClaimError {
 /// Fencing: the backend records the one cluster identity, atomically and before anyone forms.
 #[async_trait]
 pub trait Fencing: Send + Sync {
-    /// Records `id` as the cluster's identity if none is recorded yet (create-if-absent), and,
-    /// when `lock` is given, only while that hold is still current. Claiming the id that is
-    /// already recorded succeeds (idempotent); any other recorded id is [`ClaimError::Taken`].
+    /// Records `id` as the cluster's identity if none is recorded yet (create-if-absent); with
+    /// `lock`, refuses ([`ClaimError::LockLost`]) when that hold is no longer current. etcd checks
+    /// the hold in the same transaction as the write; Kubernetes and Consul read it just before,
+    /// so a hold that lapses in between does not stop the create, which alone decides. Claiming
+    /// the id that is already recorded succeeds (idempotent); any other is [`ClaimError::Taken`].
     async fn claim(&self, id: &ClusterId, lock: Option<&dyn LockGuard>) -> Result<(), ClaimError>;
 }
 

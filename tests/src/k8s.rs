@@ -14,7 +14,7 @@
 //!   Leases and 404 for the others; DELETE: 200 or 404;
 //! - the exact 403 message per (verb, resource) switched off, 404 `NotFound` bodies;
 //! - fault switches: an outage (connections refused), answers delayed, every call failing with
-//!   a status (503, 429 with `Retry-After`).
+//!   a status (503, 429 with `Retry-After`), or only the calls on one resource.
 //!
 //! It cannot prove real RBAC evaluation, watch-cache timing or the EndpointSlice controller's
 //! timing; the same backend tests run against a real cluster when `MUSTER_K8S_TEST_KUBECONFIG`
@@ -97,6 +97,8 @@ struct State {
     down: bool,
     latency: Duration,
     fail_with: Option<u16>,
+    /// Resources whose every call fails with this status (503, 500) while the others answer.
+    failing: BTreeMap<String, u16>,
     /// The EndpointSlice controller: (namespace, service, pod label selector, publishNotReadyAddresses).
     controller: Option<(String, String, String, bool)>,
     /// Resources answered with 404 as if the API server did not serve them at all.
@@ -353,6 +355,19 @@ impl State {
                 json!({}),
             );
         };
+        if let Some(&code) = self.failing.get(resource) {
+            let reason = match code {
+                429 => "TooManyRequests",
+                503 => "ServiceUnavailable",
+                _ => "InternalError",
+            };
+            return status(
+                code,
+                reason,
+                format!("the fake is failing {resource} on purpose"),
+                json!({}),
+            );
+        }
         if self.unserved.contains(resource) {
             return status(
                 404,
@@ -913,6 +928,19 @@ impl FakeApi {
     /// Answers every authenticated call with this status (503, 429), or normally (None).
     pub fn fail_with(&self, code: Option<u16>) {
         self.with(|s| s.fail_with = code);
+    }
+
+    /// Answers every call on `resource` with this status (503, 500), or normally (None); other
+    /// resources are unaffected.
+    pub fn fail_resource_with(&self, resource: &str, code: Option<u16>) {
+        self.with(|s| match code {
+            Some(code) => {
+                s.failing.insert(resource.to_string(), code);
+            }
+            None => {
+                s.failing.remove(resource);
+            }
+        });
     }
 
     /// Accepts `token` (and, with `keep_old`, the tokens accepted so far).

@@ -237,12 +237,65 @@ async fn endpoints_mode_merges_slices_keeps_not_ready_and_drops_terminating() {
     fake.statefulset(NS, "muster", 5, 0);
     let in_sts = backend(&fake, &pod_name(0), "mode = \"endpoints\"");
     assert_eq!(in_sts.list().await.unwrap().expected_size, Some(5));
+    // A Role without statefulsets get, from the first listing on: the configured hint alone.
     fake.forbid("get", "statefulsets", true);
+    let unreadable = backend(&fake, &pod_name(1), "mode = \"endpoints\"");
     assert_eq!(
-        in_sts.list().await.unwrap().expected_size,
+        unreadable.list().await.unwrap().expected_size,
         None,
         "unreadable: the configured hint alone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_mode_waits_rather_than_lose_the_statefulsets_replicas() {
+    let fake = cluster(5).await;
+    fake.endpoint_controller(NS, "muster-nodes", "app=muster", true);
+    let b = backend(&fake, &pod_name(0), "mode = \"endpoints\"");
+    assert_eq!(b.list().await.unwrap().expected_size, Some(5));
+    // The slices answer, the StatefulSet read fails: an error naming it, never a listing that
+    // falls back to the configured hint.
+    fake.fail_resource_with("statefulsets", Some(503));
+    let e = b.list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable);
+    assert!(e.is_temporary(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("StatefulSet {NS}/muster")) && text.contains("503"),
+        "names the StatefulSet and the cause: {text}"
+    );
+    // The same on a node that has not read it yet.
+    let fresh = backend(&fake, &pod_name(1), "mode = \"endpoints\"");
+    assert_eq!(fresh.list().await.unwrap_err().kind, ErrorKind::Unavailable);
+    fake.fail_resource_with("statefulsets", None);
+    assert_eq!(b.list().await.unwrap().expected_size, Some(5));
+    // Read once, then forbidden: an error with the Role rule, not the hint alone.
+    fake.forbid("get", "statefulsets", true);
+    let e = b.list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert!(e.to_string().contains("cannot get statefulsets"), "{e}");
+    // Named in the config: forbidden or missing is an error from the first listing on.
+    let named = backend(
+        &fake,
+        &pod_name(2),
+        "mode = \"endpoints\"\nstatefulset = \"muster\"",
+    );
+    assert_eq!(named.list().await.unwrap_err().kind, ErrorKind::PermissionDenied);
+    fake.forbid("get", "statefulsets", false);
+    let missing = backend(
+        &fake,
+        &pod_name(2),
+        "mode = \"endpoints\"\nstatefulset = \"gone\"",
+    );
+    let e = missing.list().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Misconfigured);
+    assert!(e.to_string().contains(&format!("StatefulSet {NS}/gone")), "{e}");
+    // Taken from a pod name that belongs to no StatefulSet: no size, the hint alone.
+    let web: NodeName = format!("muster@web-0.muster-nodes.{NS}.svc.cluster.local:4370")
+        .parse()
+        .unwrap();
+    let loose = backend(&fake, &web, "mode = \"endpoints\"");
+    assert_eq!(loose.list().await.unwrap().expected_size, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
