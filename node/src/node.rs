@@ -441,22 +441,28 @@ impl Node {
                 }
                 return;
             }
+            // The joiners go into a copy, applied only once it is on disk: probes and syncs
+            // never show a joiner a failed save left out.
+            let mut next = g.p.clone();
             let mut changed = false;
             let mut results = Vec::new();
             for (node, tx) in batch {
-                let incarnation = g.p.state.next_incarnation(&node, now_ms());
-                let r = g.p.state.add(&node, incarnation).map(|c| changed |= c);
+                let incarnation = next.state.next_incarnation(&node, now_ms());
+                let r = next.state.add(&node, incarnation).map(|c| changed |= c);
                 results.push(((node, tx), r));
             }
-            if changed && let Err(e) = self.save(&g.p) {
-                for ((_, tx), r) in results {
-                    let message = match r {
-                        Ok(()) => e.to_string(),
-                        Err(m) => m,
-                    };
-                    let _ = tx.send(Response::Error { message });
+            if changed {
+                if let Err(e) = self.save(&next) {
+                    for ((_, tx), r) in results {
+                        let message = match r {
+                            Ok(()) => e.to_string(),
+                            Err(m) => m,
+                        };
+                        let _ = tx.send(Response::Error { message });
+                    }
+                    return;
                 }
-                return;
+                g.p = next;
             }
             let joined: Vec<NodeName> = results
                 .iter()
@@ -954,3 +960,6 @@ impl Membership for NodeMembership {
         n.save(&g.p)
     }
 }
+
+#[cfg(test)]
+mod tests;
