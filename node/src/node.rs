@@ -108,7 +108,58 @@ pub struct Node {
 }
 
 /// A joiner waiting for the group commit that adds it, and where its answer goes.
-type JoinWaiter = (NodeName, tokio::sync::oneshot::Sender<Response>);
+struct JoinWaiter {
+    node: NodeName,
+    /// The cluster it asked to join (`None`: a joiner of an earlier version).
+    cluster: Option<ClusterId>,
+    answer: tokio::sync::oneshot::Sender<Result<ClusterState, JoinError>>,
+}
+
+/// Why a member refused a join.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The member is blank, still forming or restarting, or not serving its cluster.
+    #[error("{member} is not a ready cluster member; try another member")]
+    NotReady {
+        /// The member asked.
+        member: NodeName,
+    },
+    /// The member is in another cluster than the one the joiner asked for.
+    #[error(transparent)]
+    OtherCluster(Box<OtherCluster>),
+    /// The cluster removed the joiner at this incarnation or later.
+    #[error("{0}")]
+    Removed(String),
+    /// The new membership could not be persisted.
+    #[error("{0}")]
+    State(String),
+    /// The member dropped the join before answering it (it is stopping).
+    #[error("the join of {joiner} was dropped; try again")]
+    Dropped {
+        /// The joining node.
+        joiner: NodeName,
+    },
+}
+
+/// A join refused because the member is in another cluster than the joiner asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{member} is a member of cluster {ours}, not of cluster {wanted} that {joiner} asked to join; \
+     {joiner} was not added"
+)]
+pub struct OtherCluster {
+    /// The joining node.
+    pub joiner: NodeName,
+    /// The member asked.
+    pub member: NodeName,
+    /// The member's cluster.
+    pub ours: ClusterId,
+    /// The cluster the joiner asked for.
+    pub wanted: ClusterId,
+}
+
+/// The joiners of one group commit, each with its result.
+type Answers = Vec<(JoinWaiter, Result<(), JoinError>)>;
 
 /// How long a state push waits for more changes to send with it.
 const PUSH_DELAY: Duration = Duration::from_millis(5);
@@ -403,88 +454,102 @@ impl Node {
         }
     }
 
-    /// Adds a joining node to this node's cluster.
+    /// Adds a joining node to this node's cluster, if this node is a ready member of `cluster`
+    /// (`None`: a joiner of an earlier version, which checks the cluster itself); answers the
+    /// membership with the joiner in it.
     /// The incarnation is this member's to assign (`ClusterState::next_incarnation`): the
     /// joiner's own clock (`_requested`) may have stepped back. Joins that arrive together are
     /// written together (group commit): each waits in a queue, and whoever takes the state lock
     /// next adds every queued joiner and persists them with one write, so a crowd of joiners
     /// costs a few writes instead of one each. Every join is still answered only once it is on
     /// disk.
-    pub async fn accept_join(self: &Arc<Self>, node: &NodeName, _requested: u64) -> Response {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    pub async fn accept_join(
+        self: &Arc<Self>,
+        node: &NodeName,
+        _requested: u64,
+        cluster: Option<&ClusterId>,
+    ) -> Result<ClusterState, JoinError> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
         self.joins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((node.clone(), tx));
+            .push(JoinWaiter {
+                node: node.clone(),
+                cluster: cluster.cloned(),
+                answer,
+            });
         self.commit_joins();
-        rx.await.unwrap_or_else(|_| Response::Error {
-            message: format!("{} dropped the join of {node}; try again", self.name),
-        })
+        rx.await
+            .unwrap_or_else(|_| Err(JoinError::Dropped { joiner: node.clone() }))
     }
 
     /// Adds every queued joiner, persists once, and answers each (see `accept_join`).
     fn commit_joins(self: &Arc<Self>) {
-        let (answers, state, joined) = {
-            let mut g = self.lock();
-            let batch: Vec<JoinWaiter> =
-                std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
-            if batch.is_empty() {
-                // An earlier committer took this caller's join with its own.
-                return;
-            }
-            if g.p.state.cluster.is_none() || !g.ready {
-                let message = format!("{} is not a ready cluster member; try another member", self.name);
-                for (_, tx) in batch {
-                    let _ = tx.send(Response::Error {
-                        message: message.clone(),
-                    });
-                }
-                return;
-            }
-            // The joiners go into a copy, applied only once it is on disk: probes and syncs
-            // never show a joiner a failed save left out.
-            let mut next = g.p.clone();
-            let mut changed = false;
-            let mut results = Vec::new();
-            for (node, tx) in batch {
-                let incarnation = next.state.next_incarnation(&node, now_ms());
-                let r = next.state.add(&node, incarnation).map(|c| changed |= c);
-                results.push(((node, tx), r));
-            }
-            if changed {
-                if let Err(e) = self.save(&next) {
-                    for ((_, tx), r) in results {
-                        let message = match r {
-                            Ok(()) => e.to_string(),
-                            Err(m) => m,
-                        };
-                        let _ = tx.send(Response::Error { message });
-                    }
-                    return;
-                }
-                g.p = next;
-            }
-            let joined: Vec<NodeName> = results
-                .iter()
-                .filter(|(_, r)| r.is_ok())
-                .map(|((n, _), _)| n.clone())
-                .collect();
-            (results, g.p.state.clone(), joined)
+        let Some((answers, state)) = self.add_joiners() else {
+            return;
         };
         let cluster = state.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default();
-        for node in &joined {
-            self.metrics.joins.inc();
-            info!(node = %self.name, "{node} joined cluster {cluster}");
+        let mut joined = false;
+        for (waiter, result) in answers {
+            if result.is_ok() {
+                joined = true;
+                self.metrics.joins.inc();
+                info!(node = %self.name, "{} joined cluster {cluster}", waiter.node);
+            }
+            let _ = waiter.answer.send(result.map(|()| state.clone()));
         }
-        for ((_, tx), r) in answers {
-            let _ = tx.send(match r {
-                Ok(()) => Response::State { state: state.clone() },
-                Err(message) => Response::Error { message },
-            });
-        }
-        if !joined.is_empty() {
+        if joined {
             self.clone().broadcast();
         }
+    }
+
+    /// Takes the queued joiners and adds those this member admits, with one write. The joiners
+    /// go into a copy that replaces the state only once it is on disk, so probes and syncs never
+    /// show a joiner a failed save left out. Returns each joiner's result and the state after the
+    /// commit; `None` when an earlier committer took the queue.
+    fn add_joiners(&self) -> Option<(Answers, ClusterState)> {
+        let mut g = self.lock();
+        let batch = std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return None;
+        }
+        let mut next = g.p.clone();
+        let results: Vec<Result<bool, JoinError>> =
+            batch.iter().map(|w| self.admit(&g, &mut next.state, w)).collect();
+        let saved = if results.iter().any(|r| matches!(r, Ok(true))) {
+            self.save(&next).map(|()| g.p = next).map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
+        let answers = batch
+            .into_iter()
+            .zip(results)
+            .map(|(w, r)| match (r, &saved) {
+                (Ok(_), Err(e)) => (w, Err(JoinError::State(e.clone()))),
+                (r, _) => (w, r.map(drop)),
+            })
+            .collect();
+        Some((answers, g.p.state.clone()))
+    }
+
+    /// Adds one joiner to `state` (this member's next state) if this member may admit it into
+    /// the cluster it asked for; whether anything changed.
+    fn admit(&self, now: &Inner, state: &mut ClusterState, w: &JoinWaiter) -> Result<bool, JoinError> {
+        let Some(ours) = state.cluster.clone().filter(|_| now.ready) else {
+            return Err(JoinError::NotReady {
+                member: self.name.clone(),
+            });
+        };
+        if let Some(wanted) = w.cluster.as_ref().filter(|c| **c != ours) {
+            return Err(JoinError::OtherCluster(Box::new(OtherCluster {
+                joiner: w.node.clone(),
+                member: self.name.clone(),
+                ours,
+                wanted: wanted.clone(),
+            })));
+        }
+        let incarnation = state.next_incarnation(&w.node, now_ms());
+        state.add(&w.node, incarnation).map_err(JoinError::Removed)
     }
 
     /// Pushes the current state to every other member in the background. Pushes coalesce: at
@@ -830,6 +895,7 @@ impl Membership for NodeMembership {
         let req = Request::Join {
             node: n.name.clone(),
             incarnation,
+            cluster: Some(cluster.clone()),
         };
         let state = match n.call(member, &req).await.map_err(|e| to_membership(member, e))? {
             Response::State { state } => state,

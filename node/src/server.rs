@@ -163,8 +163,14 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
         Request::Join {
             node: joiner,
             incarnation,
+            cluster,
         } => match peer {
-            Some(p) if *p == joiner => node.accept_join(&joiner, incarnation).await,
+            Some(p) if *p == joiner => match node.accept_join(&joiner, incarnation, cluster.as_ref()).await {
+                Ok(state) => Response::State { state },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
             Some(p) => Response::Error {
                 message: format!("join for {joiner} refused: this connection is authenticated as {p}"),
             },

@@ -95,8 +95,8 @@ async fn a_join_whose_save_fails_is_refused_and_never_shown_to_probes_or_syncs()
     let a = running(l, &a, &persisted("x", &[&a])).await;
     let joiner = unreachable("j").await;
     break_saves(a.store());
-    let answer = a.accept_join(&joiner, 1).await;
-    assert!(matches!(&answer, Response::Error { .. }), "{answer:?}");
+    let answer = a.accept_join(&joiner, 1, Some(&cluster("x"))).await;
+    assert!(matches!(&answer, Err(JoinError::State(_))), "{answer:?}");
     assert!(
         !a.peer_info().members.contains(&joiner),
         "a probe shows a joiner that is not on disk: {:?}",
@@ -104,4 +104,40 @@ async fn a_join_whose_save_fails_is_refused_and_never_shown_to_probes_or_syncs()
     );
     assert!(!a.state().is_member(&joiner), "nor does the state syncs send");
     assert!(a.is_ready(), "a failed join leaves the member serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_for_another_cluster_is_refused_naming_both_without_adding_the_joiner() {
+    let (l, a) = listener("a").await;
+    let a = running(l, &a, &persisted("y", &[&a])).await;
+    let joiner = unreachable("j").await;
+    let req: Request = serde_json::from_value(serde_json::json!({
+        "op": "join", "node": joiner, "incarnation": 1, "cluster": "x",
+    }))
+    .unwrap();
+    let answer = crate::server::dispatch(&a, req, Some(&joiner)).await;
+    let Response::Error { message } = &answer else {
+        panic!("a member of y accepted a join for x: {answer:?}");
+    };
+    assert!(
+        message.contains("cluster x") && message.contains("cluster y"),
+        "{message}"
+    );
+    assert!(!a.state().is_member(&joiner), "{:?}", a.state().alive());
+    assert!(!a.peer_info().members.contains(&joiner));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_aiming_at_a_member_that_moved_leaves_no_phantom_member() {
+    let (l, a) = listener("a").await;
+    let a = running(l, &a, &persisted("y", &[&a])).await;
+    let joiner = open(&unreachable("j").await, &Persisted::default());
+    let refused = NodeMembership(joiner.node.clone())
+        .join(a.name(), &cluster("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(a.state().alive(), vec![a.name().clone()], "the joiner was added");
+    let text = refused.to_string();
+    assert!(text.contains("cluster x") && text.contains("cluster y"), "{text}");
+    assert_eq!(joiner.state().cluster, None);
 }
