@@ -28,8 +28,43 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 struct Inner {
     p: Persisted,
     ready: bool,
+    /// A known member answered from another cluster while this node served its own: it stops
+    /// serving until the member is out of that cluster, is forgotten, or this node is reset.
+    split: Option<Split>,
     view: Option<FormationView>,
     removed_logged: bool,
+}
+
+impl Inner {
+    /// Ready and serving: formation finished, a current member, and no known member elsewhere.
+    fn serving(&self) -> bool {
+        self.ready && self.split.is_none()
+    }
+}
+
+/// A known member found in another cluster (see `Inner::split`).
+#[derive(Debug, Clone)]
+struct Split {
+    ours: ClusterId,
+    peer: NodeName,
+    theirs: ClusterId,
+}
+
+impl Split {
+    fn message(&self, local: &NodeName) -> String {
+        inconsistent_cluster(local, &self.ours, &self.peer, &self.theirs)
+    }
+}
+
+/// The engine's inconsistent-cluster refusal, word for word, so that an operator reads one
+/// message whether a restarting node or a running one found the split.
+fn inconsistent_cluster(local: &NodeName, ours: &ClusterId, peer: &NodeName, theirs: &ClusterId) -> String {
+    format!(
+        "inconsistent cluster: {local} was a member of cluster {ours}, but its peer {peer} is \
+         now a member of cluster {theirs}. To keep {theirs}: reset this node (`muster ctl \
+         reset`, its data from {ours} is discarded) and it joins {theirs}. To keep {ours}: \
+         stop {peer}, reset it, and start it again so that it rejoins {ours}"
+    )
 }
 
 /// What probes and readiness checks read: a copy of the probe-visible facts, replaced whenever
@@ -42,6 +77,8 @@ struct Facts {
     cluster: Option<ClusterId>,
     members: Vec<NodeName>,
     ready: bool,
+    /// Why the node does not serve although formation finished (see `Inner::split`).
+    split: Option<String>,
     view: Option<FormationView>,
 }
 
@@ -69,7 +106,8 @@ impl Drop for Guard<'_> {
         let facts = Facts {
             cluster: self.inner.p.state.cluster.clone(),
             members: self.inner.p.state.alive(),
-            ready: self.inner.ready,
+            ready: self.inner.serving(),
+            split: self.inner.split.as_ref().map(|s| s.message(&self.node.name)),
             view: self.inner.view.clone(),
         };
         let mut published = self.node.facts.write().unwrap_or_else(|e| e.into_inner());
@@ -239,6 +277,7 @@ impl Node {
             inner: Mutex::new(Inner {
                 p,
                 ready: false,
+                split: None,
                 view: None,
                 removed_logged: false,
             }),
@@ -345,9 +384,17 @@ impl Node {
         let _ = self.stop.send(true);
     }
 
-    /// Ready: formation finished and the node is a current member of its cluster.
+    /// Ready: formation finished, the node is a current member of its cluster, and no known
+    /// member answered from another cluster.
     pub fn is_ready(&self) -> bool {
         self.facts().ready
+    }
+
+    /// What the node is doing: the inconsistent-cluster refusal while a known member is in
+    /// another cluster, else the formation detail.
+    pub fn detail(&self) -> String {
+        let split = self.facts().split.clone();
+        split.unwrap_or_else(|| self.formation().detail)
     }
 
     /// The current membership state.
@@ -535,7 +582,7 @@ impl Node {
     /// Adds one joiner to `state` (this member's next state) if this member may admit it into
     /// the cluster it asked for; whether anything changed.
     fn admit(&self, now: &Inner, state: &mut ClusterState, w: &JoinWaiter) -> Result<bool, JoinError> {
-        let Some(ours) = state.cluster.clone().filter(|_| now.ready) else {
+        let Some(ours) = state.cluster.clone().filter(|_| now.serving()) else {
             return Err(JoinError::NotReady {
                 member: self.name.clone(),
             });
@@ -603,26 +650,89 @@ impl Node {
     /// One push-pull exchange with `peer`: `req` is a `Request::Sync` of this node's state.
     async fn sync_with(&self, peer: &NodeName, req: &Request) {
         match self.call(peer, req).await {
-            Ok(Response::State { state: theirs }) => {
-                let mut g = self.lock();
-                // A node that was reset while the exchange was in flight stays blank: only a
-                // node still in that cluster merges the answer.
-                if g.p.state.cluster.is_none() || g.p.state.cluster != theirs.cluster {
-                    return;
-                }
-                if let Ok(true) = g.p.state.merge(&theirs)
-                    && let Err(e) = self.adopt(&mut g)
-                {
-                    warn!(node = %self.name, "could not persist membership: {e}");
-                }
-            }
+            Ok(Response::State { state: theirs }) => self.merge_answer(peer, &theirs),
             Ok(Response::Error { message }) => {
-                warn!(node = %self.name, "sync with {peer} refused: {message}")
+                warn!(node = %self.name, "sync with {peer} refused: {message}");
+                // A member of another cluster refuses this node's state: find out.
+                if let Some(info) = self.probe_peer(peer).await {
+                    self.found_split(peer, info.cluster.as_ref());
+                }
             }
             Ok(_) => {}
             Err(e) if e.is_auth() => warn!(node = %self.name, "{e}"),
             Err(_) => {}
         }
+    }
+
+    /// Merges `peer`'s answer to a sync, if it is of this node's cluster.
+    fn merge_answer(&self, peer: &NodeName, theirs: &ClusterState) {
+        let mut g = self.lock();
+        // A node that was reset while the exchange was in flight stays blank: only a node still
+        // in that cluster merges the answer.
+        if g.p.state.cluster.is_none() || g.p.state.cluster != theirs.cluster {
+            drop(g);
+            self.found_split(peer, theirs.cluster.as_ref());
+            return;
+        }
+        if let Ok(true) = g.p.state.merge(theirs)
+            && let Err(e) = self.adopt(&mut g)
+        {
+            warn!(node = %self.name, "could not persist membership: {e}");
+        }
+    }
+
+    /// `peer`'s probe answer, within the probe timeout.
+    async fn probe_peer(&self, peer: &NodeName) -> Option<PeerInfo> {
+        match tokio::time::timeout(self.probe_timeout, self.call(peer, &Request::Probe)).await {
+            Ok(Ok(Response::Peer { info })) => Some(*info),
+            _ => None,
+        }
+    }
+
+    /// `peer` says it is in `theirs`: if that is another cluster than the one this node serves
+    /// and `peer` is a member of it, the node stops serving (the engine refuses such a node at
+    /// restart, and a running one must not go on as if its cluster were whole).
+    fn found_split(&self, peer: &NodeName, theirs: Option<&ClusterId>) {
+        let mut g = self.lock();
+        let (Some(ours), Some(theirs)) = (g.p.state.cluster.clone(), theirs) else {
+            return;
+        };
+        if *theirs == ours || !g.serving() || !g.p.state.is_member(peer) {
+            return;
+        }
+        let split = Split {
+            ours,
+            peer: peer.clone(),
+            theirs: theirs.clone(),
+        };
+        error!(node = %self.name, "{}; this node stops serving until then", split.message(&self.name));
+        g.split = Some(split);
+    }
+
+    /// While split, checks the member in another cluster again: the node serves again once
+    /// that member is out of the other cluster (blank or back in this one) or forgotten.
+    async fn recheck_split(&self, peer: &NodeName) {
+        let answer = self.probe_peer(peer).await;
+        let mut g = self.lock();
+        let Some(split) = g.split.clone() else {
+            return;
+        };
+        let ours = split.ours.clone();
+        let healed = if !g.p.state.is_member(peer) || g.p.state.cluster.as_ref() != Some(&ours) {
+            format!("{peer} is no longer a member of cluster {ours}")
+        } else {
+            match answer.map(|info| info.cluster) {
+                // Unreachable: nothing learned.
+                None => return,
+                Some(Some(theirs)) if theirs != ours => {
+                    g.split = Some(Split { theirs, ..split });
+                    return;
+                }
+                Some(_) => format!("{peer} is no longer in cluster {}", split.theirs),
+            }
+        };
+        info!(node = %self.name, "{healed}; serving cluster {ours} again");
+        g.split = None;
     }
 
     /// Anti-entropy: exchange state with the next member in turn, every `interval`.
@@ -632,6 +742,11 @@ impl Node {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            let split = self.lock().split.as_ref().map(|s| s.peer.clone());
+            if let Some(peer) = split {
+                self.recheck_split(&peer).await;
+                continue;
+            }
             if !self.is_ready() {
                 continue;
             }
@@ -658,7 +773,7 @@ impl Node {
     pub async fn status(&self, probe_peers: bool) -> NodeStatus {
         let (state, ready) = {
             let g = self.lock();
-            (g.p.state.clone(), g.ready)
+            (g.p.state.clone(), g.serving())
         };
         let members = state.alive();
         let mut running = Vec::new();
@@ -722,7 +837,7 @@ impl Node {
             ready,
             in_sync: in_sync && probe_peers,
             formation: f.phase.as_str().to_string(),
-            detail: f.detail,
+            detail: self.facts().split.clone().unwrap_or(f.detail),
             version: state.version,
             registration: self.registration().map(|r| r.detail),
             messages_sent: self.metrics.messages_sent.get(),
@@ -784,6 +899,7 @@ impl Node {
         let mut g = self.lock();
         g.p = Persisted::default();
         g.ready = false;
+        g.split = None;
         g.removed_logged = false;
         self.save(&g.p)?;
         self.store.set_force_boot(false).map_err(state_err)?;

@@ -108,8 +108,9 @@ async fn a_wiped_node_and_a_waiting_member_rejoin_the_cluster_the_last_to_stop_b
 }
 
 /// Node 1 runs cluster X = {1,2,3}; nodes 2 and 3 are wiped and form Y from a list without node
-/// 1. Node 1's status shows them as members of another cluster, never as running; stopped and
-/// started again, node 1 (last to stop) refuses to boot, naming both clusters and the commands.
+/// 1. Node 1's status shows them as members of another cluster, never as running, and node 1
+/// stops serving with the inconsistent-cluster refusal; stopped and started again, it refuses to
+/// boot, naming both clusters and the commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_to_restart() {
     let (_dir, mut c) = local_cluster(3);
@@ -128,14 +129,22 @@ async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_t
     let y = cluster_status(&c, 1)["cluster"].as_str().unwrap().to_string();
     assert_ne!(x, y);
 
+    // Anti-entropy (every 500 ms here) meets a member of Y: node 1 stops serving X.
+    let stopped_serving = muster_tests::eventually(Duration::from_secs(10), async || {
+        c.status(0).await.is_some_and(|s| !s.ready)
+    })
+    .await;
+    assert!(
+        stopped_serving.is_some(),
+        "node 1 still serves X: {}",
+        c.log_tail(0, 10)
+    );
     let s = cluster_status(&c, 0);
-    let running: Vec<String> = s["running"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(running, vec![c.nodes[0].name.to_string()], "{s}");
+    assert_eq!(s["running"].as_array().unwrap().len(), 0, "{s}");
+    let detail = s["detail"].as_str().unwrap();
+    for needle in [x.as_str(), y.as_str(), "inconsistent cluster", "reset"] {
+        assert!(detail.contains(needle), "the detail names {needle}: {detail}");
+    }
     let foreign = s["foreign"].as_array().expect("foreign peers listed");
     assert_eq!(foreign.len(), 2, "{s}");
     for f in foreign {

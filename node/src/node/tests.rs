@@ -89,6 +89,52 @@ fn break_saves(store: &Store) {
     }
 }
 
+/// Polls `cond` every 20 ms for up to `limit`.
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// A plain HTTP GET of `path` from the node's HTTP endpoint: the status code and the body.
+async fn http_get(node: &Arc<Node>, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(crate::http::serve(l, node.clone()));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Runs the formation engine on `node` (classic list `nodes`) and returns its refusal.
+async fn engine_refusal(node: &Arc<Node>, nodes: Vec<NodeName>) -> String {
+    let backend = muster::classic::ClassicBackend::new(node.name(), nodes);
+    let membership = Arc::new(NodeMembership(node.clone()));
+    let engine = muster::FormationEngine::new(Default::default(), Arc::new(backend), membership);
+    match engine.run().await {
+        Err(muster::FormationError::Refused { reason }) => reason,
+        other => panic!("the engine did not refuse: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_whose_save_fails_is_refused_and_never_shown_to_probes_or_syncs() {
     let (l, a) = listener("a").await;
@@ -140,4 +186,51 @@ async fn a_joiner_aiming_at_a_member_that_moved_leaves_no_phantom_member() {
     let text = refused.to_string();
     assert!(text.contains("cluster x") && text.contains("cluster y"), "{text}");
     assert_eq!(joiner.state().cluster, None);
+}
+
+/// A running member of x whose known peer b is now in y: the engine refuses such a node at
+/// restart; a running one stops serving too, with the same words, until b is back out of y.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_member_whose_peer_moved_to_another_cluster_stops_serving_with_the_refusal() {
+    let (lb, b) = listener("b").await;
+    let b = running(lb, &b, &persisted("y", &[&b])).await;
+    let a = unreachable("a").await;
+    let was = Persisted {
+        last_to_stop: true,
+        ..persisted("x", &[&a, b.name()])
+    };
+    let a = open(&a, &was);
+    let refusal = engine_refusal(&a, vec![a.name().clone(), b.name().clone()]).await;
+    // The same node as it was while b was still in x: running, ready.
+    NodeMembership(a.node.clone()).resume(None).await.unwrap();
+    assert!(a.is_ready());
+    tokio::spawn(a.node.clone().anti_entropy(Duration::from_millis(50)));
+    assert!(
+        eventually(Duration::from_secs(5), || !a.is_ready()).await,
+        "a still serves x while its peer b is in y"
+    );
+    assert!(!a.peer_info().ready, "probes answer not ready");
+    let status = a.status(false).await;
+    assert!(!status.ready);
+    assert_eq!(
+        status.detail, refusal,
+        "cluster-status shows the engine's refusal"
+    );
+    let (code, body) = http_get(&a, "/health/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&refusal), "{body}");
+    let refused = a
+        .accept_join(&unreachable("j").await, 1, Some(&cluster("x")))
+        .await;
+    assert!(matches!(refused, Err(JoinError::NotReady { .. })), "{refused:?}");
+    // Several rounds later it still does not serve; once b leaves y, it serves x again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!a.is_ready());
+    b.reset().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || a.is_ready()).await,
+        "a serves again once b is out of y"
+    );
+    let detail = a.status(false).await.detail;
+    assert!(!detail.contains("inconsistent cluster"), "{detail}");
 }
