@@ -143,6 +143,9 @@ pub struct Node {
     pub contacts: crate::contact::Contacts,
     /// Joins waiting for the next group commit (see `Node::accept_join`).
     joins: std::sync::Mutex<Vec<JoinWaiter>>,
+    /// Members that said they stopped gracefully and have not run since (see
+    /// `Node::record_shutdown`).
+    stopped_peers: std::sync::Mutex<std::collections::BTreeSet<NodeName>>,
 }
 
 /// A joiner waiting for the group commit that adds it, and where its answer goes.
@@ -293,6 +296,7 @@ impl Node {
             pool: Pool::default(),
             contacts: crate::contact::Contacts::default(),
             joins: std::sync::Mutex::default(),
+            stopped_peers: std::sync::Mutex::default(),
         });
         // Requests peers send on connections this node opened are answered like any others.
         node.pool
@@ -395,6 +399,22 @@ impl Node {
     pub fn detail(&self) -> String {
         let split = self.facts().split.clone();
         split.unwrap_or_else(|| self.formation().detail)
+    }
+
+    /// `peer` said it is stopping gracefully: counted as stopped until it runs again.
+    pub fn peer_stopped(&self, peer: &NodeName) {
+        if self.facts().members.contains(peer) {
+            self.stopped().insert(peer.clone());
+        }
+    }
+
+    /// `peer` runs (it pushed its state or joined): no longer counted as stopped.
+    pub fn peer_running(&self, peer: &NodeName) {
+        self.stopped().remove(peer);
+    }
+
+    fn stopped(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeName>> {
+        self.stopped_peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current membership state.
@@ -901,13 +921,17 @@ impl Node {
         g.ready = false;
         g.split = None;
         g.removed_logged = false;
+        self.stopped().clear();
         self.save(&g.p)?;
         self.store.set_force_boot(false).map_err(state_err)?;
         info!(node = %self.name, "reset: left the cluster; this node is blank and waits for join-cluster");
         Ok(())
     }
 
-    /// Records, at graceful shutdown, which members are still running.
+    /// Records, at graceful shutdown, which members are still running and whether this node is
+    /// the last to stop, then tells the other members it stops. It is the last only when every
+    /// other member said it stopped and none answers as running: a member that does not answer
+    /// may run behind a partition, and two sides that each booted first would be two clusters.
     pub async fn record_shutdown(&self) {
         if !self.is_ready() {
             // Blank, still waiting in its restart window, or removed: it is not running, so it
@@ -915,29 +939,61 @@ impl Node {
             info!(node = %self.name, "stopping while not running in a cluster; last-to-stop left as recorded");
             return;
         }
+        let state = self.state();
         let running: Vec<NodeName> = self
-            .probe_members(&self.state())
+            .probe_members(&state)
             .await
             .into_iter()
             .filter(|info| info.ready)
             .map(|info| info.node)
             .collect();
-        let mut g = self.lock();
-        if g.p.state.cluster.is_none() {
-            return;
+        let unknown = self.not_known_stopped(&state, &running);
+        {
+            let mut g = self.lock();
+            if g.p.state.cluster.is_none() {
+                return;
+            }
+            g.p.last_to_stop = running.is_empty() && unknown.is_empty();
+            g.p.running_at_shutdown = running;
+            g.ready = false;
+            if let Err(e) = self.save(&g.p) {
+                warn!(node = %self.name, "could not record shutdown state: {e}");
+            }
+            let last = match (g.p.running_at_shutdown.as_slice(), unknown.as_slice()) {
+                ([], []) => "yes".to_string(),
+                ([], unknown) => format!("no: nothing says {} stopped", names(unknown)),
+                (running, _) => format!("no: {} still running", names(running)),
+            };
+            info!(node = %self.name, "stopping; last member to stop: {last}");
         }
-        g.p.last_to_stop = running.is_empty();
-        g.p.running_at_shutdown = running;
-        g.ready = false;
-        if let Err(e) = self.save(&g.p) {
-            warn!(node = %self.name, "could not record shutdown state: {e}");
-        }
-        info!(
-            node = %self.name,
-            "stopping; last member to stop: {}",
-            if g.p.last_to_stop { "yes" } else { "no" }
-        );
+        self.tell_stopping(&state).await;
     }
+
+    /// The other members of `state` that are neither `running` nor said they stopped.
+    fn not_known_stopped(&self, state: &ClusterState, running: &[NodeName]) -> Vec<NodeName> {
+        let stopped = self.stopped();
+        state
+            .alive()
+            .into_iter()
+            .filter(|m| *m != self.name && !running.contains(m) && !stopped.contains(m))
+            .collect()
+    }
+
+    /// Tells every other member of `state` that this node stops (each within the probe timeout;
+    /// one that misses it only cannot count this node as stopped).
+    async fn tell_stopping(&self, state: &ClusterState) {
+        let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
+        join_all(
+            peers
+                .iter()
+                .map(|p| tokio::time::timeout(self.probe_timeout, self.call(p, &Request::Stopping))),
+        )
+        .await;
+    }
+}
+
+fn names(nodes: &[NodeName]) -> String {
+    nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// `Membership` for the formation engine.

@@ -234,3 +234,53 @@ async fn a_running_member_whose_peer_moved_to_another_cluster_stops_serving_with
     let detail = a.status(false).await.detail;
     assert!(!detail.contains("inconsistent cluster"), "{detail}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_does_not_answer_is_not_taken_for_stopped() {
+    // b is cut off (or frozen, or crashed): nothing says it stopped, so a is not the last.
+    let (la, a) = listener("a").await;
+    let b = unreachable("b").await;
+    let a = running(la, &a, &persisted("x", &[&a, &b])).await;
+    a.record_shutdown().await;
+    let p = a.store().load().unwrap();
+    assert!(!p.last_to_stop, "a recorded itself last while b may still run");
+    assert!(!a.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_every_other_member_told_it_stopped_is_the_last_to_stop() {
+    let (la, a) = listener("a").await;
+    let (lb, b) = listener("b").await;
+    let both = persisted("x", &[&a, &b]);
+    let a = running(la, &a, &both).await;
+    let b = running(lb, &b, &both).await;
+    b.record_shutdown().await;
+    assert!(!b.store().load().unwrap().last_to_stop, "a was still running");
+    a.record_shutdown().await;
+    let p = a.store().load().unwrap();
+    assert!(p.last_to_stop, "b stopped first and said so");
+    assert!(p.running_at_shutdown.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_said_it_stopped_counts_as_running_again_once_it_pushes_its_state() {
+    let (la, a) = listener("a").await;
+    let b = unreachable("b").await;
+    let both = persisted("x", &[&a, &b]);
+    let a = running(la, &a, &both).await;
+    let reply = crate::server::dispatch(&a, Request::Stopping, Some(&b)).await;
+    assert_eq!(reply, Response::Ok);
+    assert!(a.not_known_stopped(&both.state, &[]).is_empty());
+    // b restarted and resumed: its push says it runs.
+    crate::server::dispatch(
+        &a,
+        Request::Sync {
+            state: both.state.clone(),
+        },
+        Some(&b),
+    )
+    .await;
+    assert_eq!(a.not_known_stopped(&both.state, &[]), vec![b.clone()]);
+    a.record_shutdown().await;
+    assert!(!a.store().load().unwrap().last_to_stop);
+}

@@ -80,6 +80,9 @@ pub enum Request {
     ForceBoot,
     /// Stop the node gracefully.
     Stop,
+    /// From a peer: the sender is stopping gracefully (it stays a member). A member that stops
+    /// later counts it as stopped; only one that knows every other member stopped is the last.
+    Stopping,
 }
 
 /// Membership and health of one node, as `cluster-status` shows it.
