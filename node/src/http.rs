@@ -56,7 +56,7 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
     if node.is_ready() {
         "ready\n".into_response()
     } else {
-        let body = format!("not ready: {}\n", node.formation().detail);
+        let body = format!("not ready: {}\n", node.detail());
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

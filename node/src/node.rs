@@ -28,8 +28,43 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 struct Inner {
     p: Persisted,
     ready: bool,
+    /// A known member answered from another cluster while this node served its own: it stops
+    /// serving until the member is out of that cluster, is forgotten, or this node is reset.
+    split: Option<Split>,
     view: Option<FormationView>,
     removed_logged: bool,
+}
+
+impl Inner {
+    /// Ready and serving: formation finished, a current member, and no known member elsewhere.
+    fn serving(&self) -> bool {
+        self.ready && self.split.is_none()
+    }
+}
+
+/// A known member found in another cluster (see `Inner::split`).
+#[derive(Debug, Clone)]
+struct Split {
+    ours: ClusterId,
+    peer: NodeName,
+    theirs: ClusterId,
+}
+
+impl Split {
+    fn message(&self, local: &NodeName) -> String {
+        inconsistent_cluster(local, &self.ours, &self.peer, &self.theirs)
+    }
+}
+
+/// The engine's inconsistent-cluster refusal, word for word, so that an operator reads one
+/// message whether a restarting node or a running one found the split.
+fn inconsistent_cluster(local: &NodeName, ours: &ClusterId, peer: &NodeName, theirs: &ClusterId) -> String {
+    format!(
+        "inconsistent cluster: {local} was a member of cluster {ours}, but its peer {peer} is \
+         now a member of cluster {theirs}. To keep {theirs}: reset this node (`muster ctl \
+         reset`, its data from {ours} is discarded) and it joins {theirs}. To keep {ours}: \
+         stop {peer}, reset it, and start it again so that it rejoins {ours}"
+    )
 }
 
 /// What probes and readiness checks read: a copy of the probe-visible facts, replaced whenever
@@ -42,6 +77,8 @@ struct Facts {
     cluster: Option<ClusterId>,
     members: Vec<NodeName>,
     ready: bool,
+    /// Why the node does not serve although formation finished (see `Inner::split`).
+    split: Option<String>,
     view: Option<FormationView>,
 }
 
@@ -69,7 +106,8 @@ impl Drop for Guard<'_> {
         let facts = Facts {
             cluster: self.inner.p.state.cluster.clone(),
             members: self.inner.p.state.alive(),
-            ready: self.inner.ready,
+            ready: self.inner.serving(),
+            split: self.inner.split.as_ref().map(|s| s.message(&self.node.name)),
             view: self.inner.view.clone(),
         };
         let mut published = self.node.facts.write().unwrap_or_else(|e| e.into_inner());
@@ -105,10 +143,64 @@ pub struct Node {
     pub contacts: crate::contact::Contacts,
     /// Joins waiting for the next group commit (see `Node::accept_join`).
     joins: std::sync::Mutex<Vec<JoinWaiter>>,
+    /// Members that said they stopped gracefully and have not run since (see
+    /// `Node::record_shutdown`).
+    stopped_peers: std::sync::Mutex<std::collections::BTreeSet<NodeName>>,
 }
 
 /// A joiner waiting for the group commit that adds it, and where its answer goes.
-type JoinWaiter = (NodeName, tokio::sync::oneshot::Sender<Response>);
+struct JoinWaiter {
+    node: NodeName,
+    /// The cluster it asked to join (`None`: a joiner of an earlier version).
+    cluster: Option<ClusterId>,
+    answer: tokio::sync::oneshot::Sender<Result<ClusterState, JoinError>>,
+}
+
+/// Why a member refused a join.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The member is blank, still forming or restarting, or not serving its cluster.
+    #[error("{member} is not a ready cluster member; try another member")]
+    NotReady {
+        /// The member asked.
+        member: NodeName,
+    },
+    /// The member is in another cluster than the one the joiner asked for.
+    #[error(transparent)]
+    OtherCluster(Box<OtherCluster>),
+    /// The cluster removed the joiner at this incarnation or later.
+    #[error("{0}")]
+    Removed(String),
+    /// The new membership could not be persisted.
+    #[error("{0}")]
+    State(String),
+    /// The member dropped the join before answering it (it is stopping).
+    #[error("the join of {joiner} was dropped; try again")]
+    Dropped {
+        /// The joining node.
+        joiner: NodeName,
+    },
+}
+
+/// A join refused because the member is in another cluster than the joiner asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{member} is a member of cluster {ours}, not of cluster {wanted} that {joiner} asked to join; \
+     {joiner} was not added"
+)]
+pub struct OtherCluster {
+    /// The joining node.
+    pub joiner: NodeName,
+    /// The member asked.
+    pub member: NodeName,
+    /// The member's cluster.
+    pub ours: ClusterId,
+    /// The cluster the joiner asked for.
+    pub wanted: ClusterId,
+}
+
+/// The joiners of one group commit, each with its result.
+type Answers = Vec<(JoinWaiter, Result<(), JoinError>)>;
 
 /// How long a state push waits for more changes to send with it.
 const PUSH_DELAY: Duration = Duration::from_millis(5);
@@ -191,6 +283,7 @@ impl Node {
             inner: Mutex::new(Inner {
                 p,
                 ready: false,
+                split: None,
                 view: None,
                 removed_logged: false,
             }),
@@ -206,6 +299,7 @@ impl Node {
             pool: Pool::default(),
             contacts: crate::contact::Contacts::default(),
             joins: std::sync::Mutex::default(),
+            stopped_peers: std::sync::Mutex::default(),
         });
         // Requests peers send on connections this node opened are answered like any others.
         node.pool
@@ -297,9 +391,33 @@ impl Node {
         let _ = self.stop.send(true);
     }
 
-    /// Ready: formation finished and the node is a current member of its cluster.
+    /// Ready: formation finished, the node is a current member of its cluster, and no known
+    /// member answered from another cluster.
     pub fn is_ready(&self) -> bool {
         self.facts().ready
+    }
+
+    /// What the node is doing: the inconsistent-cluster refusal while a known member is in
+    /// another cluster, else the formation detail.
+    pub fn detail(&self) -> String {
+        let split = self.facts().split.clone();
+        split.unwrap_or_else(|| self.formation().detail)
+    }
+
+    /// `peer` said it is stopping gracefully: counted as stopped until it runs again.
+    pub fn peer_stopped(&self, peer: &NodeName) {
+        if self.facts().members.contains(peer) {
+            self.stopped().insert(peer.clone());
+        }
+    }
+
+    /// `peer` runs (it pushed its state or joined): no longer counted as stopped.
+    pub fn peer_running(&self, peer: &NodeName) {
+        self.stopped().remove(peer);
+    }
+
+    fn stopped(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeName>> {
+        self.stopped_peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current membership state.
@@ -406,82 +524,102 @@ impl Node {
         }
     }
 
-    /// Adds a joining node to this node's cluster.
+    /// Adds a joining node to this node's cluster, if this node is a ready member of `cluster`
+    /// (`None`: a joiner of an earlier version, which checks the cluster itself); answers the
+    /// membership with the joiner in it.
     /// The incarnation is this member's to assign (`ClusterState::next_incarnation`): the
     /// joiner's own clock (`_requested`) may have stepped back. Joins that arrive together are
     /// written together (group commit): each waits in a queue, and whoever takes the state lock
     /// next adds every queued joiner and persists them with one write, so a crowd of joiners
     /// costs a few writes instead of one each. Every join is still answered only once it is on
     /// disk.
-    pub async fn accept_join(self: &Arc<Self>, node: &NodeName, _requested: u64) -> Response {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    pub async fn accept_join(
+        self: &Arc<Self>,
+        node: &NodeName,
+        _requested: u64,
+        cluster: Option<&ClusterId>,
+    ) -> Result<ClusterState, JoinError> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
         self.joins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((node.clone(), tx));
+            .push(JoinWaiter {
+                node: node.clone(),
+                cluster: cluster.cloned(),
+                answer,
+            });
         self.commit_joins();
-        rx.await.unwrap_or_else(|_| Response::Error {
-            message: format!("{} dropped the join of {node}; try again", self.name),
-        })
+        rx.await
+            .unwrap_or_else(|_| Err(JoinError::Dropped { joiner: node.clone() }))
     }
 
     /// Adds every queued joiner, persists once, and answers each (see `accept_join`).
     fn commit_joins(self: &Arc<Self>) {
-        let (answers, state, joined) = {
-            let mut g = self.lock();
-            let batch: Vec<JoinWaiter> =
-                std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
-            if batch.is_empty() {
-                // An earlier committer took this caller's join with its own.
-                return;
-            }
-            if g.p.state.cluster.is_none() || !g.ready {
-                let message = format!("{} is not a ready cluster member; try another member", self.name);
-                for (_, tx) in batch {
-                    let _ = tx.send(Response::Error {
-                        message: message.clone(),
-                    });
-                }
-                return;
-            }
-            let mut changed = false;
-            let mut results = Vec::new();
-            for (node, tx) in batch {
-                let incarnation = g.p.state.next_incarnation(&node, now_ms());
-                let r = g.p.state.add(&node, incarnation).map(|c| changed |= c);
-                results.push(((node, tx), r));
-            }
-            if changed && let Err(e) = self.save(&g.p) {
-                for ((_, tx), r) in results {
-                    let message = match r {
-                        Ok(()) => e.to_string(),
-                        Err(m) => m,
-                    };
-                    let _ = tx.send(Response::Error { message });
-                }
-                return;
-            }
-            let joined: Vec<NodeName> = results
-                .iter()
-                .filter(|(_, r)| r.is_ok())
-                .map(|((n, _), _)| n.clone())
-                .collect();
-            (results, g.p.state.clone(), joined)
+        let Some((answers, state)) = self.add_joiners() else {
+            return;
         };
         let cluster = state.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default();
-        for node in &joined {
-            self.metrics.joins.inc();
-            info!(node = %self.name, "{node} joined cluster {cluster}");
+        let mut joined = false;
+        for (waiter, result) in answers {
+            if result.is_ok() {
+                joined = true;
+                self.metrics.joins.inc();
+                info!(node = %self.name, "{} joined cluster {cluster}", waiter.node);
+            }
+            let _ = waiter.answer.send(result.map(|()| state.clone()));
         }
-        for ((_, tx), r) in answers {
-            let _ = tx.send(match r {
-                Ok(()) => Response::State { state: state.clone() },
-                Err(message) => Response::Error { message },
-            });
-        }
-        if !joined.is_empty() {
+        if joined {
             self.clone().broadcast();
         }
+    }
+
+    /// Takes the queued joiners and adds those this member admits, with one write. The joiners
+    /// go into a copy that replaces the state only once it is on disk, so probes and syncs never
+    /// show a joiner a failed save left out. Returns each joiner's result and the state after the
+    /// commit; `None` when an earlier committer took the queue.
+    fn add_joiners(&self) -> Option<(Answers, ClusterState)> {
+        let mut g = self.lock();
+        let batch = std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return None;
+        }
+        let mut next = g.p.clone();
+        let results: Vec<Result<bool, JoinError>> =
+            batch.iter().map(|w| self.admit(&g, &mut next.state, w)).collect();
+        let saved = if results.iter().any(|r| matches!(r, Ok(true))) {
+            self.save(&next).map(|()| g.p = next).map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
+        let answers = batch
+            .into_iter()
+            .zip(results)
+            .map(|(w, r)| match (r, &saved) {
+                (Ok(_), Err(e)) => (w, Err(JoinError::State(e.clone()))),
+                (r, _) => (w, r.map(drop)),
+            })
+            .collect();
+        Some((answers, g.p.state.clone()))
+    }
+
+    /// Adds one joiner to `state` (this member's next state) if this member may admit it into
+    /// the cluster it asked for; whether anything changed.
+    fn admit(&self, now: &Inner, state: &mut ClusterState, w: &JoinWaiter) -> Result<bool, JoinError> {
+        let Some(ours) = state.cluster.clone().filter(|_| now.serving()) else {
+            return Err(JoinError::NotReady {
+                member: self.name.clone(),
+            });
+        };
+        if let Some(wanted) = w.cluster.as_ref().filter(|c| **c != ours) {
+            return Err(JoinError::OtherCluster(Box::new(OtherCluster {
+                joiner: w.node.clone(),
+                member: self.name.clone(),
+                ours,
+                wanted: wanted.clone(),
+            })));
+        }
+        let incarnation = state.next_incarnation(&w.node, now_ms());
+        state.add(&w.node, incarnation).map_err(JoinError::Removed)
     }
 
     /// Pushes the current state to every other member in the background. Pushes coalesce: at
@@ -535,26 +673,89 @@ impl Node {
     /// One push-pull exchange with `peer`: `req` is a `Request::Sync` of this node's state.
     async fn sync_with(&self, peer: &NodeName, req: &Request) {
         match self.call(peer, req).await {
-            Ok(Response::State { state: theirs }) => {
-                let mut g = self.lock();
-                // A node that was reset while the exchange was in flight stays blank: only a
-                // node still in that cluster merges the answer.
-                if g.p.state.cluster.is_none() || g.p.state.cluster != theirs.cluster {
-                    return;
-                }
-                if let Ok(true) = g.p.state.merge(&theirs)
-                    && let Err(e) = self.adopt(&mut g)
-                {
-                    warn!(node = %self.name, "could not persist membership: {e}");
-                }
-            }
+            Ok(Response::State { state: theirs }) => self.merge_answer(peer, &theirs),
             Ok(Response::Error { message }) => {
-                warn!(node = %self.name, "sync with {peer} refused: {message}")
+                warn!(node = %self.name, "sync with {peer} refused: {message}");
+                // A member of another cluster refuses this node's state: find out.
+                if let Some(info) = self.probe_peer(peer).await {
+                    self.found_split(peer, info.cluster.as_ref());
+                }
             }
             Ok(_) => {}
             Err(e) if e.is_auth() => warn!(node = %self.name, "{e}"),
             Err(_) => {}
         }
+    }
+
+    /// Merges `peer`'s answer to a sync, if it is of this node's cluster.
+    fn merge_answer(&self, peer: &NodeName, theirs: &ClusterState) {
+        let mut g = self.lock();
+        // A node that was reset while the exchange was in flight stays blank: only a node still
+        // in that cluster merges the answer.
+        if g.p.state.cluster.is_none() || g.p.state.cluster != theirs.cluster {
+            drop(g);
+            self.found_split(peer, theirs.cluster.as_ref());
+            return;
+        }
+        if let Ok(true) = g.p.state.merge(theirs)
+            && let Err(e) = self.adopt(&mut g)
+        {
+            warn!(node = %self.name, "could not persist membership: {e}");
+        }
+    }
+
+    /// `peer`'s probe answer, within the probe timeout.
+    async fn probe_peer(&self, peer: &NodeName) -> Option<PeerInfo> {
+        match tokio::time::timeout(self.probe_timeout, self.call(peer, &Request::Probe)).await {
+            Ok(Ok(Response::Peer { info })) => Some(*info),
+            _ => None,
+        }
+    }
+
+    /// `peer` says it is in `theirs`: if that is another cluster than the one this node serves
+    /// and `peer` is a member of it, the node stops serving (the engine refuses such a node at
+    /// restart, and a running one must not go on as if its cluster were whole).
+    fn found_split(&self, peer: &NodeName, theirs: Option<&ClusterId>) {
+        let mut g = self.lock();
+        let (Some(ours), Some(theirs)) = (g.p.state.cluster.clone(), theirs) else {
+            return;
+        };
+        if *theirs == ours || !g.serving() || !g.p.state.is_member(peer) {
+            return;
+        }
+        let split = Split {
+            ours,
+            peer: peer.clone(),
+            theirs: theirs.clone(),
+        };
+        error!(node = %self.name, "{}; this node stops serving until then", split.message(&self.name));
+        g.split = Some(split);
+    }
+
+    /// While split, checks the member in another cluster again: the node serves again once
+    /// that member is out of the other cluster (blank or back in this one) or forgotten.
+    async fn recheck_split(&self, peer: &NodeName) {
+        let answer = self.probe_peer(peer).await;
+        let mut g = self.lock();
+        let Some(split) = g.split.clone() else {
+            return;
+        };
+        let ours = split.ours.clone();
+        let healed = if !g.p.state.is_member(peer) || g.p.state.cluster.as_ref() != Some(&ours) {
+            format!("{peer} is no longer a member of cluster {ours}")
+        } else {
+            match answer.map(|info| info.cluster) {
+                // Unreachable: nothing learned.
+                None => return,
+                Some(Some(theirs)) if theirs != ours => {
+                    g.split = Some(Split { theirs, ..split });
+                    return;
+                }
+                Some(_) => format!("{peer} is no longer in cluster {}", split.theirs),
+            }
+        };
+        info!(node = %self.name, "{healed}; serving cluster {ours} again");
+        g.split = None;
     }
 
     /// Anti-entropy: exchange state with the next member in turn, every `interval`.
@@ -564,6 +765,11 @@ impl Node {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            let split = self.lock().split.as_ref().map(|s| s.peer.clone());
+            if let Some(peer) = split {
+                self.recheck_split(&peer).await;
+                continue;
+            }
             if !self.is_ready() {
                 continue;
             }
@@ -590,7 +796,7 @@ impl Node {
     pub async fn status(&self, probe_peers: bool) -> NodeStatus {
         let (state, ready) = {
             let g = self.lock();
-            (g.p.state.clone(), g.ready)
+            (g.p.state.clone(), g.serving())
         };
         let members = state.alive();
         let mut running = Vec::new();
@@ -654,7 +860,7 @@ impl Node {
             ready,
             in_sync: in_sync && probe_peers,
             formation: f.phase.as_str().to_string(),
-            detail: f.detail,
+            detail: self.facts().split.clone().unwrap_or(f.detail),
             version: state.version,
             registration: self.registration().map(|r| r.detail),
             messages_sent: self.metrics.messages_sent.get(),
@@ -720,14 +926,19 @@ impl Node {
             ..Persisted::default()
         };
         g.ready = false;
+        g.split = None;
         g.removed_logged = false;
+        self.stopped().clear();
         self.save(&g.p)?;
         self.store.set_force_boot(false).map_err(state_err)?;
         info!(node = %self.name, "reset: left the cluster; this node is blank and waits for join-cluster");
         Ok(())
     }
 
-    /// Records, at graceful shutdown, which members are still running.
+    /// Records, at graceful shutdown, which members are still running and whether this node is
+    /// the last to stop, then tells the other members it stops. It is the last only when every
+    /// other member said it stopped and none answers as running: a member that does not answer
+    /// may run behind a partition, and two sides that each booted first would be two clusters.
     pub async fn record_shutdown(&self) {
         if !self.is_ready() {
             // Blank, still waiting in its restart window, or removed: it is not running, so it
@@ -735,29 +946,61 @@ impl Node {
             info!(node = %self.name, "stopping while not running in a cluster; last-to-stop left as recorded");
             return;
         }
+        let state = self.state();
         let running: Vec<NodeName> = self
-            .probe_members(&self.state())
+            .probe_members(&state)
             .await
             .into_iter()
             .filter(|info| info.ready)
             .map(|info| info.node)
             .collect();
-        let mut g = self.lock();
-        if g.p.state.cluster.is_none() {
-            return;
+        let unknown = self.not_known_stopped(&state, &running);
+        {
+            let mut g = self.lock();
+            if g.p.state.cluster.is_none() {
+                return;
+            }
+            g.p.last_to_stop = running.is_empty() && unknown.is_empty();
+            g.p.running_at_shutdown = running;
+            g.ready = false;
+            if let Err(e) = self.save(&g.p) {
+                warn!(node = %self.name, "could not record shutdown state: {e}");
+            }
+            let last = match (g.p.running_at_shutdown.as_slice(), unknown.as_slice()) {
+                ([], []) => "yes".to_string(),
+                ([], unknown) => format!("no: nothing says {} stopped", names(unknown)),
+                (running, _) => format!("no: {} still running", names(running)),
+            };
+            info!(node = %self.name, "stopping; last member to stop: {last}");
         }
-        g.p.last_to_stop = running.is_empty();
-        g.p.running_at_shutdown = running;
-        g.ready = false;
-        if let Err(e) = self.save(&g.p) {
-            warn!(node = %self.name, "could not record shutdown state: {e}");
-        }
-        info!(
-            node = %self.name,
-            "stopping; last member to stop: {}",
-            if g.p.last_to_stop { "yes" } else { "no" }
-        );
+        self.tell_stopping(&state).await;
     }
+
+    /// The other members of `state` that are neither `running` nor said they stopped.
+    fn not_known_stopped(&self, state: &ClusterState, running: &[NodeName]) -> Vec<NodeName> {
+        let stopped = self.stopped();
+        state
+            .alive()
+            .into_iter()
+            .filter(|m| *m != self.name && !running.contains(m) && !stopped.contains(m))
+            .collect()
+    }
+
+    /// Tells every other member of `state` that this node stops (each within the probe timeout;
+    /// one that misses it only cannot count this node as stopped).
+    async fn tell_stopping(&self, state: &ClusterState) {
+        let peers: Vec<NodeName> = state.alive().into_iter().filter(|n| *n != self.name).collect();
+        join_all(
+            peers
+                .iter()
+                .map(|p| tokio::time::timeout(self.probe_timeout, self.call(p, &Request::Stopping))),
+        )
+        .await;
+    }
+}
+
+fn names(nodes: &[NodeName]) -> String {
+    nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// `Membership` for the formation engine.
@@ -831,6 +1074,7 @@ impl Membership for NodeMembership {
         let req = Request::Join {
             node: n.name.clone(),
             incarnation,
+            cluster: Some(cluster.clone()),
         };
         let state = match n.call(member, &req).await.map_err(|e| to_membership(member, e))? {
             Response::State { state } => state,
@@ -965,3 +1209,6 @@ impl Membership for NodeMembership {
         n.save(&g.p)
     }
 }
+
+#[cfg(test)]
+mod tests;

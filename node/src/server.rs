@@ -163,8 +163,17 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
         Request::Join {
             node: joiner,
             incarnation,
+            cluster,
         } => match peer {
-            Some(p) if *p == joiner => node.accept_join(&joiner, incarnation).await,
+            Some(p) if *p == joiner => match node.accept_join(&joiner, incarnation, cluster.as_ref()).await {
+                Ok(state) => {
+                    node.peer_running(p);
+                    Response::State { state }
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
             Some(p) => Response::Error {
                 message: format!("join for {joiner} refused: this connection is authenticated as {p}"),
             },
@@ -176,6 +185,8 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
         // membership or in the state it sends (a joiner pushing the state it was just given).
         Request::Sync { state } => match peer {
             Some(p) if node.state().members.contains_key(p) || state.members.contains_key(p) => {
+                // Only a member that runs pushes its state.
+                node.peer_running(p);
                 node.accept_sync(&state)
             }
             Some(p) => Response::Error {
@@ -216,5 +227,14 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
         }
         Request::ForceBoot => done(node.store().set_force_boot(true)),
         Request::Stop => Response::Ok,
+        Request::Stopping => match peer {
+            Some(p) => {
+                node.peer_stopped(p);
+                Response::Ok
+            }
+            None => Response::Error {
+                message: "a stopping notice comes from a peer, not from the CLI".into(),
+            },
+        },
     }
 }

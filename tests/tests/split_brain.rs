@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use muster_tests::faults::persisted;
 use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, node_exe, relist};
 
 const FORM: Duration = Duration::from_secs(20);
@@ -83,10 +84,11 @@ async fn the_five_step_recipe_never_ends_in_two_ready_clusters() {
 }
 
 /// The same recipe after a real formation: X = {1,2,3}; node 3 stops, node 1 is killed, node 2
-/// stops last; node 1's disk is wiped; 1 and 3 start (3 waits for its peers, 1 for node 2), then
-/// node 2 boots X at once and everyone ends in X.
+/// stops (not the last: nothing says node 1 stopped); node 1's disk is wiped; 1 and 3 start (3
+/// waits for its peers, 1 for node 2), then node 2 starts: every known member is back (3 waiting,
+/// 1 blank), node 2 is the lowest holder and boots X, and everyone ends in X.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_node_and_a_waiting_member_rejoin_the_cluster_the_last_to_stop_boots() {
+async fn a_wiped_node_and_a_waiting_member_rejoin_the_cluster_the_lowest_holder_boots() {
     let (_dir, mut c) = local_cluster(3);
     let all = [0, 1, 2];
     c.start_all().unwrap();
@@ -108,8 +110,9 @@ async fn a_wiped_node_and_a_waiting_member_rejoin_the_cluster_the_last_to_stop_b
 }
 
 /// Node 1 runs cluster X = {1,2,3}; nodes 2 and 3 are wiped and form Y from a list without node
-/// 1. Node 1's status shows them as members of another cluster, never as running; stopped and
-/// started again, node 1 (last to stop) refuses to boot, naming both clusters and the commands.
+/// 1. Node 1's status shows them as members of another cluster, never as running, and node 1
+/// stops serving with the inconsistent-cluster refusal; stopped and started again, it refuses to
+/// boot, naming both clusters and the commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_to_restart() {
     let (_dir, mut c) = local_cluster(3);
@@ -128,14 +131,22 @@ async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_t
     let y = cluster_status(&c, 1)["cluster"].as_str().unwrap().to_string();
     assert_ne!(x, y);
 
+    // Anti-entropy (every 500 ms here) meets a member of Y: node 1 stops serving X.
+    let stopped_serving = muster_tests::eventually(Duration::from_secs(10), async || {
+        c.status(0).await.is_some_and(|s| !s.ready)
+    })
+    .await;
+    assert!(
+        stopped_serving.is_some(),
+        "node 1 still serves X: {}",
+        c.log_tail(0, 10)
+    );
     let s = cluster_status(&c, 0);
-    let running: Vec<String> = s["running"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(running, vec![c.nodes[0].name.to_string()], "{s}");
+    assert_eq!(s["running"].as_array().unwrap().len(), 0, "{s}");
+    let detail = s["detail"].as_str().unwrap();
+    for needle in [x.as_str(), y.as_str(), "inconsistent cluster", "reset"] {
+        assert!(detail.contains(needle), "the detail names {needle}: {detail}");
+    }
     let foreign = s["foreign"].as_array().expect("foreign peers listed");
     assert_eq!(foreign.len(), 2, "{s}");
     for f in foreign {
@@ -199,5 +210,49 @@ async fn a_node_stopped_in_its_restart_window_is_not_the_last_to_stop() {
     c.start(2).unwrap();
     c.start(1).unwrap();
     c.wait_members(&all, 3, FORM).await.unwrap();
+    c.stop_all(GRACE).await;
+}
+
+/// Only a member that knows every other member stopped records itself as the last to stop.
+/// Stopped one after the other (node 2, then node 1), node 1 is the last and boots alone. Node 2
+/// frozen (SIGSTOP: it answers nothing, as behind a partition) while node 1 stops: nothing says
+/// node 2 stopped, so node 1 is not the last; it waits at its restart, and once both are back the
+/// lowest holder boots and they are one cluster again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_peer_did_not_answer_at_its_stop_is_not_the_last_to_stop() {
+    let (_dir, mut c) = local_cluster(2);
+    let all = [0, 1];
+    c.start_all().unwrap();
+    c.wait_members(&all, 2, FORM).await.unwrap();
+    let x = cluster_status(&c, 0)["cluster"].clone();
+    let last = |c: &LocalCluster, i: usize| persisted(&c.nodes[i].data_dir).unwrap().last_to_stop;
+    c.stop(1, GRACE).await.unwrap();
+    c.stop(0, GRACE).await.unwrap();
+    assert!(
+        last(&c, 0) && !last(&c, 1),
+        "stopped 2 then 1: node 1 is the last"
+    );
+    c.start(0).unwrap();
+    c.wait_members(&[0], 2, FORM).await.unwrap();
+    c.start(1).unwrap();
+    c.wait_members(&all, 2, FORM).await.unwrap();
+
+    c.signal(1, libc::SIGSTOP).unwrap();
+    c.stop(0, GRACE).await.unwrap();
+    assert!(
+        !last(&c, 0),
+        "node 1 recorded itself last while node 2 may still run"
+    );
+    // Node 2 dies while frozen; node 1 waits for it, then the two are one cluster again.
+    c.kill(1).unwrap();
+    c.start(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = c.status(0).await.expect("node 1 answers while it waits");
+    assert!(!s.ready, "node 1 booted alone: {}", s.detail);
+    c.start(1).unwrap();
+    c.wait_members(&all, 2, FORM).await.unwrap();
+    for i in all {
+        assert_eq!(cluster_status(&c, i)["cluster"], x, "node {i}");
+    }
     c.stop_all(GRACE).await;
 }

@@ -44,12 +44,16 @@ pub enum Request {
     /// The sender's formation state changed (view, intent, commitment; formed or joined): decide
     /// again now. Carries nothing the receiver trusts; its next round probes afresh.
     Notice,
-    /// Add `node` (with its incarnation) to this node's cluster.
+    /// Add `node` (with its incarnation) to this node's cluster, if that is `cluster`.
     Join {
         /// The joining node.
         node: NodeName,
         /// Its incarnation.
         incarnation: u64,
+        /// The cluster it means to join; a member of any other cluster refuses. Absent from
+        /// joiners of earlier versions, which check the cluster of the answer themselves.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<ClusterId>,
     },
     /// Push-pull anti-entropy: merge this state and answer with the merged one.
     Sync {
@@ -76,6 +80,9 @@ pub enum Request {
     ForceBoot,
     /// Stop the node gracefully.
     Stop,
+    /// From a peer: the sender is stopping gracefully (it stays a member). A member that stops
+    /// later counts it as stopped; only one that knows every other member stopped is the last.
+    Stopping,
 }
 
 /// Membership and health of one node, as `cluster-status` shows it.

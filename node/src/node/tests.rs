@@ -1,0 +1,286 @@
+//! Nodes in one process, on loopback, with real stores and the real peer protocol: joins,
+//! anti-entropy across clusters, and what a stopping node records.
+
+use std::time::Duration;
+
+use muster::{ClusterId, NodeName};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::cookie::Cookie;
+use crate::state::Persisted;
+
+const COOKIE: &str = "0123456789abcdef0123456789abcdef";
+
+fn cluster(id: &str) -> ClusterId {
+    ClusterId(id.into())
+}
+
+/// A node of these tests: its data dir lives as long as it does.
+struct Test {
+    node: Arc<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Test {
+    type Target = Arc<Node>;
+    fn deref(&self) -> &Arc<Node> {
+        &self.node
+    }
+}
+
+/// A loopback listener on a free port, and the node name that reaches it.
+async fn listener(short: &str) -> (TcpListener, NodeName) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, format!("{short}@127.0.0.1:{port}").parse().unwrap())
+}
+
+/// A name nothing listens on (a member that is down or cut off).
+async fn unreachable(short: &str) -> NodeName {
+    listener(short).await.1
+}
+
+/// `members` (the first one formed it) in cluster `id`, as persisted.
+fn persisted(id: &str, members: &[&NodeName]) -> Persisted {
+    let mut p = Persisted {
+        state: ClusterState::formed(cluster(id), members[0], 1),
+        incarnation: 1,
+        ..Persisted::default()
+    };
+    for m in &members[1..] {
+        p.state.add(m, 1).unwrap();
+    }
+    p
+}
+
+/// Opens `name` on a data dir holding `p`.
+fn open(name: &NodeName, p: &Persisted) -> Test {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.save(p).unwrap();
+    let cookie = Cookie::parse(COOKIE, "test").unwrap();
+    let node = Node::open(
+        name.clone(),
+        "test".into(),
+        cookie,
+        None,
+        store,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    Test { node, _dir: dir }
+}
+
+/// Opens `name` on `p`, serves its peer port, and resumes it (ready, as after a restart).
+async fn running(l: TcpListener, name: &NodeName, p: &Persisted) -> Test {
+    let t = open(name, p);
+    tokio::spawn(crate::server::serve(l, t.node.clone()));
+    NodeMembership(t.node.clone()).resume(None).await.unwrap();
+    assert!(t.is_ready());
+    t
+}
+
+/// Makes every later save of `store` fail: each slot becomes a directory.
+fn break_saves(store: &Store) {
+    for slot in store.slot_paths() {
+        let _ = std::fs::remove_file(&slot);
+        std::fs::create_dir_all(&slot).unwrap();
+    }
+}
+
+/// Polls `cond` every 20 ms for up to `limit`.
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// A plain HTTP GET of `path` from the node's HTTP endpoint: the status code and the body.
+async fn http_get(node: &Arc<Node>, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(crate::http::serve(l, node.clone()));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Runs the formation engine on `node` (classic list `nodes`) and returns its refusal.
+async fn engine_refusal(node: &Arc<Node>, nodes: Vec<NodeName>) -> String {
+    let backend = muster::classic::ClassicBackend::new(node.name(), nodes);
+    let membership = Arc::new(NodeMembership(node.clone()));
+    let engine = muster::FormationEngine::new(Default::default(), Arc::new(backend), membership);
+    match engine.run().await {
+        Err(muster::FormationError::Refused { reason }) => reason,
+        other => panic!("the engine did not refuse: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_save_fails_is_refused_and_never_shown_to_probes_or_syncs() {
+    let (l, a) = listener("a").await;
+    let a = running(l, &a, &persisted("x", &[&a])).await;
+    let joiner = unreachable("j").await;
+    break_saves(a.store());
+    let answer = a.accept_join(&joiner, 1, Some(&cluster("x"))).await;
+    assert!(matches!(&answer, Err(JoinError::State(_))), "{answer:?}");
+    assert!(
+        !a.peer_info().members.contains(&joiner),
+        "a probe shows a joiner that is not on disk: {:?}",
+        a.peer_info().members
+    );
+    assert!(!a.state().is_member(&joiner), "nor does the state syncs send");
+    assert!(a.is_ready(), "a failed join leaves the member serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_for_another_cluster_is_refused_naming_both_without_adding_the_joiner() {
+    let (l, a) = listener("a").await;
+    let a = running(l, &a, &persisted("y", &[&a])).await;
+    let joiner = unreachable("j").await;
+    let req: Request = serde_json::from_value(serde_json::json!({
+        "op": "join", "node": joiner, "incarnation": 1, "cluster": "x",
+    }))
+    .unwrap();
+    let answer = crate::server::dispatch(&a, req, Some(&joiner)).await;
+    let Response::Error { message } = &answer else {
+        panic!("a member of y accepted a join for x: {answer:?}");
+    };
+    assert!(
+        message.contains("cluster x") && message.contains("cluster y"),
+        "{message}"
+    );
+    assert!(!a.state().is_member(&joiner), "{:?}", a.state().alive());
+    assert!(!a.peer_info().members.contains(&joiner));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_aiming_at_a_member_that_moved_leaves_no_phantom_member() {
+    let (l, a) = listener("a").await;
+    let a = running(l, &a, &persisted("y", &[&a])).await;
+    let joiner = open(&unreachable("j").await, &Persisted::default());
+    let refused = NodeMembership(joiner.node.clone())
+        .join(a.name(), &cluster("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(a.state().alive(), vec![a.name().clone()], "the joiner was added");
+    let text = refused.to_string();
+    assert!(text.contains("cluster x") && text.contains("cluster y"), "{text}");
+    assert_eq!(joiner.state().cluster, None);
+}
+
+/// A running member of x whose known peer b is now in y: the engine refuses such a node at
+/// restart; a running one stops serving too, with the same words, until b is back out of y.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_member_whose_peer_moved_to_another_cluster_stops_serving_with_the_refusal() {
+    let (lb, b) = listener("b").await;
+    let b = running(lb, &b, &persisted("y", &[&b])).await;
+    let a = unreachable("a").await;
+    let was = Persisted {
+        last_to_stop: true,
+        ..persisted("x", &[&a, b.name()])
+    };
+    let a = open(&a, &was);
+    let refusal = engine_refusal(&a, vec![a.name().clone(), b.name().clone()]).await;
+    // The same node as it was while b was still in x: running, ready.
+    NodeMembership(a.node.clone()).resume(None).await.unwrap();
+    assert!(a.is_ready());
+    tokio::spawn(a.node.clone().anti_entropy(Duration::from_millis(50)));
+    assert!(
+        eventually(Duration::from_secs(5), || !a.is_ready()).await,
+        "a still serves x while its peer b is in y"
+    );
+    assert!(!a.peer_info().ready, "probes answer not ready");
+    let status = a.status(false).await;
+    assert!(!status.ready);
+    assert_eq!(
+        status.detail, refusal,
+        "cluster-status shows the engine's refusal"
+    );
+    let (code, body) = http_get(&a, "/health/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&refusal), "{body}");
+    let refused = a
+        .accept_join(&unreachable("j").await, 1, Some(&cluster("x")))
+        .await;
+    assert!(matches!(refused, Err(JoinError::NotReady { .. })), "{refused:?}");
+    // Several rounds later it still does not serve; once b leaves y, it serves x again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!a.is_ready());
+    b.reset().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || a.is_ready()).await,
+        "a serves again once b is out of y"
+    );
+    let detail = a.status(false).await.detail;
+    assert!(!detail.contains("inconsistent cluster"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_does_not_answer_is_not_taken_for_stopped() {
+    // b is cut off (or frozen, or crashed): nothing says it stopped, so a is not the last.
+    let (la, a) = listener("a").await;
+    let b = unreachable("b").await;
+    let a = running(la, &a, &persisted("x", &[&a, &b])).await;
+    a.record_shutdown().await;
+    let p = a.store().load().unwrap();
+    assert!(!p.last_to_stop, "a recorded itself last while b may still run");
+    assert!(!a.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_every_other_member_told_it_stopped_is_the_last_to_stop() {
+    let (la, a) = listener("a").await;
+    let (lb, b) = listener("b").await;
+    let both = persisted("x", &[&a, &b]);
+    let a = running(la, &a, &both).await;
+    let b = running(lb, &b, &both).await;
+    b.record_shutdown().await;
+    assert!(!b.store().load().unwrap().last_to_stop, "a was still running");
+    a.record_shutdown().await;
+    let p = a.store().load().unwrap();
+    assert!(p.last_to_stop, "b stopped first and said so");
+    assert!(p.running_at_shutdown.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_said_it_stopped_counts_as_running_again_once_it_pushes_its_state() {
+    let (la, a) = listener("a").await;
+    let b = unreachable("b").await;
+    let both = persisted("x", &[&a, &b]);
+    let a = running(la, &a, &both).await;
+    let reply = crate::server::dispatch(&a, Request::Stopping, Some(&b)).await;
+    assert_eq!(reply, Response::Ok);
+    assert!(a.not_known_stopped(&both.state, &[]).is_empty());
+    // b restarted and resumed: its push says it runs.
+    crate::server::dispatch(
+        &a,
+        Request::Sync {
+            state: both.state.clone(),
+        },
+        Some(&b),
+    )
+    .await;
+    assert_eq!(a.not_known_stopped(&both.state, &[]), vec![b.clone()]);
+    a.record_shutdown().await;
+    assert!(!a.store().load().unwrap().last_to_stop);
+}
