@@ -603,7 +603,8 @@ fn released(input: &DecisionInput<'_>, c: &Vouch) -> bool {
 }
 
 /// A blank node that is not the seed: it commits to the seed's intent once the seed announces
-/// one and a full round shows that no candidate it knows of holds or sees a cluster.
+/// one (on a listing that is not authoritative, once a full round also shows that no candidate it
+/// lists holds or sees a cluster).
 fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<WaitReason>) -> Verdict {
     let wait = |decision| Verdict {
         decision,
@@ -619,9 +620,10 @@ fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<W
         && let (Some(intent), None, Some(true)) =
             (&view.intent, &info.cluster, view.seed.as_ref().map(|v| v == s))
     {
-        // The seed's own view may miss a candidate this node lists (a listing that is not
-        // authoritative, a member cut off from the seed): its answer must be heard first.
-        if let Some(reason) = full_round_blocker(input) {
+        // On a listing that is not authoritative the seed's view may miss a candidate this node
+        // lists (a member of an existing cluster): its answer must be heard first. An
+        // authoritative listing is the same for the seed, which hears every candidate itself.
+        if let Some(reason) = full_round_blocker(input).filter(|_| !input.discovery.authoritative) {
             return wait(exhausted(input, reason, false));
         }
         let vouch = Vouch {

@@ -580,9 +580,10 @@ impl FormationEngine {
         let mut probes = match self.seed_only(st, attempt) {
             Some(seed) => {
                 let mut probes = probe_all(member, std::slice::from_ref(&seed), timeout).await;
-                // A seed that announces an intent asks for a commitment, which needs every
-                // candidate's answer: the rest are probed in this same round.
-                if st.commitment.is_none() && announces_intent(probes.get(&seed)) {
+                // A seed that announces an intent asks for a commitment, which on a listing
+                // that is not authoritative needs every candidate's answer: the rest are probed
+                // in this same round.
+                if !listing.authoritative && st.commitment.is_none() && announces_intent(probes.get(&seed)) {
                     let rest: Vec<NodeName> =
                         st.peers(&self.local).into_iter().filter(|p| *p != seed).collect();
                     probes.extend(probe_all(member, &rest, timeout).await);

@@ -257,10 +257,11 @@ async fn f3_a_wiped_seed_and_a_blank_newcomer_do_not_form_a_second_cluster() {
     let t2 = start_plain(&cfg, &dir, &net, &n(2));
     t1.await.unwrap().unwrap();
     t2.await.unwrap().unwrap();
-    // Step 2: kill -9 node 1, graceful stop of node 2 (it records last to stop).
+    // Step 2: kill -9 node 1, graceful stop of node 2. Node 1 never said it stopped, so node 2
+    // is not last to stop: it will wait for node 1 (which comes back blank) and then boot first.
     net.crash(&n(1));
     net.stop(&n(2));
-    assert!(net.start(&n(2)).restart_state().last_to_stop);
+    assert!(!net.start(&n(2)).restart_state().last_to_stop);
     net.crash(&n(2));
     // Step 3: node 1's data dir is deleted.
     net.wipe(&n(1));

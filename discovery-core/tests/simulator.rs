@@ -79,6 +79,14 @@ struct Coverage {
     lossy_notices: u64,
     no_notices: u64,
     notices: u64,
+    drawn_settings: u64,
+    shipped_settings: u64,
+    liveness_checked: u64,
+    stranded: u64,
+    crowds: u64,
+    departures: u64,
+    prewiped: u64,
+    split_stops: u64,
 }
 
 impl Coverage {
@@ -102,6 +110,19 @@ impl Coverage {
         self.lossy_notices += u64::from(s.faults.notice_loss > 0.0 && s.faults.notice_loss < 1.0);
         self.no_notices += u64::from(s.faults.notice_loss >= 1.0);
         self.notices += r.notices;
+        self.drawn_settings += u64::from(s.drawn_settings);
+        self.shipped_settings += u64::from(!s.drawn_settings);
+        self.liveness_checked += u64::from(r.liveness_checked);
+        self.stranded += u64::from(r.stranded);
+        self.crowds += u64::from(s.nodes.len() > 9);
+        self.departures += any(&|f| matches!(f, Fault::Depart));
+        self.prewiped += u64::from(!s.prewiped.is_empty());
+        self.split_stops += u64::from(
+            s.events.iter().any(|e| matches!(e.fault, Fault::Stop { .. }))
+                && s.partitions
+                    .iter()
+                    .any(|p| !p.one_way && p.length >= std::time::Duration::from_secs(2)),
+        );
     }
 }
 
@@ -129,6 +150,21 @@ impl std::fmt::Display for Coverage {
             self.formations,
             self.refusals,
             self.notices
+        )?;
+        write!(
+            f,
+            "\n  settings shipped {}, drawn from validate()'s range {}; liveness checked {} (the \
+             rest gave the budget no room, or {} left nodes waiting for an operator on a seed \
+             that lost its disk or left); staggered crowds of 10-100 nodes {}, departures {}, \
+             pre-formed clusters with wiped members {}, full stops split by a partition {}",
+            self.shipped_settings,
+            self.drawn_settings,
+            self.liveness_checked,
+            self.stranded,
+            self.crowds,
+            self.departures,
+            self.prewiped,
+            self.split_stops
         )
     }
 }

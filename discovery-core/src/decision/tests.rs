@@ -829,8 +829,17 @@ fn a_seed_disowns_the_intents_of_its_lost_disk_only_on_an_authoritative_listing(
 #[test]
 fn a_follower_commits_only_after_every_candidate_it_lists_answered() {
     let announce = || with_view(1, Some(1), 0, Some("x"), None);
-    // Candidate 3 was not probed in this round (a seed-only round): no commitment yet.
+    // On an authoritative listing the seed heard every candidate itself: the seed's answer is
+    // enough.
     let v = run(&Case {
+        local: 2,
+        peers: vec![announce()],
+        ..Case::default()
+    });
+    assert!(v.commitment.is_some(), "{v:?}");
+    // Not authoritative: candidate 3 was not probed in this round (a seed-only round).
+    let v = run(&Case {
+        authoritative: false,
         local: 2,
         peers: vec![announce()],
         ..Case::default()
@@ -838,6 +847,7 @@ fn a_follower_commits_only_after_every_candidate_it_lists_answered() {
     assert_eq!(v.commitment, None, "{v:?}");
     // Candidate 3 did not answer: no commitment.
     let v = run(&Case {
+        authoritative: false,
         local: 2,
         peers: vec![announce(), down(3)],
         ..Case::default()
@@ -849,6 +859,7 @@ fn a_follower_commits_only_after_every_candidate_it_lists_answered() {
         info.view.as_mut().unwrap().sees_cluster = Some(c("elsewhere"));
     }
     let v = run(&Case {
+        authoritative: false,
         local: 2,
         peers: vec![announce(), sees],
         ..Case::default()

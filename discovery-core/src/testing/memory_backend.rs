@@ -178,6 +178,11 @@ impl Directory {
         self.lock().claims
     }
 
+    /// Records a cluster identity as a fencing claim would (a cluster formed before the run).
+    pub fn set_recorded_cluster(&self, id: ClusterId) {
+        self.lock().recorded = Some(id);
+    }
+
     /// The recorded cluster identity (fencing).
     pub fn recorded_cluster(&self) -> Option<ClusterId> {
         self.lock().recorded.clone()

@@ -59,6 +59,8 @@ struct NodeState {
     vouch: Option<Vouch>,
     /// The disk's id (`Membership::disk_id`); 0 until first started, new after a wipe.
     disk: u64,
+    /// Members that told this running node they stopped (in memory: lost at a restart).
+    stopped_peers: BTreeSet<NodeName>,
     start_ms: u64,
     paused_until: Option<Instant>,
     /// Every cluster this node was a member of since its disk was last wiped (the simulator's
@@ -131,6 +133,7 @@ impl Network {
             g.next_disk += 1;
         }
         let st = g.nodes.get_mut(node).expect("inserted above");
+        st.stopped_peers.clear();
         st.up = true;
         st.ready = false;
         st.view = None;
@@ -151,22 +154,29 @@ impl Network {
         }
     }
 
-    /// Stops a node gracefully, recording whether it was the last running member.
+    /// Stops a node gracefully. It tells the running members it can reach that it stops, and
+    /// records itself last to stop only when every other member told it so: a member it cannot
+    /// reach may still be running (on the other side of a partition).
     pub fn stop(&self, node: &NodeName) {
         let mut g = self.lock();
         let cluster = g.nodes.get(node).and_then(|s| s.cluster.clone());
-        let others_running = cluster.as_ref().is_some_and(|c| {
-            g.clusters.get(c).is_some_and(|members| {
-                members
-                    .iter()
-                    .any(|m| m != node && g.nodes.get(m).is_some_and(|s| s.up && s.ready))
-            })
-        });
+        let members: Vec<NodeName> = cluster
+            .as_ref()
+            .and_then(|c| g.clusters.get(c))
+            .map(|m| m.iter().filter(|m| *m != node).cloned().collect())
+            .unwrap_or_default();
+        for m in &members {
+            let linked = !g.blocked.contains(&(node.clone(), m.clone()))
+                && !g.blocked.contains(&(m.clone(), node.clone()));
+            if let Some(st) = g.nodes.get_mut(m).filter(|st| st.up && linked) {
+                st.stopped_peers.insert(node.clone());
+            }
+        }
         if let Some(st) = g.nodes.get_mut(node) {
             st.up = false;
             st.ready = false;
             st.view = None;
-            st.last_to_stop = cluster.is_some() && !others_running;
+            st.last_to_stop = cluster.is_some() && members.iter().all(|m| st.stopped_peers.contains(m));
         }
     }
 
@@ -568,6 +578,10 @@ impl Membership for MemoryMember {
     async fn resume(&self, _via: Option<&NodeName>) -> Result<(), MembershipError> {
         self.net.wait_unpaused(&self.local).await;
         let mut g = self.net.lock();
+        // Running again: the members it told it stopped learn so (its state push, in a node).
+        for other in g.nodes.values_mut() {
+            other.stopped_peers.remove(&self.local);
+        }
         let st = g.nodes.entry(self.local.clone()).or_default();
         st.ready = true;
         st.force_boot = false;

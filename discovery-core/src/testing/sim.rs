@@ -74,6 +74,8 @@ pub enum Fault {
         /// How long.
         length: Duration,
     },
+    /// The node leaves for good (a terminated instance): killed, its disk and registration gone.
+    Depart,
 }
 
 /// A fault at a time.
@@ -120,6 +122,10 @@ pub struct Scenario {
     /// Nodes that hold a cluster formed before the run (static family: with a list of just
     /// themselves, while everyone else lists all nodes — a list that grew).
     pub preformed: Vec<usize>,
+    /// Members of the pre-formed cluster that lost their disks before the run (they start blank).
+    pub prewiped: Vec<usize>,
+    /// The settings were drawn from everything `validate()` accepts (else: the shipped ones).
+    pub drawn_settings: bool,
     /// A node that starts with a list missing some nodes and gets the full list at a time
     /// (static family): `(node, the nodes its first list leaves out, when the list is fixed)`.
     pub list_change: Option<(usize, Vec<usize>, Duration)>,
@@ -162,6 +168,11 @@ pub struct SimReport {
     pub probes: u64,
     /// Formation notices sent (each one message; lost ones included).
     pub notices: u64,
+    /// Liveness was checked: the budget left room to form, and no seed stranded its followers.
+    pub liveness_checked: bool,
+    /// Nodes wait for an operator: their seed lost its disk (or left) after it announced, on a
+    /// listing that is not authoritative.
+    pub stranded: bool,
 }
 
 impl SimReport {
@@ -210,9 +221,15 @@ impl Scenario {
     /// Draws a scenario from a seed.
     pub fn from_seed(seed: u64) -> Scenario {
         let mut rng = SimRng::new(seed);
-        let n = rng.range(2, 9) as usize;
+        // One seed in fifty is a staggered start of up to 100 nodes over up to 10 s.
+        let crowd = rng.chance(0.02);
+        let n = if crowd {
+            rng.range(10, 100)
+        } else {
+            rng.range(2, 9)
+        } as usize;
         let nodes: Vec<NodeName> = (0..n)
-            .map(|i| format!("sim@node{i}").parse().expect("valid sim node name"))
+            .map(|i| format!("sim@node{i:02}").parse().expect("valid sim node name"))
             .collect();
         let family = *rng.pick(&[
             Family::Static,
@@ -220,15 +237,20 @@ impl Scenario {
             Family::Eventual,
             Family::Locking,
         ]);
-        let spread = *rng.pick(&[0, 50, 500, 2000]);
+        let spread = if crowd {
+            rng.range(1000, 10_000)
+        } else {
+            *rng.pick(&[0, 50, 500, 2000])
+        };
         let starts: Vec<Duration> = (0..n).map(|_| ms(rng.range(0, spread))).collect();
         let mut events = Vec::new();
+        let faults_at = |rng: &mut SimRng, max: u64| ms(rng.range(0, max + spread));
         for _ in 0..*rng.pick(&[0, 0, 1, 2]) {
             // Wiping a fenced cluster's only copy needs an operator (the record stays): lockless only.
             let wipe = family != Family::Locking && rng.chance(0.3);
             events.push(Event {
                 node: rng.range(0, n as u64 - 1) as usize,
-                at: ms(rng.range(0, 3000)),
+                at: faults_at(&mut rng, 3000),
                 fault: Fault::Crash {
                     down: ms(rng.range(100, 3000)),
                     wipe,
@@ -238,15 +260,26 @@ impl Scenario {
         for _ in 0..*rng.pick(&[0, 0, 0, 1, 2]) {
             events.push(Event {
                 node: rng.range(0, n as u64 - 1) as usize,
-                at: ms(rng.range(0, 4000)),
+                at: faults_at(&mut rng, 4000),
                 fault: Fault::Pause {
                     length: ms(rng.range(100, 3000)),
                 },
             });
         }
+        // A candidate that leaves for good (a terminated instance), on a listing that is not
+        // authoritative: the others must form without it.
+        if family == Family::Eventual && n >= 3 && rng.chance(0.15) {
+            events.push(Event {
+                node: rng.range(0, n as u64 - 1) as usize,
+                at: faults_at(&mut rng, 3000),
+                fault: Fault::Depart,
+            });
+        }
+        let mut partitions = Vec::new();
         if rng.chance(0.15) {
-            // The whole cluster stops gracefully, one by one, and comes back in any order.
-            let at = rng.range(6000, 12000);
+            // The whole cluster stops gracefully, one by one, and comes back in any order; half
+            // the time a partition splits the stop, so that both sides restart on their own state.
+            let at = rng.range(6000, 12000) + spread;
             let force = rng.chance(0.3).then(|| rng.range(0, n as u64 - 1) as usize);
             for i in 0..n {
                 events.push(Event {
@@ -258,8 +291,17 @@ impl Scenario {
                     },
                 });
             }
+            if rng.chance(0.5) {
+                let from = rng.range(0, n as u64 - 1) as usize;
+                partitions.push(Partition {
+                    from,
+                    to: (from + 1 + rng.range(0, n as u64 - 2) as usize) % n,
+                    one_way: false,
+                    at: ms(at.saturating_sub(500)),
+                    length: ms(rng.range(2000, 6000)),
+                });
+            }
         }
-        let mut partitions = Vec::new();
         for _ in 0..*rng.pick(&[0, 0, 1, 2, 3]) {
             let from = rng.range(0, n as u64 - 1) as usize;
             let to = (from + 1 + rng.range(0, n as u64 - 2) as usize) % n;
@@ -267,18 +309,27 @@ impl Scenario {
                 from,
                 to,
                 one_way: rng.chance(0.5),
-                at: ms(rng.range(0, 3000)),
+                at: faults_at(&mut rng, 3000),
                 length: ms(rng.range(200, 5000)),
             });
         }
-        let preformed = if family == Family::Static && n >= 3 && rng.chance(0.15) {
-            (0..rng.range(1, n as u64 / 2) as usize)
+        // A cluster formed before the run, for every family; some of its members lost their
+        // disks and start blank (at least one still holds it).
+        let (preformed, prewiped) = if n >= 3 && !crowd && rng.chance(0.15) {
+            let members: Vec<usize> = (0..rng.range(1, n as u64 / 2 + 1) as usize)
                 .map(|_| rng.range(0, n as u64 - 1) as usize)
                 .collect::<BTreeSet<_>>()
                 .into_iter()
-                .collect()
+                .collect();
+            let wiped: Vec<usize> = members
+                .iter()
+                .skip(1)
+                .copied()
+                .filter(|_| family != Family::Locking && rng.chance(0.5))
+                .collect();
+            (members, wiped)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let list_change = if family == Family::Static && preformed.is_empty() && n >= 3 && rng.chance(0.1) {
             let node = rng.range(0, n as u64 - 1) as usize;
@@ -290,9 +341,23 @@ impl Scenario {
         } else {
             None
         };
+        let drawn_settings = rng.chance(0.5);
+        let mut config = if drawn_settings {
+            drawn_config(&mut rng, family)
+        } else {
+            FormationConfig::default()
+        };
+        // Latencies up to 55 % of the probe timeout each way: some live peers time out (about one
+        // probe in ten at most). Crowds stay below the timeout: with every candidate required to
+        // answer in one round, one probe in ten lost among 100 candidates is a network that
+        // never lets anything form, and the small seeds already cover timeouts.
+        let share = if crowd { 0.45 } else { 0.55 };
+        let max_latency = ms(*rng.pick(&[2, 20, 45, 55]))
+            .min(config.probe_timeout.mul_f64(share))
+            .max(ms(1));
         let faults = NetworkFaults {
             min_latency: ms(1),
-            max_latency: ms(*rng.pick(&[2, 20, 45, 55])),
+            max_latency,
             failure_rate: *rng.pick(&[0.0, 0.05, 0.2]),
             notice_loss: *rng.pick(&[0.0, 0.0, 0.3, 1.0]),
         };
@@ -302,21 +367,19 @@ impl Scenario {
         let form_latency = ms(*rng.pick(&[0, 0, 50, 1500]));
         let lock_lease = ms(*rng.pick(&[5000, 5000, 1000]));
         let registration_ttl = ms(*rng.pick(&[500, 3000]));
-        let max_visibility_delay = ms(rng.range(0, 3000));
-        let mut config = FormationConfig {
-            discovery_retry_interval: ms(200),
-            probe_timeout: ms(100),
-            stable_margin: ms(1000),
-            discovery_retry_limit: 1_000_000,
-            on_exhausted: OnExhausted::Wait,
-            lock_acquire_timeout: ms(500),
-            ..FormationConfig::default()
-        };
+        // Listings that miss a registered node for longer than `stable_margin` are outside the
+        // guarantee for backends that are not authoritative (docs/formation.md).
+        let max_visibility_delay = ms(rng.range(0, 3000)).min(config.stable_margin / 2);
+        // A hint above the nodes that stay would forbid formation outright.
+        let staying = n as u64 - u64::from(events.iter().any(|e| e.fault == Fault::Depart));
         config.target_cluster_size_hint = match family {
             // Non-authoritative views need a majority hint (docs/formation.md).
-            Family::Eventual => rng.range(n as u64 / 2 + 1, n as u64) as u32,
-            _ => rng.range(1, n as u64) as u32,
+            Family::Eventual => rng.range(n as u64 / 2 + 1, staying) as u32,
+            _ => rng.range(1, staying) as u32,
         };
+        config
+            .validate()
+            .unwrap_or_else(|e| panic!("seed {seed} drew settings validate() rejects: {e}"));
         Scenario {
             seed,
             nodes,
@@ -325,6 +388,8 @@ impl Scenario {
             events,
             partitions,
             preformed,
+            prewiped,
+            drawn_settings,
             list_change,
             faults,
             backend_error_rate,
@@ -336,6 +401,35 @@ impl Scenario {
             max_visibility_delay,
             config,
         }
+    }
+
+    /// The nodes that do not leave for good during the run.
+    pub fn staying(&self) -> impl Iterator<Item = &NodeName> {
+        let departed: BTreeSet<usize> = self
+            .events
+            .iter()
+            .filter(|e| e.fault == Fault::Depart)
+            .map(|e| e.node)
+            .collect();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| !departed.contains(i))
+            .map(|(_, n)| n)
+    }
+
+    /// Whether the retry budget leaves room to form after the last fault: only then is a node
+    /// that gives up a liveness violation.
+    pub fn formation_allowed(&self) -> bool {
+        let c = &self.config;
+        let needed =
+            self.quiet_from() + c.stable_margin + c.discovery_retry_interval * 10 + Duration::from_secs(5);
+        c.on_exhausted == OnExhausted::Wait || c.discovery_budget() >= needed
+    }
+
+    /// How long after the last fault every node must be formed (when formation is allowed).
+    pub fn formation_bound(&self) -> Duration {
+        FORMATION_BOUND.max(self.config.stable_margin + self.config.discovery_retry_interval * 20)
     }
 
     /// A scale run: `n` nodes on a static list with the shipped settings, started within
@@ -361,6 +455,8 @@ impl Scenario {
             events: Vec::new(),
             partitions: Vec::new(),
             preformed: Vec::new(),
+            prewiped: Vec::new(),
+            drawn_settings: false,
             list_change: None,
             faults: NetworkFaults::default(),
             backend_error_rate: 0.0,
@@ -380,6 +476,7 @@ impl Scenario {
             e.at + match &e.fault {
                 Fault::Crash { down, .. } | Fault::Stop { down, .. } => *down,
                 Fault::Pause { length } => *length,
+                Fault::Depart => Duration::ZERO,
             }
         });
         let partitions = self.partitions.iter().map(|p| p.at + p.length);
@@ -392,6 +489,29 @@ impl Scenario {
             .chain(list_fix)
             .max()
             .unwrap_or_default()
+    }
+}
+
+/// Settings drawn from what `validate()` accepts, within what a simulated run can cover: every
+/// interval, probe timeout, margin at and above its floor, retry limit, and `on_exhausted` (a
+/// standalone formation only where it is safe, through a lock).
+fn drawn_config(rng: &mut SimRng, family: Family) -> FormationConfig {
+    let interval = ms(*rng.pick(&[10, 50, 100, 200, 500, 1000]));
+    let probe_timeout = ms(*rng.pick(&[10, 50, 100, 250, 1000]));
+    let floor = (interval + probe_timeout) * 2;
+    let stable_margin = floor.mul_f64(*rng.pick(&[1.0, 1.0, 1.5, 3.0]));
+    let mut on_exhausted = vec![OnExhausted::Fail, OnExhausted::Wait];
+    if family == Family::Locking {
+        on_exhausted.push(OnExhausted::Standalone);
+    }
+    FormationConfig {
+        discovery_retry_interval: interval,
+        probe_timeout,
+        stable_margin,
+        discovery_retry_limit: *rng.pick(&[1, 3, 10, 60, 1000, 1_000_000]),
+        on_exhausted: *rng.pick(&on_exhausted),
+        lock_acquire_timeout: ms(*rng.pick(&[100, 500, 2000])),
+        ..FormationConfig::default()
     }
 }
 
@@ -479,6 +599,13 @@ async fn life(
                     net.force_boot(&node);
                 }
             }
+            Fault::Depart => {
+                drop(engine);
+                net.crash(&node);
+                net.wipe(&node);
+                dir.deregister(&node);
+                return;
+            }
             Fault::Pause { .. } => unreachable!("pauses do not end a process"),
         }
     }
@@ -514,9 +641,18 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
     net.set_form_latency(s.form_latency);
     if !s.preformed.is_empty() {
         let old: Vec<NodeName> = s.preformed.iter().map(|i| s.nodes[*i].clone()).collect();
-        net.preform(&old);
-        for n in &old {
-            dir.set_list_for(n, old.clone());
+        let id = net.preform(&old);
+        if s.family == Family::Locking {
+            dir.set_recorded_cluster(id);
+        }
+        for (i, n) in s.preformed.iter().zip(&old) {
+            if s.prewiped.contains(i) {
+                // A new disk comes with the current configuration.
+                net.wipe(n);
+            } else if s.family == Family::Static {
+                // The old members kept the old, shorter list: the list grew while they were down.
+                dir.set_list_for(n, old.clone());
+            }
         }
     }
     if let Some((node, left_out, _)) = &s.list_change {
@@ -566,11 +702,11 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
 
     // Wait until every node is formed after the last fault, or the bound passes.
     let quiet = s.quiet_from();
-    let deadline = start + quiet + FORMATION_BOUND;
+    let deadline = start + quiet + s.formation_bound();
     let mut formed_at = None;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(ms(50)).await;
-        let all_ready = s.nodes.iter().all(|n| net.is_ready(n));
+        let all_ready = s.staying().all(|n| net.is_ready(n));
         let now = tokio::time::Instant::now() - start;
         if all_ready && now >= quiet {
             formed_at = Some(now.saturating_sub(quiet));
@@ -614,35 +750,43 @@ fn check(
             detail.join("; ")
         ));
     }
+    let allowed = s.formation_allowed();
     let mut refusals = Vec::new();
     for (node, e) in errors.lock().expect("errors").iter() {
         match e {
             FormationError::Refused { reason } if reason.contains("cluster") && !reason.is_empty() => {
                 refusals.push(format!("{node}: {reason}"));
             }
+            // Gave up: a liveness failure only when the budget left room to form.
+            FormationError::Exhausted { .. } if !allowed => {}
             other => violations.push(format!("{node}'s engine failed: {other}")),
         }
     }
-    if formed_at.is_none() {
+    let mut stranded = false;
+    if formed_at.is_none() && allowed {
         let statuses = statuses.lock().expect("status map");
-        let waiting: Vec<String> = s
-            .nodes
-            .iter()
+        let waiting: Vec<(String, String)> = s
+            .staying()
             .filter(|n| !net.is_ready(n))
             .map(|n| {
                 let detail = statuses
                     .get(n)
                     .map(|rx| rx.borrow().detail.clone())
                     .unwrap_or_default();
-                format!("{n} ({detail})")
+                (n.to_string(), detail)
             })
             .collect();
-        violations.push(format!(
-            "not formed within {FORMATION_BOUND:?} of the last fault; not ready: {}",
-            waiting.join("; ")
-        ));
+        stranded = stranded_by_a_lost_seed(s, &waiting);
+        if !stranded {
+            let list: Vec<String> = waiting.iter().map(|(n, d)| format!("{n} ({d})")).collect();
+            violations.push(format!(
+                "not formed within {:?} of the last fault; not ready: {}",
+                s.formation_bound(),
+                list.join("; ")
+            ));
+        }
     }
-    for node in &s.nodes {
+    for node in s.staying() {
         for c in net.history(node) {
             if !all.get(&c).is_some_and(|m| m.contains(node)) || net.cluster_of(node).as_ref() != Some(&c) {
                 violations.push(format!("{node} joined {c} and was later dropped from it"));
@@ -658,5 +802,23 @@ fn check(
         refusals,
         probes: net.probe_count(),
         notices: net.notices().0,
+        liveness_checked: allowed && !stranded,
+        stranded,
     }
+}
+
+/// On a listing that is not authoritative, nodes committed to a seed that lost its disk (or
+/// left for good) after it announced wait for an operator: nobody can tell whether that seed
+/// formed before (docs/formation.md). Such a run is not a liveness failure of the rule.
+fn stranded_by_a_lost_seed(s: &Scenario, waiting: &[(String, String)]) -> bool {
+    let departed: Vec<String> = s
+        .events
+        .iter()
+        .filter(|e| e.fault == Fault::Depart)
+        .map(|e| format!("committed to seed {} ", s.nodes[e.node]))
+        .collect();
+    s.family == Family::Eventual
+        && waiting.iter().any(|(_, d)| {
+            d.contains("came back without its data") || departed.iter().any(|p| d.starts_with(p.as_str()))
+        })
 }
