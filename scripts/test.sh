@@ -7,6 +7,8 @@
 #        MUSTER_FAULT_ROUNDS=full   the fault scenarios' full repetition counts (default: a few
 #                                   rounds each; see docs/reliability.md)
 #        MUSTER_FAULT_REPORT=FILE   append each fault scenario's result line to FILE
+#        MUSTER_STAGGER_NODES=N     nodes in the staggered-start classic test, started one every
+#                                   100 ms (default 30; e.g. 100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
