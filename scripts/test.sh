@@ -3,7 +3,7 @@
 # formatting and lints, then runs the test suite once (one build, one feature set).
 #
 # Usage: scripts/test.sh            (from anywhere inside the repository)
-# Env:   MUSTER_SIM_SEEDS=N         simulator seeds (default 2000)
+# Env:   MUSTER_SIM_SEEDS=N         simulator seeds (default 2000; MUSTER_SIM_FIRST_SEED=S starts at S)
 #        MUSTER_FAULT_ROUNDS=full   the fault scenarios' full repetition counts (default: a few
 #                                   rounds each; see docs/reliability.md)
 #        MUSTER_FAULT_REPORT=FILE   append each fault scenario's result line to FILE

@@ -1,7 +1,8 @@
 //! The deterministic simulator: thousands of seeded parallel starts, each checked for exactly one
 //! cluster, no dropped member, and bounded formation time.
 //!
-//! `MUSTER_SIM_SEEDS=N` runs N seeds instead of the default 2,000; `MUSTER_SIM_SEED=S` with the
+//! `MUSTER_SIM_SEEDS=N` runs N seeds instead of the default 2,000 (from `MUSTER_SIM_FIRST_SEED`,
+//! default 0, so that a long run can be split across processes); `MUSTER_SIM_SEED=S` with the
 //! `replay` test re-runs one seed and prints its report.
 
 use std::time::Instant;
@@ -11,23 +12,24 @@ use muster_discovery_core::testing::sim::{Family, Scenario, run_scenario, run_se
 
 const DEFAULT_SEEDS: u64 = 2_000;
 
-fn seeds_from_env() -> u64 {
-    match std::env::var("MUSTER_SIM_SEEDS") {
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
         Ok(v) => v
             .parse()
-            .unwrap_or_else(|_| panic!("MUSTER_SIM_SEEDS={v:?} is not a number")),
-        Err(_) => DEFAULT_SEEDS,
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
     }
 }
 
 #[test]
 fn many_seeds_form_exactly_one_cluster() {
-    let seeds = seeds_from_env();
+    let seeds = env_number("MUSTER_SIM_SEEDS", DEFAULT_SEEDS);
+    let first = env_number("MUSTER_SIM_FIRST_SEED", 0);
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut by_family = std::collections::BTreeMap::<String, (u64, std::time::Duration)>::new();
     let mut seen = Coverage::default();
-    for seed in 0..seeds {
+    for seed in first..first + seeds {
         let report = run_seed(seed);
         seen.add(&report);
         if !report.ok() {
@@ -41,7 +43,8 @@ fn many_seeds_form_exactly_one_cluster() {
         }
     }
     eprintln!(
-        "simulated {seeds} seeds in {:.1} s",
+        "simulated {seeds} seeds ({first}..{}) in {:.1} s",
+        first + seeds,
         started.elapsed().as_secs_f64()
     );
     for (family, (n, worst)) in &by_family {
