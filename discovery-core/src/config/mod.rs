@@ -97,7 +97,9 @@ pub struct FormationConfig {
     /// Pause between discovery attempts.
     #[serde(with = "duration")]
     pub discovery_retry_interval: Duration,
-    /// Attempts before `on_exhausted` applies.
+    /// Attempts before `on_exhausted` applies, counted by the interval: the budget is
+    /// `discovery_retry_limit × discovery_retry_interval` of time, whatever early rounds peers'
+    /// notices cause.
     pub discovery_retry_limit: u32,
     /// What to do when attempts run out.
     pub on_exhausted: OnExhausted,
