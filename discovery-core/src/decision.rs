@@ -442,11 +442,9 @@ fn choose_cluster(
 /// Decides the next step. Pure: the same input always gives the same verdict.
 pub fn decide(input: &DecisionInput<'_>) -> Verdict {
     let lock_path = input.lock != LockState::NotSupported;
-    let commitment = if lock_path {
-        None
-    } else {
-        input.commitment.cloned()
-    };
+    // A commitment is kept on the lock path too (it is not consulted there): a lock that turns
+    // out to be unavailable later in the run must find it still persisted.
+    let commitment = input.commitment.cloned();
     let verdict = |decision, seed, sees_cluster, intend, commitment| Verdict {
         decision,
         seed,
@@ -490,7 +488,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
                 other => other,
             },
         };
-        return verdict(decision, seed, None, false, None);
+        return verdict(decision, seed, None, false, commitment);
     }
     lockless(input, commitment)
 }
@@ -592,14 +590,18 @@ fn released(input: &DecisionInput<'_>, c: &Vouch) -> bool {
     if c.seed == *input.local {
         return true;
     }
-    let Some(Probe::Answered(info)) = input.probes.get(&c.seed) else {
-        return false;
+    let blank_view = |probe: Option<&Probe>| match probe {
+        Some(Probe::Answered(info)) if info.cluster.is_none() => info.view.clone(),
+        _ => None,
     };
-    let Some(view) = info.view.as_ref().filter(|_| info.cluster.is_none()) else {
-        return false;
-    };
-    let same_disk = c.disk.is_some() && view.disk == c.disk;
-    (same_disk && view.intent.as_ref() != Some(&c.intent)) || view.disowned.contains(&c.intent)
+    // The seed's disk may answer under another name (an address-based name that changed).
+    let same_disk = c.disk.is_some()
+        && input
+            .probes
+            .values()
+            .filter_map(|p| blank_view(Some(p)))
+            .any(|v| v.disk == c.disk && v.intent.as_ref() != Some(&c.intent));
+    same_disk || blank_view(input.probes.get(&c.seed)).is_some_and(|v| v.disowned.contains(&c.intent))
 }
 
 /// A blank node that is not the seed: it commits to the seed's intent once the seed announces

@@ -79,15 +79,16 @@ struct RunState {
     disowned: Vec<ClusterId>,
     /// Candidates missing from the latest listings (non-authoritative backends only).
     absent: BTreeMap<NodeName, Absence>,
+    /// Whether each candidate's last answer in this run was blank and announced no intent.
+    last_blank: BTreeMap<NodeName, bool>,
     /// When the run began: the retry budget is a deadline from here.
     began: Instant,
     /// The "waiting long" milestone was sent.
     told_waiting_long: bool,
 }
 
-/// A candidate missing from the listings of a non-authoritative backend: it leaves the view once
-/// it has been missing from [`DEPARTED_AFTER`] listings over at least two retry intervals and did
-/// not answer a probe meanwhile (it was probed, and unreachable, at least once).
+/// A candidate missing from the listings of a non-authoritative backend, counted towards leaving
+/// the view (see `FormationEngine::departed`).
 #[derive(Debug, Clone, Copy)]
 struct Absence {
     listings: u32,
@@ -223,7 +224,12 @@ impl FormationEngine {
             seen_members: BTreeSet::new(),
             seed: None,
             registered: false,
-            commitment: restart.vouch.clone().filter(|v| v.seed != self.local),
+            // A record of this disk's own intent is no commitment, whatever name the node had
+            // when it wrote it (an address-based name may have changed since).
+            commitment: restart
+                .vouch
+                .clone()
+                .filter(|v| v.seed != self.local && v.disk != Some(self.membership.disk_id())),
             // A claim this node made before it restarted is resumed, not abandoned: the backend
             // records that identity, and only this node can complete its formation.
             proposal: match &restart.vouch {
@@ -236,6 +242,7 @@ impl FormationEngine {
             disk: self.membership.disk_id(),
             disowned: Vec::new(),
             absent: BTreeMap::new(),
+            last_blank: BTreeMap::new(),
             began: Instant::now(),
             told_waiting_long: false,
         };
@@ -631,6 +638,12 @@ impl FormationEngine {
 
     /// Records what the absent candidates' probes said.
     fn note_answers(&self, st: &mut RunState, probes: &BTreeMap<NodeName, Probe>) {
+        for (n, p) in probes {
+            if let Probe::Answered(info) = p {
+                let idle = info.cluster.is_none() && info.view.as_ref().is_none_or(|v| v.intent.is_none());
+                st.last_blank.insert(n.clone(), idle);
+            }
+        }
         for (n, a) in st.absent.iter_mut() {
             match probes.get(n) {
                 Some(Probe::Answered(_)) => a.answered = true,
@@ -640,16 +653,28 @@ impl FormationEngine {
         }
     }
 
-    /// A candidate that left: missing from [`DEPARTED_AFTER`] listings over at least two retry
-    /// intervals, unreachable when probed and silent meanwhile. Dropping it is safe for the
-    /// reason a candidate never listed is not waited for: a view that is not authoritative is
-    /// only what the listings show (see docs/formation.md).
+    /// A candidate that left: missing from [`DEPARTED_AFTER`] listings, unreachable when probed
+    /// and silent meanwhile, for two retry intervals when its last answer in this run was blank
+    /// without an intent, for `stable_margin` when it never answered (it may hold data, and a
+    /// listing that is not authoritative is trusted to miss such a node for less than that), and
+    /// never when it last answered from a cluster or with an intent (see docs/formation.md).
     fn departed(&self, st: &RunState, node: &NodeName) -> bool {
         let departed = st.absent.get(node).is_some_and(|a| {
-            a.listings >= DEPARTED_AFTER
-                && a.since.elapsed() >= self.config.discovery_retry_interval * 2
-                && a.unreachable
-                && !a.answered
+            let missing_for = a.since.elapsed();
+            let long_enough = match st.last_blank.get(node) {
+                Some(true) => missing_for >= self.config.discovery_retry_interval * 2,
+                // Never heard: it may hold data, so it is kept as long as a listing may miss a
+                // node that holds data (`stable_margin`, the non-authoritative assumption).
+                None => {
+                    missing_for
+                        >= self
+                            .config
+                            .stable_margin
+                            .max(self.config.discovery_retry_interval * 2)
+                }
+                Some(false) => false,
+            };
+            a.listings >= DEPARTED_AFTER && long_enough && a.unreachable && !a.answered
         });
         if departed {
             info!(
@@ -763,11 +788,13 @@ impl FormationEngine {
                 }
             }
         } else if let Some(seen) = &st.sees_cluster {
-            // Every member it knew of answered blank: that cluster's data is gone (wiped disks,
-            // reset nodes), so it no longer blocks a formation.
-            let gone = st.seen_members.iter().filter(|m| **m != self.local).all(
-                |m| matches!(round.probes.get(m), Some(Probe::Answered(info)) if info.cluster.is_none()),
-            );
+            // Every member it knew of answered blank (wiped disks, reset nodes) or left the view
+            // (unlisted by an authoritative backend, or departed: see `departed`): that cluster no
+            // longer blocks a formation, as a cluster nobody lists never did.
+            let gone = st.seen_members.iter().filter(|m| **m != self.local).all(|m| {
+                !st.view.contains(m)
+                    || matches!(round.probes.get(m), Some(Probe::Answered(info)) if info.cluster.is_none())
+            });
             if gone {
                 info!(node = %self.local, "every known member of cluster {seen} answers blank; it no longer exists");
                 st.sees_cluster = None;
@@ -790,10 +817,13 @@ impl FormationEngine {
                     changed = true;
                 }
                 Err(e) => {
-                    // Not persisted, so not published: this round is a wait.
+                    // Not persisted, so not published: this round is a wait, and changes nothing
+                    // else either (an intent next to an unreleased commitment would be overwritten
+                    // by the release's next attempt).
                     verdict.decision = Decision::Wait(WaitReason::ActionFailed {
                         message: format!("could not persist the commitment: {e}"),
                     });
+                    verdict.intend = st.intending;
                 }
             }
         }
@@ -803,8 +833,10 @@ impl FormationEngine {
         }
         if verdict.intend != st.intending {
             if st.intending {
-                // A withdrawn intent is not announced again by this run: stale commitments to it
-                // are released by their holders, who see this disk answer without it.
+                // A withdrawn intent is not announced again by this run (a restart on the same
+                // disk may resume the persisted one, which the argument allows: a form needs the
+                // intent published throughout its round); stale commitments are released by
+                // their holders, who see this disk answer without it.
                 st.proposal = self.membership.new_cluster_id();
                 st.intending = false;
                 changed = true;

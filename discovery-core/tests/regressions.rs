@@ -777,3 +777,34 @@ async fn l4_a_departed_candidate_leaves_the_view() {
     tb.await.unwrap().expect("b forms without d");
     assert_one_cluster(&net, &[a, b]);
 }
+
+/// A member of an existing cluster that is down (here frozen) and that the backend stops
+/// listing (a health-checked DNS record) must not leave the views as fast as a node heard blank:
+/// it never answered, so it may hold a cluster, and it stays for `stable_margin` (a listing is
+/// trusted to miss a node that holds data for less than that). Cluster C = {c, x, y}; c and x
+/// lost their disks; y is frozen for 6.5 s and de-listed from 2 s on; a new node a is the seed.
+/// Before, y left every view after three listings, nobody probed it again, and a formed beside C.
+#[tokio::test(start_paused = true)]
+async fn a_silent_cluster_member_dropped_from_the_listing_stays_in_the_view() {
+    let (a, c, x, y) = (n(1), n(2), n(3), n(4));
+    let dir = Directory::new(BackendMode::Eventual, 7);
+    let net = Network::new(NetworkFaults::default(), 7);
+    let old = net.preform(&[c.clone(), x.clone(), y.clone()]);
+    net.wipe(&c);
+    net.wipe(&x);
+    let cfg = shipped(Duration::from_secs(5), 3);
+    let ty = start_woken(&cfg, &dir, &net, &y);
+    net.pause(&y, tokio::time::Instant::now() + Duration::from_millis(6500));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let runs: Vec<Run> = [&a, &c, &x]
+        .iter()
+        .map(|node| start_woken(&cfg, &dir, &net, node))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dir.deregister(&y);
+    ty.await.unwrap().unwrap();
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+    assert_eq!(assert_one_cluster(&net, &[a, c, x, y]), old);
+}

@@ -911,3 +911,33 @@ fn standalone_needs_a_round_that_probed_every_candidate() {
     let v = run(&exhausted(vec![down(1), down(2)]));
     assert_eq!(v.decision, Decision::Form { standalone: true });
 }
+
+#[test]
+fn the_seeds_disk_releases_a_commitment_under_another_name() {
+    // Seed 1 came back as node 4 (an address-based name that changed), same disk, blank, no
+    // intent: the commitment to (1, "old") is released.
+    let v = run(&Case {
+        local: 2,
+        listed: vec![2, 3, 4],
+        commitment: Some((1, "old")),
+        peers: vec![
+            on_disk(blank(4, Some(2), 0), disk(1), &[]),
+            blank(3, Some(2), 0),
+            down(1),
+        ],
+        ..Case::default()
+    });
+    assert_eq!(v.commitment, None, "{v:?}");
+}
+
+#[test]
+fn the_lock_path_keeps_a_persisted_commitment() {
+    let v = run(&Case {
+        lock: LockState::Available,
+        commitment: Some((1, "x")),
+        local: 2,
+        peers: vec![blank(1, None, 0), blank(3, None, 0)],
+        ..Case::default()
+    });
+    assert_eq!(v.commitment.map(|c| c.intent), Some(c("x")));
+}

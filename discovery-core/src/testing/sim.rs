@@ -267,16 +267,18 @@ impl Scenario {
             });
         }
         // A candidate that leaves for good (a terminated instance), on a listing that is not
-        // authoritative: the others must form without it.
-        if family == Family::Eventual && n >= 3 && rng.chance(0.15) {
-            events.push(Event {
-                node: rng.range(0, n as u64 - 1) as usize,
-                at: faults_at(&mut rng, 3000),
-                fault: Fault::Depart,
-            });
-        }
+        // authoritative: the others must form without it. Not in runs with a graceful full stop
+        // or a pre-formed cluster: a member that leaves a formed cluster for good holds up its
+        // peers' restart window until an operator forgets it, which is the restart rule, not
+        // formation.
+        let depart = family == Family::Eventual && n >= 3 && rng.chance(0.15);
+        let departure = depart.then(|| Event {
+            node: rng.range(0, n as u64 - 1) as usize,
+            at: faults_at(&mut rng, 3000),
+            fault: Fault::Depart,
+        });
         let mut partitions = Vec::new();
-        if rng.chance(0.15) {
+        if departure.is_none() && rng.chance(0.15) {
             // The whole cluster stops gracefully, one by one, and comes back in any order; half
             // the time a partition splits the stop, so that both sides restart on their own state.
             let at = rng.range(6000, 12000) + spread;
@@ -315,7 +317,8 @@ impl Scenario {
         }
         // A cluster formed before the run, for every family; some of its members lost their
         // disks and start blank (at least one still holds it).
-        let (preformed, prewiped) = if n >= 3 && !crowd && rng.chance(0.15) {
+        events.extend(departure.clone());
+        let (preformed, prewiped) = if n >= 3 && !crowd && departure.is_none() && rng.chance(0.15) {
             let members: Vec<usize> = (0..rng.range(1, n as u64 / 2 + 1) as usize)
                 .map(|_| rng.range(0, n as u64 - 1) as usize)
                 .collect::<BTreeSet<_>>()
@@ -427,9 +430,16 @@ impl Scenario {
         c.on_exhausted == OnExhausted::Wait || c.discovery_budget() >= needed
     }
 
-    /// How long after the last fault every node must be formed (when formation is allowed).
+    /// How long after the last fault every node must be formed (when formation is allowed). With
+    /// a lock, joins too go through the lock one at a time, so a crowd's bound grows with it.
     pub fn formation_bound(&self) -> Duration {
-        FORMATION_BOUND.max(self.config.stable_margin + self.config.discovery_retry_interval * 20)
+        let serial = match self.family {
+            Family::Locking => Duration::from_secs(2) * self.nodes.len() as u32,
+            _ => Duration::ZERO,
+        };
+        FORMATION_BOUND
+            .max(self.config.stable_margin + self.config.discovery_retry_interval * 20)
+            .max(serial)
     }
 
     /// A scale run: `n` nodes on a static list with the shipped settings, started within
