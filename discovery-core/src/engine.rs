@@ -94,7 +94,6 @@ struct Absence {
     listings: u32,
     since: Instant,
     unreachable: bool,
-    answered: bool,
 }
 
 /// Listings a departed candidate must be missing from before it leaves the view.
@@ -631,7 +630,6 @@ impl FormationEngine {
                     listings: 1,
                     since: Instant::now(),
                     unreachable: false,
-                    answered: false,
                 });
         }
     }
@@ -644,11 +642,12 @@ impl FormationEngine {
                 st.last_blank.insert(n.clone(), idle);
             }
         }
+        // An answer restarts the count: only silence since then counts towards leaving.
+        st.absent
+            .retain(|n, _| !matches!(probes.get(n), Some(Probe::Answered(_))));
         for (n, a) in st.absent.iter_mut() {
-            match probes.get(n) {
-                Some(Probe::Answered(_)) => a.answered = true,
-                Some(Probe::Unreachable(_)) => a.unreachable = true,
-                None => {}
+            if matches!(probes.get(n), Some(Probe::Unreachable(_))) {
+                a.unreachable = true;
             }
         }
     }
@@ -674,7 +673,7 @@ impl FormationEngine {
                 }
                 Some(false) => false,
             };
-            a.listings >= DEPARTED_AFTER && long_enough && a.unreachable && !a.answered
+            a.listings >= DEPARTED_AFTER && long_enough && a.unreachable
         });
         if departed {
             info!(
@@ -840,6 +839,13 @@ impl FormationEngine {
                 st.proposal = self.membership.new_cluster_id();
                 st.intending = false;
                 changed = true;
+                // The withdrawn intent's record is no longer needed: its holders release on this
+                // disk's answer. A failed clear only leaves a record that a restart would resume.
+                if st.commitment.is_none()
+                    && let Err(e) = self.membership.persist_vouch(None).await
+                {
+                    warn!(node = %self.local, "could not clear the withdrawn intent's record: {e}");
+                }
             } else if let Err(e) = self.persist_intent(st).await {
                 // Not persisted, so not announced: this round is a wait.
                 verdict.decision = Decision::Wait(WaitReason::ActionFailed {

@@ -87,6 +87,8 @@ struct NetInner {
     form_latency: Duration,
     formations: u64,
     splits: Vec<String>,
+    /// Seeds whose disk was lost while it held their own announced intent.
+    lost_intents: u64,
 }
 
 /// The simulated network and the shared membership store.
@@ -114,6 +116,7 @@ impl Network {
                 form_latency: Duration::ZERO,
                 formations: 0,
                 splits: Vec::new(),
+                lost_intents: 0,
             })),
         }
     }
@@ -182,7 +185,14 @@ impl Network {
 
     /// Erases a (stopped) node's disk: it comes back blank.
     pub fn wipe(&self, node: &NodeName) {
-        if let Some(st) = self.lock().nodes.get_mut(node) {
+        let mut g = self.lock();
+        let announced = g
+            .nodes
+            .get(node)
+            .and_then(|st| st.vouch.as_ref())
+            .is_some_and(|v| v.seed == *node);
+        g.lost_intents += u64::from(announced);
+        if let Some(st) = g.nodes.get_mut(node) {
             st.cluster = None;
             st.last_to_stop = false;
             st.force_boot = false;
@@ -204,6 +214,22 @@ impl Network {
             st.joined.push(id.clone());
         }
         id
+    }
+
+    /// How many seeds lost their disk while it held their own announced intent.
+    pub fn lost_intents(&self) -> u64 {
+        self.lock().lost_intents
+    }
+
+    /// Whether some node holds a commitment to a seed whose disk is no longer the one that
+    /// announced (the seed lost its data, or left for good).
+    pub fn committed_to_a_lost_disk(&self) -> bool {
+        let g = self.lock();
+        g.nodes.iter().any(|(node, st)| {
+            st.vouch.as_ref().is_some_and(|v| {
+                v.seed != *node && g.nodes.get(&v.seed).map(|s| s.disk) != Some(v.disk.unwrap_or(0))
+            })
+        })
     }
 
     /// The formation view a node publishes now.

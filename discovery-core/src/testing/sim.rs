@@ -334,6 +334,16 @@ impl Scenario {
         } else {
             (Vec::new(), Vec::new())
         };
+        let mut starts = starts;
+        if family == Family::Eventual {
+            // A listing that is not authoritative is trusted to show a node that holds a cluster
+            // (docs/formation.md): the pre-formed cluster's holders are running and registered
+            // from the start, and are not crashed (a crash lets the registration lapse).
+            for i in preformed.iter().filter(|i| !prewiped.contains(i)) {
+                starts[*i] = Duration::ZERO;
+                events.retain(|e| !(e.node == *i && matches!(e.fault, Fault::Crash { .. })));
+            }
+        }
         let list_change = if family == Family::Static && preformed.is_empty() && n >= 3 && rng.chance(0.1) {
             let node = rng.range(0, n as u64 - 1) as usize;
             let left_out: BTreeSet<usize> = (0..rng.range(1, n as u64 - 2))
@@ -761,6 +771,11 @@ fn check(
         ));
     }
     let allowed = s.formation_allowed();
+    // On a listing that is not authoritative, nodes that committed to (or wait for) a seed that
+    // lost its disk after announcing wait for an operator (docs/formation.md, residual risks).
+    let stranded = s.family == Family::Eventual
+        && (net.lost_intents() > 0 || net.committed_to_a_lost_disk())
+        && formed_at.is_none();
     let mut refusals = Vec::new();
     for (node, e) in errors.lock().expect("errors").iter() {
         match e {
@@ -768,12 +783,11 @@ fn check(
                 refusals.push(format!("{node}: {reason}"));
             }
             // Gave up: a liveness failure only when the budget left room to form.
-            FormationError::Exhausted { .. } if !allowed => {}
+            FormationError::Exhausted { .. } if !allowed || stranded => {}
             other => violations.push(format!("{node}'s engine failed: {other}")),
         }
     }
-    let mut stranded = false;
-    if formed_at.is_none() && allowed {
+    if formed_at.is_none() && allowed && !stranded {
         let statuses = statuses.lock().expect("status map");
         let waiting: Vec<(String, String)> = s
             .staying()
@@ -786,15 +800,12 @@ fn check(
                 (n.to_string(), detail)
             })
             .collect();
-        stranded = stranded_by_a_lost_seed(s, &waiting);
-        if !stranded {
-            let list: Vec<String> = waiting.iter().map(|(n, d)| format!("{n} ({d})")).collect();
-            violations.push(format!(
-                "not formed within {:?} of the last fault; not ready: {}",
-                s.formation_bound(),
-                list.join("; ")
-            ));
-        }
+        let list: Vec<String> = waiting.iter().map(|(n, d)| format!("{n} ({d})")).collect();
+        violations.push(format!(
+            "not formed within {:?} of the last fault; not ready: {}",
+            s.formation_bound(),
+            list.join("; ")
+        ));
     }
     for node in s.staying() {
         for c in net.history(node) {
@@ -815,20 +826,4 @@ fn check(
         liveness_checked: allowed && !stranded,
         stranded,
     }
-}
-
-/// On a listing that is not authoritative, nodes committed to a seed that lost its disk (or
-/// left for good) after it announced wait for an operator: nobody can tell whether that seed
-/// formed before (docs/formation.md). Such a run is not a liveness failure of the rule.
-fn stranded_by_a_lost_seed(s: &Scenario, waiting: &[(String, String)]) -> bool {
-    let departed: Vec<String> = s
-        .events
-        .iter()
-        .filter(|e| e.fault == Fault::Depart)
-        .map(|e| format!("committed to seed {} ", s.nodes[e.node]))
-        .collect();
-    s.family == Family::Eventual
-        && waiting.iter().any(|(_, d)| {
-            d.contains("came back without its data") || departed.iter().any(|p| d.starts_with(p.as_str()))
-        })
 }
