@@ -23,6 +23,29 @@ pub struct Zone {
     pub srv: Vec<(String, String, u16, u16, u16)>,
 }
 
+/// The SRV name the cluster tests publish their nodes under.
+pub const CLUSTER_SRV: &str = "_muster._tcp.cluster.test";
+
+impl Zone {
+    /// Node i (from 1) as `node{i}.cluster.test` at `listen[i - 1]`, each listed under
+    /// [`CLUSTER_SRV`] with its port.
+    pub fn cluster(listen: &[SocketAddr]) -> Zone {
+        let host = |i: usize| format!("node{}.cluster.test", i + 1);
+        Zone {
+            hosts: listen
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (host(i), l.ip().to_string()))
+                .collect(),
+            srv: listen
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (CLUSTER_SRV.to_string(), host(i), l.port(), 10, 10))
+                .collect(),
+        }
+    }
+}
+
 /// A running DNS server.
 pub struct DnsServer {
     /// Where it answers (UDP and TCP).

@@ -164,3 +164,20 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(
         .await;
     polled.ok().map(|()| start.elapsed())
 }
+
+/// Raises the soft open-file limit to the hard one: a node derives its connection caps per
+/// source address from it, and many local nodes and their connections need more than the usual
+/// 1024.
+pub fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed; no other preconditions.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -21,24 +21,7 @@ async fn three_nodes_discovered_through_srv_from_bind9_form_one_cluster_ten_time
                 (name, format!("127.0.10.{i}:{port}").parse().unwrap())
             })
             .collect();
-        let zone = Zone {
-            hosts: (1..=3)
-                .map(|i| (format!("node{i}.cluster.test"), format!("127.0.10.{i}")))
-                .collect(),
-            srv: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, (_, l))| {
-                    (
-                        "_muster._tcp.cluster.test".into(),
-                        format!("node{}.cluster.test", i + 1),
-                        l.port(),
-                        10,
-                        10,
-                    )
-                })
-                .collect(),
-        };
+        let zone = Zone::cluster(&nodes.iter().map(|(_, l)| *l).collect::<Vec<_>>());
         let dns = DnsServer::bind9(&zone).await;
         let tables = format!(
             "[cluster_formation.dns]\nsrv = \"_muster._tcp.cluster.test\"\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n",

@@ -37,22 +37,6 @@ fn classic_nodes() -> usize {
     }
 }
 
-/// Raises the soft open-file limit to the hard one: a node derives its connection caps per
-/// source address from it, and here every node connects from loopback.
-fn raise_open_files() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct passed; no other preconditions.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// Why node `i` gave up, if it did: its process exited, or its log says formation failed.
 fn gave_up(c: &mut LocalCluster, i: usize) -> Option<String> {
     let log = c.log_since_start(i);
@@ -140,7 +124,7 @@ async fn start_staggered_and_check(label: &str, c: &mut LocalCluster, context: i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_started_one_every_100ms_with_shipped_settings_form_one_cluster_and_none_gives_up() {
     let _serial = SERIAL.lock().await;
-    raise_open_files();
+    muster_tests::raise_open_files();
     let layout = Layout {
         nodes: classic_nodes(),
         // The shipped [cluster_formation] settings: nothing tuned.
@@ -155,7 +139,7 @@ async fn nodes_started_one_every_100ms_with_shipped_settings_form_one_cluster_an
 async fn thirty_dns_nodes_started_one_every_100ms_with_shipped_settings_form_one_cluster() {
     const N: usize = 30;
     let _serial = SERIAL.lock().await;
-    raise_open_files();
+    muster_tests::raise_open_files();
     let mut ports = Ports::new();
     // Each node on an address of its own (127.0.10.i), named by its host in the zone.
     let nodes: Vec<(NodeName, SocketAddr)> = (1..=N)
@@ -165,24 +149,7 @@ async fn thirty_dns_nodes_started_one_every_100ms_with_shipped_settings_form_one
             (name, format!("127.0.10.{i}:{port}").parse().unwrap())
         })
         .collect();
-    let zone = Zone {
-        hosts: (1..=N)
-            .map(|i| (format!("node{i}.cluster.test"), format!("127.0.10.{i}")))
-            .collect(),
-        srv: nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (_, l))| {
-                (
-                    "_muster._tcp.cluster.test".into(),
-                    format!("node{}.cluster.test", i + 1),
-                    l.port(),
-                    10,
-                    10,
-                )
-            })
-            .collect(),
-    };
+    let zone = Zone::cluster(&nodes.iter().map(|(_, l)| *l).collect::<Vec<_>>());
     let dns = DnsServer::bind9(&zone).await;
     let tables = format!(
         "[cluster_formation.dns]\nsrv = \"_muster._tcp.cluster.test\"\nnameservers = [\"{}\"]\n",

@@ -203,22 +203,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz.max(1) as f64)
 }
 
-/// Raises the soft open-file limit to the hard one: 100 nodes and their connections need more
-/// than the usual 1024.
-fn raise_open_files() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write and read the struct passed; no other preconditions.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 async fn one_run(
     exe: &std::path::Path,
     n: usize,
@@ -316,7 +300,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    raise_open_files();
+    muster_tests::raise_open_files();
     let found = match args.exe.clone() {
         Some(e) if e.exists() => Ok(e),
         Some(e) => Err(format!("--exe {}: no such file", e.display())),
