@@ -26,6 +26,24 @@ pub struct Zone {
 /// The SRV name the cluster tests publish their nodes under.
 pub const CLUSTER_SRV: &str = "_muster._tcp.cluster.test";
 
+/// `n` nodes named by their host in [`Zone::cluster`], each on a loopback address of its own
+/// (`127.0.10.i`) and a free port.
+pub fn cluster_nodes(n: usize, ports: &mut Ports) -> Vec<(muster::NodeName, SocketAddr)> {
+    (1..=n)
+        .map(|i| {
+            let port = ports.take().expect("a free port");
+            // One prefix for every node: DNS gives hosts, the prefix is the local node's.
+            let name = format!("m@node{i}.cluster.test:{port}")
+                .parse()
+                .expect("a valid node name");
+            (
+                name,
+                format!("127.0.10.{i}:{port}").parse().expect("a valid address"),
+            )
+        })
+        .collect()
+}
+
 impl Zone {
     /// Node i (from 1) as `node{i}.cluster.test` at `listen[i - 1]`, each listed under
     /// [`CLUSTER_SRV`] with its port.

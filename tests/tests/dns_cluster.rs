@@ -4,23 +4,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use muster::NodeName;
 use muster_node::launch::Ports;
-use muster_tests::dns::{DnsServer, Zone};
+use muster_tests::dns::{DnsServer, Zone, cluster_nodes};
 use muster_tests::{Layout, cluster_status, local_cluster_of, members, node_exe};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_discovered_through_srv_from_bind9_form_one_cluster_ten_times() {
     for round in 1..=10 {
         let mut ports = Ports::new();
-        let nodes: Vec<(NodeName, std::net::SocketAddr)> = (1..=3)
-            .map(|i| {
-                let port = ports.take().unwrap();
-                // One prefix for every node: DNS gives hosts, the prefix is the local node's.
-                let name = format!("m@node{i}.cluster.test:{port}").parse().unwrap();
-                (name, format!("127.0.10.{i}:{port}").parse().unwrap())
-            })
-            .collect();
+        let nodes = cluster_nodes(3, &mut ports);
         let zone = Zone::cluster(&nodes.iter().map(|(_, l)| *l).collect::<Vec<_>>());
         let dns = DnsServer::bind9(&zone).await;
         let tables = format!(

@@ -6,12 +6,10 @@
 //! node was formed.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use muster::NodeName;
 use muster_node::launch::Ports;
-use muster_tests::dns::{DnsServer, Zone};
+use muster_tests::dns::{DnsServer, Zone, cluster_nodes};
 use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, members, node_exe};
 
 /// The pause between two starts.
@@ -141,14 +139,7 @@ async fn thirty_dns_nodes_started_one_every_100ms_with_shipped_settings_form_one
     let _serial = SERIAL.lock().await;
     muster_tests::raise_open_files();
     let mut ports = Ports::new();
-    // Each node on an address of its own (127.0.10.i), named by its host in the zone.
-    let nodes: Vec<(NodeName, SocketAddr)> = (1..=N)
-        .map(|i| {
-            let port = ports.take().unwrap();
-            let name = format!("m@node{i}.cluster.test:{port}").parse().unwrap();
-            (name, format!("127.0.10.{i}:{port}").parse().unwrap())
-        })
-        .collect();
+    let nodes = cluster_nodes(N, &mut ports);
     let zone = Zone::cluster(&nodes.iter().map(|(_, l)| *l).collect::<Vec<_>>());
     let dns = DnsServer::bind9(&zone).await;
     let tables = format!(
