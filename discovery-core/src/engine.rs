@@ -684,14 +684,15 @@ impl FormationEngine {
         departed
     }
 
-    /// The seed, when this round may probe it alone. Without a lock a blank node that is not the
-    /// seed decides on its seed's answer only: it waits for the seed, commits to the seed's
-    /// intent, and joins the cluster the seed formed or joined (rule 1). So it probes the seed
-    /// alone, and a formation costs about 2N probes per round instead of N². Probing everyone is
-    /// still done when something else matters: when it has seen a cluster the seed is not in
-    /// (to join it, or to learn that it is gone), and at least every [`PROBE_ALL_EVERY`] retry
-    /// intervals, to find a cluster that only other candidates can see. The seed itself always
-    /// probes everyone.
+    /// The seed, when this round may probe it alone: a blank non-seed without a lock, while its
+    /// seed announces nothing, can only wait or join what the seed shows, so a formation costs
+    /// about 2N probes per round instead of N². The safety argument this relies on: no decision
+    /// that forms or commits trusts a partial round — forming and a standalone formation, and a
+    /// commitment on a listing that is not authoritative, check in the decision that every
+    /// candidate of the view answered in that round (`round` probes the rest when the seed
+    /// announces). Everyone is probed too when it has seen a cluster the seed is not in, in the
+    /// round that may spend the budget, and at least every [`PROBE_ALL_EVERY`] retry intervals.
+    /// The seed itself always probes everyone (docs/formation.md, "Who probes whom").
     fn seed_only(&self, st: &RunState, attempt: u32) -> Option<NodeName> {
         let seed = st.seed.clone()?;
         // The round that may spend the last of the budget probes everyone: a standalone
