@@ -46,7 +46,7 @@ pub fn go_duration(d: Duration) -> String {
 pub struct Consul {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    token: Option<muster_discovery_core::config::Secret>,
     dc: Option<String>,
     limit: Duration,
 }
@@ -135,7 +135,7 @@ impl Consul {
             .request(method, format!("{}{path}", self.base))
             .query(&q);
         if let Some(t) = &self.token {
-            req = req.header("X-Consul-Token", t);
+            req = req.header("X-Consul-Token", t.expose());
         }
         if let Some(body) = body {
             req = req.body(body);

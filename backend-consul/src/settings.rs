@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_discovery_core::config::{ConfigError, check_duration, duration};
+use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration};
 use muster_discovery_core::{FormationConfig, Host, NodeName};
 use serde::Deserialize;
 
@@ -27,7 +27,7 @@ pub struct ConsulSettings {
     /// The agent's HTTP API (default `CONSUL_HTTP_ADDR`, else `http://127.0.0.1:8500`).
     pub address: Option<String>,
     /// The ACL token (default `CONSUL_HTTP_TOKEN`); sent only as `X-Consul-Token`, never logged.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// A file holding the token (default `CONSUL_HTTP_TOKEN_FILE`).
     pub token_file: Option<PathBuf>,
     /// The CA that signs the agent's certificate (default `CONSUL_CACERT`); https only.
@@ -120,7 +120,7 @@ pub struct Resolved {
     /// The agent's base URL, without a trailing slash.
     pub address: String,
     /// The token (from the config, the file, or the environment).
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// TLS files after the environment.
     pub ca_file: Option<PathBuf>,
     /// Client certificate.
@@ -234,7 +234,7 @@ impl ConsulSettings {
             .clone()
             .or_else(|| env("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from));
         let token = match (&s.token, &token_file) {
-            (Some(t), _) => Some(t.clone()),
+            (Some(t), _) => Some(t.expose().to_string()),
             (None, Some(f)) => Some(
                 std::fs::read_to_string(f)
                     .map_err(|e| err("token_file", format!("{T}.token_file = {}: {e}", f.display())))?
@@ -243,7 +243,8 @@ impl ConsulSettings {
             ),
             (None, None) => env("CONSUL_HTTP_TOKEN"),
         }
-        .filter(|t| !t.is_empty());
+        .filter(|t| !t.is_empty())
+        .map(Secret::new);
         let ca_file = s
             .ca_file
             .clone()
@@ -321,14 +322,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.address, "http://consul:8500");
-        assert_eq!(r.token.as_deref(), Some("secret"));
+        assert_eq!(r.token.as_ref().map(Secret::expose), Some("secret"));
+        assert!(
+            !format!("{r:?}").contains("secret"),
+            "Debug shows no token: {r:?}"
+        );
         let r = resolve(
             "address = \"https://c:8501/\"\ntoken = \"t\"",
             &[("CONSUL_HTTP_TOKEN", "env")],
         )
         .unwrap();
         assert_eq!(
-            (r.address.as_str(), r.token.as_deref()),
+            (r.address.as_str(), r.token.as_ref().map(Secret::expose)),
             ("https://c:8501", Some("t")),
             "the config wins"
         );

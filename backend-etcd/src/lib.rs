@@ -82,7 +82,7 @@ impl Inner {
         // is bounded by connect_timeout (errors::bounded); the lock call by the engine's wait.
         let mut o = ConnectOptions::new().with_connect_timeout(s.connect_timeout);
         if let (Some(u), Some(p)) = (&s.username, &s.password) {
-            o = o.with_user(u.clone(), p.clone());
+            o = o.with_user(u.clone(), p.expose().to_string());
         }
         if let Some(ca) = &s.ca_file {
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca, "ca_file")?));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use muster_discovery_core::FormationConfig;
-use muster_discovery_core::config::{ConfigError, check_duration, duration};
+use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration};
 use serde::Deserialize;
 
 /// The etcd backend's settings. Every key changes behaviour (tests prove it).
@@ -16,7 +16,7 @@ pub struct EtcdSettings {
     /// etcd user, when authentication is enabled.
     pub username: Option<String>,
     /// Its password (never logged).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// CA certificate (PEM) that signs the etcd server certificate; enables TLS.
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
@@ -173,6 +173,16 @@ mod tests {
     fn parse(text: &str) -> Result<EtcdSettings, String> {
         let cfg = FormationConfig::from_toml(text).map_err(|e| e.to_string())?;
         EtcdSettings::from_config(&cfg).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_password_never_prints() {
+        let s = parse(
+            "[cluster_formation.etcd]\nendpoints = [\"127.0.0.1:2379\"]\nusername = \"u\"\npassword = \"pa55-word\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("pa55-word"));
+        assert!(!format!("{s:?}").contains("pa55-word"), "{s:?}");
     }
 
     #[test]

@@ -165,7 +165,7 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             // The backend's own table too (building it reads no network: clients connect lazily).
             muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
             println!("# {} is valid. Effective settings:", file.display());
-            print!("{}", toml::to_string(&cfg.file).map_err(|e| e.to_string())?);
+            print!("{}", cfg.file.effective_toml().map_err(|e| e.to_string())?);
             Ok(0)
         }
         Command::Discover { config, json } => discover(config, json).await,

@@ -121,6 +121,16 @@ impl NodeConfig {
         Self::from_text(&text)
     }
 
+    /// The effective settings as TOML, every secret (backend tokens, passwords) redacted: what
+    /// `muster config check` prints.
+    pub fn effective_toml(&self) -> Result<String, ConfigError> {
+        let printable =
+            |e: toml::ser::Error| ConfigError::new(None, format!("cannot print the settings: {e}"));
+        let mut value = toml::Value::try_from(self).map_err(printable)?;
+        muster::config::redact_secrets(&mut value);
+        toml::to_string(&value).map_err(printable)
+    }
+
     /// Same as [`NodeConfig::load`] from text.
     pub fn from_text(text: &str) -> Result<Resolved, ConfigError> {
         let mut file: NodeConfig = from_toml_str(text)?;
@@ -223,6 +233,26 @@ mod tests {
         let r = NodeConfig::from_text("[node]\nname = \"muster@rpi-node1\"\ndata_dir = \"/x\"\n").unwrap();
         assert_eq!(r.listen, "0.0.0.0:4370".parse().unwrap());
         assert_eq!(peer_address(&r.name), "rpi-node1:4370");
+    }
+
+    #[test]
+    fn effective_settings_print_no_secret() {
+        let r = NodeConfig::from_text(
+            "[node]\nname = \"m@127.0.0.1:5001\"\ndata_dir = \"/x\"\n\
+             [cluster_formation]\npeer_discovery_backend = \"consul\"\n\
+             [cluster_formation.consul]\ntoken = \"c0nsul-t0ken\"\n\
+             [cluster_formation.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nusername = \"u\"\npassword = \"etcd-pa55\"\n",
+        )
+        .unwrap();
+        let text = r.file.effective_toml().unwrap();
+        assert!(
+            !text.contains("c0nsul-t0ken") && !text.contains("etcd-pa55"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http://127.0.0.1:2379") && text.contains("<redacted>"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -221,7 +221,7 @@ async fn username_and_password_are_used() {
     c.auth_enable().await.unwrap();
     let with = |u: Option<&str>, p: Option<&str>| EtcdSettings {
         username: u.map(String::from),
-        password: p.map(String::from),
+        password: p.map(muster::config::Secret::new),
         ..settings(&server)
     };
     let ok = EtcdBackend::new(with(Some("root"), Some("rootpw")), &n("a"));
