@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod launch;
 pub mod limits;
+pub mod log_limit;
 pub mod metrics;
 pub mod node;
 pub mod proto;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::log_limit::{LogLimit, more};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -15,6 +16,10 @@ use crate::proto::conn::{Conn, Handled, Handler};
 use crate::proto::{Request, Response};
 use crate::tls;
 use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
+
+/// Refused handshakes: anyone can cause them, so their warnings are limited to one per window
+/// (per process).
+static REFUSALS: LogLimit = LogLimit::new();
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,16 +67,22 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
         Ok(Ok(established)) => established,
         Ok(Err(Refused::Tls(why))) => {
             node.metrics.auth_failures.inc();
-            warn!(node = %node.name(), "TLS refused the connection from {addr}: {why}");
+            if let Some(n) = REFUSALS.admit() {
+                warn!(node = %node.name(), "TLS refused the connection from {addr}: {why}{}", more(n));
+            }
             return;
         }
         Ok(Err(Refused::Channel(ChannelError::BadProof))) => {
             node.metrics.auth_failures.inc();
-            warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused");
+            if let Some(n) = REFUSALS.admit() {
+                warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused{}", more(n));
+            }
             return;
         }
         Ok(Err(Refused::Channel(e @ (ChannelError::ClusterMismatch { .. } | ChannelError::Version(_))))) => {
-            warn!(node = %node.name(), "connection from {addr} refused: {e}");
+            if let Some(n) = REFUSALS.admit() {
+                warn!(node = %node.name(), "connection from {addr} refused: {e}{}", more(n));
+            }
             return;
         }
         Ok(Err(Refused::Channel(e))) => {

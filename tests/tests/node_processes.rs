@@ -169,6 +169,47 @@ async fn a_wrong_cookie_is_rejected_on_both_sides_without_revealing_it() {
     );
 }
 
+/// Anyone can fail a handshake, so a flood of them must not flood the log: 2,000 wrong-cookie
+/// handshakes leave at most a few warnings, the later ones counting what they stand for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_cookies_logs_a_few_counted_warnings() {
+    let (dir, mut c) = local_cluster(&layout(1, ""));
+    c.start_all().unwrap();
+    c.wait_members(&[0], 1, FORM).await.unwrap();
+    let wrong = dir.path().join("wrong-cookie");
+    muster_node::cookie::Cookie::generate(&wrong).unwrap();
+    let creds = muster_node::client::Credentials {
+        cookie: muster_node::cookie::Cookie::from_file(&wrong).unwrap(),
+        cluster_name: "local".into(),
+        node: None,
+        tls: None,
+    };
+    let target = c.nodes[0].name.clone();
+    let addr = c.nodes[0].listen.map(|a| vec![a]);
+    for _ in 0..2_000 {
+        let out = muster_node::client::call_at(
+            &creds,
+            &target,
+            addr.clone(),
+            &muster_node::proto::Request::Ping,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(out.is_err(), "a wrong cookie is refused");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = c.log_since_start(0);
+    let warnings = log.matches("authentication failed (cookie mismatch?)").count();
+    assert!(
+        (1..=5).contains(&warnings),
+        "{warnings} warnings for 2,000 refusals:\n{log}"
+    );
+    assert!(
+        ctl(&c, 0, &["ping"]).status.success(),
+        "the right cookie still works"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_file_readable_by_others_is_refused_with_the_fix() {
     use std::os::unix::fs::PermissionsExt;
