@@ -48,6 +48,10 @@ const NOISE_MAX: usize = 65535;
 /// ones grow it for as long as they take. A seed holds a connection per member, so tokio-util's
 /// default of 8 KiB each way would cost 16 KiB per member before anything is said.
 const FRAMED_CAPACITY: usize = 256;
+/// The largest frame before the handshake succeeds: a hello, an identity (a node name is at most
+/// 324 characters) with its Noise overhead, or a refusal all fit, so an unauthenticated peer can
+/// make a connection hold about 1 KiB, not a 64 KiB frame.
+const HANDSHAKE_FRAME_MAX: usize = 1024;
 /// A buffer an idle connection keeps after a big message: one that grew beyond this (to carry
 /// a full membership state, say) goes back to [`FRAMED_CAPACITY`] once empty, so a hundred
 /// connections do not each keep the largest message they ever carried.
@@ -240,6 +244,19 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// The framing of a connection still in its handshake: [`HANDSHAKE_FRAME_MAX`] until
+/// [`authenticated`] lifts it.
+fn handshake_framing<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, LengthDelimitedCodec> {
+    let mut codec = codec();
+    codec.set_max_frame_length(HANDSHAKE_FRAME_MAX);
+    Framed::with_capacity(io, codec, FRAMED_CAPACITY)
+}
+
+/// Lifts the frame limit once both sides have proved the cookie.
+fn authenticated<S>(io: &mut Framed<S, LengthDelimitedCodec>) {
+    io.codec_mut().set_max_frame_length(NOISE_MAX);
+}
+
 fn psk(cookie: &Cookie) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"muster noise psk, protocol 2\0");
@@ -325,7 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         cluster_name: &str,
         node: Option<&NodeName>,
     ) -> Result<(Channel<S>, NodeName), ChannelError> {
-        let mut io = Framed::with_capacity(io, codec(), FRAMED_CAPACITY);
+        let mut io = handshake_framing(io);
         let hello = hello_bytes(cluster_name)?;
         io.send(Bytes::from(hello.clone())).await?;
         let mut hs = noise(cookie, &hello, true)?;
@@ -339,6 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             None => return Err(rejected(&answer, cluster_name)),
         };
         let noise = hs.into_transport_mode().map_err(noise_err)?;
+        authenticated(&mut io);
         Ok((
             Channel {
                 io,
@@ -355,7 +373,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         cluster_name: &str,
         me: &NodeName,
     ) -> Result<(Channel<S>, Option<NodeName>), ChannelError> {
-        let mut io = Framed::with_capacity(io, codec(), FRAMED_CAPACITY);
+        let mut io = handshake_framing(io);
         let hello = next(&mut io).await?;
         match serde_json::from_slice::<Handshake>(&hello) {
             Ok(Handshake::Hello { version, .. }) if version != VERSION => {
@@ -386,6 +404,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let client = client?;
         write_identity(&mut io, &mut hs, Some(me)).await?;
         let noise = hs.into_transport_mode().map_err(noise_err)?;
+        authenticated(&mut io);
         Ok((
             Channel {
                 io,

@@ -335,3 +335,46 @@ async fn a_connector_that_stops_mid_handshake_is_left_to_the_callers_timeout() {
     );
     drop(stalled);
 }
+
+/// Before the handshake a frame over about 1 KiB ends the connection at its length prefix, so an
+/// unauthenticated peer cannot make the node buffer a 64 KiB frame; the longest node name still
+/// fits, and after the handshake messages of any size flow again.
+#[tokio::test]
+async fn frames_before_the_handshake_are_small_and_the_longest_name_fits() {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let me = n("m@server:1");
+    let srv = tokio::spawn(async move { Channel::accept(server, &cookie(COOKIE), "c", &me).await });
+    // A length prefix announcing 60,000 bytes, then a trickle: refused at the prefix, without
+    // waiting for (or buffering) the rest.
+    let mut raw = client;
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &60_000u32.to_be_bytes())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"{\"Hello\"")
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(1), srv).await;
+    assert!(
+        matches!(refused, Ok(Ok(Err(_)))),
+        "an oversized first frame is refused at once"
+    );
+
+    // 64-character prefix, 253-character host of 63-character labels, 5-digit port.
+    let host = vec!["h".repeat(63); 4].join(".")[..253].to_string();
+    let longest = n(&format!("{}@{host}:65535", "p".repeat(64)));
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let me = n("m@server:1");
+    let srv =
+        tokio::spawn(
+            async move { Channel::accept(server, &cookie(COOKIE), "c".repeat(255).as_str(), &me).await },
+        );
+    let (mut ch, _) = Channel::connect(client, &cookie(COOKIE), &"c".repeat(255), Some(&longest))
+        .await
+        .expect("the longest name and cluster name fit the handshake frames");
+    let (mut server_ch, who) = srv.await.unwrap().unwrap();
+    assert_eq!(who, Some(longest));
+    let big = "z".repeat(200_000);
+    let (sent, got) = tokio::join!(ch.send(&big), server_ch.recv::<String>());
+    sent.unwrap();
+    assert_eq!(got.unwrap(), big);
+}
