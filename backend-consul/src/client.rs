@@ -65,7 +65,11 @@ fn misconfigured(message: String) -> DiscoveryError {
 impl Consul {
     /// A client for the resolved settings (reads the TLS files).
     pub fn new(r: &Resolved) -> Result<Consul, DiscoveryError> {
-        let mut b = reqwest::Client::builder().connect_timeout(r.settings.request_timeout);
+        // No redirects: one would resend X-Consul-Token to wherever it points, and the agent's
+        // API never redirects.
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(r.settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &r.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
                 misconfigured(format!(

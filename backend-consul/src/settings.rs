@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration};
+use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration, on_this_machine};
 use muster_discovery_core::{FormationConfig, Host, NodeName};
 use serde::Deserialize;
 
@@ -30,6 +30,9 @@ pub struct ConsulSettings {
     pub token: Option<Secret>,
     /// A file holding the token (default `CONSUL_HTTP_TOKEN_FILE`).
     pub token_file: Option<PathBuf>,
+    /// Send the token over plain `http://` to a host other than loopback. Off: such a setup is
+    /// refused, since the token would cross the network in clear.
+    pub allow_token_over_http: bool,
     /// The CA that signs the agent's certificate (default `CONSUL_CACERT`); https only.
     pub ca_file: Option<PathBuf>,
     /// A client certificate for mutual TLS (default `CONSUL_CLIENT_CERT`).
@@ -83,6 +86,7 @@ impl Default for ConsulSettings {
             address: None,
             token: None,
             token_file: None,
+            allow_token_over_http: false,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -245,6 +249,19 @@ impl ConsulSettings {
         }
         .filter(|t| !t.is_empty())
         .map(Secret::new);
+        if token.is_some()
+            && address.starts_with("http://")
+            && !s.allow_token_over_http
+            && !on_this_machine(&address)
+        {
+            return Err(err(
+                "token",
+                format!(
+                    "{T}: a token would be sent in clear to {address}; use https://, or set \
+                     {T}.allow_token_over_http = true if that network is trusted"
+                ),
+            ));
+        }
         let ca_file = s
             .ca_file
             .clone()
@@ -307,6 +324,25 @@ mod tests {
     }
 
     #[test]
+    fn a_token_over_plain_http_to_another_host_is_refused() {
+        let e = resolve("address = \"http://consul.internal:8500\"\ntoken = \"t0k\"", &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cluster_formation.consul.allow_token_over_http") && !text.contains("t0k"),
+            "{text}"
+        );
+        for ok in [
+            "address = \"http://127.0.0.1:8500\"\ntoken = \"t\"",
+            "address = \"http://localhost:8500/\"\ntoken = \"t\"",
+            "address = \"http://[::1]:8500\"\ntoken = \"t\"",
+            "address = \"https://consul.internal:8501\"\ntoken = \"t\"",
+            "address = \"http://consul.internal:8500\"",
+        ] {
+            assert!(resolve(ok, &[]).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
     fn defaults_and_the_environment() {
         let r = resolve("", &[]).unwrap();
         assert_eq!(r.address, "http://127.0.0.1:8500");
@@ -314,7 +350,7 @@ mod tests {
         assert_eq!(r.service_id, "muster:m@10.0.0.5:4370");
         assert_eq!(r.token, None);
         let r = resolve(
-            "",
+            "allow_token_over_http = true",
             &[
                 ("CONSUL_HTTP_ADDR", "consul:8500"),
                 ("CONSUL_HTTP_TOKEN", "secret"),

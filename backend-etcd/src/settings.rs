@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use muster_discovery_core::FormationConfig;
-use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration};
+use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration, on_this_machine};
 use serde::Deserialize;
 
 /// The etcd backend's settings. Every key changes behaviour (tests prove it).
@@ -17,6 +17,9 @@ pub struct EtcdSettings {
     pub username: Option<String>,
     /// Its password (never logged).
     pub password: Option<Secret>,
+    /// Send the password without TLS (no `ca_file`) to endpoints other than loopback. Off: such
+    /// a setup is refused, since the password would cross the network in clear.
+    pub allow_password_without_tls: bool,
     /// CA certificate (PEM) that signs the etcd server certificate; enables TLS.
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
@@ -44,6 +47,7 @@ impl Default for EtcdSettings {
             endpoints: Vec::new(),
             username: None,
             password: None,
+            allow_password_without_tls: false,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -114,6 +118,21 @@ impl EtcdSettings {
                 format!("{T}.username and {T}.password must be set together"),
             ));
         }
+        let remote = self.endpoints.iter().find(|e| !on_this_machine(e));
+        if let (Some(_), None, Some(endpoint), false) = (
+            &self.password,
+            &self.ca_file,
+            remote,
+            self.allow_password_without_tls,
+        ) {
+            return Err(ConfigError::new(
+                Some(format!("{T}.password")),
+                format!(
+                    "{T}.password would be sent in clear to {endpoint}: set {T}.ca_file to use \
+                     TLS, or {T}.allow_password_without_tls = true if that network is trusted"
+                ),
+            ));
+        }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(ConfigError::new(
                 Some(format!("{T}.cert_file")),
@@ -173,6 +192,23 @@ mod tests {
     fn parse(text: &str) -> Result<EtcdSettings, String> {
         let cfg = FormationConfig::from_toml(text).map_err(|e| e.to_string())?;
         EtcdSettings::from_config(&cfg).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_password_without_tls_to_another_host_is_refused() {
+        let e = parse(
+            "[cluster_formation.etcd]\nendpoints = [\"etcd.internal:2379\"]\nusername = \"u\"\npassword = \"pw-x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("allow_password_without_tls") && !e.contains("pw-x"),
+            "{e}"
+        );
+        parse(
+            "[cluster_formation.etcd]\nendpoints = [\"etcd.internal:2379\"]\nusername = \"u\"\npassword = \"p\"\n\
+             allow_password_without_tls = true\n",
+        )
+        .unwrap();
     }
 
     #[test]

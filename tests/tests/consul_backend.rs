@@ -524,3 +524,40 @@ async fn tls_with_a_ca_and_a_client_certificate() {
         "an agent certificate from another CA is not trusted"
     );
 }
+
+/// An agent address that answers with a redirect does not get the token sent on: the client
+/// follows no redirect, so a second host never sees `X-Consul-Token`.
+#[tokio::test]
+async fn a_redirect_never_carries_the_token_to_another_host() {
+    use std::io::{Read, Write};
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", redirector.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut s in redirector.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let reply = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{elsewhere_addr}/v1/catalog\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    let text = format!(
+        "[cluster_formation]\npeer_discovery_backend = \"consul\"\n[cluster_formation.consul]\naddress = \"{address}\"\n\
+         token = \"redirect-t0ken\"\nrequest_timeout = \"2s\"\n"
+    );
+    let b = ConsulBackend::from_config(&FormationConfig::from_toml(&text).unwrap(), &n(1)).unwrap();
+    let listed = b.list().await;
+    assert!(
+        listed.is_err(),
+        "a redirect is an error, not a listing: {listed:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        elsewhere.accept().is_err(),
+        "nothing connected to the redirect's target"
+    );
+}

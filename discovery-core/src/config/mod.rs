@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use errors::{ConfigError, closest, from_toml_str, from_toml_table};
-pub use secret::{REDACTED, SECRET_KEYS, Secret, redact_secrets};
+pub use secret::{REDACTED, SECRET_KEYS, Secret, on_this_machine, redact_secrets};
 
 /// What to do when `discovery_retry_limit` attempts have not produced a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

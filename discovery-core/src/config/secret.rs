@@ -68,6 +68,19 @@ pub fn redact_secrets(value: &mut toml::Value) {
     }
 }
 
+/// Whether an address (`[scheme://]host[:port][/…]`) names this machine: `localhost` or a
+/// loopback IP. A secret may travel in clear only there.
+pub fn on_this_machine(address: &str) -> bool {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +112,25 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches(REDACTED).count(), 2, "{text}");
+    }
+
+    #[test]
+    fn on_this_machine_means_loopback() {
+        for yes in [
+            "http://127.0.0.1:8500",
+            "localhost:2379",
+            "http://[::1]:1/x",
+            "127.0.0.2",
+        ] {
+            assert!(on_this_machine(yes), "{yes}");
+        }
+        for no in [
+            "http://consul:8500",
+            "10.0.0.1:2379",
+            "https://[2001:db8::1]:1",
+            "example.com",
+        ] {
+            assert!(!on_this_machine(no), "{no}");
+        }
     }
 }
