@@ -66,6 +66,14 @@ pub const MIN_LEN: usize = 16;
 /// The fewest different characters a cookie must have.
 pub const MIN_DISTINCT: usize = 8;
 
+/// The permission bits of a secret file (a cookie, a private key) that group or others can
+/// access, or `None` when only its owner can.
+pub fn shared_mode(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
 impl Cookie {
     /// Validates a cookie value; `source_name` names where it came from for the error.
     pub fn parse(value: &str, source_name: &str) -> Result<Cookie, CookieError> {
@@ -96,14 +104,12 @@ impl Cookie {
 
     /// Reads a cookie file, refusing files that group or others can access.
     pub fn from_file(path: &Path) -> Result<Cookie, CookieError> {
-        use std::os::unix::fs::PermissionsExt;
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| CookieError::Unreadable {
+        let open = shared_mode(path).map_err(|e| CookieError::Unreadable {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if let Some(mode) = open {
             return Err(CookieError::Permissions { path: shown, mode });
         }
         let text = std::fs::read_to_string(path).map_err(|e| CookieError::Unreadable {

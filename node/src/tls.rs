@@ -93,6 +93,20 @@ impl PeerTls {
     /// Loads the files; errors name the key and the file.
     pub fn load(s: &TlsSection) -> Result<PeerTls, TlsError> {
         let chain = certs("cert", &s.cert)?;
+        match crate::cookie::shared_mode(&s.key) {
+            Ok(Some(mode)) => {
+                return Err(file_err(
+                    "key",
+                    &s.key,
+                    format!(
+                        "mode {mode:03o} lets group or others read the private key; run: chmod 600 {}",
+                        s.key.display()
+                    ),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(file_err("key", &s.key, e)),
+        }
         let key = PrivateKeyDer::from_pem_file(&s.key).map_err(|e| file_err("key", &s.key, e))?;
         let mut roots = RootCertStore::empty();
         for ca in certs("ca", &s.ca)? {

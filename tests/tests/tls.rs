@@ -141,4 +141,15 @@ fn tls_files_that_are_missing_or_wrong_are_named() {
         e.starts_with("tls:"),
         "a key that does not match the certificate: {e}"
     );
+    // A private key that group or others can read is refused, naming the file and the fix.
+    use std::os::unix::fs::PermissionsExt;
+    let key = d.join("a.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = PeerTls::load(&section(d, "a")).unwrap_err().to_string();
+    assert!(
+        e.starts_with("tls.key = ") && e.contains("mode 644") && e.contains("chmod 600"),
+        "{e}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    PeerTls::load(&section(d, "a")).expect("a private key readable by its owner only loads");
 }
