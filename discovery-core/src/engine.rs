@@ -583,31 +583,32 @@ impl FormationEngine {
         self.publish(st);
         let timeout = self.config.probe_timeout;
         let member = self.membership.as_ref();
-        let mut probes = match self.seed_only(st, attempt) {
-            Some(seed) => {
-                let mut probes = probe_all(member, std::slice::from_ref(&seed), timeout).await;
-                // A seed that announces an intent asks for a commitment, which on a listing
-                // that is not authoritative needs every candidate's answer: the rest are probed
-                // in this same round.
-                if !listing.authoritative && st.commitment.is_none() && announces_intent(probes.get(&seed)) {
-                    let rest: Vec<NodeName> =
-                        st.peers(&self.local).into_iter().filter(|p| *p != seed).collect();
-                    probes.extend(probe_all(member, &rest, timeout).await);
-                    st.probed_all_at = Instant::now();
-                }
-                probes
-            }
+        let seed_only = self.seed_only(st, attempt);
+        let mut first = match &seed_only {
+            Some(seed) => vec![seed.clone()],
             None => {
                 st.probed_all_at = Instant::now();
-                probe_all(member, &st.peers(&self.local), timeout).await
+                st.peers(&self.local)
             }
         };
         // A committed node keeps probing its seed even when the backend stopped listing it.
         if let Some(v) = &st.commitment
             && v.seed != self.local
-            && !probes.contains_key(&v.seed)
+            && !first.contains(&v.seed)
         {
-            probes.extend(probe_all(member, std::slice::from_ref(&v.seed), timeout).await);
+            first.push(v.seed.clone());
+        }
+        let mut probes = probe_all(member, &first, timeout).await;
+        // A seed that announces an intent asks for a commitment, which on a listing that is not
+        // authoritative needs every candidate's answer: the rest are probed in this same round.
+        if let Some(seed) = seed_only
+            && !listing.authoritative
+            && st.commitment.is_none()
+            && announces_intent(probes.get(&seed))
+        {
+            let rest: Vec<NodeName> = st.peers(&self.local).into_iter().filter(|p| *p != seed).collect();
+            probes.extend(probe_all(member, &rest, timeout).await);
+            st.probed_all_at = Instant::now();
         }
         self.note_answers(st, &probes);
         Ok(Round { listing, probes })
