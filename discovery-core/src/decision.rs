@@ -582,8 +582,8 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
     }
 }
 
-/// Whether a standing commitment is released: its seed, answering blank, either no longer
-/// announces the intent from the same disk (which remembers that it did not form under it), or
+/// Whether a standing commitment is released: the seed's disk, answering blank under any name,
+/// no longer announces the intent (that disk remembers it did not form under it), or the seed
 /// disowns the intent of a disk it lost. A seed that answers from another disk may have formed
 /// under the intent before it lost its data, so that is no release.
 fn released(input: &DecisionInput<'_>, c: &Vouch) -> bool {
@@ -625,7 +625,10 @@ fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<W
         // On a listing that is not authoritative the seed's view may miss a candidate this node
         // lists (a member of an existing cluster): its answer must be heard first. An
         // authoritative listing is the same for the seed, which hears every candidate itself.
-        if let Some(reason) = full_round_blocker(input).filter(|_| !input.discovery.authoritative) {
+        if let Some(reason) = (!input.discovery.authoritative)
+            .then(|| full_round_blocker(input))
+            .flatten()
+        {
             return wait(exhausted(input, reason, false));
         }
         let vouch = Vouch {
@@ -714,13 +717,13 @@ fn exhausted(input: &DecisionInput<'_>, reason: WaitReason, may_form: bool) -> D
     if input.attempt < input.config.discovery_retry_limit {
         return Decision::Wait(reason);
     }
-    let probed_all = input
-        .view
-        .iter()
-        .all(|n| n == input.local || input.probes.contains_key(n));
     match input.config.on_exhausted {
         OnExhausted::Wait => Decision::Wait(reason),
         OnExhausted::Standalone if may_form && !matches!(reason, WaitReason::RecordedCluster { .. }) => {
+            let probed_all = input
+                .view
+                .iter()
+                .all(|n| n == input.local || input.probes.contains_key(n));
             match probed_all {
                 true => Decision::Form { standalone: true },
                 false => Decision::Wait(reason),

@@ -216,6 +216,7 @@ impl FormationEngine {
 
     async fn run_inner(&self) -> Result<FormationOutcome, FormationError> {
         let restart = self.membership.restart_state();
+        let disk = self.membership.disk_id();
         let mut st = RunState {
             view: BTreeSet::from([self.local.clone()]),
             view_changed_at: Instant::now(),
@@ -228,7 +229,7 @@ impl FormationEngine {
             commitment: restart
                 .vouch
                 .clone()
-                .filter(|v| v.seed != self.local && v.disk != Some(self.membership.disk_id())),
+                .filter(|v| v.seed != self.local && v.disk != Some(disk)),
             // A claim this node made before it restarted is resumed, not abandoned: the backend
             // records that identity, and only this node can complete its formation.
             proposal: match &restart.vouch {
@@ -238,7 +239,7 @@ impl FormationEngine {
             intending: false,
             noticed: None,
             probed_all_at: Instant::now(),
-            disk: self.membership.disk_id(),
+            disk,
             disowned: Vec::new(),
             absent: BTreeMap::new(),
             last_blank: BTreeMap::new(),
