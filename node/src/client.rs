@@ -167,9 +167,15 @@ async fn open(
     let (channel, answered) =
         Channel::connect(stream, &creds.cookie, &creds.cluster_name, creds.node.as_ref())
             .await
-            .map_err(|source| CallError::Auth {
-                node: node.clone(),
-                source,
+            .map_err(|source| match source {
+                ChannelError::Tls(reason) => CallError::Tls {
+                    node: node.clone(),
+                    reason,
+                },
+                source => CallError::Auth {
+                    node: node.clone(),
+                    source,
+                },
             })?;
     if answered != *node {
         return Err(CallError::WrongNode {

@@ -146,6 +146,9 @@ pub struct Node {
     /// Members that said they stopped gracefully and have not run since (see
     /// `Node::record_shutdown`).
     stopped_peers: std::sync::Mutex<std::collections::BTreeSet<NodeName>>,
+    /// Peers refusing this node's cookie or certificate: each reason warned once per window,
+    /// since every probe and sync would repeat it.
+    refused_by_peers: crate::log_limit::LogLimit,
 }
 
 /// A joiner waiting for the group commit that adds it, and where its answer goes.
@@ -298,6 +301,7 @@ impl Node {
             push: std::sync::atomic::AtomicU8::new(IDLE),
             pool: Pool::default(),
             contacts: crate::contact::Contacts::default(),
+            refused_by_peers: crate::log_limit::LogLimit::new(),
             joins: std::sync::Mutex::default(),
             stopped_peers: std::sync::Mutex::default(),
         });
@@ -670,6 +674,14 @@ impl Node {
         });
     }
 
+    /// Warns that a peer refused this node's cookie or certificate, each reason once per window.
+    fn warn_refused(&self, e: &CallError) {
+        let why = e.to_string();
+        if let Some(n) = self.refused_by_peers.admit(&why) {
+            warn!(node = %self.name, "{why}{}", crate::log_limit::more(n));
+        }
+    }
+
     /// One push-pull exchange with `peer`: `req` is a `Request::Sync` of this node's state.
     async fn sync_with(&self, peer: &NodeName, req: &Request) {
         match self.call(peer, req).await {
@@ -682,7 +694,7 @@ impl Node {
                 }
             }
             Ok(_) => {}
-            Err(e) if e.is_auth() => warn!(node = %self.name, "{e}"),
+            Err(e) if e.is_auth() => self.warn_refused(&e),
             Err(_) => {}
         }
     }
@@ -1030,7 +1042,7 @@ impl Membership for NodeMembership {
             )),
             Ok(Err(e)) => {
                 if e.is_auth() {
-                    warn!(node = %self.0.name, "{e}");
+                    self.0.warn_refused(&e);
                 }
                 Err(to_membership(peer, e))
             }

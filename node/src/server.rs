@@ -17,8 +17,8 @@ use crate::proto::{Request, Response};
 use crate::tls;
 use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
 
-/// Refused handshakes: anyone can cause them, so their warnings are limited to one per window
-/// (per process).
+/// Refused handshakes: anyone can cause them, so their warnings are limited per window (per
+/// process), each reason once.
 static REFUSALS: LogLimit = LogLimit::new();
 
 /// Time allowed for the whole handshake.
@@ -67,21 +67,22 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
         Ok(Ok(established)) => established,
         Ok(Err(Refused::Tls(why))) => {
             node.metrics.auth_failures.inc();
-            if let Some(n) = REFUSALS.admit() {
+            if let Some(n) = REFUSALS.admit(&why) {
                 warn!(node = %node.name(), "TLS refused the connection from {addr}: {why}{}", more(n));
             }
             return;
         }
         Ok(Err(Refused::Channel(ChannelError::BadProof))) => {
             node.metrics.auth_failures.inc();
-            if let Some(n) = REFUSALS.admit() {
+            if let Some(n) = REFUSALS.admit(AUTH_FAILED) {
                 warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused{}", more(n));
             }
             return;
         }
         Ok(Err(Refused::Channel(e @ (ChannelError::ClusterMismatch { .. } | ChannelError::Version(_))))) => {
-            if let Some(n) = REFUSALS.admit() {
-                warn!(node = %node.name(), "connection from {addr} refused: {e}{}", more(n));
+            let why = e.to_string();
+            if let Some(n) = REFUSALS.admit(&why) {
+                warn!(node = %node.name(), "connection from {addr} refused: {why}{}", more(n));
             }
             return;
         }

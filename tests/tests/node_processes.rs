@@ -170,7 +170,7 @@ async fn a_wrong_cookie_is_rejected_on_both_sides_without_revealing_it() {
 }
 
 /// Anyone can fail a handshake, so a flood of them must not flood the log: 2,000 wrong-cookie
-/// handshakes leave at most a few warnings, the later ones counting what they stand for.
+/// handshakes leave one warning per window, the later ones counting what they stand for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_cookies_logs_a_few_counted_warnings() {
     let (dir, mut c) = local_cluster(&layout(1, ""));
@@ -186,6 +186,7 @@ async fn a_flood_of_wrong_cookies_logs_a_few_counted_warnings() {
     };
     let target = c.nodes[0].name.clone();
     let addr = c.nodes[0].listen.map(|a| vec![a]);
+    let started = std::time::Instant::now();
     for _ in 0..2_000 {
         let out = muster_node::client::call_at(
             &creds,
@@ -199,10 +200,12 @@ async fn a_flood_of_wrong_cookies_logs_a_few_counted_warnings() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = c.log_since_start(0);
-    let warnings = log.matches("authentication failed (cookie mismatch?)").count();
+    let warnings = log.matches("authentication failed (cookie mismatch?)").count() as u64;
+    // One per window: the reason is the same every time.
+    let most = started.elapsed().as_secs() / muster_node::log_limit::WINDOW.as_secs() + 1;
     assert!(
-        (1..=5).contains(&warnings),
-        "{warnings} warnings for 2,000 refusals:\n{log}"
+        (1..=most).contains(&warnings),
+        "{warnings} warnings for 2,000 refusals (at most {most}, one per window):\n{log}"
     );
     assert!(
         ctl(&c, 0, &["ping"]).status.success(),

@@ -89,14 +89,29 @@ async fn mutual_tls_forms_the_cluster_and_refuses_untrusted_misnamed_or_missing_
 
     c.start(3).unwrap();
     c.start(4).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Both refusals are logged once the newcomers tried; wait for them rather than guess a time.
+    let members_logs = || -> String {
+        (0..3)
+            .map(|i| std::fs::read_to_string(&c.nodes[i].log).unwrap())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let logs = members_logs();
+        let rogue = std::fs::read_to_string(&c.nodes[3].log).unwrap();
+        if logs.contains("invalid peer certificate")
+            && logs.contains("its certificate is not valid for")
+            && rogue.contains("refused this node's certificate")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for i in 0..3 {
         let s = c.status(i).await.expect("members keep serving");
         assert_eq!(s.members.len(), 3, "nobody got in: {s:?}");
     }
-    let logs: String = (0..3)
-        .map(|i| std::fs::read_to_string(&c.nodes[i].log).unwrap())
-        .collect();
+    let logs = members_logs();
     assert!(logs.contains("TLS refused the connection"), "{logs}");
     assert!(
         logs.contains("its certificate is not valid for 127.0.0.1"),
@@ -104,7 +119,7 @@ async fn mutual_tls_forms_the_cluster_and_refuses_untrusted_misnamed_or_missing_
     );
     let rogue = std::fs::read_to_string(&c.nodes[3].log).unwrap();
     assert!(
-        rogue.contains("TLS"),
+        rogue.contains("TLS: the peer refused this node's certificate"),
         "the rogue node says why it cannot reach anyone:\n{rogue}"
     );
     assert!(

@@ -94,9 +94,42 @@ pub enum ChannelError {
     /// The bytes are not a valid message.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// TLS under the channel failed after its handshake, typically the peer's alert refusing
+    /// this side's certificate.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Another I/O error.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ChannelError {
+    /// Sorts an I/O error by its cause: an oversized frame, TLS, the end of the stream, or other.
+    fn from(e: std::io::Error) -> Self {
+        if let Some(inner) = e.get_ref() {
+            if inner.is::<tokio_util::codec::LengthDelimitedCodecError>() {
+                return ChannelError::Malformed("frame larger than a Noise message".into());
+            }
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return ChannelError::Tls(tls_reason(tls));
+            }
+        }
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ChannelError::Closed,
+            _ => ChannelError::Io(e),
+        }
+    }
+}
+
+/// A TLS failure in words an operator can act on: an alert after the handshake means the peer
+/// refused this side's certificate.
+fn tls_reason(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::AlertReceived(alert) => format!(
+            "the peer refused this node's certificate (alert {alert:?}): is it signed by the CA the peer trusts, and valid for this node's host?"
+        ),
+        other => other.to_string(),
+    }
 }
 
 impl ChannelError {
@@ -303,10 +336,6 @@ where
 {
     match io.next().await {
         Some(Ok(b)) => Ok(b.freeze()),
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(ChannelError::Malformed(
-            "frame larger than a Noise message".into(),
-        )),
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
         Some(Err(e)) => Err(e.into()),
         None => Err(ChannelError::Closed),
     }
