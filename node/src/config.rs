@@ -52,6 +52,11 @@ fn default_sync() -> Duration {
 pub struct HttpSection {
     /// Address of the health/status/metrics endpoints.
     pub listen: Option<SocketAddr>,
+    /// Whether `/status` shows members' names and addresses, the cluster id, the formation
+    /// trace and the last backend error; off, it shows only this node's phase and counts (the
+    /// HTTP endpoints are not authenticated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub status_detail: bool,
 }
 
 /// The whole file.
@@ -155,7 +160,11 @@ impl NodeConfig {
             self.node.cluster_name = v;
         }
         if let Some(v) = parse_env("MUSTER_HTTP_LISTEN")? {
-            self.http = Some(HttpSection { listen: Some(v) });
+            let status_detail = self.http.as_ref().is_some_and(|h| h.status_detail);
+            self.http = Some(HttpSection {
+                listen: Some(v),
+                status_detail,
+            });
         }
         Ok(())
     }

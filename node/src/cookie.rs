@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// The shared secret every node and the CLI authenticate with.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,6 +59,12 @@ pub enum CookieError {
         length: usize,
         /// How many different characters it has.
         distinct: usize,
+    },
+    /// The key could not be derived from the cookie (out of memory, most likely).
+    #[error("cannot derive the channel key from the cookie: {reason}")]
+    KeyDerivation {
+        /// Why.
+        reason: String,
     },
 }
 
@@ -158,9 +165,64 @@ impl Cookie {
         Ok(Cookie(value))
     }
 
-    pub(crate) fn bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+    /// The channel's key for clusters named `cluster_name`: Argon2id of the cookie, salted with
+    /// the cluster name, so that a recorded handshake costs an attacker a memory-hard derivation
+    /// per guessed cookie and per cluster. Derived once per process (per cookie and name).
+    pub fn key(&self, cluster_name: &str) -> Result<[u8; 32], CookieError> {
+        let id = self.memo_id(cluster_name);
+        let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, key)) = keys.iter().find(|(k, _)| *k == id) {
+            return Ok(*key);
+        }
+        let key = derive(self.0.as_bytes(), cluster_name).map_err(|e| CookieError::KeyDerivation {
+            reason: e.to_string(),
+        })?;
+        keys.push((id, key));
+        Ok(key)
     }
+
+    /// Whether the key for `cluster_name` was derived already.
+    pub fn has_key(&self, cluster_name: &str) -> bool {
+        let id = self.memo_id(cluster_name);
+        let keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().any(|(k, _)| *k == id)
+    }
+
+    fn memo_id(&self, cluster_name: &str) -> [u8; 32] {
+        digest(&[
+            b"muster cookie memo\0",
+            self.0.as_bytes(),
+            b"\0",
+            cluster_name.as_bytes(),
+        ])
+    }
+}
+
+/// Keys derived in this process, by a digest of the cookie and the cluster name.
+static KEYS: Mutex<Vec<([u8; 32], [u8; 32])>> = Mutex::new(Vec::new());
+
+/// Argon2id's cost: 7 MiB and five passes (one of the parameter sets OWASP recommends), tens of
+/// milliseconds once per process, freed right after.
+const KDF_MEMORY_KIB: u32 = 7 * 1024;
+const KDF_PASSES: u32 = 5;
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn derive(cookie: &[u8], cluster_name: &str) -> Result<[u8; 32], argon2::Error> {
+    // Argon2 wants a salt of at least 8 bytes; a cluster name may be shorter.
+    let salt = digest(&[b"muster cookie salt, protocol 4\0", cluster_name.as_bytes()]);
+    let params = argon2::Params::new(KDF_MEMORY_KIB, KDF_PASSES, 1, Some(32))?;
+    let kdf = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut key = [0u8; 32];
+    kdf.hash_password_into(cookie, &salt, &mut key)?;
+    Ok(key)
 }
 
 #[cfg(test)]

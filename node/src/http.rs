@@ -1,6 +1,6 @@
 //! The HTTP endpoint on axum and hyper: `/health/live`, `/health/ready`, `/status`, `/metrics`
 //! (GET and HEAD), with keep-alive, a bounded request head and a deadline for it, within the
-//! listener's connection caps.
+//! listener's connection budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,33 +22,49 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// The routes.
-pub fn router(node: Arc<Node>) -> Router {
+/// The routes; `/status` in detail only when `status_detail` (see `HttpSection`).
+pub fn router(node: Arc<Node>, status_detail: bool) -> Router {
+    let status = if status_detail { get(status) } else { get(summary) };
     Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
-        .route("/status", get(status))
+        .route("/status", status)
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(node)
 }
 
-/// Serves HTTP forever, within the listener's connection caps.
-pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+/// HTTP connections: a fixed budget (nobody authenticates here), a share per network; when full,
+/// the oldest connection goes, so that an idle flood ages out and a health probe gets in.
+const HTTP_GATE: usize = 64;
+const HTTP_GATE_PER_NETWORK: usize = 32;
+
+/// Serves HTTP forever, within the listener's connection budget.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, status_detail: bool) {
     let name = node.name().clone();
-    let app = router(node);
-    crate::limits::serve(listener, &name, "HTTP port", move |stream, _| {
-        let service = TowerToHyperService::new(app.clone());
-        async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .keep_alive(true);
-            // A failed connection (timeout, bad request, reset) is the client's business.
-            let _ = http.serve_connection(TokioIo::new(stream), service).await;
-        }
-    })
+    let app = router(node, status_detail);
+    let gate = crate::limits::Gate::new(HTTP_GATE, HTTP_GATE_PER_NETWORK);
+    crate::limits::serve(
+        listener,
+        &name,
+        "HTTP port",
+        gate,
+        move |stream, _, mut ticket| {
+            let service = TowerToHyperService::new(app.clone());
+            async move {
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD)
+                    .keep_alive(true);
+                // A failed or closed connection (timeout, bad request, reset, room made for a newer
+                // one) is the client's business.
+                let _ = ticket
+                    .run(http.serve_connection(TokioIo::new(stream), service))
+                    .await;
+            }
+        },
+    )
     .await
 }
 
@@ -63,6 +79,24 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
     let body = serde_json::json!({ "membership": node.status(false).await, "formation": node.formation() });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body:#}\n"),
+    )
+        .into_response()
+}
+
+/// `/status` without detail: this node's phase and counts, nothing about other nodes.
+async fn summary(State(node): State<Arc<Node>>) -> Response {
+    let formation = node.formation();
+    let state = node.state();
+    let body = serde_json::json!({
+        "node": node.name(),
+        "phase": formation.phase,
+        "ready": node.is_ready(),
+        "members": state.alive().len(),
+        "detail": "members, cluster id and formation trace: set [http] status_detail = true, or run muster ctl cluster-status",
+    });
     (
         [(header::CONTENT_TYPE, "application/json")],
         format!("{body:#}\n"),

@@ -1,51 +1,52 @@
-//! Connection caps for the peer and HTTP listeners: a total per listener and a share per source
-//! address, derived from the process's file-descriptor limit so that a flood of connections can
-//! never take the descriptors the node needs for its own outgoing probes, and so that one source
-//! flooding the port leaves room for the others.
+//! Connection budgets for the peer and HTTP listeners.
+//!
+//! - Connections that have not authenticated (every HTTP connection, and a peer connection until
+//!   its handshake succeeds) live in a small fixed [`Gate`] that does not grow with the
+//!   descriptor limit, with a share per source network (a /24 for IPv4, a /64 for IPv6). A full
+//!   gate admits the newcomer by closing the oldest connection of its network or, when the whole
+//!   gate is full, of the fullest network: a flood of idle connections ages out, while a CLI's or
+//!   a member's handshake (milliseconds) and a health probe get in.
+//! - Authenticated peer connections (members and the CLI) count against [`Limits`], derived from
+//!   the process's file-descriptor limit so that they can never take the descriptors the node
+//!   needs for its own outgoing probes; a connector without the cookie never reaches them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use muster::NodeName;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tracing::warn;
 
-/// Accepts connections on `listener` forever, each handled by `handle` in a task of its own,
-/// within caps derived from the descriptor limit. Connections over a cap are closed at once
-/// (logged at powers of two, so a flood cannot flood the log); accept errors (out of
+/// Accepts connections on `listener` forever, each handled by `handle` in a task of its own
+/// with its place in `gate` (which it gives up once authenticated). Closing a connection to make
+/// room is logged at powers of two, so a flood cannot flood the log; accept errors (out of
 /// descriptors) pause instead of spinning. `port` names the listener in the log.
-pub async fn serve<F, Fut>(listener: TcpListener, node: &NodeName, port: &str, handle: F)
+pub async fn serve<F, Fut>(listener: TcpListener, node: &NodeName, port: &str, gate: Arc<Gate>, handle: F)
 where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Ticket) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let limits = Limits::for_fd_limit(open_files_limit());
-    let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
-                let Some(admitted) = limits.admit(addr.ip()) else {
-                    refused += 1;
-                    if refused.is_power_of_two() {
-                        warn!(
-                            node = %node,
-                            "{port}: connection cap reached ({} in all, {} per source); {refused} \
-                             connection(s) refused so far, the latest from {addr}",
-                            limits.total(),
-                            limits.per_source()
-                        );
-                    }
-                    drop(stream);
-                    continue;
-                };
-                let handled = handle(stream, addr);
-                tokio::spawn(async move {
-                    handled.await;
-                    drop(admitted);
-                });
+                let (ticket, evicted) = gate.enter(addr.ip());
+                if let Some(n) = evicted
+                    && n.is_power_of_two()
+                {
+                    warn!(
+                        node = %node,
+                        "{port}: {n} connection(s) that had not authenticated closed so far to make \
+                         room ({} at most, {} per /24 or /64 network), the latest for one from {addr}",
+                        gate.total,
+                        gate.per_group
+                    );
+                }
+                tokio::spawn(handle(stream, addr, ticket));
             }
             Err(e) => {
                 warn!(node = %node, "{port}: accept failed: {e}");
@@ -55,31 +56,149 @@ where
     }
 }
 
-/// Caps for one listener.
+/// The source network a connection counts against: its /24 (IPv4, also when IPv4-mapped) or
+/// its /64 (IPv6), so that one host's many addresses share one budget.
+pub fn group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(v4.to_bits() & !0xff)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => group(IpAddr::V4(v4)),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// The budget for connections that have not authenticated: fixed, shared per network, full
+/// means the oldest connection goes.
+#[derive(Debug)]
+pub struct Gate {
+    total: usize,
+    per_group: usize,
+    evicted: AtomicU64,
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    next: u64,
+    count: usize,
+    /// Per network, its connections by age (oldest first); dropping a sender closes that one.
+    groups: HashMap<IpAddr, BTreeMap<u64, oneshot::Sender<()>>>,
+}
+
+/// A connection's place in the gate; dropping it frees the place.
+#[derive(Debug)]
+pub struct Ticket {
+    gate: Arc<Gate>,
+    group: IpAddr,
+    id: u64,
+    closed: oneshot::Receiver<()>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut g = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.remove(self.group, self.id);
+    }
+}
+
+impl GateState {
+    fn remove(&mut self, group: IpAddr, id: u64) -> bool {
+        let Some(members) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        let removed = members.remove(&id).is_some();
+        if members.is_empty() {
+            self.groups.remove(&group);
+        }
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// The oldest connection of `group`, or of the fullest network.
+    fn victim(&self, group: IpAddr, per_group: usize, total: usize) -> Option<(IpAddr, u64)> {
+        let oldest = |g: &IpAddr| self.groups.get(g)?.keys().next().map(|id| (*g, *id));
+        if self.groups.get(&group).map_or(0, BTreeMap::len) >= per_group {
+            return oldest(&group);
+        }
+        if self.count >= total {
+            let fullest = self.groups.iter().max_by_key(|(_, m)| m.len()).map(|(g, _)| *g)?;
+            return oldest(&fullest);
+        }
+        None
+    }
+}
+
+impl Gate {
+    /// A gate for `total` connections, `per_group` from any one network.
+    pub fn new(total: usize, per_group: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            total: total.max(1),
+            per_group: per_group.clamp(1, total.max(1)),
+            evicted: AtomicU64::new(0),
+            state: Mutex::default(),
+        })
+    }
+
+    /// Admits a connection from `source`, closing the oldest one of its network or of the
+    /// fullest network when full; with how many were closed so far when one was.
+    pub fn enter(self: &Arc<Self>, source: IpAddr) -> (Ticket, Option<u64>) {
+        let group = group(source);
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = None;
+        if let Some((victim_group, victim)) = g.victim(group, self.per_group, self.total) {
+            g.remove(victim_group, victim);
+            evicted = Some(self.evicted.fetch_add(1, Ordering::Relaxed) + 1);
+        }
+        let id = g.next;
+        g.next += 1;
+        let (tx, rx) = oneshot::channel();
+        g.groups.entry(group).or_default().insert(id, tx);
+        g.count += 1;
+        let ticket = Ticket {
+            gate: self.clone(),
+            group,
+            id,
+            closed: rx,
+        };
+        (ticket, evicted)
+    }
+
+    /// How many connections hold a place now.
+    pub fn open(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).count
+    }
+}
+
+impl Ticket {
+    /// Runs `work` unless the gate closes this connection first (`None`).
+    pub async fn run<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            out = work => Some(out),
+            _ = &mut self.closed => None,
+        }
+    }
+}
+
+/// The cap on authenticated peer connections (members and the CLI): every one of them holds
+/// the cookie, so there is no share per network, only a total the descriptors can afford.
 #[derive(Debug)]
 pub struct Limits {
     total: usize,
-    per_source: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: AtomicU64,
 }
 
 /// One admitted connection; dropping it frees its place.
 #[derive(Debug)]
 pub struct Admitted {
     limits: Arc<Limits>,
-    source: IpAddr,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut g = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 = g.0.saturating_sub(1);
-        if let Some(n) = g.1.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                g.1.remove(&self.source);
-            }
-        }
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -97,49 +216,34 @@ pub fn open_files_limit() -> usize {
 }
 
 impl Limits {
-    /// Caps for a process allowed `fd_limit` open files: a quarter of them per listener (between
-    /// 64 and 4,096), and a quarter of that (at least 64, room for a local cluster of dozens of
-    /// nodes on one address) per source.
+    /// The cap for a process allowed `fd_limit` open files: half of them (between 64 and 8,192),
+    /// leaving the rest to the gates, outgoing connections and files.
     pub fn for_fd_limit(fd_limit: usize) -> Arc<Limits> {
-        let total = (fd_limit / 4).clamp(64, 4096);
-        Limits::new(total, (total / 4).max(64))
+        Limits::new((fd_limit / 2).clamp(64, 8192))
     }
 
-    /// Explicit caps.
-    pub fn new(total: usize, per_source: usize) -> Arc<Limits> {
+    /// An explicit cap.
+    pub fn new(total: usize) -> Arc<Limits> {
         Arc::new(Limits {
             total,
-            per_source,
-            open: Mutex::new((0, HashMap::new())),
+            open: AtomicU64::new(0),
         })
     }
 
-    /// The total cap.
+    /// The cap.
     pub fn total(&self) -> usize {
         self.total
     }
 
-    /// The cap per source address.
-    pub fn per_source(&self) -> usize {
-        self.per_source
-    }
-
-    /// Admits a connection from `source`, or `None` when a cap is reached (close it at once).
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Option<Admitted> {
-        let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 >= self.total {
-            return None;
-        }
-        let from_source = g.1.get(&source).copied().unwrap_or(0);
-        if from_source >= self.per_source {
-            return None;
-        }
-        g.0 += 1;
-        g.1.insert(source, from_source + 1);
-        Some(Admitted {
-            limits: self.clone(),
-            source,
-        })
+    /// Admits an authenticated connection, or `None` when the cap is reached (close it).
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let total = self.total as u64;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < total).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted { limits: self.clone() })
     }
 }
 
@@ -147,27 +251,73 @@ impl Limits {
 mod tests {
     use super::*;
 
-    #[test]
-    fn caps_the_total_and_each_source_and_frees_on_drop() {
-        let l = Limits::new(4, 2);
-        let remote: IpAddr = "192.0.2.7".parse().unwrap();
-        let other: IpAddr = "192.0.2.8".parse().unwrap();
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = l.admit(remote).unwrap();
-        let _b = l.admit(remote).unwrap();
-        assert!(l.admit(remote).is_none(), "per-source cap");
-        let _c = l.admit(other).unwrap();
-        let _d = l.admit(lo).unwrap();
-        assert!(l.admit("192.0.2.9".parse().unwrap()).is_none(), "total cap");
-        drop(a);
-        assert!(l.admit(remote).is_some(), "a closed connection frees its place");
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
-    fn derives_caps_from_the_descriptor_limit() {
-        assert_eq!(Limits::for_fd_limit(1024).total(), 256);
+    fn networks_are_slash_24_and_slash_64() {
+        assert_eq!(group(ip("192.0.2.7")), ip("192.0.2.0"));
+        assert_eq!(group(ip("::ffff:192.0.2.7")), ip("192.0.2.0"));
+        assert_eq!(group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_ne!(group(ip("192.0.3.7")), group(ip("192.0.2.7")));
+    }
+
+    #[tokio::test]
+    async fn a_full_network_closes_its_own_oldest_connection_and_spares_others() {
+        let gate = Gate::new(8, 2);
+        let (mut other, _) = gate.enter(ip("198.51.100.1"));
+        let (mut first, none) = gate.enter(ip("192.0.2.1"));
+        assert_eq!(none, None);
+        let (_second, _) = gate.enter(ip("192.0.2.2"));
+        let (_third, evicted) = gate.enter(ip("192.0.2.3"));
+        assert_eq!(evicted, Some(1), "the /24 was full");
+        assert_eq!(
+            first.run(std::future::pending::<()>()).await,
+            None,
+            "its oldest was closed"
+        );
+        let alive =
+            tokio::time::timeout(Duration::from_millis(50), other.run(std::future::pending::<()>())).await;
+        assert!(alive.is_err(), "another network's connection stays");
+        assert_eq!(gate.open(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_closes_the_oldest_of_the_fullest_network() {
+        let gate = Gate::new(4, 3);
+        let (mut lone, _) = gate.enter(ip("198.51.100.1"));
+        let (mut flood_oldest, _) = gate.enter(ip("192.0.2.1"));
+        let _f2 = gate.enter(ip("192.0.2.2"));
+        let _f3 = gate.enter(ip("192.0.2.3"));
+        let (_cli, evicted) = gate.enter(ip("203.0.113.9"));
+        assert_eq!(evicted, Some(1));
+        assert_eq!(flood_oldest.run(std::future::pending::<()>()).await, None);
+        let alive =
+            tokio::time::timeout(Duration::from_millis(50), lone.run(std::future::pending::<()>())).await;
+        assert!(alive.is_err(), "the older connection of a small network stays");
+        assert_eq!(gate.open(), 4);
+    }
+
+    #[test]
+    fn a_dropped_ticket_frees_its_place() {
+        let gate = Gate::new(2, 2);
+        let (t, _) = gate.enter(ip("192.0.2.1"));
+        assert_eq!(gate.open(), 1);
+        drop(t);
+        assert_eq!(gate.open(), 0);
+    }
+
+    #[test]
+    fn authenticated_connections_are_capped_and_freed_on_drop() {
+        let l = Limits::new(2);
+        let a = l.admit().unwrap();
+        let _b = l.admit().unwrap();
+        assert!(l.admit().is_none());
+        drop(a);
+        assert!(l.admit().is_some());
+        assert_eq!(Limits::for_fd_limit(1024).total(), 512);
         assert_eq!(Limits::for_fd_limit(100).total(), 64);
-        assert_eq!(Limits::for_fd_limit(1 << 20).total(), 4096);
         assert!(open_files_limit() >= 64);
     }
 }

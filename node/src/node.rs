@@ -1,7 +1,8 @@
 //! The node's shared state: persisted membership, readiness, the published formation view, and
 //! the handlers behind every peer request. `NodeMembership` exposes it to discovery-core's engine.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -149,7 +150,41 @@ pub struct Node {
     /// Peers refusing this node's cookie or certificate: each reason warned once per window,
     /// since every probe and sync would repeat it.
     refused_by_peers: crate::log_limit::LogLimit,
+    /// Live inbound connections by the name they authenticated as (see `Node::bind_name`).
+    inbound: std::sync::Mutex<HashMap<NodeName, Inbound>>,
 }
+
+/// The inbound connections under one name: the address they came from, and each connection.
+struct Inbound {
+    ip: IpAddr,
+    conns: Vec<(u64, std::sync::Weak<crate::proto::conn::Conn>)>,
+}
+
+/// An inbound connection's hold on its name; dropping it (the connection ended) releases it.
+pub struct NameBinding {
+    node: std::sync::Weak<Node>,
+    peer: NodeName,
+    id: u64,
+}
+
+impl Drop for NameBinding {
+    fn drop(&mut self) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let mut inbound = node.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = inbound.get_mut(&self.peer) {
+            entry.conns.retain(|(id, _)| *id != self.id);
+            if entry.conns.is_empty() {
+                inbound.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// How long a connection holding a name has to answer before a claim from another address
+/// replaces it (the other node may have moved, leaving a dead connection behind).
+const NAME_HOLDER_PING: Duration = Duration::from_secs(1);
 
 /// A joiner waiting for the group commit that adds it, and where its answer goes.
 struct JoinWaiter {
@@ -302,6 +337,7 @@ impl Node {
             pool: Pool::default(),
             contacts: crate::contact::Contacts::default(),
             refused_by_peers: crate::log_limit::LogLimit::new(),
+            inbound: std::sync::Mutex::default(),
             joins: std::sync::Mutex::default(),
             stopped_peers: std::sync::Mutex::default(),
         });
@@ -336,8 +372,98 @@ impl Node {
     }
 
     /// Calls to `peer` reuse `conn`, which `peer` opened to this node.
-    pub fn adopt_connection(&self, peer: &NodeName, conn: Arc<crate::proto::conn::Conn>) {
-        self.pool.adopt(peer, conn);
+    pub async fn adopt_connection(&self, peer: &NodeName, from: IpAddr, conn: Arc<crate::proto::conn::Conn>) {
+        // Without TLS a name is bound to nothing but the cookie: calls to `peer` go over a
+        // connection it opened only when that came from an address its name resolves to.
+        if self
+            .addresses_of(peer)
+            .await
+            .is_some_and(|ips| ips.contains(&from))
+        {
+            self.pool.adopt(peer, conn);
+        }
+    }
+
+    /// The addresses `peer`'s host stands for (`None` when they cannot be had now).
+    async fn addresses_of(&self, peer: &NodeName) -> Option<Vec<IpAddr>> {
+        match peer.host() {
+            Host::V4(ip) => Some(vec![IpAddr::V4(*ip)]),
+            Host::V6(ip) => Some(vec![IpAddr::V6(*ip)]),
+            Host::Dns(host) => match self.resolve(peer).await {
+                Ok(Some(addrs)) => Some(addrs.iter().map(SocketAddr::ip).collect()),
+                Ok(None) => {
+                    let port = crate::config::peer_port(peer);
+                    let lookup = tokio::net::lookup_host((host.as_str(), port));
+                    match tokio::time::timeout(NAME_HOLDER_PING, lookup).await {
+                        Ok(Ok(addrs)) => Some(addrs.map(|a| a.ip()).collect()),
+                        _ => None,
+                    }
+                }
+                Err(_) => None,
+            },
+        }
+    }
+
+    /// Binds `peer`'s name to the address `from` for as long as the returned binding lives: a
+    /// connection authenticated as a name already held by a live connection from another
+    /// address is refused (`Err` with that address). A holder that does not answer a ping
+    /// within a second is closed and the name moves (a restarted node's new address).
+    pub async fn bind_name(self: &Arc<Self>, peer: &NodeName, from: IpAddr) -> Result<NameBinding, IpAddr> {
+        let holders = {
+            let inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+            match inbound.get(peer) {
+                Some(entry) if entry.ip != from => entry
+                    .conns
+                    .iter()
+                    .filter_map(|(_, c)| c.upgrade())
+                    .filter(|c| !c.is_closed())
+                    .map(|c| (entry.ip, c))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        for (ip, holder) in &holders {
+            let ping = tokio::time::timeout(NAME_HOLDER_PING, holder.call(&Request::Ping)).await;
+            if matches!(ping, Ok(Ok(Response::Pong { .. }))) {
+                return Err(*ip);
+            }
+            holder.close();
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = inbound.entry(peer.clone()).or_insert_with(|| Inbound {
+            ip: from,
+            conns: Vec::new(),
+        });
+        if entry.ip != from {
+            // The holders were closed above (or a racing claim got here first: it keeps the name).
+            if entry
+                .conns
+                .iter()
+                .any(|(_, c)| c.upgrade().is_some_and(|c| !c.is_closed()))
+            {
+                return Err(entry.ip);
+            }
+            entry.ip = from;
+            entry.conns.clear();
+        }
+        entry.conns.push((id, std::sync::Weak::new()));
+        Ok(NameBinding {
+            node: Arc::downgrade(self),
+            peer: peer.clone(),
+            id,
+        })
+    }
+
+    /// Records the connection a binding stands for, so that a later claim can ping it.
+    pub fn bound(&self, binding: &NameBinding, conn: &Arc<crate::proto::conn::Conn>) {
+        let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = inbound.get_mut(&binding.peer)
+            && let Some(slot) = entry.conns.iter_mut().find(|(id, _)| *id == binding.id)
+        {
+            slot.1 = Arc::downgrade(conn);
+        }
     }
 
     /// The credentials for calls to peers.

@@ -44,7 +44,8 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
         let http = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
-        tokio::spawn(crate::http::serve(http, node.clone()));
+        let detail = cfg.file.http.as_ref().is_some_and(|h| h.status_detail);
+        tokio::spawn(crate::http::serve(http, node.clone(), detail));
         info!(node = %cfg.name, "HTTP endpoints on http://{addr}/ (health/live, health/ready, status, metrics)");
     }
     let backend = muster::build_backend(&cf, &cfg.name).map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::limits::{Limits, Ticket};
 use crate::log_limit::{LogLimit, more};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
@@ -21,14 +22,22 @@ use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
 /// process), each reason once.
 static REFUSALS: LogLimit = LogLimit::new();
 
-/// Time allowed for the whole handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for the whole handshake (TLS included), from the connection's first byte.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Accepts peer connections forever, within the listener's connection caps.
+/// Peer connections still in their handshake: a fixed budget, half of it for one network (a
+/// local cluster's nodes share one address; a burst of them forming at once fits).
+const PEER_GATE: usize = 256;
+const PEER_GATE_PER_NETWORK: usize = 128;
+
+/// Accepts peer connections forever: each handshakes within the unauthenticated budget, then
+/// counts against the cap on authenticated connections.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     let name = node.name().clone();
-    crate::limits::serve(listener, &name, "peer port", move |stream, addr| {
-        connection(node.clone(), stream, addr)
+    let gate = crate::limits::Gate::new(PEER_GATE, PEER_GATE_PER_NETWORK);
+    let established = crate::limits::Limits::for_fd_limit(crate::limits::open_files_limit());
+    crate::limits::serve(listener, &name, "peer port", gate, move |stream, addr, ticket| {
+        connection(node.clone(), stream, addr, ticket, established.clone())
     })
     .await
 }
@@ -41,7 +50,13 @@ enum Refused {
     Channel(ChannelError),
 }
 
-async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
+async fn connection(
+    node: Arc<Node>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut ticket: Ticket,
+    established: Arc<Limits>,
+) {
     let _ = stream.set_nodelay(true);
     let creds = node.credentials();
     let hs = async {
@@ -63,8 +78,17 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
     };
     // Boxed: the handshake's state is freed once it is done, instead of staying in this task's
     // state (which lives as long as the connection) for every connection a seed holds.
-    let (channel, peer) = match Box::pin(tokio::time::timeout(HANDSHAKE_TIMEOUT, hs)).await {
-        Ok(Ok(established)) => established,
+    let handshake = ticket
+        .run(Box::pin(tokio::time::timeout(HANDSHAKE_TIMEOUT, hs)))
+        .await;
+    let Some(handshake) = handshake else {
+        debug!(node = %node.name(), "handshake with {addr} closed to make room for a newer connection");
+        return;
+    };
+    // Authenticated: out of the unauthenticated budget, into the cap for members and the CLI.
+    drop(ticket);
+    let (channel, peer) = match handshake {
+        Ok(Ok(authenticated)) => authenticated,
         Ok(Err(Refused::Tls(why))) => {
             node.metrics.auth_failures.inc();
             if let Some(n) = REFUSALS.admit(&why) {
@@ -79,7 +103,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
             }
             return;
         }
-        Ok(Err(Refused::Channel(e @ (ChannelError::ClusterMismatch { .. } | ChannelError::Version(_))))) => {
+        Ok(Err(Refused::Channel(e @ ChannelError::Version(_)))) => {
             let why = e.to_string();
             if let Some(n) = REFUSALS.admit(&why) {
                 warn!(node = %node.name(), "connection from {addr} refused: {why}{}", more(n));
@@ -95,9 +119,40 @@ async fn connection(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
             return;
         }
     };
+    let Some(_admitted) = established.admit() else {
+        if let Some(n) = REFUSALS.admit("authenticated cap") {
+            warn!(
+                node = %node.name(),
+                "connection from {addr} refused: {} authenticated connections are open, the most \
+                 this node's file-descriptor limit allows (raise LimitNOFILE){}",
+                established.total(),
+                more(n)
+            );
+        }
+        return;
+    };
+    let binding = match &peer {
+        Some(p) => match node.bind_name(p, addr.ip()).await {
+            Ok(binding) => Some(binding),
+            Err(holder) => {
+                let why = format!("{p} is connected from {holder}");
+                if let Some(n) = REFUSALS.admit(&why) {
+                    warn!(
+                        node = %node.name(),
+                        "connection from {addr} refused: it authenticated as {why}, which still \
+                         answers (a name is held by one address at a time){}",
+                        more(n)
+                    );
+                }
+                return;
+            }
+        },
+        None => None,
+    };
     let (conn, ended) = Conn::start(channel, peer.clone(), Some(handler(Arc::downgrade(&node))));
-    if let Some(p) = &peer {
-        node.adopt_connection(p, conn);
+    if let (Some(p), Some(binding)) = (&peer, &binding) {
+        node.bound(binding, &conn);
+        node.adopt_connection(p, addr.ip(), conn).await;
     } else {
         drop(conn);
     }
@@ -128,7 +183,7 @@ pub fn handler(node: Weak<Node>) -> Handler {
                 node.metrics.messages_received.inc();
                 node.contacts.saw(p);
             }
-            let stop = matches!(req, Request::Stop);
+            let stop = matches!(req, Request::Stop) && !from_peer;
             let resp = dispatch(&node, req, peer.as_ref()).await;
             if from_peer {
                 node.metrics.messages_sent.inc();
@@ -154,6 +209,14 @@ fn done(r: Result<(), impl std::fmt::Display>) -> Response {
 
 /// Answers one request from `peer` (the node the channel authenticated; `None` for the CLI).
 pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -> Response {
+    if let (Some(p), Some(what)) = (peer, req.operator_request()) {
+        return Response::Error {
+            message: format!(
+                "{what} refused: it is an operator request, accepted from the CLI only, and this \
+                 connection is authenticated as member {p}"
+            ),
+        };
+    }
     match req {
         Request::Ping => Response::Pong {
             node: node.name().clone(),

@@ -111,6 +111,10 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
         ..Layout::default()
     };
     let (_dir, mut c) = local_cluster(&layout);
+    // Node 2 shows /status in detail; node 1 keeps the default summary.
+    let cfg = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+    let cfg = cfg.replacen("[http]\n", "[http]\nstatus_detail = true\n", 1);
+    std::fs::write(&c.nodes[1].config, cfg).unwrap();
     c.start(1).unwrap(); // the seed (node 1) is not started yet: node 2 waits
     let http = c.nodes[1].http.unwrap();
     let mut live = 0;
@@ -146,6 +150,15 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["membership"]["members"].as_array().unwrap().len(), 2);
     assert!(v["formation"]["trace"].as_array().unwrap().len() >= 2);
+    // Without status_detail, /status names no other node and no cluster id.
+    let (code, body) = http_get(c.nodes[0].http.unwrap(), "/status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["members"], 2, "{body}");
+    assert_eq!(v["ready"], true, "{body}");
+    assert!(!body.contains(c.nodes[1].name.as_str()), "{body}");
+    let cluster = c.status(0).await.unwrap().cluster.unwrap();
+    assert!(!body.contains(&cluster.to_string()), "{body}");
     let (code, metrics) = http_get(http, "/metrics");
     assert_eq!(code, 200);
     for name in [

@@ -154,12 +154,15 @@ async fn a_wrong_cookie_is_rejected_on_both_sides_without_revealing_it() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("authentication failed (cookie mismatch?)"),
+        stderr.contains("authentication failed (cookie or cluster name mismatch?)"),
         "{stderr}"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = c.log_tail(0, 50);
-    assert!(log.contains("authentication failed (cookie mismatch?)"), "{log}");
+    assert!(
+        log.contains("authentication failed (cookie or cluster name mismatch?)"),
+        "{log}"
+    );
     let cookie = std::fs::read_to_string(&c.cookie_file).unwrap();
     let wrong_value = std::fs::read_to_string(&wrong).unwrap();
     assert!(!log.contains(&cookie) && !log.contains(&wrong_value) && !stderr.contains(&wrong_value));
@@ -200,7 +203,9 @@ async fn a_flood_of_wrong_cookies_logs_a_few_counted_warnings() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = c.log_since_start(0);
-    let warnings = log.matches("authentication failed (cookie mismatch?)").count() as u64;
+    let warnings = log
+        .matches("authentication failed (cookie or cluster name mismatch?)")
+        .count() as u64;
     // One per window: the reason is the same every time.
     let most = started.elapsed().as_secs() / muster_node::log_limit::WINDOW.as_secs() + 1;
     assert!(

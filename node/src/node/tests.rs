@@ -106,7 +106,7 @@ async fn http_get(node: &Arc<Node>, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(crate::http::serve(l, node.clone()));
+    tokio::spawn(crate::http::serve(l, node.clone(), true));
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     s.write_all(head.as_bytes()).await.unwrap();
@@ -283,4 +283,104 @@ async fn a_member_that_said_it_stopped_counts_as_running_again_once_it_pushes_it
     assert_eq!(a.not_known_stopped(&both.state, &[]), vec![b.clone()]);
     a.record_shutdown().await;
     assert!(!a.store().load().unwrap().last_to_stop);
+}
+
+/// One compromised member cannot stop, reset or rewire another: operator requests over a
+/// member's connection are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_requests_from_a_member_are_refused_and_change_nothing() {
+    let (la, a) = listener("a").await;
+    let (lb, b) = listener("b").await;
+    let p = persisted("x", &[&a, &b]);
+    let node_a = running(la, &a, &p).await;
+    let node_b = running(lb, &b, &p).await;
+    let requests = [
+        Request::Stop,
+        Request::Reset,
+        Request::ForceBoot,
+        Request::Forget { node: b.clone() },
+        Request::JoinCluster { peer: b.clone() },
+    ];
+    for req in requests {
+        let what = req.operator_request().expect("an operator request");
+        let answer = node_b.call(&a, &req).await.expect("a answers");
+        let Response::Error { message } = &answer else {
+            panic!("{what} from member b was accepted: {answer:?}");
+        };
+        assert!(
+            message.contains("operator request") && message.contains(&b.to_string()),
+            "{message}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(node_a.is_ready(), "a still serves");
+    assert!(node_a.state().is_member(&b), "b is still a member");
+    assert!(!node_a.store().force_boot(), "no force boot was recorded");
+    assert!(
+        matches!(node_b.call(&a, &Request::Ping).await, Ok(Response::Pong { .. })),
+        "a was not stopped"
+    );
+}
+
+/// An authenticated connection from `source` (a loopback address) to `to`, claiming to be
+/// `claimed`, answering requests as `claimed` would (Ping).
+async fn impostor(source: &str, to: &NodeName, claimed: &NodeName) -> Arc<crate::proto::conn::Conn> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket
+        .connect(crate::config::peer_address(to).parse().unwrap())
+        .await
+        .unwrap();
+    let cookie = Cookie::parse(COOKIE, "test").unwrap();
+    let (channel, _) =
+        crate::proto::channel::Channel::connect(crate::tls::plain(stream), &cookie, "test", Some(claimed))
+            .await
+            .unwrap();
+    let me = claimed.clone();
+    let answer: crate::proto::conn::Handler = Arc::new(move |_, _| {
+        let me = me.clone();
+        Box::pin(async move { crate::proto::conn::Handled::from(Response::Pong { node: me }) })
+    });
+    crate::proto::conn::Conn::start(channel, Some(claimed.clone()), Some(answer)).0
+}
+
+/// Without TLS a name is bound to the address that holds it: a second connection claiming a
+/// connected member's name from another address is closed, and once the holder is gone, a
+/// claimer from an address the name does not resolve to is never used for calls to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_held_by_one_address_and_calls_never_go_to_a_claimer() {
+    let (la, a) = listener("a").await;
+    let b = unreachable("b").await;
+    let node_a = running(la, &a, &persisted("x", &[&a, &b])).await;
+    // b's connection from 127.0.0.1, the address its name says, holds the name.
+    let holder = impostor("127.0.0.1", &a, &b).await;
+    assert!(matches!(
+        holder.call(&Request::Ping).await,
+        Ok(Response::Pong { .. })
+    ));
+    let claimer = impostor("127.0.0.2", &a, &b).await;
+    let refused = claimer.call(&Request::Probe).await;
+    assert!(
+        refused.is_err(),
+        "a second holder of b's name was served: {refused:?}"
+    );
+    // The holder goes; a claimer from 127.0.0.2 is served, but a's calls to b never use it.
+    holder.close();
+    let served = async {
+        loop {
+            let claimer = impostor("127.0.0.2", &a, &b).await;
+            if matches!(claimer.call(&Request::Ping).await, Ok(Response::Pong { .. })) {
+                return claimer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _claimer = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the name is free once its holder closed");
+    let r = node_a.call(&b, &Request::Ping).await;
+    assert!(
+        !matches!(r, Ok(Response::Pong { .. })),
+        "a's call to b was answered by the claimer: {r:?}"
+    );
 }

@@ -1,14 +1,16 @@
-//! The secure channel between nodes (protocol 3): the Noise protocol framework's
+//! The secure channel between nodes (protocol 4): the Noise protocol framework's
 //! `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s` (via `snow`), keyed with the shared cookie.
 //!
 //! 1. The client sends a plaintext `Hello` (version, cluster name). The server answers a version
-//!    or cluster-name mismatch with a plaintext `Rejected`, which old (protocol 1 and 2) peers also read.
-//! 2. Noise handshake, with the `Hello` bytes as prologue (so both sides must have seen the same
-//!    version and cluster name) and a PSK derived from the cookie: the client's first message
-//!    carries its node name and an authentication tag under the PSK; a server that cannot verify
-//!    it answers `Rejected` without producing anything that depends on its key (no offline
-//!    guessing oracle for a connector without the cookie). The server's answer carries its node
-//!    name and proves the server knows the cookie too.
+//!    mismatch with a plaintext `Rejected`, which older peers also read.
+//! 2. Noise handshake, with the server's *own* `Hello` as prologue and a PSK derived from the
+//!    cookie and the cluster name (Argon2id, salted with the name; `Cookie::key`): the client's
+//!    first message carries its node name and an authentication tag under the PSK. A wrong
+//!    cookie and a wrong cluster name fail the same check and get the same answer, so a
+//!    connector without the cookie cannot learn the cluster name; a server that cannot verify
+//!    the message answers `Rejected` without producing anything that depends on its key (no
+//!    offline guessing oracle for a connector without the cookie). The server's answer carries
+//!    its node name and proves the server knows the cookie too.
 //! 3. Every later frame is a Noise transport message: encrypted and authenticated, with keys
 //!    bound to this handshake and implicit per-direction counters, so a replayed, reordered,
 //!    altered, or injected frame (including one moved from another connection) fails to decrypt
@@ -27,7 +29,6 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use muster::NodeName;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use snow::{HandshakeState, TransportState};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -36,11 +37,11 @@ use super::messages::Handshake;
 use crate::cookie::Cookie;
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The largest application message accepted: 1 MiB.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// What every side logs on a failed authentication; it never contains the cookie.
-pub const AUTH_FAILED: &str = "authentication failed (cookie mismatch?)";
+pub const AUTH_FAILED: &str = "authentication failed (cookie or cluster name mismatch?)";
 
 const NOISE: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 const NOISE_MAX: usize = 65535;
@@ -67,15 +68,10 @@ const LAST: u8 = 0;
 /// Why a connection could not be set up or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
-    /// The other side does not know the cookie (or tampered with the handshake).
+    /// The other side does not know the cookie, uses another cluster name, or tampered with the
+    /// handshake (the three look the same, by design).
     #[error("{AUTH_FAILED}")]
     BadProof,
-    /// The cluster names differ.
-    #[error("cluster name mismatch: this side is {ours:?}")]
-    ClusterMismatch {
-        /// Ours.
-        ours: String,
-    },
     /// The other side speaks another protocol version.
     #[error("protocol version mismatch: {0}")]
     Version(String),
@@ -290,23 +286,17 @@ fn authenticated<S>(io: &mut Framed<S, LengthDelimitedCodec>) {
     io.codec_mut().set_max_frame_length(NOISE_MAX);
 }
 
-fn psk(cookie: &Cookie) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"muster noise psk, protocol 2\0");
-    h.update(cookie.bytes());
-    h.finalize().into()
-}
-
-fn noise(cookie: &Cookie, prologue: &[u8], initiator: bool) -> Result<HandshakeState, ChannelError> {
+fn noise(cookie: &Cookie, cluster_name: &str, initiator: bool) -> Result<HandshakeState, ChannelError> {
     let params = NOISE
         .parse()
         .map_err(|e| ChannelError::Malformed(format!("noise parameters: {e}")))?;
-    let key = crypto(|| psk(cookie));
+    let key = crypto(|| cookie.key(cluster_name)).map_err(|e| ChannelError::Malformed(e.to_string()))?;
+    let prologue = hello_bytes(cluster_name)?;
     let fail = |e: snow::Error| ChannelError::Malformed(format!("noise setup: {e}"));
     let b = snow::Builder::with_resolver(params, super::x25519::resolver())
         .psk(0, &key)
         .map_err(fail)?
-        .prologue(prologue)
+        .prologue(&prologue)
         .map_err(fail)?;
     crypto(|| {
         if initiator {
@@ -349,14 +339,9 @@ async fn reject<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Framed<S, LengthDeli
     }
 }
 
-fn rejected(bytes: &[u8], ours: &str) -> ChannelError {
+fn rejected(bytes: &[u8]) -> ChannelError {
     match serde_json::from_slice::<Handshake>(bytes) {
         Ok(Handshake::Rejected { reason }) if reason == AUTH_FAILED => ChannelError::BadProof,
-        Ok(Handshake::Rejected { reason }) if reason.starts_with("cluster name mismatch") => {
-            ChannelError::ClusterMismatch {
-                ours: ours.to_string(),
-            }
-        }
         Ok(Handshake::Rejected { reason }) if reason.contains("version") => ChannelError::Version(reason),
         Ok(Handshake::Rejected { reason }) => ChannelError::Rejected(reason),
         _ => ChannelError::BadProof,
@@ -374,7 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let mut io = handshake_framing(io);
         let hello = hello_bytes(cluster_name)?;
         io.send(Bytes::from(hello.clone())).await?;
-        let mut hs = noise(cookie, &hello, true)?;
+        let mut hs = noise(cookie, cluster_name, true)?;
         write_identity(&mut io, &mut hs, node).await?;
         let answer = next(&mut io).await?;
         let server = match read_identity(&mut hs, &answer) {
@@ -382,7 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 named?.ok_or_else(|| ChannelError::Malformed("the server sent no node name".into()))?
             }
             // Not a Noise answer: a plaintext refusal (version, cluster name, cookie).
-            None => return Err(rejected(&answer, cluster_name)),
+            None => return Err(rejected(&answer)),
         };
         let noise = hs.into_transport_mode().map_err(noise_err)?;
         authenticated(&mut io);
@@ -413,18 +398,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 reject(&mut io, &reason).await;
                 return Err(ChannelError::Version(reason));
             }
-            Ok(Handshake::Hello {
-                cluster_name: theirs, ..
-            }) if theirs != cluster_name => {
-                reject(&mut io, "cluster name mismatch").await;
-                return Err(ChannelError::ClusterMismatch {
-                    ours: cluster_name.to_string(),
-                });
-            }
+            // The client's cluster name is not compared here: the prologue is this side's own
+            // hello, so a different name fails the Noise check exactly like a different cookie.
             Ok(Handshake::Hello { .. }) => {}
             _ => return Err(ChannelError::Malformed("the first frame is not a hello".into())),
         }
-        let mut hs = noise(cookie, &hello, false)?;
+        let mut hs = noise(cookie, cluster_name, false)?;
         let first = next(&mut io).await?;
         let Some(client) = read_identity(&mut hs, &first) else {
             reject(&mut io, AUTH_FAILED).await;

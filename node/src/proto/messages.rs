@@ -85,6 +85,30 @@ pub enum Request {
     Stopping,
 }
 
+impl Request {
+    /// The operator's requests (change membership, stop, reset, force boot), by name; `None` for
+    /// the requests nodes send each other and read-only ones. Only the CLI's connection, which
+    /// authenticates as no node, may send them: a member's connection never can, so one
+    /// compromised member cannot stop or reset the others.
+    pub fn operator_request(&self) -> Option<&'static str> {
+        match self {
+            Request::Forget { .. } => Some("forget"),
+            Request::Reset => Some("reset"),
+            Request::JoinCluster { .. } => Some("join-cluster"),
+            Request::ForceBoot => Some("force-boot"),
+            Request::Stop => Some("stop"),
+            Request::Ping
+            | Request::Probe
+            | Request::Notice
+            | Request::Join { .. }
+            | Request::Sync { .. }
+            | Request::Status
+            | Request::FormationStatus
+            | Request::Stopping => None,
+        }
+    }
+}
+
 /// Membership and health of one node, as `cluster-status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
