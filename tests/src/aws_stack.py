@@ -1,5 +1,8 @@
 """Creates deploy/aws/muster.yaml as stack NAME in moto (argv: TEMPLATE NAME) in a fresh VPC with
-two subnets, after the cookie parameter it reads; prints the stack's status and outputs as JSON."""
+two subnets, after the cookie parameter it reads; prints as JSON the stack's status and outputs,
+the node role's policy documents as created, the load balancer listener's default actions and
+rules, and the load balancer security group's ingress rules."""
+import ast
 import json
 import sys
 import time
@@ -32,8 +35,31 @@ for _ in range(300):
     if not stack["StackStatus"].endswith("IN_PROGRESS"):
         break
     time.sleep(0.1)
+resources = {
+    r["LogicalResourceId"]: r.get("PhysicalResourceId")
+    for r in cfn.describe_stack_resources(StackName=name)["StackResources"]
+    if "LogicalResourceId" in r  # moto lists a resource whose Condition is false without one
+}
+iam = boto3.client("iam")
+elbv2 = boto3.client("elbv2")
+role = resources["NodeRole"]
+policies = [
+    iam.get_role_policy(RoleName=role, PolicyName=p)["PolicyDocument"]
+    for p in iam.list_role_policies(RoleName=role)["PolicyNames"]
+]
+listener = elbv2.describe_listeners(ListenerArns=[resources["Listener"]])["Listeners"][0]
+rules = elbv2.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+lb_group = ec2.describe_security_groups(GroupIds=[resources["LoadBalancerSecurityGroup"]])["SecurityGroups"][0]
 print(json.dumps({
     "status": stack["StackStatus"],
     "reason": stack.get("StackStatusReason"),
     "outputs": {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])},
-}))
+    # moto returns a policy created by CloudFormation as the repr of a Python dict.
+    "policies": [ast.literal_eval(p) if isinstance(p, str) else p for p in policies],
+    "listener": {
+        "default_actions": listener["DefaultActions"],
+        "rules": [r for r in rules if not r.get("IsDefault")],
+        "target_group": resources["TargetGroup"],
+    },
+    "load_balancer_ingress": lb_group["IpPermissions"],
+}, default=str))

@@ -559,9 +559,10 @@ async fn peers_resolve_to_their_pod_ip_through_the_api() {
 
 /// The conformance suite against the fake, or against a real cluster when
 /// `MUSTER_K8S_TEST_KUBECONFIG` names a kubeconfig (namespace `MUSTER_K8S_TEST_NAMESPACE`,
-/// default `default`; the Role of deploy/kubernetes plus `delete` on leases and configmaps for
-/// the clean-up). On a real cluster the StatefulSet is not read (`replicas = 3`), and the Lease
-/// and ConfigMap get names of their own, deleted afterwards.
+/// default `default`; the rules of the Role of deploy/kubernetes without their `resourceNames`,
+/// plus `delete` on leases and configmaps for the clean-up). On a real cluster the StatefulSet
+/// is not read (`replicas = 3`), and the Lease and ConfigMap get names of their own, deleted
+/// afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_backend_passes_the_conformance_suite() {
     let real = std::env::var_os("MUSTER_K8S_TEST_KUBECONFIG").map(std::path::PathBuf::from);

@@ -1,7 +1,10 @@
 //! `deploy/kubernetes/`: every manifest passes `kubernetes-validate --strict` for Kubernetes 1.33
 //! (offline), and the files agree with each other and with the node: the ConfigMap's
 //! `muster.toml` passes `muster config check` with the StatefulSet's environment, and ports,
-//! probe paths, Service, Secret, ConfigMap and volume names match across the files.
+//! probe paths, Service, Secret, ConfigMap and volume names match across the files; the Role
+//! grants exactly what the backend uses, pinned to the Lease and ConfigMap names the backend
+//! resolves; the NetworkPolicy admits the peer port from the StatefulSet's pods only and the
+//! HTTP port from opted-in pods only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,6 +79,21 @@ fn kustomization_lists_every_manifest_and_generates_the_cookie_secret() {
     assert_eq!(k["secretGenerator"][0]["name"], secret.as_str());
 }
 
+/// The container's downward-API variables: (name, fieldPath).
+fn field_refs(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 fn env_of(container: &Value) -> Vec<(String, String)> {
     container["env"]
         .as_array()
@@ -128,18 +146,41 @@ fn the_files_agree_with_each_other_and_the_config_passes_config_check() {
         cfg["cluster_formation"]["k8s"]["service"].as_str(),
         spec["serviceName"].as_str()
     );
-    let http_listen = cfg["http"]["listen"].as_str().unwrap();
+    // HTTP listens on the pod's IP (where the kubelet's probes connect), never on 0.0.0.0: the
+    // environment sets it, and the file leaves it to the environment.
     assert!(
-        http_listen.ends_with(&format!(":{}", port("http"))),
-        "{http_listen}"
+        cfg.get("http").and_then(|h| h.get("listen")).is_none(),
+        "the ConfigMap leaves [http] listen to MUSTER_HTTP_LISTEN"
     );
-    let env: Vec<(String, String)> = env_of(main)
+    let fields = field_refs(main);
+    assert!(
+        fields.contains(&("POD_IP".to_string(), "status.podIP".to_string())),
+        "{fields:?}"
+    );
+    let raw_env = env_of(main);
+    let http_listen = &raw_env
+        .iter()
+        .find(|(k, _)| k == "MUSTER_HTTP_LISTEN")
+        .expect("MUSTER_HTTP_LISTEN is set")
+        .1;
+    assert_eq!(http_listen, &format!("$(POD_IP):{}", port("http")));
+    // $(VAR) expands only variables defined earlier in the list.
+    let names: Vec<&str> = main["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(at("POD_IP") < at("MUSTER_HTTP_LISTEN"), "{names:?}");
+    let env: Vec<(String, String)> = raw_env
         .into_iter()
         .map(|(k, v)| {
             (
                 k,
                 v.replace("$(POD_NAME)", "muster-0")
-                    .replace("$(POD_NAMESPACE)", "prod"),
+                    .replace("$(POD_NAMESPACE)", "prod")
+                    .replace("$(POD_IP)", "10.1.2.3"),
             )
         })
         .collect();
@@ -218,47 +259,168 @@ fn the_files_agree_with_each_other_and_the_config_passes_config_check() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "config check: {stdout}{stderr}");
     assert!(stdout.contains("peer_discovery_backend = \"k8s\""), "{stdout}");
+    assert!(
+        stdout.contains(&format!("listen = \"10.1.2.3:{}\"", port("http"))),
+        "HTTP on the pod's IP: {stdout}"
+    );
+}
+
+/// The Lease and ConfigMap names the backend resolves for pod muster-0 with the ConfigMap's
+/// config and the StatefulSet's environment: (statefulset, lease, configmap).
+fn backend_names() -> (String, String, String) {
+    let cm = one("configmap.yaml", "ConfigMap");
+    let cfg: toml::Table = toml::from_str(cm["data"]["muster.toml"].as_str().unwrap()).unwrap();
+    let mut doc = toml::Table::new();
+    doc.insert("cluster_formation".into(), cfg["cluster_formation"].clone());
+    let formation = muster::FormationConfig::from_toml(&toml::to_string(&doc).unwrap()).unwrap();
+    let sts = one("statefulset.yaml", "StatefulSet");
+    let main = sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "muster")
+        .unwrap()
+        .clone();
+    let name = env_of(&main)
+        .into_iter()
+        .find(|(k, _)| k == "MUSTER_NODE_NAME")
+        .unwrap()
+        .1
+        .replace(
+            "$(POD_NAME)",
+            &format!("{}-0", sts["metadata"]["name"].as_str().unwrap()),
+        )
+        .replace("$(POD_NAMESPACE)", "prod");
+    let r = muster_backend_k8s::settings::K8sSettings::resolve(
+        &formation,
+        &name.parse().unwrap(),
+        Some("prod".into()),
+        Path::new("/nonexistent/namespace"),
+    )
+    .unwrap();
+    (r.statefulset.unwrap(), r.lease_name, r.fencing_name)
 }
 
 #[test]
 fn the_role_grants_exactly_what_the_backend_uses() {
     let role = one("role.yaml", "Role");
-    let mut granted: Vec<(String, String, String)> = Vec::new();
+    // (group, resource, verb, the one object it is pinned to, or "*" for any)
+    let mut granted: Vec<(String, String, String, String)> = Vec::new();
     for rule in role["rules"].as_array().unwrap() {
+        let names: Vec<String> = match rule["resourceNames"].as_array() {
+            Some(n) => n.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+            None => vec!["*".to_string()],
+        };
         for g in rule["apiGroups"].as_array().unwrap() {
             for r in rule["resources"].as_array().unwrap() {
                 for v in rule["verbs"].as_array().unwrap() {
-                    granted.push((
-                        g.as_str().unwrap().into(),
-                        r.as_str().unwrap().into(),
-                        v.as_str().unwrap().into(),
-                    ));
+                    assert!(
+                        !(v == "create" && names[0] != "*"),
+                        "resourceNames never matches a create request: {rule}"
+                    );
+                    for n in &names {
+                        granted.push((
+                            g.as_str().unwrap().into(),
+                            r.as_str().unwrap().into(),
+                            v.as_str().unwrap().into(),
+                            n.clone(),
+                        ));
+                    }
                 }
             }
         }
     }
     granted.sort();
-    let mut want: Vec<(String, String, String)> = [
-        ("apps", "statefulsets", "get"),
-        ("", "pods", "get"),
-        ("coordination.k8s.io", "leases", "get"),
-        ("coordination.k8s.io", "leases", "create"),
-        ("coordination.k8s.io", "leases", "update"),
-        ("", "configmaps", "get"),
-        ("", "configmaps", "create"),
-        ("events.k8s.io", "events", "create"),
+    let (sts_name, lease, configmap) = backend_names();
+    let sts = one("statefulset.yaml", "StatefulSet");
+    assert_eq!(sts["metadata"]["name"], sts_name.as_str());
+    let mut want: Vec<(String, String, String, String)> = [
+        ("apps", "statefulsets", "get", sts_name.as_str()),
+        // Pod names change with the replicas: not pinned.
+        ("", "pods", "get", "*"),
+        ("coordination.k8s.io", "leases", "get", lease.as_str()),
+        ("coordination.k8s.io", "leases", "update", lease.as_str()),
+        ("coordination.k8s.io", "leases", "create", "*"),
+        ("", "configmaps", "get", configmap.as_str()),
+        ("", "configmaps", "create", "*"),
+        ("events.k8s.io", "events", "create", "*"),
     ]
     .iter()
-    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .map(|(g, r, v, n)| (g.to_string(), r.to_string(), v.to_string(), n.to_string()))
     .collect();
     want.sort();
     assert_eq!(granted, want);
     let binding = one("role.yaml", "RoleBinding");
     let sa = one("serviceaccount.yaml", "ServiceAccount");
     assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
-    let sts = one("statefulset.yaml", "StatefulSet");
     assert_eq!(
         sts["spec"]["template"]["spec"]["serviceAccountName"],
         sa["metadata"]["name"]
     );
+}
+
+#[test]
+fn the_network_policy_admits_peers_from_the_statefulset_and_http_only_from_labelled_pods() {
+    let np = one("networkpolicy.yaml", "NetworkPolicy");
+    let sts = one("statefulset.yaml", "StatefulSet");
+    let own = &sts["spec"]["selector"]["matchLabels"];
+    assert_eq!(
+        &np["spec"]["podSelector"]["matchLabels"], own,
+        "it selects the StatefulSet's pods"
+    );
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let main = sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "muster")
+        .unwrap()
+        .clone();
+    let mut container_ports: Vec<&str> = main["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    container_ports.sort();
+    let rules = np["spec"]["ingress"].as_array().unwrap();
+    let mut admitted: Vec<&str> = Vec::new();
+    for rule in rules {
+        // A rule without `from` or `ports` admits every source or every port.
+        let from = rule["from"].as_array().expect("every rule names its sources");
+        let ports = rule["ports"].as_array().expect("every rule names its ports");
+        assert!(!from.is_empty() && !ports.is_empty(), "{rule}");
+        for peer in from {
+            assert!(peer.get("ipBlock").is_none(), "no address ranges: {rule}");
+            assert!(
+                peer["podSelector"]["matchLabels"]
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty()),
+                "every source is a labelled pod: {rule}"
+            );
+        }
+        for p in ports {
+            let name = p["port"].as_str().expect("ports by name");
+            assert!(container_ports.contains(&name), "{name} is a container port");
+            admitted.push(name);
+            match name {
+                "peer" => assert_eq!(
+                    from,
+                    &vec![serde_json::json!({"podSelector": {"matchLabels": own}})],
+                    "the peer port from the StatefulSet's own pods, in this namespace"
+                ),
+                "http" => {
+                    for peer in from {
+                        assert_ne!(
+                            &peer["podSelector"]["matchLabels"], own,
+                            "HTTP clients are opted in by a label of their own"
+                        );
+                    }
+                }
+                other => panic!("unexpected port {other}"),
+            }
+        }
+    }
+    admitted.sort();
+    assert_eq!(admitted, container_ports, "one rule per port");
 }
