@@ -59,9 +59,11 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, status_detail: bool) 
                     .keep_alive(true);
                 // A failed or closed connection (timeout, bad request, reset, room made for a newer
                 // one) is the client's business.
-                let _ = ticket
-                    .run(http.serve_connection(TokioIo::new(stream), service))
-                    .await;
+                if ticket.heard(&stream).await {
+                    let _ = ticket
+                        .run(http.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
             }
         },
     )

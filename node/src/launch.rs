@@ -467,6 +467,11 @@ impl LocalCluster {
         }
     }
 
+    /// Resident memory (VmRSS, KiB) of node `i`'s process now.
+    pub fn rss_kib(&self, i: usize) -> Option<u64> {
+        self.proc_status_kib(i, "VmRSS:")
+    }
+
     /// Peak resident memory (VmHWM, KiB) of node `i`'s process, while it runs.
     pub fn peak_rss_kib(&self, i: usize) -> Option<u64> {
         self.proc_status_kib(i, "VmHWM:")

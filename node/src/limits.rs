@@ -3,16 +3,18 @@
 //! - Connections that have not authenticated (every HTTP connection, and a peer connection until
 //!   its handshake succeeds) live in a small fixed [`Gate`] that does not grow with the
 //!   descriptor limit, with a share per source network (a /24 for IPv4, a /64 for IPv6). A full
-//!   gate admits the newcomer by closing the oldest connection of its network or, when the whole
-//!   gate is full, of the fullest network: a flood of idle connections ages out, while a CLI's or
-//!   a member's handshake (milliseconds) and a health probe get in.
-//! - Authenticated peer connections (members and the CLI) count against [`Limits`], derived from
-//!   the process's file-descriptor limit so that they can never take the descriptors the node
-//!   needs for its own outgoing probes; a connector without the cookie never reaches them.
+//!   gate admits the newcomer by closing a connection of its network or, when the whole gate is
+//!   full, of the fullest network: the oldest that has sent nothing yet, else the oldest. A flood
+//!   of idle connections, even one reopened as fast as it is closed, only ever displaces itself,
+//!   while a CLI's or a member's handshake and a health probe, which send at once, get in.
+//! - Authenticated peer connections (members and the CLI) count against [`Limits`], half the
+//!   process's file-descriptor limit, which leaves the rest to the gates and the node's own
+//!   outgoing connections; a connector without the cookie never reaches them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +23,9 @@ use muster::NodeName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tracing::warn;
+
+/// Failed accepts (out of descriptors) repeat every 50 ms while they last: logged per window.
+static ACCEPT_FAILURES: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
 
 /// Accepts connections on `listener` forever, each handled by `handle` in a task of its own
 /// with its place in `gate` (which it gives up once authenticated). Closing a connection to make
@@ -34,7 +39,7 @@ where
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
-                let (ticket, evicted) = gate.enter(addr.ip());
+                let (ticket, evicted) = gate.enter(addr.ip(), stream.as_raw_fd());
                 if let Some(n) = evicted
                     && n.is_power_of_two()
                 {
@@ -49,7 +54,9 @@ where
                 tokio::spawn(handle(stream, addr, ticket));
             }
             Err(e) => {
-                warn!(node = %node, "{port}: accept failed: {e}");
+                if let Some(n) = ACCEPT_FAILURES.admit(port) {
+                    warn!(node = %node, "{port}: accept failed: {e}{}", crate::log_limit::more(n));
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -82,8 +89,36 @@ pub struct Gate {
 struct GateState {
     next: u64,
     count: usize,
-    /// Per network, its connections by age (oldest first); dropping a sender closes that one.
-    groups: HashMap<IpAddr, BTreeMap<u64, oneshot::Sender<()>>>,
+    /// Per network, its connections by age (oldest first); dropping one closes it.
+    groups: HashMap<IpAddr, BTreeMap<u64, Place>>,
+}
+
+/// One connection in the gate.
+#[derive(Debug)]
+struct Place {
+    /// Dropped to close the connection.
+    _close: oneshot::Sender<()>,
+    /// The connection's socket, to see whether it has sent something.
+    fd: Option<RawFd>,
+    /// The connection has sent something.
+    spoke: bool,
+}
+
+impl Place {
+    /// Whether the connection has sent something: seen by its task, or waiting in its socket.
+    fn spoke(&self) -> bool {
+        self.spoke || self.fd.is_some_and(has_data)
+    }
+}
+
+/// Whether bytes wait to be read on `fd` (a peek that neither blocks nor consumes).
+fn has_data(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`, which lives for the call; MSG_PEEK leaves
+    // the data in the socket and MSG_DONTWAIT never blocks. A descriptor closed (or reused) since
+    // only makes the answer wrong for that one choice of connection to close, never unsafe.
+    let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n > 0
 }
 
 /// A connection's place in the gate; dropping it frees the place.
@@ -93,6 +128,8 @@ pub struct Ticket {
     group: IpAddr,
     id: u64,
     closed: oneshot::Receiver<()>,
+    /// `closed` fired (a oneshot is not polled again after it completed).
+    was_closed: bool,
 }
 
 impl Drop for Ticket {
@@ -117,9 +154,17 @@ impl GateState {
         removed
     }
 
-    /// The oldest connection of `group`, or of the fullest network.
+    /// The connection to close for a newcomer from `group`: in its network when that is full,
+    /// else in the fullest network when the gate is full; the oldest that has not spoken, else
+    /// the oldest.
     fn victim(&self, group: IpAddr, per_group: usize, total: usize) -> Option<(IpAddr, u64)> {
-        let oldest = |g: &IpAddr| self.groups.get(g)?.keys().next().map(|id| (*g, *id));
+        let oldest = |g: &IpAddr| {
+            let places = self.groups.get(g)?;
+            let silent = places.iter().find(|(_, p)| !p.spoke()).map(|(id, _)| *id);
+            silent
+                .or_else(|| places.keys().next().copied())
+                .map(|id| (*g, id))
+        };
         if self.groups.get(&group).map_or(0, BTreeMap::len) >= per_group {
             return oldest(&group);
         }
@@ -142,9 +187,10 @@ impl Gate {
         })
     }
 
-    /// Admits a connection from `source`, closing the oldest one of its network or of the
-    /// fullest network when full; with how many were closed so far when one was.
-    pub fn enter(self: &Arc<Self>, source: IpAddr) -> (Ticket, Option<u64>) {
+    /// Admits a connection from `source` (its socket `fd`, when it has one), closing one of its
+    /// network or of the fullest network when full; with how many were closed so far when one
+    /// was.
+    pub fn enter(self: &Arc<Self>, source: IpAddr, fd: impl Into<Option<RawFd>>) -> (Ticket, Option<u64>) {
         let group = group(source);
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut evicted = None;
@@ -155,13 +201,21 @@ impl Gate {
         let id = g.next;
         g.next += 1;
         let (tx, rx) = oneshot::channel();
-        g.groups.entry(group).or_default().insert(id, tx);
+        g.groups.entry(group).or_default().insert(
+            id,
+            Place {
+                _close: tx,
+                fd: fd.into(),
+                spoke: false,
+            },
+        );
         g.count += 1;
         let ticket = Ticket {
             gate: self.clone(),
             group,
             id,
             closed: rx,
+            was_closed: false,
         };
         (ticket, evicted)
     }
@@ -173,11 +227,34 @@ impl Gate {
 }
 
 impl Ticket {
-    /// Runs `work` unless the gate closes this connection first (`None`).
+    /// Waits until `stream` has something to read, then counts this connection as one that
+    /// spoke (closed last when room is needed); `false` when the gate closed it first or the
+    /// other side closed it without a byte.
+    pub async fn heard(&mut self, stream: &TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        // A peek, not readiness: readiness can be spurious, and an idle connection must not pass.
+        if !matches!(self.run(stream.peek(&mut byte)).await, Some(Ok(1..))) {
+            return false;
+        }
+        let mut g = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(place) = g.groups.get_mut(&self.group).and_then(|m| m.get_mut(&self.id)) {
+            place.spoke = true;
+        }
+        true
+    }
+
+    /// Runs `work` unless the gate closes this connection first (`None`, also on every later
+    /// call).
     pub async fn run<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        if self.was_closed {
+            return None;
+        }
         tokio::select! {
             out = work => Some(out),
-            _ = &mut self.closed => None,
+            _ = &mut self.closed => {
+                self.was_closed = true;
+                None
+            }
         }
     }
 }
@@ -266,11 +343,11 @@ mod tests {
     #[tokio::test]
     async fn a_full_network_closes_its_own_oldest_connection_and_spares_others() {
         let gate = Gate::new(8, 2);
-        let (mut other, _) = gate.enter(ip("198.51.100.1"));
-        let (mut first, none) = gate.enter(ip("192.0.2.1"));
+        let (mut other, _) = gate.enter(ip("198.51.100.1"), None);
+        let (mut first, none) = gate.enter(ip("192.0.2.1"), None);
         assert_eq!(none, None);
-        let (_second, _) = gate.enter(ip("192.0.2.2"));
-        let (_third, evicted) = gate.enter(ip("192.0.2.3"));
+        let (_second, _) = gate.enter(ip("192.0.2.2"), None);
+        let (_third, evicted) = gate.enter(ip("192.0.2.3"), None);
         assert_eq!(evicted, Some(1), "the /24 was full");
         assert_eq!(
             first.run(std::future::pending::<()>()).await,
@@ -286,11 +363,11 @@ mod tests {
     #[tokio::test]
     async fn a_full_gate_closes_the_oldest_of_the_fullest_network() {
         let gate = Gate::new(4, 3);
-        let (mut lone, _) = gate.enter(ip("198.51.100.1"));
-        let (mut flood_oldest, _) = gate.enter(ip("192.0.2.1"));
-        let _f2 = gate.enter(ip("192.0.2.2"));
-        let _f3 = gate.enter(ip("192.0.2.3"));
-        let (_cli, evicted) = gate.enter(ip("203.0.113.9"));
+        let (mut lone, _) = gate.enter(ip("198.51.100.1"), None);
+        let (mut flood_oldest, _) = gate.enter(ip("192.0.2.1"), None);
+        let _f2 = gate.enter(ip("192.0.2.2"), None);
+        let _f3 = gate.enter(ip("192.0.2.3"), None);
+        let (_cli, evicted) = gate.enter(ip("203.0.113.9"), None);
         assert_eq!(evicted, Some(1));
         assert_eq!(flood_oldest.run(std::future::pending::<()>()).await, None);
         let alive =
@@ -299,10 +376,34 @@ mod tests {
         assert_eq!(gate.open(), 4);
     }
 
+    #[tokio::test]
+    async fn a_connection_that_spoke_is_closed_after_every_silent_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let gate = Gate::new(3, 3);
+        let (mut probe, _) = gate.enter(ip("192.0.2.1"), None);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET")
+            .await
+            .unwrap();
+        assert!(probe.heard(&server).await);
+        let (mut idle, _) = gate.enter(ip("192.0.2.2"), None);
+        let _idle2 = gate.enter(ip("192.0.2.3"), None);
+        let _newcomer = gate.enter(ip("192.0.2.4"), None);
+        assert_eq!(
+            idle.run(std::future::pending::<()>()).await,
+            None,
+            "the oldest silent one goes"
+        );
+        let alive =
+            tokio::time::timeout(Duration::from_millis(50), probe.run(std::future::pending::<()>())).await;
+        assert!(alive.is_err(), "the older one that spoke stays");
+    }
+
     #[test]
     fn a_dropped_ticket_frees_its_place() {
         let gate = Gate::new(2, 2);
-        let (t, _) = gate.enter(ip("192.0.2.1"));
+        let (t, _) = gate.enter(ip("192.0.2.1"), None);
         assert_eq!(gate.open(), 1);
         drop(t);
         assert_eq!(gate.open(), 0);

@@ -154,10 +154,21 @@ pub struct Node {
     inbound: std::sync::Mutex<HashMap<NodeName, Inbound>>,
 }
 
-/// The inbound connections under one name: the address they came from, and each connection.
+/// The inbound connections under one name: the address they came from, and each connection
+/// (`None` while it is being set up, which counts as live).
 struct Inbound {
     ip: IpAddr,
-    conns: Vec<(u64, std::sync::Weak<crate::proto::conn::Conn>)>,
+    conns: Vec<(u64, Option<std::sync::Weak<crate::proto::conn::Conn>>)>,
+}
+
+impl Inbound {
+    /// Whether a connection holds the name now.
+    fn held(&self) -> bool {
+        self.conns.iter().any(|(_, c)| match c {
+            None => true,
+            Some(c) => c.upgrade().is_some_and(|c| !c.is_closed()),
+        })
+    }
 }
 
 /// An inbound connection's hold on its name; dropping it (the connection ended) releases it.
@@ -406,28 +417,40 @@ impl Node {
 
     /// Binds `peer`'s name to the address `from` for as long as the returned binding lives: a
     /// connection authenticated as a name already held by a live connection from another
-    /// address is refused (`Err` with that address). A holder that does not answer a ping
-    /// within a second is closed and the name moves (a restarted node's new address).
+    /// address is refused (`Err` with that address), unless `from` is an address the name
+    /// resolves to and the holder's is not, or the holder does not answer a ping within a
+    /// second (a restarted node's new address): then the holder is closed and the name moves.
     pub async fn bind_name(self: &Arc<Self>, peer: &NodeName, from: IpAddr) -> Result<NameBinding, IpAddr> {
-        let holders = {
+        let held_elsewhere = {
             let inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
-            match inbound.get(peer) {
-                Some(entry) if entry.ip != from => entry
-                    .conns
-                    .iter()
-                    .filter_map(|(_, c)| c.upgrade())
-                    .filter(|c| !c.is_closed())
-                    .map(|c| (entry.ip, c))
-                    .collect(),
-                _ => Vec::new(),
-            }
+            inbound
+                .get(peer)
+                .filter(|entry| entry.ip != from && entry.held())
+                .map(|entry| {
+                    let conns: Vec<_> = entry
+                        .conns
+                        .iter()
+                        .filter_map(|(_, c)| c.as_ref()?.upgrade())
+                        .collect();
+                    (entry.ip, conns)
+                })
         };
-        for (ip, holder) in &holders {
-            let ping = tokio::time::timeout(NAME_HOLDER_PING, holder.call(&Request::Ping)).await;
-            if matches!(ping, Ok(Ok(Response::Pong { .. }))) {
-                return Err(*ip);
+        if let Some((holder_ip, holders)) = held_elsewhere {
+            let resolves = self.addresses_of(peer).await.unwrap_or_default();
+            let rightful = resolves.contains(&from) && !resolves.contains(&holder_ip);
+            for holder in &holders {
+                if !rightful {
+                    let ping = tokio::time::timeout(NAME_HOLDER_PING, holder.call(&Request::Ping)).await;
+                    if matches!(ping, Ok(Ok(Response::Pong { .. }))) {
+                        return Err(holder_ip);
+                    }
+                }
+                holder.close();
             }
-            holder.close();
+            if !rightful && holders.is_empty() {
+                // Held by a connection still being set up: it keeps the name.
+                return Err(holder_ip);
+            }
         }
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -437,18 +460,14 @@ impl Node {
             conns: Vec::new(),
         });
         if entry.ip != from {
-            // The holders were closed above (or a racing claim got here first: it keeps the name).
-            if entry
-                .conns
-                .iter()
-                .any(|(_, c)| c.upgrade().is_some_and(|c| !c.is_closed()))
-            {
+            // The holders were closed above, unless a racing claim got here first: it keeps it.
+            if entry.held() {
                 return Err(entry.ip);
             }
             entry.ip = from;
             entry.conns.clear();
         }
-        entry.conns.push((id, std::sync::Weak::new()));
+        entry.conns.push((id, None));
         Ok(NameBinding {
             node: Arc::downgrade(self),
             peer: peer.clone(),
@@ -462,7 +481,7 @@ impl Node {
         if let Some(entry) = inbound.get_mut(&binding.peer)
             && let Some(slot) = entry.conns.iter_mut().find(|(id, _)| *id == binding.id)
         {
-            slot.1 = Arc::downgrade(conn);
+            slot.1 = Some(Arc::downgrade(conn));
         }
     }
 
@@ -637,7 +656,7 @@ impl Node {
                 message: format!("{} is not in a cluster", self.name),
             };
         }
-        match g.p.state.merge(theirs) {
+        match g.p.state.merge_from_peer(theirs, now_ms()) {
             Ok(changed) => {
                 if changed && let Err(e) = self.adopt(&mut g) {
                     return Response::Error {
@@ -835,7 +854,7 @@ impl Node {
             self.found_split(peer, theirs.cluster.as_ref());
             return;
         }
-        if let Ok(true) = g.p.state.merge(theirs)
+        if let Ok(true) = g.p.state.merge_from_peer(theirs, now_ms())
             && let Err(e) = self.adopt(&mut g)
         {
             warn!(node = %self.name, "could not persist membership: {e}");

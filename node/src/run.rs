@@ -18,6 +18,11 @@ use crate::tls::PeerTls;
 pub async fn run(cfg: Resolved) -> Result<(), String> {
     let cookie =
         Cookie::load(cfg.file.node.cookie_file.as_deref()).map_err(|e| format!("refusing to start: {e}"))?;
+    // The channel's key, derived once now (it is slow by design) rather than at the first
+    // handshake, where a peer would wait for it.
+    cookie
+        .key(&cfg.file.node.cluster_name)
+        .map_err(|e| format!("refusing to start: {e}"))?;
     let store = Store::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open data dir {}: {e}", cfg.data_dir.display()))?;
     let tls = cfg

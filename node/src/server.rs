@@ -18,9 +18,13 @@ use crate::proto::{Request, Response};
 use crate::tls;
 use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
 
-/// Refused handshakes: anyone can cause them, so their warnings are limited per window (per
-/// process), each reason once.
-static REFUSALS: LogLimit = LogLimit::new();
+/// Refused connections: anyone can cause most of them, so their warnings are limited per window
+/// (per process), each reason once, with one limit per kind so that one kind (whose reasons a
+/// connector may vary) cannot silence another.
+static TLS_REFUSALS: LogLimit = LogLimit::new();
+static COOKIE_REFUSALS: LogLimit = LogLimit::new();
+static VERSION_REFUSALS: LogLimit = LogLimit::new();
+static MEMBER_REFUSALS: LogLimit = LogLimit::new();
 
 /// Time allowed for the whole handshake (TLS included), from the connection's first byte.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -58,6 +62,9 @@ async fn connection(
     established: Arc<Limits>,
 ) {
     let _ = stream.set_nodelay(true);
+    if !ticket.heard(&stream).await {
+        return;
+    }
     let creds = node.credentials();
     let hs = async {
         let (stream, cert) = match &creds.tls {
@@ -91,22 +98,21 @@ async fn connection(
         Ok(Ok(authenticated)) => authenticated,
         Ok(Err(Refused::Tls(why))) => {
             node.metrics.auth_failures.inc();
-            if let Some(n) = REFUSALS.admit(&why) {
+            if let Some(n) = TLS_REFUSALS.admit(&why) {
                 warn!(node = %node.name(), "TLS refused the connection from {addr}: {why}{}", more(n));
             }
             return;
         }
         Ok(Err(Refused::Channel(ChannelError::BadProof))) => {
             node.metrics.auth_failures.inc();
-            if let Some(n) = REFUSALS.admit(AUTH_FAILED) {
+            if let Some(n) = COOKIE_REFUSALS.admit(AUTH_FAILED) {
                 warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused{}", more(n));
             }
             return;
         }
         Ok(Err(Refused::Channel(e @ ChannelError::Version(_)))) => {
-            let why = e.to_string();
-            if let Some(n) = REFUSALS.admit(&why) {
-                warn!(node = %node.name(), "connection from {addr} refused: {why}{}", more(n));
+            if let Some(n) = VERSION_REFUSALS.admit("version") {
+                warn!(node = %node.name(), "connection from {addr} refused: {e}{}", more(n));
             }
             return;
         }
@@ -120,7 +126,7 @@ async fn connection(
         }
     };
     let Some(_admitted) = established.admit() else {
-        if let Some(n) = REFUSALS.admit("authenticated cap") {
+        if let Some(n) = MEMBER_REFUSALS.admit("authenticated cap") {
             warn!(
                 node = %node.name(),
                 "connection from {addr} refused: {} authenticated connections are open, the most \
@@ -132,11 +138,11 @@ async fn connection(
         return;
     };
     let binding = match &peer {
-        Some(p) => match node.bind_name(p, addr.ip()).await {
+        Some(p) => match node.bind_name(p, addr.ip().to_canonical()).await {
             Ok(binding) => Some(binding),
             Err(holder) => {
                 let why = format!("{p} is connected from {holder}");
-                if let Some(n) = REFUSALS.admit(&why) {
+                if let Some(n) = MEMBER_REFUSALS.admit(&why) {
                     warn!(
                         node = %node.name(),
                         "connection from {addr} refused: it authenticated as {why}, which still \
@@ -152,7 +158,7 @@ async fn connection(
     let (conn, ended) = Conn::start(channel, peer.clone(), Some(handler(Arc::downgrade(&node))));
     if let (Some(p), Some(binding)) = (&peer, &binding) {
         node.bound(binding, &conn);
-        node.adopt_connection(p, addr.ip(), conn).await;
+        node.adopt_connection(p, addr.ip().to_canonical(), conn).await;
     } else {
         drop(conn);
     }
@@ -256,10 +262,11 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
                 message: format!("join for {joiner} refused: a node joins over its own connection"),
             },
         },
-        // State is merged only from a member: the channel's node must be in this node's
-        // membership or in the state it sends (a joiner pushing the state it was just given).
+        // State is merged only from a member of this node's membership (not a forgotten one: it
+        // could push itself back; a joiner this node has not heard of yet is learned from the
+        // member that accepted it).
         Request::Sync { state } => match peer {
-            Some(p) if node.state().members.contains_key(p) || state.members.contains_key(p) => {
+            Some(p) if node.state().is_member(p) => {
                 // Only a member that runs pushes its state.
                 node.peer_running(p);
                 node.accept_sync(&state)

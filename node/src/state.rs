@@ -50,6 +50,10 @@ pub struct ForeignCluster {
     pub theirs: ClusterId,
 }
 
+/// How far ahead of a node's clock a peer's incarnation (a join time in ms) may be: hosts' clocks
+/// differ by far less than an hour.
+pub const INCARNATION_SKEW_MS: u64 = 3_600_000;
+
 impl ClusterState {
     /// A new cluster with one member.
     pub fn formed(cluster: ClusterId, node: &NodeName, incarnation: u64) -> Self {
@@ -123,6 +127,19 @@ impl ClusterState {
             }
             _ => false,
         }
+    }
+
+    /// Merges a copy a peer sent, ignoring entries whose incarnation is further ahead of this
+    /// node's clock (`now_ms`) than [`INCARNATION_SKEW_MS`]: such an entry could never be
+    /// superseded (a tombstone at the largest incarnation would forget a node for good).
+    pub fn merge_from_peer(&mut self, other: &ClusterState, now_ms: u64) -> Result<bool, ForeignCluster> {
+        let limit = now_ms.saturating_add(INCARNATION_SKEW_MS);
+        if other.members.values().all(|m| m.incarnation <= limit) {
+            return self.merge(other);
+        }
+        let mut plausible = other.clone();
+        plausible.members.retain(|_, m| m.incarnation <= limit);
+        self.merge(&plausible)
     }
 
     /// Merges another copy of the same cluster's state. Returns whether this state changed.
@@ -591,6 +608,39 @@ mod tests {
             s.add(&n("b"), 6).unwrap(),
             "a reset node (new incarnation) may rejoin"
         );
+    }
+
+    /// A member cannot forget another for good by pushing a tombstone nobody can supersede.
+    #[test]
+    fn a_peers_entry_from_the_far_future_is_ignored() {
+        let now = 1_000_000;
+        let mut s = ClusterState::formed(c(), &n("a"), 1);
+        s.add(&n("b"), now).unwrap();
+        let mut pushed = s.clone();
+        pushed.members.insert(
+            n("b"),
+            Member {
+                incarnation: u64::MAX,
+                removed: true,
+            },
+        );
+        pushed.add(&n("c"), now + 10).unwrap();
+        assert!(
+            s.merge_from_peer(&pushed, now).unwrap(),
+            "the plausible entry is merged"
+        );
+        assert!(s.is_member(&n("b")), "the far-future tombstone is not");
+        assert!(s.is_member(&n("c")));
+        let skewed = now + INCARNATION_SKEW_MS;
+        pushed.members.insert(
+            n("b"),
+            Member {
+                incarnation: skewed,
+                removed: true,
+            },
+        );
+        assert!(s.merge_from_peer(&pushed, now).unwrap());
+        assert!(!s.is_member(&n("b")), "within the allowed clock skew it counts");
     }
 
     #[test]

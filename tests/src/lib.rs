@@ -181,3 +181,38 @@ pub fn raise_open_files() {
         }
     }
 }
+
+/// The node binary as deployed: `muster` built with the `dist` profile (`target/dist/muster`,
+/// the classic backend, as `cargo build --profile dist -p muster-node` makes it), built first
+/// when this runs under cargo.
+pub fn dist_node_exe() -> Result<std::path::PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/<benchmark> → target/dist/muster
+    let target = me.parent().and_then(|d| d.parent()).ok_or("no target dir")?;
+    let exe = target.join("dist").join("muster");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "--profile",
+                "dist",
+                "-p",
+                "muster-node",
+                "--bin",
+                "muster",
+            ])
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err("building the node (cargo build --profile dist -p muster-node) failed".into());
+        }
+    }
+    if !exe.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --profile dist -p muster-node` first",
+            exe.display()
+        ));
+    }
+    Ok(exe)
+}

@@ -1,11 +1,12 @@
 //! The secure channel between nodes (protocol 4): the Noise protocol framework's
 //! `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s` (via `snow`), keyed with the shared cookie.
 //!
-//! 1. The client sends a plaintext `Hello` (version, cluster name). The server answers a version
-//!    mismatch with a plaintext `Rejected`, which older peers also read.
-//! 2. Noise handshake, with the server's *own* `Hello` as prologue and a PSK derived from the
-//!    cookie and the cluster name (Argon2id, salted with the name; `Cookie::key`): the client's
-//!    first message carries its node name and an authentication tag under the PSK. A wrong
+//! 1. The client sends a plaintext `Hello` (version; the cluster name field empty). The server
+//!    answers a version mismatch with a plaintext `Rejected`, which older peers also read.
+//! 2. Noise handshake, with the `Hello` carrying this side's own cluster name as prologue, and a
+//!    PSK derived from the cookie and the cluster name (Argon2id, salted with the name;
+//!    `Cookie::key`): the client's first message carries its node name and an authentication
+//!    tag under the PSK. A wrong
 //!    cookie and a wrong cluster name fail the same check and get the same answer, so a
 //!    connector without the cookie cannot learn the cluster name; a server that cannot verify
 //!    the message answers `Rejected` without producing anything that depends on its key (no
@@ -357,8 +358,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         node: Option<&NodeName>,
     ) -> Result<(Channel<S>, NodeName), ChannelError> {
         let mut io = handshake_framing(io);
-        let hello = hello_bytes(cluster_name)?;
-        io.send(Bytes::from(hello.clone())).await?;
+        // The cluster name stays off the wire: it is in the prologue each side builds itself.
+        io.send(Bytes::from(hello_bytes("")?)).await?;
         let mut hs = noise(cookie, cluster_name, true)?;
         write_identity(&mut io, &mut hs, node).await?;
         let answer = next(&mut io).await?;

@@ -26,7 +26,6 @@
 //! for nodes that each have their own disk.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use muster_tests::{Layout, LocalCluster};
@@ -114,41 +113,6 @@ fn parse_args() -> Result<Args, String> {
         exe,
         data_dir,
     })
-}
-
-/// The node binary as deployed: `muster` built with the `dist` profile (`target/dist/muster`,
-/// the classic backend, as `cargo build --profile dist -p muster-node` makes it), built first
-/// when this runs under cargo.
-fn node_exe() -> Result<PathBuf, String> {
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    // target/<profile>/formation-bench → target/dist/muster
-    let target = me.parent().and_then(|d| d.parent()).ok_or("no target dir")?;
-    let exe = target.join("dist").join("muster");
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "--profile",
-                "dist",
-                "-p",
-                "muster-node",
-                "--bin",
-                "muster",
-            ])
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err("building the node (cargo build --profile dist -p muster-node) failed".into());
-        }
-    }
-    if !exe.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --profile dist -p muster-node` first",
-            exe.display()
-        ));
-    }
-    Ok(exe)
 }
 
 /// The value of sample `name` on a /metrics page.
@@ -304,7 +268,7 @@ async fn main() {
     let found = match args.exe.clone() {
         Some(e) if e.exists() => Ok(e),
         Some(e) => Err(format!("--exe {}: no such file", e.display())),
-        None => node_exe(),
+        None => muster_tests::dist_node_exe(),
     };
     let exe = match found {
         Ok(e) => e,

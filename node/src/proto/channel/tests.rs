@@ -107,6 +107,13 @@ async fn an_honest_session_round_trips_and_carries_both_identities() {
     assert!(matches!(c, Ok(Response::Pong { .. })), "{c:?}");
     assert!(matches!(s, Ok(Request::Ping)), "{s:?}");
     assert_eq!(frames.len(), 3, "hello, handshake, one request");
+    // The cluster name is nowhere on the wire, not even in the hello.
+    for f in &frames {
+        assert!(
+            !String::from_utf8_lossy(f).contains("prod"),
+            "cluster name in clear"
+        );
+    }
     // Nothing after the hello is readable: no node names, no request in clear.
     for f in &frames[1..] {
         assert!(
