@@ -18,11 +18,13 @@ use crate::tls::PeerTls;
 pub async fn run(cfg: Resolved) -> Result<(), String> {
     let cookie =
         Cookie::load(cfg.file.node.cookie_file.as_deref()).map_err(|e| format!("refusing to start: {e}"))?;
-    // The channel's key, derived once now (it is slow by design) rather than at the first
-    // handshake, where a peer would wait for it.
-    cookie
-        .key(&cfg.file.node.cluster_name)
-        .map_err(|e| format!("refusing to start: {e}"))?;
+    // The channel's key is slow to derive by design: derived beside the rest of the boot, and
+    // awaited before this node calls anyone (peers that call first wait for it in their
+    // handshake, rather than find the port closed).
+    let key = {
+        let (cookie, name) = (cookie.clone(), cfg.file.node.cluster_name.clone());
+        tokio::task::spawn_blocking(move || cookie.key(&name))
+    };
     let store = Store::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open data dir {}: {e}", cfg.data_dir.display()))?;
     let tls = cfg
@@ -60,6 +62,9 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
     node.set_formation(engine.status(), backend.clone());
     node.set_trigger(engine.trigger());
     tokio::spawn(crate::server::serve(listener, node.clone()));
+    key.await
+        .map_err(|e| format!("refusing to start: the key derivation failed: {e}"))?
+        .map_err(|e| format!("refusing to start: {e}"))?;
     tokio::spawn(node.clone().anti_entropy(cfg.file.node.sync_interval));
     info!(
         node = %cfg.name,

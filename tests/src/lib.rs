@@ -9,6 +9,7 @@ pub mod consul;
 pub mod dns;
 pub mod etcd;
 pub mod faults;
+pub mod flood;
 pub mod hosts;
 pub mod k8s;
 

@@ -2,10 +2,11 @@
 //! deployed (`target/dist/muster`, built first under cargo; `--exe PATH` for another build), one
 //! node on loopback with its HTTP endpoint on. Two scenarios, one table each:
 //!
-//! 1. **Memory**: `--connections` (4,000) connections from four loopback addresses, opened as
-//!    fast as the node accepts them, each sending a valid hello and then a 64 KiB frame, and held
-//!    open. The node's resident memory at start, its peak during the flood, and 3 s after they
-//!    closed. Targets: peak under 32 MiB, after within 2 MiB of the start.
+//! 1. **Memory**: `--connections` (4,000) connections from four loopback addresses in four /24
+//!    networks, opened as fast as the node accepts them, each sending a valid hello and then a
+//!    64 KiB frame, and held open. The node's resident memory at start, its peak during the
+//!    flood, and 3 s after they closed. Targets: peak under 32 MiB, after within 2 MiB of the
+//!    start.
 //! 2. **Idle flood**: 384 idle connections from six addresses on the peer port and 384 on the
 //!    HTTP port, each reopened as soon as the node closes it, while the operator runs `muster ctl
 //!    ping` ten times, a probe GETs `/health/live` ten times, and a new node joins. Targets: 10 of
@@ -18,8 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncWriteExt;
 
 use muster_tests::{Layout, LocalCluster};
 
@@ -50,13 +50,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
-}
-
-/// A connection to `to` from the loopback address `from`.
-async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(format!("{from}:0").parse().map_err(std::io::Error::other)?)?;
-    socket.connect(to).await
 }
 
 /// A valid hello for cluster "local" (the first frame of the handshake), then one 64 KiB frame.
@@ -92,13 +85,13 @@ async fn memory(c: &LocalCluster, connections: usize) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = c.rss_kib(0);
     let payload = Arc::new(hello_and_big_frame());
-    let sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let sources = ["127.0.1.2", "127.0.2.2", "127.0.3.2", "127.0.4.2"];
     let begun = Instant::now();
     let mut held = Vec::with_capacity(connections);
     let mut peak = start.unwrap_or(0);
     let mut failed = 0;
     for i in 0..connections {
-        match connect_from(sources[i % sources.len()], target).await {
+        match muster_tests::flood::connect_from(sources[i % sources.len()], target).await {
             Ok(mut s) => {
                 // The node may close it at once (room made for newer ones): that is the point.
                 let _ = s.write_all(&payload).await;
@@ -123,7 +116,7 @@ async fn memory(c: &LocalCluster, connections: usize) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {connections} | 4 addresses | {:.2} | {failed} | {} | {} | {} | {} |",
+        "| {connections} | 4 networks | {:.2} | {failed} | {} | {} | {} | {} |",
         took.as_secs_f64(),
         mib(start),
         mib(Some(peak)),
@@ -133,42 +126,6 @@ async fn memory(c: &LocalCluster, connections: usize) {
             _ => "-".into(),
         }
     );
-}
-
-/// Keeps `n` idle connections from `sources` open to `to`, reopening each as it is closed,
-/// until `stop`; counts the reopenings.
-fn idle_flood(
-    to: SocketAddr,
-    sources: &'static [&'static str],
-    n: usize,
-    stop: Arc<AtomicBool>,
-    reopened: Arc<AtomicU64>,
-) {
-    for i in 0..n {
-        let from = sources[i % sources.len()];
-        let stop = stop.clone();
-        let reopened = reopened.clone();
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = connect_from(from, to).await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let mut buf = [0u8; 64];
-                // Idle: wait until the node closes it (or the flood ends).
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) => break,
-                        _ => {}
-                    }
-                }
-                reopened.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
 }
 
 async fn idle(c: &mut LocalCluster) {
@@ -184,8 +141,8 @@ async fn idle(c: &mut LocalCluster) {
     let reopened = Arc::new(AtomicU64::new(0));
     let peer = peer_addr(c);
     let http = c.nodes[0].http.expect("an HTTP address");
-    idle_flood(peer, SOURCES, 384, stop.clone(), reopened.clone());
-    idle_flood(http, SOURCES, 384, stop.clone(), reopened.clone());
+    muster_tests::flood::idle_flood(peer, SOURCES, 384, stop.clone(), reopened.clone());
+    muster_tests::flood::idle_flood(http, SOURCES, 384, stop.clone(), reopened.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut pings = 0;
     let mut lives = 0;
