@@ -9,6 +9,8 @@
 #        MUSTER_FAULT_REPORT=FILE   append each fault scenario's result line to FILE
 #        MUSTER_STAGGER_NODES=N     nodes in the staggered-start classic test, started one every
 #                                   100 ms (default 30; e.g. 100)
+#        MUSTER_ETCD_BIN=PATH       the etcd server the tests run (default: etcd 3.5.16, fetched)
+#        MUSTER_CONSUL_BIN=PATH     the Consul agent the tests run (default: Consul 1.8.7, fetched)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +64,13 @@ if [[ ! -x "$MUSTER_VENV/bin/moto_server" || ! -x "$MUSTER_VENV/bin/cfn-lint" ]]
   "$MUSTER_VENV/bin/pip" install --quiet "$MOTO_PIN" cfn-lint==1.58.0
 fi
 export MUSTER_VENV
+
+# The real Consul agent and etcd 3.5, from Debian's packages of other releases (checksummed, into
+# the project's cache; the machine's apt state is not changed). MUSTER_ETCD_BIN=/usr/bin/etcd
+# runs the etcd tests against the machine's etcd 3.4 instead.
+MUSTER_SERVERS=${MUSTER_SERVERS:-$HOME/.cache/muster/servers}
+export MUSTER_SERVERS
+bash scripts/fetch-servers.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

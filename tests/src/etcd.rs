@@ -1,18 +1,18 @@
-//! A real etcd server for tests: Debian's `etcd-server` on free loopback ports with a temp data
-//! dir, started, stopped and restarted on the same data. A missing binary fails the test with the
-//! command that installs it.
+//! A real etcd server for tests: etcd 3.5 (Debian trixie's `etcd-server`, fetched by
+//! `scripts/fetch-servers.sh`; `MUSTER_ETCD_BIN=/usr/bin/etcd` runs the machine's 3.4 instead) on
+//! free loopback ports with a temp data dir, started, stopped and restarted on the same data. A
+//! missing binary fails the test with the command that fetches it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use muster_node::launch::Ports;
 
 use crate::certs;
 
-/// How to install what these tests need.
-pub const INSTALL: &str = "apt-get install -y --no-install-recommends etcd-server etcd-client \
-                           (scripts/test.sh does this)";
+/// How to get what these tests need.
+pub const INSTALL: &str = crate::servers::FETCH;
 
 /// TLS material for a TLS etcd: a CA, a server certificate for 127.0.0.1, a client certificate,
 /// and a second CA that signed nothing.
@@ -74,18 +74,6 @@ pub struct EtcdServer {
     wrap: Vec<std::ffi::OsString>,
 }
 
-fn etcd_binary() -> &'static str {
-    if Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        panic!("the etcd server binary is not installed; install it with: {INSTALL}");
-    }
-    "etcd"
-}
 
 impl EtcdServer {
     /// Starts a plain-HTTP etcd and waits until it answers.
@@ -138,7 +126,7 @@ impl EtcdServer {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://{}:{}", self.ip, self.client_port);
         let peer = format!("http://{}:{}", self.ip, self.peer_port);
-        let mut cmd = muster_node::launch::wrapped(&self.wrap, etcd_binary());
+        let mut cmd = muster_node::launch::wrapped(&self.wrap, crate::servers::etcd());
         cmd.args(["--name", "t1", "--data-dir"])
             .arg(self.data.path().join("etcd"))
             .args([
@@ -170,7 +158,7 @@ impl EtcdServer {
         }
         self.child = Some(
             cmd.spawn()
-                .unwrap_or_else(|e| panic!("cannot start etcd ({e}); install it with: {INSTALL}")),
+                .unwrap_or_else(|e| panic!("cannot start etcd ({e}); get it with: {INSTALL}")),
         );
     }
 

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod flood;
 pub mod hosts;
 pub mod k8s;
+pub mod servers;
 
 pub use muster_node::launch::{Layout, LocalCluster};
 
