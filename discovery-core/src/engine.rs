@@ -33,6 +33,8 @@ pub struct FormationEngine {
     rule: fn(&DecisionInput<'_>) -> Verdict,
     /// Fired by peers' notices (and backend watches): decide again now.
     trigger: Trigger,
+    /// Which waits go to `info` (changes, and a summary every 10 s).
+    waits: crate::wait_log::WaitLog,
 }
 
 /// What one discovery round saw.
@@ -124,6 +126,7 @@ impl FormationEngine {
             started: Instant::now(),
             rule: decide,
             trigger: Trigger::new(),
+            waits: crate::wait_log::WaitLog::default(),
         }
     }
 
@@ -876,9 +879,17 @@ impl FormationEngine {
         let summary = summarize(decision);
         match decision {
             Decision::Wait(_) => {
-                info!(node = %self.local, "{}: waiting: {summary}", self.budget(st, attempt))
+                let waited = st.began.elapsed().as_secs_f64();
+                if self.waits.info(&summary) {
+                    info!(node = %self.local, "{}, waited {waited:.1} s: waiting: {summary}", self.budget(st, attempt))
+                } else {
+                    debug!(node = %self.local, "{}, waited {waited:.1} s: waiting: {summary}", self.budget(st, attempt))
+                }
             }
-            _ => info!(node = %self.local, "{}: {summary}", self.budget(st, attempt)),
+            _ => {
+                self.waits.reset();
+                info!(node = %self.local, "{}: {summary}", self.budget(st, attempt))
+            }
         }
         let entry = TraceEntry {
             at: self.started.elapsed(),
@@ -984,18 +995,20 @@ impl FormationEngine {
                     match self.restart_probe(cluster, peers).await {
                         Ok(via) => ControlFlow::Break(Ok(via)),
                         Err(RestartWait::Refused(e)) => ControlFlow::Break(Err(Some(e))),
-                        Err(RestartWait::Waiting(waiting)) => {
+                        Err(RestartWait::Waiting { missing, back }) => {
+                            let what = restart_wait(&self.local, cluster, &missing, &back);
+                            let left = (per_attempt * cfg.retry_limit).saturating_sub(started.elapsed());
                             let detail = format!(
-                                "restart attempt {attempt} of {}: waiting for a running member of cluster \
-                                 {cluster} among [{}]",
+                                "restart attempt {attempt} of {}, {:.1} s left, waited {:.1} s: {what}",
                                 cfg.retry_limit,
-                                waiting
-                                    .iter()
-                                    .map(|n| n.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                left.as_secs_f64(),
+                                started.elapsed().as_secs_f64()
                             );
-                            info!(node = %self.local, "{detail}");
+                            if self.waits.info(&what) {
+                                info!(node = %self.local, "{detail}");
+                            } else {
+                                debug!(node = %self.local, "{detail}");
+                            }
                             self.status.send_modify(|s| s.detail = detail);
                             ControlFlow::Continue(())
                         }
@@ -1029,6 +1042,11 @@ impl FormationEngine {
         if let Some(e) = self.inconsistency(cluster, &answers) {
             return Err(RestartWait::Refused(e));
         }
+        // The operator's force-boot applies while the node waits, not only at its next start.
+        if self.membership.restart_state().force_boot {
+            info!(node = %self.local, "force-boot is set: restarting in cluster {cluster} without waiting longer");
+            return Ok(None);
+        }
         let mut waiting = Vec::new();
         let mut holders = Vec::new();
         let mut all_present_and_waiting = true;
@@ -1058,7 +1076,10 @@ impl FormationEngine {
         if waiting.is_empty() {
             waiting = peers.to_vec();
         }
-        Err(RestartWait::Waiting(waiting))
+        Err(RestartWait::Waiting {
+            missing: waiting,
+            back: holders.into_iter().cloned().collect(),
+        })
     }
 
     /// A known peer that answers from another cluster, as a refusal naming both clusters.
@@ -1125,10 +1146,43 @@ fn stop_for(decision: &Decision, attempt: u32) -> Option<FormationError> {
 
 /// Why a restart check did not resume.
 enum RestartWait {
-    /// Still waiting for these peers.
-    Waiting(Vec<NodeName>),
+    /// Still waiting for the `missing` peers; the `back` ones answer, waiting too.
+    Waiting {
+        /// Not back (or not answering).
+        missing: Vec<NodeName>,
+        /// Back, holding the cluster, waiting.
+        back: Vec<NodeName>,
+    },
     /// Going on could split the cluster.
     Refused(FormationError),
+}
+
+/// What a restarting node waits for, in words; when every other member is back and waiting and
+/// only some are missing, also which node may boot first and the command for it.
+fn restart_wait(local: &NodeName, cluster: &ClusterId, missing: &[NodeName], back: &[NodeName]) -> String {
+    let names = |nodes: &[NodeName]| nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    let mut what = format!(
+        "waiting for a running member of cluster {cluster}; missing: {}",
+        names(missing)
+    );
+    if !back.is_empty() {
+        // Every node that is back holds the same cluster and none runs, so none has membership
+        // the others lack from after the full stop: the lowest may boot first, and the missing
+        // ones rejoin it when they come back.
+        let lowest = back.iter().chain(std::iter::once(local)).min().unwrap_or(local);
+        let who = if lowest == local {
+            "this node".to_string()
+        } else {
+            lowest.to_string()
+        };
+        what.push_str(&format!(
+            "; back and waiting: {}. If {} will not come back, boot {who} first (it is the lowest \
+             member that is back; the others then join it): muster ctl --node {lowest} force-boot",
+            names(back),
+            names(missing)
+        ));
+    }
+    what
 }
 
 fn inconsistent(local: &NodeName, ours: &ClusterId, peer: &NodeName, theirs: &ClusterId) -> FormationError {

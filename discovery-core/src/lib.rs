@@ -26,6 +26,7 @@ pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trigger;
+pub mod wait_log;
 
 pub use config::{ConfigError, FormationConfig, OnExhausted};
 pub use decision::{Decision, WaitReason};

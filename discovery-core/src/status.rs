@@ -84,10 +84,28 @@ impl FormationOutcome {
     }
 }
 
+/// A duration as seconds (a JSON number, `1.25`), which people and monitoring read, rather than
+/// serde's `{secs, nanos}`.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One line of the decision trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceEntry {
-    /// Time since the engine started.
+    /// Time since the engine started (in JSON: seconds, a number).
+    #[serde(with = "seconds")]
     pub at: Duration,
     /// The attempt.
     pub attempt: u32,
@@ -164,7 +182,23 @@ pub fn summarize(decision: &Decision) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Phase;
+    use super::{Phase, TraceEntry};
+    use crate::decision::{Decision, WaitReason};
+
+    #[test]
+    fn a_trace_entry_gives_its_time_in_seconds() {
+        let e = TraceEntry {
+            at: std::time::Duration::from_millis(1250),
+            attempt: 3,
+            discovered: 2,
+            reachable: 1,
+            decision: Decision::Wait(WaitReason::NoCandidates),
+            summary: String::new(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["at"], 1.25);
+        assert_eq!(serde_json::from_value::<TraceEntry>(v).unwrap(), e);
+    }
 
     #[test]
     fn phase_names_match_their_json() {

@@ -1,5 +1,6 @@
 //! The `muster` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -93,6 +94,12 @@ pub enum CookieAction {
     },
 }
 
+/// Whether log lines carry colour: only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (files, pipes, journald and `kubectl logs` get plain text).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Logs to stderr at `info`, or as `MUSTER_LOG` says: a level (`debug`), or `target=level`
 /// pairs with an optional default (`muster_node=debug,warn`). A value that is neither is named
 /// in a warning, and `info` applies.
@@ -108,7 +115,12 @@ fn init_logging(format: LogFormat) {
         },
         Err(_) => (info(), None),
     };
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(layer.with_target(false)).init(),
@@ -162,9 +174,16 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             action: ConfigAction::Check { file },
         } => {
             let cfg = NodeConfig::load(&file).map_err(|e| e.to_string())?;
+            // What start checks before it starts: the cookie, the data dir, the TLS files.
+            crate::run::preflight(&cfg).map_err(|e| e.to_string())?;
             // The backend's own table too (building it reads no network: clients connect lazily).
             muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
             println!("# {} is valid. Effective settings:", file.display());
+            println!(
+                "# node.listen = \"{}\" (peers reach {})",
+                cfg.listen,
+                crate::config::peer_address(&cfg.name)
+            );
             print!("{}", cfg.file.effective_toml().map_err(|e| e.to_string())?);
             Ok(0)
         }
@@ -203,10 +222,43 @@ fn one_malloc_arena() {
     }
 }
 
+/// Prints what argument parsing stopped at and returns the exit code: `--help` and `--version`
+/// print in full and exit 0; an argument error is one line on stderr and exit 1, like every other
+/// error.
+fn argument_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                1
+            } else {
+                0
+            }
+        }
+        _ => {
+            eprintln!("muster: {}", one_line(&e.to_string()));
+            1
+        }
+    }
+}
+
+/// clap's message on one line: its first line without the "error: " prefix, and where to look.
+fn one_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see --help)")
+}
+
 /// The program: parse arguments, run, exit with 0 or one line on stderr and a non-zero code.
 pub fn main() {
     one_malloc_arena();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(argument_error(&e)),
+    };
     init_logging(cli.log_format);
     // A few blocking threads are plenty (state saves, which are serialized anyway): under a
     // crowd of joins, an unbounded pool grew to one thread (and one malloc arena) per waiting
@@ -232,4 +284,29 @@ pub fn main() {
     };
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn an_argument_error_is_one_line() {
+        use clap::Parser;
+        let e = super::Cli::try_parse_from(["muster", "ctl", "--bogus"]).unwrap_err();
+        let line = super::one_line(&e.to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("--bogus") && line.ends_with("(see --help)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None), "a file, a pipe, journald: plain text");
+    }
 }

@@ -159,6 +159,23 @@ pub fn print_status(s: &NodeStatus) {
     }
 }
 
+/// What an operator command that succeeded did, in words.
+fn done_message(cmd: &CtlCommand, node: &NodeName) -> String {
+    match cmd {
+        CtlCommand::JoinCluster { peer } => format!("{node} joined the cluster of {peer}"),
+        CtlCommand::ForgetClusterNode { member } => {
+            format!("{node}: {member} is forgotten (no longer a member of the cluster)")
+        }
+        CtlCommand::Reset => format!("{node} was reset: it left its cluster and is blank"),
+        CtlCommand::ForceBoot { .. } => format!(
+            "{node}: force-boot set: if it waits for its peers it boots now, else it boots without \
+             waiting at its next start"
+        ),
+        CtlCommand::Stop => format!("{node} is stopping"),
+        _ => format!("{node}: done"),
+    }
+}
+
 /// Runs a `ctl` command; `Ok(code)` is the exit code, `Err` one line for stderr.
 pub async fn run(args: CtlArgs) -> Result<i32, String> {
     if let CtlCommand::ForceBoot { data_dir: Some(dir) } = &args.command {
@@ -241,10 +258,7 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
             Ok(0)
         }
         (cmd, Response::Ok) => {
-            println!(
-                "{node}: {} done",
-                format!("{cmd:?}").split([' ', '{']).next().unwrap_or("command")
-            );
+            println!("{}", done_message(cmd, &node));
             Ok(0)
         }
         (_, other) => Err(format!("{node}: unexpected answer {other:?}")),

@@ -54,45 +54,45 @@ pub fn render(node: &Arc<Node>) -> String {
     let m = &node.metrics;
     let mut r = Registry::default();
     let counters: [(&str, &str, &Counter); 9] = [
-        ("muster_discovery_calls", "Backend listings.", &m.discovery_calls),
+        ("muster_discovery_calls", "Backend listings", &m.discovery_calls),
         (
             "muster_discovery_errors",
-            "Backend listings that failed.",
+            "Backend listings that failed",
             &m.discovery_errors,
         ),
         (
             "muster_joins",
-            "Joins performed or accepted by this node.",
+            "Joins performed or accepted by this node",
             &m.joins,
         ),
         (
             "muster_forgotten_nodes",
-            "Members forgotten by this node.",
+            "Members forgotten by this node",
             &m.forgotten,
         ),
         (
             "muster_peer_messages_sent",
-            "Peer-protocol messages sent.",
+            "Peer-protocol messages sent",
             &m.messages_sent,
         ),
         (
             "muster_peer_messages_received",
-            "Peer-protocol messages received.",
+            "Peer-protocol messages received",
             &m.messages_received,
         ),
         (
             "muster_auth_failures",
-            "Connections refused for a failed handshake.",
+            "Connections refused for a failed handshake",
             &m.auth_failures,
         ),
         (
             "muster_formation_notices_sent",
-            "Formation notices sent to peers (decide again now).",
+            "Formation notices sent to peers (decide again now)",
             &m.notices_sent,
         ),
         (
             "muster_formation_notices_received",
-            "Formation notices received from peers.",
+            "Formation notices received from peers",
             &m.notices_received,
         ),
     ];
@@ -101,12 +101,12 @@ pub fn render(node: &Arc<Node>) -> String {
     }
     r.register(
         "muster_reachable_peers",
-        "Peers that answered the last status check.",
+        "Peers that answered the last status check",
         m.reachable_peers.clone(),
     );
     r.register(
         "muster_membership_changed_timestamp_seconds",
-        "When readiness or the member list last changed (Unix time).",
+        "When readiness or the member list last changed (Unix time)",
         m.membership_changed.clone(),
     );
     r.register_collector(Box::new(StateView(node.clone())));
@@ -127,7 +127,13 @@ impl std::fmt::Debug for StateView {
 
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
     let g = ConstGauge::new(value);
-    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+    g.encode(enc.encode_descriptor(name, &sentence(help), None, g.metric_type())?)
+}
+
+/// A help text as a sentence: the registry ends registered metrics' help with a full stop, a
+/// collector's descriptors get theirs here (help texts are written without one).
+fn sentence(help: &str) -> String {
+    format!("{help}.")
 }
 
 impl Collector for StateView {
@@ -136,7 +142,7 @@ impl Collector for StateView {
         let phase = node.formation().phase;
         let mut family = enc.encode_descriptor(
             "muster_formation_state",
-            "Formation phase: 1 for the current phase, 0 for the others.",
+            &sentence("Formation phase: 1 for the current phase, 0 for the others"),
             None,
             MetricType::Gauge,
         )?;
@@ -147,21 +153,23 @@ impl Collector for StateView {
         gauge(
             &mut enc,
             "muster_ready",
-            "1 when clustered and serving.",
+            "1 when clustered and serving",
             i64::from(node.is_ready()),
         )?;
         let members = i64::try_from(node.state().alive().len()).unwrap_or(i64::MAX);
         gauge(
             &mut enc,
             "muster_cluster_members",
-            "Members this node knows.",
+            "Members this node knows",
             members,
         )?;
         if crate::proto::channel::accounting().is_some() {
             let crypto = ConstCounter::new(crate::proto::channel::crypto_seconds());
             crypto.encode(enc.encode_descriptor(
                 "muster_peer_channel_crypto_seconds",
-                "CPU time spent in the peer channel's cryptography (only with MUSTER_BENCH_CHANNEL_WORK).",
+                &sentence(
+                    "CPU time spent in the peer channel's cryptography (only with MUSTER_BENCH_CHANNEL_WORK)",
+                ),
                 None,
                 crypto.metric_type(),
             )?)?;
@@ -170,23 +178,23 @@ impl Collector for StateView {
             gauge(
                 &mut enc,
                 "muster_registered",
-                "1 when registered with the backend.",
+                "1 when registered with the backend",
                 i64::from(reg.registered),
             )?;
             for (name, help, v) in [
                 (
                     "muster_registration_renewals",
-                    "Registration keep-alive renewals.",
+                    "Registration keep-alive renewals",
                     reg.renewals,
                 ),
                 (
                     "muster_re_registrations",
-                    "Times the registration was re-established.",
+                    "Times the registration was re-established",
                     reg.re_registrations,
                 ),
             ] {
                 let c = ConstCounter::new(v);
-                c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+                c.encode(enc.encode_descriptor(name, &sentence(help), None, c.metric_type())?)?;
             }
         }
         Ok(())

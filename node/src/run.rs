@@ -14,10 +14,42 @@ use crate::node::{Node, NodeMembership};
 use crate::state::Store;
 use crate::tls::PeerTls;
 
+/// What a node needs from its files before it starts, checked: the cookie (present, private,
+/// strong), the data dir (a writable directory, or creatable) and the TLS files. `start` and
+/// `muster config check` both run it, so that check refuses what start would.
+pub fn preflight(cfg: &Resolved) -> Result<(Cookie, Option<PeerTls>), PreflightError> {
+    let cookie = Cookie::load(cfg.file.node.cookie_file.as_deref())?;
+    Store::check_dir(&cfg.data_dir).map_err(|source| PreflightError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let tls = cfg.file.tls.as_ref().map(PeerTls::load).transpose()?;
+    Ok((cookie, tls))
+}
+
+/// Why a node's files do not let it start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreflightError {
+    /// The cookie is missing, readable by others, or weak.
+    #[error(transparent)]
+    Cookie(#[from] crate::cookie::CookieError),
+    /// The data dir is a file, or not writable.
+    #[error("node.data_dir = {}: {source}", path.display())]
+    DataDir {
+        /// The configured data dir.
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
+        source: std::io::Error,
+    },
+    /// A TLS file is missing or wrong.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// Runs a node until it is stopped (`ctl stop`, SIGTERM, SIGINT) or formation fails.
 pub async fn run(cfg: Resolved) -> Result<(), String> {
-    let cookie =
-        Cookie::load(cfg.file.node.cookie_file.as_deref()).map_err(|e| format!("refusing to start: {e}"))?;
+    let (cookie, tls) = preflight(&cfg).map_err(|e| format!("refusing to start: {e}"))?;
     // The channel's key is slow to derive by design: derived beside the rest of the boot, and
     // awaited before this node calls anyone (peers that call first wait for it in their
     // handshake, rather than find the port closed).
@@ -27,13 +59,6 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
     };
     let store = Store::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open data dir {}: {e}", cfg.data_dir.display()))?;
-    let tls = cfg
-        .file
-        .tls
-        .as_ref()
-        .map(PeerTls::load)
-        .transpose()
-        .map_err(|e| format!("refusing to start: {e}"))?;
     let cf = cfg.file.cluster_formation.clone();
     let node = Node::open(
         cfg.name.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::limits::{Limits, Ticket};
 use crate::log_limit::{LogLimit, more};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::node::{Node, NodeMembership};
 use crate::proto::channel::{AUTH_FAILED, Channel, ChannelError};
@@ -307,7 +307,18 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             };
             done(joined)
         }
-        Request::ForceBoot => done(node.store().set_force_boot(true)),
+        Request::ForceBoot => {
+            let set = node.store().set_force_boot(true);
+            if set.is_ok() {
+                info!(
+                    node = %node.name(),
+                    "force-boot set by the operator: if it waits for its peers it boots now, else at its next start"
+                );
+                // A node in its restart window sees the marker at once.
+                node.noticed();
+            }
+            done(set)
+        }
         Request::Stop => Response::Ok,
         Request::Stopping => match peer {
             Some(p) => {

@@ -328,7 +328,38 @@ enum Read {
 impl Store {
     /// A store in `dir`, creating it (mode 0700) if needed, and taking its exclusive lock: a
     /// data dir another running node holds is refused with the path in the error.
+    /// Whether `dir` can be a data dir, without changing anything: a writable directory, or a
+    /// path whose nearest existing ancestor is a writable directory (it is created at start).
+    /// The error says which path is wrong and why.
+    pub fn check_dir(dir: &Path) -> std::io::Result<()> {
+        let mut at = dir;
+        loop {
+            match std::fs::metadata(at) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotADirectory,
+                        format!("{} is a file, not a directory", at.display()),
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    _ => return Ok(()),
+                },
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", at.display()))),
+            }
+        }
+        if !writable(at) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not writable by this user", at.display()),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn open(dir: &Path) -> std::io::Result<Store> {
+        Store::check_dir(dir)?;
         let mut store = Store::unlocked(dir)?;
         let path = dir.join(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
@@ -564,6 +595,17 @@ impl Store {
             }
         }
     }
+}
+
+/// Whether this process may create files in the directory `dir` (access(2), which honours
+/// root, ACLs and read-only mounts).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string that lives for the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 #[cfg(test)]

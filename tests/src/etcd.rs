@@ -74,7 +74,6 @@ pub struct EtcdServer {
     wrap: Vec<std::ffi::OsString>,
 }
 
-
 impl EtcdServer {
     /// Starts a plain-HTTP etcd and waits until it answers.
     pub async fn start() -> EtcdServer {

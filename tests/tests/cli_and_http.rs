@@ -49,6 +49,39 @@ fn config_check_prints_effective_settings_and_names_bad_keys() {
         "{stderr}"
     );
     assert!(stderr.contains("did you mean `probe_timeout`?"), "{stderr}");
+
+    // What start refuses, check refuses too, in one line naming the file or key.
+    let config = c.nodes[0].config.clone();
+    let refused = |why: &str| {
+        let out = muster(&["config", "check", config.to_str().unwrap()]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{why}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{why}: {stderr}");
+        stderr
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&c.cookie_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(refused("a shared cookie").contains("chmod 600"));
+    std::fs::set_permissions(&c.cookie_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cookie = std::fs::read(&c.cookie_file).unwrap();
+    std::fs::write(&c.cookie_file, "weak").unwrap();
+    assert!(refused("a weak cookie").contains("cookie"));
+    std::fs::remove_file(&c.cookie_file).unwrap();
+    assert!(refused("a missing cookie").contains("cookie"));
+    std::fs::write(&c.cookie_file, &cookie).unwrap();
+    std::fs::set_permissions(&c.cookie_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data_dir = c.nodes[0].data_dir.clone();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::write(&data_dir, "a file").unwrap();
+    let stderr = refused("a data dir that is a file");
+    assert!(
+        stderr.contains("node.data_dir") && stderr.contains("is a file"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&data_dir).unwrap();
+    let out = muster(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("# node.listen = "), "{}", text(&out).0);
 }
 
 #[test]
@@ -150,6 +183,10 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["membership"]["members"].as_array().unwrap().len(), 2);
     assert!(v["formation"]["trace"].as_array().unwrap().len() >= 2);
+    // The log goes to a file: plain text, no colour codes.
+    let log = c.log_since_start(1);
+    assert!(log.contains("joined") || log.contains("formed"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file:\n{log}");
     // Without status_detail, /status names no other node and no cluster id.
     let (code, body) = http_get(c.nodes[0].http.unwrap(), "/status");
     assert_eq!(code, 200);
@@ -177,6 +214,9 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
         assert!(metrics.contains(name), "{name} missing in:\n{metrics}");
     }
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    for help in metrics.lines().filter(|l| l.starts_with("# HELP")) {
+        assert!(help.ends_with('.') && !help.ends_with(".."), "{help}");
+    }
     // Node 2 heard the seed's notices (its intent, then that it formed) and told the seed of
     // its commitment: it decided on them at once, not at its interval.
     let counter = |name: &str| -> f64 {
@@ -327,10 +367,25 @@ async fn json_logs_are_one_object_per_line_and_never_contain_the_cookie() {
     assert!(log.contains("formed new cluster"), "{log}");
 }
 
+/// `muster config check` with the Pi's cookie and data dir standing in temp files (config check
+/// checks them as start does).
+fn check_on_a_pi(config: &str) -> std::process::Output {
+    let pi = tempfile::tempdir().unwrap();
+    let cookie = pi.path().join("cookie");
+    muster_node::cookie::Cookie::generate(&cookie).unwrap();
+    Command::new(node_exe!())
+        .args(["config", "check", config])
+        .env_remove("MUSTER_COOKIE")
+        .env("MUSTER_COOKIE_FILE", &cookie)
+        .env("MUSTER_DATA_DIR", pi.path().join("data"))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_home_lan_deploy_config_is_valid_as_shipped() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/home-lan/muster.toml");
-    let out = muster(&["config", "check", path]);
+    let out = check_on_a_pi(path);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("muster@rpi-node4"), "{stdout}");
@@ -339,7 +394,7 @@ fn the_home_lan_deploy_config_is_valid_as_shipped() {
         let edited = shipped.replace("name = \"muster@rpi-master\"", &format!("name = \"muster@{pi}\""));
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), edited).unwrap();
-        let out = muster(&["config", "check", file.path().to_str().unwrap()]);
+        let out = check_on_a_pi(file.path().to_str().unwrap());
         assert!(out.status.success(), "{pi}: {}", text(&out).1);
     }
 }

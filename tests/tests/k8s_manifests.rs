@@ -249,10 +249,15 @@ fn the_files_agree_with_each_other_and_the_config_passes_config_check() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("muster.toml");
     std::fs::write(&file, &toml_text).unwrap();
+    // The pod's cookie and volume, here: config check checks them as start does.
+    let cookie = tmp.path().join("cookie");
+    muster_node::cookie::Cookie::generate(&cookie).unwrap();
     let out = Command::new(node_exe!())
         .args(["config", "check"])
         .arg(&file)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("MUSTER_COOKIE_FILE", &cookie)
+        .env("MUSTER_DATA_DIR", tmp.path().join("data"))
         .env("POD_NAMESPACE", "prod")
         .output()
         .unwrap();
