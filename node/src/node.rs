@@ -11,7 +11,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use muster::status::FormationStatus;
 use muster::{
-    ClusterId, Discovery, FormationView, Host, Membership, MembershipError, NodeName, PeerInfo,
+    ClusterId, Discovery, FormationView, Host, Membership, MembershipError, NodeName, PeerInfo, Phase,
     RegistrationStatus, RestartState, Vouch,
 };
 use tokio::sync::watch;
@@ -152,6 +152,9 @@ pub struct Node {
     refused_by_peers: crate::log_limit::LogLimit,
     /// Live inbound connections by the name they authenticated as (see `Node::bind_name`).
     inbound: std::sync::Mutex<HashMap<NodeName, Inbound>>,
+    /// What an operator's reset or join-cluster made of the node after formation ended: the
+    /// detail and outcome that supersede the engine's (which no longer runs).
+    operator_status: std::sync::Mutex<Option<(String, Option<muster::FormationOutcome>)>>,
 }
 
 /// The inbound connections under one name: the address they came from, and each connection
@@ -349,6 +352,7 @@ impl Node {
             contacts: crate::contact::Contacts::default(),
             refused_by_peers: crate::log_limit::LogLimit::new(),
             inbound: std::sync::Mutex::default(),
+            operator_status: std::sync::Mutex::default(),
             joins: std::sync::Mutex::default(),
             stopped_peers: std::sync::Mutex::default(),
         });
@@ -524,10 +528,27 @@ impl Node {
 
     /// The engine's status.
     pub fn formation(&self) -> FormationStatus {
-        self.formation
+        let mut status = self
+            .formation
             .get()
             .map(|rx| rx.borrow().clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let after = self
+            .operator_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Some((detail, outcome)), Phase::Formed) = (after, status.phase) {
+            status.detail = detail;
+            status.outcome = outcome;
+        }
+        status
+    }
+
+    /// Records what an operator's reset or join-cluster made of this node, for status and
+    /// readiness to say instead of the engine's last words.
+    pub fn set_operator_status(&self, detail: String, outcome: Option<muster::FormationOutcome>) {
+        *self.operator_status.lock().unwrap_or_else(|e| e.into_inner()) = Some((detail, outcome));
     }
 
     /// A receiver that turns true when the node should stop.
@@ -1088,6 +1109,11 @@ impl Node {
         self.stopped().clear();
         self.save(&g.p)?;
         self.store.set_force_boot(false).map_err(state_err)?;
+        drop(g);
+        self.set_operator_status(
+            "reset: left the cluster; blank, waiting for muster ctl join-cluster PEER".into(),
+            None,
+        );
         info!(node = %self.name, "reset: left the cluster; this node is blank and waits for join-cluster");
         Ok(())
     }

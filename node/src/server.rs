@@ -305,6 +305,15 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
                 )),
                 Err(e) => Err(e),
             };
+            if let (Ok(()), Some(cluster)) = (&joined, node.state().cluster) {
+                node.set_operator_status(
+                    format!("joined existing cluster {cluster} via {peer} (join-cluster)"),
+                    Some(muster::FormationOutcome::JoinedExisting {
+                        cluster,
+                        via: peer.clone(),
+                    }),
+                );
+            }
             done(joined)
         }
         Request::ForceBoot => {

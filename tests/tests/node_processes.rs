@@ -128,10 +128,25 @@ async fn forget_a_stopped_node_then_reset_and_join_again() {
 
     let out = ctl(&c, 1, &["reset"]);
     assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("was reset"), "{}", text(&out).0);
     assert!(
         cluster_status(&c, 1)["cluster"].is_null(),
         "reset leaves a blank node"
     );
+    // Its status says so, not what formation said before.
+    let formation = |i: usize| -> serde_json::Value {
+        let out = ctl(&c, i, &["formation-status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out).0))
+    };
+    let after_reset = formation(1);
+    assert!(
+        after_reset["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("reset: left the cluster"),
+        "{after_reset}"
+    );
+    assert!(after_reset["outcome"].is_null(), "{after_reset}");
     c.wait_members(&[0], 1, FORM).await.unwrap();
 
     let seed = c.nodes[0].name.to_string();
@@ -139,6 +154,12 @@ async fn forget_a_stopped_node_then_reset_and_join_again() {
     assert!(out.status.success(), "{}", text(&out).1);
     c.wait_members(&[0, 1], 2, FORM).await.unwrap();
     assert_eq!(cluster_status(&c, 0)["cluster"], cluster_status(&c, 1)["cluster"]);
+    let after_join = formation(1);
+    let detail = after_join["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("joined existing cluster") && detail.contains(&seed),
+        "{after_join}"
+    );
     let out = ctl(&c, 1, &["check-running"]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
