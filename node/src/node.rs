@@ -986,6 +986,15 @@ impl Node {
         let answers = if probe_peers {
             self.probe_members(&state).await
         } else {
+            // No calls (the HTTP /status): members heard from within the anti-entropy window
+            // count as running, and the node is in sync when it heard from all of them (each
+            // exchange is a state sync).
+            let others: Vec<NodeName> = members.iter().filter(|m| **m != self.name).cloned().collect();
+            let heard = self.contacts.recent(&others);
+            in_sync = in_sync && heard.len() == others.len();
+            if ready {
+                running.extend(heard);
+            }
             Vec::new()
         };
         for info in answers {
@@ -1036,7 +1045,7 @@ impl Node {
             foreign,
             probed: probe_peers,
             ready,
-            in_sync: in_sync && probe_peers,
+            in_sync,
             formation: f.phase.as_str().to_string(),
             detail: self.facts().split.clone().unwrap_or(f.detail),
             version: state.version,

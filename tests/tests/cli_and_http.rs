@@ -182,6 +182,19 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["membership"]["members"].as_array().unwrap().len(), 2);
+    // A healthy cluster reads as one from /status too (no peer calls: recent contact).
+    let healthy = async || {
+        let (_, body) = http_get(http, "/status");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["membership"]["in_sync"] == true && v["membership"]["running"].as_array().map(Vec::len) == Some(2)
+    };
+    assert!(
+        muster_tests::eventually(Duration::from_secs(10), healthy)
+            .await
+            .is_some(),
+        "/status: {}",
+        http_get(http, "/status").1
+    );
     assert!(v["formation"]["trace"].as_array().unwrap().len() >= 2);
     // The log goes to a file: plain text, no colour codes.
     let log = c.log_since_start(1);

@@ -119,18 +119,20 @@ pub struct NodeStatus {
     /// The members it knows.
     pub members: Vec<NodeName>,
     /// Members that answered a probe just now as ready members of this node's cluster (this node
-    /// included when ready).
+    /// included when ready); in the HTTP `/status`, which calls no peer, the members this node
+    /// heard from within its anti-entropy window.
     pub running: Vec<NodeName>,
     /// Members that answered from another cluster: a split or stale data, never "running".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub foreign: Vec<ForeignPeer>,
-    /// Whether peers were probed for this status (`running`, `foreign` and `in_sync` are only
-    /// this node's own view when not).
+    /// Whether peers were probed for this status (when not, `running` and `in_sync` come from
+    /// recent contact and `foreign` is empty).
     #[serde(default)]
     pub probed: bool,
     /// Formation finished and the node serves its cluster.
     pub ready: bool,
-    /// Every running member reports the same members.
+    /// Every running member reports the same members (in the HTTP `/status`: this node heard
+    /// from every member within its anti-entropy window, each exchange being a state sync).
     pub in_sync: bool,
     /// The formation phase and what it is doing or waiting for.
     pub formation: String,
