@@ -87,6 +87,9 @@ struct RunState {
     began: Instant,
     /// The "waiting long" milestone was sent.
     told_waiting_long: bool,
+    /// Why the candidates that do not answer now did not (a wrong cookie, TLS, a closed port),
+    /// for the error that ends formation (see [`note_failures`]).
+    failures: BTreeMap<NodeName, String>,
 }
 
 /// A candidate missing from the listings of a non-authoritative backend, counted towards leaving
@@ -248,6 +251,7 @@ impl FormationEngine {
             last_blank: BTreeMap::new(),
             began: Instant::now(),
             told_waiting_long: false,
+            failures: BTreeMap::new(),
         };
         // Register before anything else, on every boot, so that peers (and this node) see it.
         self.try_register(&mut st).await;
@@ -403,7 +407,7 @@ impl FormationEngine {
                 self.record_failure(attempt, st, &e);
                 ControlFlow::Continue(())
             }
-            None => match stop_for(&decision, attempt) {
+            None => match stop_for(&decision, attempt, &st.failures) {
                 Some(e) => ControlFlow::Break(Err(e)),
                 None => ControlFlow::Continue(()),
             },
@@ -462,7 +466,7 @@ impl FormationEngine {
                     self.record_failure(attempt, st, &e);
                     Err(None)
                 }
-                None => Err(stop_for(&verdict.decision, attempt)),
+                None => Err(stop_for(&verdict.decision, attempt, &st.failures)),
             }
         };
         let result = tokio::select! {
@@ -865,6 +869,7 @@ impl FormationEngine {
         if changed {
             self.publish(st);
         }
+        note_failures(&mut st.failures, &round.probes);
         let reachable = 1 + round
             .probes
             .values()
@@ -1129,13 +1134,63 @@ fn announces_intent(probe: Option<&Probe>) -> bool {
         if info.cluster.is_none() && info.view.as_ref().is_some_and(|v| v.intent.is_some()))
 }
 
+/// Records why each candidate that did not answer this round failed, and forgets those that
+/// answered. A refusal (the peer answered and refused: a wrong cookie, TLS) is kept over a later
+/// plain failure to connect: when the other side gave up first, its refusal is still the cause.
+fn note_failures(failures: &mut BTreeMap<NodeName, String>, probes: &BTreeMap<NodeName, Probe>) {
+    for (peer, probe) in probes {
+        match probe {
+            Probe::Answered(_) => {
+                failures.remove(peer);
+            }
+            Probe::Unreachable(why) => {
+                let refusal = |text: &str| {
+                    text.starts_with(
+                        &crate::MembershipError::Refused(peer.clone(), String::new()).to_string(),
+                    )
+                };
+                let keep = failures
+                    .get(peer)
+                    .is_some_and(|old| refusal(old) && !refusal(why));
+                if !keep {
+                    failures.insert(peer.clone(), why.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Why candidates did not answer, for an error that gives up: "; why they did not answer: a: …"
+/// (at most three), so that a wrong cookie or a TLS refusal is named where the node stops, not
+/// only in earlier warnings.
+fn failure_causes(failures: &BTreeMap<NodeName, String>) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = failures.values().take(3).map(String::as_str).collect();
+    let more = failures.len().saturating_sub(3);
+    format!(
+        "; why they did not answer: {}{}",
+        shown.join("; "),
+        if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// The error a decision that ends formation stops with: `GiveUp` (retries ran out) or `Refuse`
 /// (going on could split the cluster); `None` for every other decision.
-fn stop_for(decision: &Decision, attempt: u32) -> Option<FormationError> {
+fn stop_for(
+    decision: &Decision,
+    attempt: u32,
+    failures: &BTreeMap<NodeName, String>,
+) -> Option<FormationError> {
     match decision {
         Decision::GiveUp(reason) => Some(FormationError::Exhausted {
             attempts: attempt,
-            reason: reason.to_string(),
+            reason: format!("{reason}{}", failure_causes(failures)),
         }),
         Decision::Refuse(reason) => Some(FormationError::Refused {
             reason: reason.to_string(),

@@ -193,6 +193,33 @@ async fn a_wrong_cookie_is_rejected_on_both_sides_without_revealing_it() {
     );
 }
 
+/// Nodes with different cookies never form, and the error they stop with names the cause
+/// (authentication failed), not only that the peers were unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_different_cookies_give_up_naming_the_authentication_failure() {
+    let (dir, mut c) = local_cluster(&layout(2, ""));
+    let other = dir.path().join("other-cookie");
+    muster_node::cookie::Cookie::generate(&other).unwrap();
+    let cfg = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+    let cfg = cfg.replace(&c.cookie_file.display().to_string(), &other.display().to_string());
+    std::fs::write(&c.nodes[1].config, cfg).unwrap();
+    c.start_all().unwrap();
+    for i in 0..2 {
+        let exit = c.wait_exit(i, Duration::from_secs(30)).await.unwrap();
+        assert!(exit.is_some_and(|s| !s.success()), "node {i} gave up: {exit:?}");
+        let log = c.log_since_start(i);
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("gave up"))
+            .unwrap_or_default();
+        assert!(
+            last.contains("authentication failed (cookie or cluster name mismatch?)"),
+            "node {i}'s last words name the cause:\n{log}"
+        );
+    }
+}
+
 /// Anyone can fail a handshake, so a flood of them must not flood the log: 2,000 wrong-cookie
 /// handshakes leave one warning per window, the later ones counting what they stand for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
