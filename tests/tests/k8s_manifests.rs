@@ -173,6 +173,12 @@ fn the_files_agree_with_each_other_and_the_config_passes_config_check() {
         .collect();
     let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
     assert!(at("POD_IP") < at("MUSTER_HTTP_LISTEN"), "{names:?}");
+    assert!(at("CLUSTER_DOMAIN") < at("MUSTER_NODE_NAME"), "{names:?}");
+    let domain = raw_env
+        .iter()
+        .find(|(k, _)| k == "CLUSTER_DOMAIN")
+        .map(|(_, v)| v.clone())
+        .expect("CLUSTER_DOMAIN is set");
     let env: Vec<(String, String)> = raw_env
         .into_iter()
         .map(|(k, v)| {
@@ -180,7 +186,8 @@ fn the_files_agree_with_each_other_and_the_config_passes_config_check() {
                 k,
                 v.replace("$(POD_NAME)", "muster-0")
                     .replace("$(POD_NAMESPACE)", "prod")
-                    .replace("$(POD_IP)", "10.1.2.3"),
+                    .replace("$(POD_IP)", "10.1.2.3")
+                    .replace("$(CLUSTER_DOMAIN)", &domain),
             )
         })
         .collect();
@@ -191,6 +198,35 @@ fn the_files_agree_with_each_other_and_the_config_passes_config_check() {
             .unwrap_or_else(|| panic!("{k} missing"))
     };
     let node_name = get("MUSTER_NODE_NAME");
+    assert!(node_name.contains(&format!(".svc.{domain}:")), "{node_name}");
+    assert!(
+        toml_text.contains(&format!("cluster_domain = \"{domain}\"")),
+        "the ConfigMap names the same cluster domain as the StatefulSet"
+    );
+    // The cookie never goes into git nor into the image's build context.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for ignore in [".gitignore", ".dockerignore"] {
+        let text = std::fs::read_to_string(format!("{root}/{ignore}")).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start_matches('/') == "deploy/kubernetes/cookie"),
+            "{ignore}"
+        );
+    }
+    let docker = std::fs::read_to_string(format!("{root}/.dockerignore")).unwrap();
+    assert!(
+        docker.lines().any(|l| l == "target/"),
+        "the build output stays out of the context"
+    );
+    // Every container runs the image loaded into the cluster, not a pull of :latest.
+    for c in pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["initContainers"].as_array().unwrap())
+    {
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent", "{}", c["name"]);
+    }
     assert!(node_name.ends_with(&format!(":{}", port("peer"))), "{node_name}");
     assert!(
         node_name.contains(&format!(".{}.", spec["serviceName"].as_str().unwrap())),
@@ -286,16 +322,15 @@ fn backend_names() -> (String, String, String) {
         .find(|c| c["name"] == "muster")
         .unwrap()
         .clone();
-    let name = env_of(&main)
-        .into_iter()
-        .find(|(k, _)| k == "MUSTER_NODE_NAME")
-        .unwrap()
-        .1
+    let env = env_of(&main);
+    let value = |key: &str| env.iter().find(|(k, _)| k == key).unwrap().1.clone();
+    let name = value("MUSTER_NODE_NAME")
         .replace(
             "$(POD_NAME)",
             &format!("{}-0", sts["metadata"]["name"].as_str().unwrap()),
         )
-        .replace("$(POD_NAMESPACE)", "prod");
+        .replace("$(POD_NAMESPACE)", "prod")
+        .replace("$(CLUSTER_DOMAIN)", &value("CLUSTER_DOMAIN"));
     let r = muster_backend_k8s::settings::K8sSettings::resolve(
         &formation,
         &name.parse().unwrap(),
