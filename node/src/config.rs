@@ -139,6 +139,7 @@ impl NodeConfig {
     /// Same as [`NodeConfig::load`] from text.
     pub fn from_text(text: &str) -> Result<Resolved, ConfigError> {
         let mut file: NodeConfig = from_toml_str(text)?;
+        file.cluster_formation.derive_unset(text);
         file.apply_env()?;
         file.resolve()
     }

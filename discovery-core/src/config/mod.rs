@@ -108,7 +108,9 @@ pub struct FormationConfig {
     /// The number of candidates a node must see (and reach) before the seed may form.
     pub target_cluster_size_hint: u32,
     /// For backends whose list is not authoritative: how long every view must be unchanged
-    /// before the seed may form. At least `2 x (discovery_retry_interval + probe_timeout)`.
+    /// before the seed may form. At least `2 x (discovery_retry_interval + probe_timeout)`;
+    /// when not set, 5 s or that floor, whichever is longer (see
+    /// [`FormationConfig::derive_unset`]).
     #[serde(with = "duration")]
     pub stable_margin: Duration,
     /// How long to wait for one peer's probe answer.
@@ -206,8 +208,30 @@ impl FormationConfig {
     /// Parses a TOML document holding a `[cluster_formation]` table, then validates it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let doc: Document = from_toml_str(text)?;
-        doc.cluster_formation.validate()?;
-        Ok(doc.cluster_formation)
+        let mut config = doc.cluster_formation;
+        config.derive_unset(text);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Settings whose default follows others, where the file (`text`, the whole TOML document
+    /// with its `[cluster_formation]` table) leaves them unset: `stable_margin` is at least its
+    /// floor, `2 x (discovery_retry_interval + probe_timeout)`, so that setting only a longer
+    /// interval is not refused over a key the user never wrote. A longer margin only waits longer.
+    pub fn derive_unset(&mut self, text: &str) {
+        let set = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|doc| {
+                doc.get("cluster_formation")?
+                    .as_table()?
+                    .get("stable_margin")
+                    .cloned()
+            })
+            .is_some();
+        if !set {
+            let floor = (self.discovery_retry_interval + self.probe_timeout) * 2;
+            self.stable_margin = self.stable_margin.max(floor);
+        }
     }
 
     /// Checks every value against its allowed range.

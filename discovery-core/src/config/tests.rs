@@ -127,6 +127,11 @@ fn out_of_range_values_give_the_allowed_range() {
 
     let e = err("[cluster_formation]\nstable_margin = \"1s\"\n");
     assert!(e.contains("stable_margin = \"1s\" is too short"), "{e}");
+    // Unset, it follows a longer interval instead of refusing a key the user never wrote.
+    let c = FormationConfig::from_toml("[cluster_formation]\ndiscovery_retry_interval = \"5s\"\n").unwrap();
+    assert_eq!(c.stable_margin, Duration::from_secs(12), "2 x (5 s + 1 s)");
+    let c = FormationConfig::from_toml("[cluster_formation]\n").unwrap();
+    assert_eq!(c.stable_margin, Duration::from_secs(5), "the shipped margin");
 }
 
 #[test]
