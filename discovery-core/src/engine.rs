@@ -619,6 +619,16 @@ impl FormationEngine {
             st.probed_all_at = Instant::now();
         }
         self.note_answers(st, &probes);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            debug!(
+                node = %self.local,
+                "attempt {attempt}: the {} backend listed [{}]{}; answers: {}",
+                self.discovery.name(),
+                listing.nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                if listing.authoritative { " (authoritative)" } else { "" },
+                describe_answers(&probes)
+            );
+        }
         Ok(Round { listing, probes })
     }
 
@@ -1134,6 +1144,34 @@ fn announces_intent(probe: Option<&Probe>) -> bool {
         if info.cluster.is_none() && info.view.as_ref().is_some_and(|v| v.intent.is_some()))
 }
 
+/// Each probe's answer in a few words, for the debug log of a round.
+fn describe_answers(probes: &BTreeMap<NodeName, Probe>) -> String {
+    if probes.is_empty() {
+        return "none (no other candidate)".into();
+    }
+    probes
+        .iter()
+        .map(|(peer, p)| match p {
+            Probe::Answered(info) => {
+                let cluster = match (&info.cluster, info.ready) {
+                    (Some(c), true) => format!("ready in cluster {c}"),
+                    (Some(c), false) => format!("in cluster {c}, not ready"),
+                    (None, _) => "blank".into(),
+                };
+                let intent = info
+                    .view
+                    .as_ref()
+                    .and_then(|v| v.intent.as_ref())
+                    .map(|i| format!(", announcing cluster {i}"))
+                    .unwrap_or_default();
+                format!("{peer}: {cluster}{intent}")
+            }
+            Probe::Unreachable(why) => format!("{peer}: no answer ({why})"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Records why each candidate that did not answer this round failed, and forgets those that
 /// answered. A refusal (the peer answered and refused: a wrong cookie, TLS) is kept over a later
 /// plain failure to connect: when the other side gave up first, its refusal is still the cause.
@@ -1339,5 +1377,52 @@ impl FormationHandle {
                 detail: self.status.borrow().detail.clone(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::PeerInfo;
+
+    fn n(s: &str) -> NodeName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_rounds_answers_read_as_words_for_the_debug_log() {
+        let mut probes = BTreeMap::new();
+        probes.insert(
+            n("a@h1"),
+            Probe::Answered(Box::new(PeerInfo {
+                node: n("a@h1"),
+                cluster: Some(ClusterId("c1".into())),
+                members: vec![n("a@h1")],
+                ready: true,
+                start_time_ms: 0,
+                view: None,
+                in_contact: Vec::new(),
+            })),
+        );
+        probes.insert(n("b@h2"), Probe::Unreachable("connection refused".into()));
+        assert_eq!(
+            describe_answers(&probes),
+            "a@h1: ready in cluster c1; b@h2: no answer (connection refused)"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_kept_over_a_later_failure_to_connect() {
+        let mut failures = BTreeMap::new();
+        let b = n("b@h2");
+        let refused = crate::MembershipError::Refused(b.clone(), "authentication failed".into()).to_string();
+        let round = |p: Probe| BTreeMap::from([(b.clone(), p)]);
+        note_failures(&mut failures, &round(Probe::Unreachable(refused.clone())));
+        note_failures(
+            &mut failures,
+            &round(Probe::Unreachable("connection refused".into())),
+        );
+        assert_eq!(failures.get(&b), Some(&refused));
+        assert!(failure_causes(&failures).contains("authentication failed"));
     }
 }

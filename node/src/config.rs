@@ -25,6 +25,7 @@ pub struct NodeSection {
     pub name: Option<NodeName>,
     /// Where to listen for peers (default: the name's address if it is an IP, else 0.0.0.0, on the
     /// name's port).
+    #[serde(default, with = "socket_addr")]
     pub listen: Option<SocketAddr>,
     /// Where membership state is persisted.
     pub data_dir: Option<PathBuf>,
@@ -51,6 +52,7 @@ fn default_sync() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     /// Address of the health/status/metrics endpoints.
+    #[serde(default, with = "socket_addr")]
     pub listen: Option<SocketAddr>,
     /// Whether `/status` shows members' names and addresses, the cluster id, the formation
     /// trace and the last backend error; off, it shows only this node's phase and counts (the
@@ -105,6 +107,46 @@ where
                 .map_err(|e| ConfigError::new(Some(key.into()), format!("{key}={v:?}: {e}")))
         })
         .transpose()
+}
+
+/// A listen address: an IP and a port. A host name ("localhost:4380") is refused with the IP to
+/// write instead, since a listener binds an address, not a name.
+mod socket_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        text.parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(hint(&text)))
+    }
+
+    fn hint(text: &str) -> String {
+        let port = text
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| p.parse::<u16>().is_ok());
+        match port {
+            Some(port) if text.starts_with("localhost:") => format!(
+                "{text:?} is not an IP address and port: a listener binds an address; write \"127.0.0.1:{port}\" (or \"[::1]:{port}\")"
+            ),
+            Some(port) => format!(
+                "{text:?} is not an IP address and port: a listener binds an address, not a host name; write the host's IP, e.g. \"192.168.1.10:{port}\""
+            ),
+            None => format!("{text:?} is not an IP address and port such as \"127.0.0.1:4380\""),
+        }
+    }
 }
 
 /// The port peers use to reach `name`.
@@ -232,6 +274,35 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example in docs/configuration.md is a whole config that resolves as it is.
+    #[test]
+    fn the_documented_example_resolves() {
+        let doc = include_str!("../../docs/configuration.md");
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml example");
+        let r = NodeConfig::from_text(example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_eq!(r.name.to_string(), "muster@rpi-master");
+    }
+
+    #[test]
+    fn a_host_name_as_listen_address_is_refused_with_the_ip_to_write() {
+        let base = "[node]\nname = \"muster@127.0.0.1:5001\"\ndata_dir = \"/tmp/x\"\n";
+        let e = NodeConfig::from_text(&format!("{base}[http]\nlisten = \"localhost:4380\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http.listen") && e.contains("\"127.0.0.1:4380\""),
+            "{e}"
+        );
+        let r = NodeConfig::from_text(&format!("{base}[http]\nlisten = \"127.0.0.1:4380\"\n")).unwrap();
+        assert_eq!(r.http, Some("127.0.0.1:4380".parse().unwrap()));
+        let text = r.file.effective_toml().unwrap();
+        assert!(text.contains("listen = \"127.0.0.1:4380\""), "{text}");
+    }
 
     #[test]
     fn minimal_config_resolves_with_defaults() {
