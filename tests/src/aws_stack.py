@@ -1,4 +1,5 @@
-"""Creates deploy/aws/muster.yaml as stack NAME in moto (argv: TEMPLATE NAME) in a fresh VPC with
+"""Creates deploy/aws/muster.yaml as stack NAME in moto (argv: TEMPLATE NAME [KEY=VALUE...], the
+pairs being further stack parameters) in a fresh VPC with
 two subnets, after the cookie parameter it reads; prints as JSON the stack's status and outputs,
 the node role's policy documents as created, the load balancer listener's default actions and
 rules, and the load balancer security group's ingress rules."""
@@ -10,6 +11,7 @@ import time
 import boto3
 
 template, name = sys.argv[1], sys.argv[2]
+extra = [dict(zip(("ParameterKey", "ParameterValue"), kv.split("=", 1))) for kv in sys.argv[3:]]
 ec2 = boto3.client("ec2")
 cfn = boto3.client("cloudformation")
 ssm = boto3.client("ssm")
@@ -28,7 +30,8 @@ cfn.create_stack(
         {"ParameterKey": "VpcId", "ParameterValue": vpc},
         {"ParameterKey": "SubnetIds", "ParameterValue": ",".join(subnets)},
         {"ParameterKey": "ImageId", "ParameterValue": image},
-    ],
+    ]
+    + extra,
 )
 for _ in range(300):
     stack = cfn.describe_stacks(StackName=name)["Stacks"][0]

@@ -15,6 +15,9 @@ use muster_backend_aws::AwsBackend;
 use muster_tests::aws::{FakeImds, FaultProxy, Moto, Setup, python, venv_bin};
 use muster_tests::{node_exe, text};
 
+/// The binary's S3 object the stack test passes as MusterS3Object.
+const S3_OBJECT: &str = "muster-builds/prod/muster";
+
 fn template() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/aws/muster.yaml")
 }
@@ -67,8 +70,10 @@ async fn the_stack_is_created_in_moto_and_the_backend_finds_its_group() {
     let out = python(
         &moto.url,
         &format!(
-            "import runpy, sys; sys.argv = ['aws_stack.py', {:?}, 'prod']; runpy.run_path({:?})",
+            "import runpy, sys; sys.argv = ['aws_stack.py', {:?}, 'prod', 'MusterS3Object={S3_OBJECT}', \
+             'MusterSha256={}']; runpy.run_path({:?})",
             template().display().to_string(),
+            "0".repeat(64),
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("src/aws_stack.py")
                 .display()
@@ -130,10 +135,11 @@ async fn the_stack_is_created_in_moto_and_the_backend_finds_its_group() {
         called.is_subset(&granted),
         "called {called:?}, granted {granted:?}"
     );
-    let cookie_read = BTreeSet::from(["ssm:GetParameter".to_string()]);
+    // The user data's own calls at boot: the cookie, and the binary from S3.
+    let boot_reads = BTreeSet::from(["ssm:GetParameter".to_string(), "s3:GetObject".to_string()]);
     let unused: Vec<&String> = granted
         .iter()
-        .filter(|a| !called.contains(*a) && !cookie_read.contains(*a))
+        .filter(|a| !called.contains(*a) && !boot_reads.contains(*a))
         .collect();
     assert!(unused.is_empty(), "granted but never called: {unused:?}");
     // The SSM actions on exactly two parameters: the cluster id (read and created) and the
@@ -162,6 +168,16 @@ async fn the_stack_is_created_in_moto_and_the_backend_finds_its_group() {
     ];
     want.sort();
     assert_eq!(on_ssm, want);
+    // The binary in S3: that one object, read only.
+    let on_s3: Vec<(String, String)> = allow
+        .iter()
+        .filter(|s| strings(&s["Action"]).iter().any(|a| a.starts_with("s3:")))
+        .map(|s| (strings(&s["Action"]).join(","), strings(&s["Resource"]).join(",")))
+        .collect();
+    assert_eq!(
+        on_s3,
+        vec![("s3:GetObject".to_string(), format!("arn:aws:s3:::{S3_OBJECT}"))]
+    );
     // Overwriting the cluster id is denied outright.
     let deny = statements(&stack, "Deny");
     assert!(
@@ -202,6 +218,14 @@ async fn the_stack_is_created_in_moto_and_the_backend_finds_its_group() {
             .as_str()
             .is_some_and(|g| ingress[0]["UserIdGroupPairs"][0]["GroupId"] == g),
         "{ingress:?}"
+    );
+    // The README's describe-target-health reads the target group from the outputs.
+    assert!(
+        stack["outputs"]["TargetGroupArn"]
+            .as_str()
+            .is_some_and(|arn| arn.contains(":targetgroup/")),
+        "{}",
+        stack["outputs"]
     );
 }
 
@@ -282,9 +306,14 @@ fn the_download_is_installed_only_when_its_sha256_matches() {
     // A download needs its checksum: the template refuses the URL without it.
     assert!(t.contains("RuleCondition: !Not [!Equals [!Ref MusterDownloadUrl, \"\"]]"));
     assert!(t.contains("- Assert: !Not [!Equals [!Ref MusterSha256, \"\"]]"));
+    assert!(t.contains("RuleCondition: !Not [!Equals [!Ref MusterS3Object, \"\"]]"));
     assert!(t.contains(
-        "if [ -n \"${Url}\" ]; then fetch_muster \"${Url}\" \"${Sha256}\" /usr/local/bin/muster; fi"
+        "if [ -n \"${S3}\" ]; then fetch_muster \"s3://${S3}\" \"${Sha256}\" /usr/local/bin/muster"
     ));
+    assert!(t.contains(
+        "elif [ -n \"${Url}\" ]; then fetch_muster \"${Url}\" \"${Sha256}\" /usr/local/bin/muster; fi"
+    ));
+    assert!(t.contains("s3://*) aws s3 cp --only-show-errors \"$1\" \"$tmp\""));
     // The user data's function, run with a file:// URL.
     let start = t.find("              fetch_muster() {\n").expect("fetch_muster");
     let end = start + t[start..].find("\n              }\n").unwrap() + "\n              }".len();
