@@ -125,6 +125,43 @@ pub fn compiled_backends() -> Vec<&'static str> {
     v
 }
 
+/// Checks the keys of every backend table in `config`, the selected backend's and the others':
+/// a typo in `[cluster_formation.dns]` is named even while the classic backend runs, so that a
+/// later switch of backend does not meet it first. Returns the tables this build cannot check
+/// (their backend is not compiled in), for the caller to mention.
+pub fn check_backend_tables(config: &FormationConfig) -> Result<Vec<&'static str>, ConfigError> {
+    let mut unchecked = Vec::new();
+    let tables: [(&'static str, &str, bool); 6] = [
+        ("classic", "classic_config", config.classic_config.is_some()),
+        ("dns", "dns", config.dns.is_some()),
+        ("k8s", "k8s", config.k8s.is_some()),
+        ("aws", "aws", config.aws.is_some()),
+        ("consul", "consul", config.consul.is_some()),
+        ("etcd", "etcd", config.etcd.is_some()),
+    ];
+    for (backend, table, present) in tables {
+        if !present {
+            continue;
+        }
+        match backend {
+            #[cfg(feature = "classic")]
+            "classic" => drop(config.backend_settings::<classic::ClassicSettings>(table)?),
+            #[cfg(feature = "dns")]
+            "dns" => drop(config.backend_settings::<dns::DnsSettings>(table)?),
+            #[cfg(feature = "k8s")]
+            "k8s" => drop(config.backend_settings::<k8s::settings::K8sSettings>(table)?),
+            #[cfg(feature = "aws")]
+            "aws" => drop(config.backend_settings::<aws::settings::AwsSettings>(table)?),
+            #[cfg(feature = "consul")]
+            "consul" => drop(config.backend_settings::<consul::settings::ConsulSettings>(table)?),
+            #[cfg(feature = "etcd")]
+            "etcd" => drop(config.backend_settings::<etcd::EtcdSettings>(table)?),
+            other => unchecked.push(other),
+        }
+    }
+    Ok(unchecked)
+}
+
 /// Maps RabbitMQ's aliases (`classic_config`, `config`, `kubernetes`) to Muster's names.
 fn canonical(name: &str) -> Option<&'static str> {
     let lower = name.trim().to_ascii_lowercase();

@@ -91,6 +91,9 @@ pub struct Resolved {
     pub data_dir: PathBuf,
     /// The HTTP listen address.
     pub http: Option<SocketAddr>,
+    /// Backend tables present whose backend this build does not have, so their keys went
+    /// unchecked (see `muster::check_backend_tables`).
+    pub unchecked_tables: Vec<&'static str>,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -214,6 +217,7 @@ impl NodeConfig {
 
     fn resolve(self) -> Result<Resolved, ConfigError> {
         self.cluster_formation.validate()?;
+        let unchecked_tables = muster::check_backend_tables(&self.cluster_formation)?;
         let name = self.node.name.clone().ok_or_else(|| {
             ConfigError::new(
                 Some("node.name".into()),
@@ -267,6 +271,7 @@ impl NodeConfig {
             listen,
             data_dir,
             http,
+            unchecked_tables,
         })
     }
 }

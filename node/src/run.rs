@@ -50,6 +50,12 @@ pub enum PreflightError {
 /// Runs a node until it is stopped (`ctl stop`, SIGTERM, SIGINT) or formation fails.
 pub async fn run(cfg: Resolved) -> Result<(), String> {
     let (cookie, tls) = preflight(&cfg).map_err(|e| format!("refusing to start: {e}"))?;
+    for backend in &cfg.unchecked_tables {
+        tracing::warn!(
+            node = %cfg.name,
+            "[cluster_formation.{backend}] is not checked: the {backend} backend is not compiled into this binary"
+        );
+    }
     // The channel's key is slow to derive by design: derived beside the rest of the boot, and
     // awaited before this node calls anyone (peers that call first wait for it in their
     // handshake, rather than find the port closed).

@@ -50,6 +50,19 @@ fn config_check_prints_effective_settings_and_names_bad_keys() {
     );
     assert!(stderr.contains("did you mean `probe_timeout`?"), "{stderr}");
 
+    // A typo in the table of a backend that is not selected is named too.
+    let other = c.dir.join("other-table.toml");
+    let text_in =
+        std::fs::read_to_string(&c.nodes[0].config).unwrap() + "\n[cluster_formation.dns]\nhostnme = \"x\"\n";
+    std::fs::write(&other, text_in).unwrap();
+    let out = muster(&["config", "check", other.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cluster_formation.dns.hostnme") && stderr.contains("hostname"),
+        "{stderr}"
+    );
+
     // What start refuses, check refuses too, in one line naming the file or key.
     let config = c.nodes[0].config.clone();
     let refused = |why: &str| {
