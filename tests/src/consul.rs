@@ -236,11 +236,17 @@ impl State {
     }
 
     fn session_json(&self, id: &str, s: &Session) -> Value {
-        // As Consul 1.8 shows a session created with the legacy `Checks`: those, and the node's
-        // serfHealth added as a node check (always passing here).
-        json!({"ID": id, "TTL": s.ttl.map(|t| format!("{}s", t.as_secs())).unwrap_or_default(),
-               "LockDelay": s.lock_delay.as_nanos() as u64, "Checks": s.checks,
-               "NodeChecks": ["serfHealth"], "ServiceChecks": null})
+        // As Consul 1.8 shows a session: created with a legacy `Checks` list, those and the
+        // node's serfHealth as a node check (always passing here); with `"Checks": []`, TTL-only
+        // (no node checks).
+        let ttl = s.ttl.map(|t| format!("{}s", t.as_secs())).unwrap_or_default();
+        let mut v = json!({"ID": id, "TTL": ttl, "LockDelay": s.lock_delay.as_nanos() as u64,
+                           "Behavior": "release", "NodeChecks": [], "ServiceChecks": null});
+        if !s.checks.is_empty() {
+            v["Checks"] = json!(s.checks);
+            v["NodeChecks"] = json!(["serfHealth"]);
+        }
+        v
     }
 }
 

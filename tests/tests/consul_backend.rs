@@ -984,6 +984,27 @@ async fn answers_like_consul_1_8(address: &str, who: &str) {
     let s1 = session(r#"{"TTL":"10s","LockDelay":"1500ms","Behavior":"release","Checks":["service:raw:1"]}"#)
         .await;
     let s2 = session(r#"{"TTL":"10s","LockDelay":"0s","Checks":[]}"#).await;
+    let a = call(Method::GET, &format!("/v1/session/info/{s1}"), "").await;
+    let info = a.json()[0].clone();
+    assert_eq!(
+        info["Checks"],
+        serde_json::json!(["service:raw:1"]),
+        "{who}: {info}"
+    );
+    assert_eq!(
+        info["NodeChecks"],
+        serde_json::json!(["serfHealth"]),
+        "{who}: {info}"
+    );
+    assert_eq!(info["LockDelay"], 1_500_000_000u64, "{who}: {info}");
+    let a = call(Method::GET, &format!("/v1/session/info/{s2}"), "").await;
+    let info = a.json()[0].clone();
+    assert_eq!(
+        info["NodeChecks"],
+        serde_json::json!([]),
+        "{who}: TTL-only {info}"
+    );
+    assert_eq!(info["TTL"], "10s", "{who}: {info}");
     // KV: a missing key, acquire, a blocking read woken by the release.
     let a = call(Method::GET, "/v1/kv/raw/lock?consistent", "").await;
     assert!(
