@@ -1,5 +1,7 @@
-//! A faithful in-process fake of the Consul agent's HTTP API (no real agent can be installed on
-//! these machines; see `shared/reference/consul-api.md` §1), for the Consul backend's tests.
+//! A faithful in-process fake of the Consul agent's HTTP API, for what a real dev agent
+//! (`crate::consul_agent`) cannot show in a test: Consul 1.11+ answers, a client agent restart
+//! that keeps KV, injected faults, leader loss, ACL denials, TLS and scaled time. The tests
+//! check its answers against a real Consul 1.8.7 agent's.
 //!
 //! What it does like Consul:
 //! - case-insensitive JSON bodies; plain-text errors; `true`/`false` bodies for KV and session
@@ -234,8 +236,17 @@ impl State {
     }
 
     fn session_json(&self, id: &str, s: &Session) -> Value {
-        json!({"ID": id, "TTL": s.ttl.map(|t| format!("{}s", t.as_secs())).unwrap_or_default(),
-               "LockDelay": s.lock_delay.as_nanos() as u64, "NodeChecks": [], "ServiceChecks": s.checks})
+        // As Consul 1.8 shows a session: created with a legacy `Checks` list, those and the
+        // node's serfHealth as a node check (always passing here); with `"Checks": []`, TTL-only
+        // (no node checks).
+        let ttl = s.ttl.map(|t| format!("{}s", t.as_secs())).unwrap_or_default();
+        let mut v = json!({"ID": id, "TTL": ttl, "LockDelay": s.lock_delay.as_nanos() as u64,
+                           "Behavior": "release", "NodeChecks": [], "ServiceChecks": null});
+        if !s.checks.is_empty() {
+            v["Checks"] = json!(s.checks);
+            v["NodeChecks"] = json!(["serfHealth"]);
+        }
+        v
     }
 }
 
@@ -494,14 +505,32 @@ fn route(
                 None => text(404, format!("unknown service ID: {id}")),
             }
         }
-        ("PUT", p) if p.starts_with("/v1/agent/check/pass/") => {
-            let id = tail("/v1/agent/check/pass/").unwrap_or_default();
+        ("PUT", p)
+            if ["pass/", "warn/", "fail/"]
+                .iter()
+                .any(|v| p.starts_with(&format!("/v1/agent/check/{v}"))) =>
+        {
+            let (verb, id) = p
+                .trim_start_matches("/v1/agent/check/")
+                .split_once('/')
+                .map(|(v, i)| (v.to_string(), i.to_string()))
+                .unwrap_or_default();
+            let status = match verb.as_str() {
+                "pass" => "passing",
+                "warn" => "warning",
+                _ => "critical",
+            };
             match s.checks.get_mut(&id) {
                 Some(c) => {
+                    // An update of any status resets the TTL timer.
                     c.last_pass = Instant::now();
-                    let changed = c.status != "passing";
-                    c.status = "passing".into();
-                    c.critical_since = None;
+                    let changed = c.status != status;
+                    if changed && status == "critical" {
+                        c.critical_since = Some(Instant::now());
+                    } else if status != "critical" {
+                        c.critical_since = None;
+                    }
+                    c.status = status.into();
                     if changed {
                         s.bump();
                     }
@@ -534,19 +563,23 @@ fn route(
                 if tag.is_some_and(|t| !tags.contains(t)) {
                     continue;
                 }
-                let checks: Vec<Value> = s
-                    .checks
-                    .iter()
-                    .filter(|(_, c)| c.service_id == svc.id)
-                    .map(|(id, c)| json!({"CheckID": id, "Status": c.status, "ServiceID": svc.id, "Type": "ttl"}))
-                    .collect();
+                // The node's own serfHealth comes first, as on a real agent: `passing` filters on
+                // every check of the row, the node's included.
+                let checks: Vec<Value> = std::iter::once(
+                    json!({"CheckID": "serfHealth", "Status": "passing", "ServiceID": "", "Type": ""}),
+                )
+                .chain(s.checks.iter().filter(|(_, c)| c.service_id == svc.id).map(
+                    |(id, c)| json!({"CheckID": id, "Status": c.status, "ServiceID": svc.id, "Type": "ttl"}),
+                ))
+                .collect();
                 if passing && checks.iter().any(|c| c["Status"] != "passing") {
                     continue;
                 }
                 rows.push(json!({
                     "Node": {"Node": "fake-agent", "Address": "127.0.0.1"},
-                    "Service": {"ID": svc.id, "Service": name, "Tags": tags, "Address": field(&svc.body, "Address"),
-                                "Port": field(&svc.body, "Port"), "Meta": field(&svc.body, "Meta"),
+                    "Service": {"ID": svc.id, "Service": name, "Tags": tags,
+                                "Address": field(&svc.body, "Address").as_str().unwrap_or(""),
+                                "Port": field(&svc.body, "Port").as_u64().unwrap_or(0), "Meta": field(&svc.body, "Meta"),
                                 "CreateIndex": svc.create_index, "ModifyIndex": svc.modify_index},
                     "Checks": checks,
                 }));
@@ -739,7 +772,7 @@ fn tick(ctx: &Ctx) {
     let now = Instant::now();
     let mut changed = false;
     for c in s.checks.values_mut() {
-        if c.status == "passing" && now.duration_since(c.last_pass) > ctx.real(c.ttl) {
+        if c.status != "critical" && now.duration_since(c.last_pass) > ctx.real(c.ttl) {
             c.status = "critical".into();
             c.critical_since = Some(now);
             changed = true;

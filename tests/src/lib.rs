@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 pub mod aws;
 pub mod certs;
 pub mod consul;
+pub mod consul_agent;
 pub mod dns;
 pub mod etcd;
 pub mod faults;

@@ -1,23 +1,26 @@
-//! End to end with the Consul backend: real `muster` processes against the fake agent.
+//! End to end with the Consul backend: real `muster` processes against a real Consul dev agent
+//! (`muster_tests::consul_agent`, Consul 1.8.7 unless `MUSTER_CONSUL_BIN` names another), and
+//! against the fake where only it can answer 500 `No cluster leader` for a while.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use muster_node::launch::Layout;
 use muster_tests::consul::FakeConsul;
+use muster_tests::consul_agent::ConsulAgent;
 use muster_tests::{cluster_ids, cluster_status, eventually, local_cluster_of, node_exe};
 
 const FORM: Duration = Duration::from_secs(30);
+const CLEANUP: &str = "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n";
 
-fn layout(fake: &FakeConsul, nodes: usize, cluster: &str, extra: &str) -> Layout {
+fn layout(address: &str, nodes: usize, cluster: &str, extra: &str) -> Layout {
     Layout {
         nodes,
         backend: Some((
             "consul".into(),
             format!(
-                "[cluster_formation.consul]\naddress = \"{}\"\ncluster_name = \"{cluster}\"\ncheck_ttl = \"2s\"\n\
-                 lock_ttl = \"10s\"\nrequest_timeout = \"1s\"\nlock_timeout = \"5s\"\n",
-                fake.address
+                "[cluster_formation.consul]\naddress = \"{address}\"\ncluster_name = \"{cluster}\"\ncheck_ttl = \"2s\"\n\
+                 lock_ttl = \"10s\"\nrequest_timeout = \"1s\"\nlock_timeout = \"5s\"\n"
             ),
         )),
         formation:
@@ -29,20 +32,28 @@ fn layout(fake: &FakeConsul, nodes: usize, cluster: &str, extra: &str) -> Layout
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_started_at_once_form_one_cluster_ten_times() {
-    let fake = FakeConsul::start(1.0).await;
+    let agent = ConsulAgent::start().await;
     for round in 1..=10 {
-        let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout(&fake, 5, &format!("round{round}"), ""));
+        let (_dir, mut c) = local_cluster_of(
+            &node_exe!(),
+            &layout(&agent.addr(), 5, &format!("round{round}"), ""),
+        );
         c.start_all().unwrap();
         if let Err(e) = c.wait_members(&[0, 1, 2, 3, 4], 5, FORM).await {
-            panic!("round {round}: {e}\n{}", c.log_tail(0, 30));
+            panic!(
+                "round {round}: {e}\n{}\nagent:\n{}",
+                c.log_tail(0, 30),
+                agent.log_tail(20)
+            );
         }
         assert_eq!(
             cluster_ids(&c, &[0, 1, 2, 3, 4]).len(),
             1,
             "round {round}: one cluster"
         );
-        let (_, recorded) = fake
+        let (_, recorded) = agent
             .key(&format!("muster/round{round}/cluster-id"))
+            .await
             .expect("the id is recorded");
         assert_eq!(BTreeSet::from([recorded]), cluster_ids(&c, &[0]), "round {round}");
         c.stop_all(Duration::from_secs(5)).await;
@@ -51,8 +62,8 @@ async fn five_nodes_started_at_once_form_one_cluster_ten_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_alone_refuses_to_form_a_second_cluster() {
-    let fake = FakeConsul::start(1.0).await;
-    let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout(&fake, 3, "fenced", ""));
+    let agent = ConsulAgent::start().await;
+    let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout(&agent.addr(), 3, "fenced", ""));
     c.start_all().unwrap();
     c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
     c.stop_all(Duration::from_secs(5)).await;
@@ -73,10 +84,10 @@ async fn a_wiped_node_alone_refuses_to_form_a_second_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_forgets_a_killed_node_once_its_check_is_critical_and_never_while_the_agent_is_down() {
+async fn fake_cleanup_forgets_nobody_while_the_agent_answers_500_and_a_killed_node_once_its_check_is_critical()
+ {
     let fake = FakeConsul::start(1.0).await;
-    let cleanup = "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n";
-    let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout(&fake, 3, "clean", cleanup));
+    let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout(&fake.address, 3, "clean", CLEANUP));
     c.start_all().unwrap();
     c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
     // The agent is down (every call fails): nobody is forgotten, even a killed node.
@@ -98,5 +109,45 @@ async fn cleanup_forgets_a_killed_node_once_its_check_is_critical_and_never_whil
         t.elapsed() >= Duration::from_secs(1),
         "not before its check went critical: {:?}",
         t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_forgets_a_killed_node_once_its_check_is_critical_and_nobody_while_the_agent_is_down() {
+    let mut agent = ConsulAgent::start().await;
+    let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout(&agent.addr(), 3, "clean", CLEANUP));
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    // Node 3 is killed: its check goes critical at its 2 s TTL, it leaves the listing, and after
+    // two absent rounds it is forgotten.
+    let t = Instant::now();
+    c.kill(2).unwrap();
+    c.wait_members(&[0, 1], 2, FORM)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(0, 30)));
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "not before its check went critical: {:?}",
+        t.elapsed()
+    );
+    // The agent is down (every call is refused) and node 2 is killed: nobody is forgotten.
+    agent.stop();
+    c.kill(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let members = cluster_status(&c, 0)["members"].as_array().unwrap().len();
+    assert_eq!(members, 2, "node 1 forgot nobody while the agent was down");
+    // The agent is back, having forgotten everything: node 1 registers again, node 2 cannot,
+    // and is forgotten.
+    agent.restart().await;
+    c.wait_members(&[0], 1, FORM)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\nagent:\n{}", c.log_tail(0, 30), agent.log_tail(20)));
+    assert!(
+        agent
+            .service(&format!("muster:{}", c.nodes[0].name))
+            .await
+            .is_some(),
+        "node 1 re-registered after the agent restart: {:?}",
+        agent.services().await
     );
 }
