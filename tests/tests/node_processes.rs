@@ -114,6 +114,48 @@ async fn a_peer_that_never_returns_fails_the_restart_by_name_and_force_boot_star
     assert_eq!(s["running"].as_array().unwrap().len(), 1, "{s}");
 }
 
+/// After a full stop where no node knows it was the last (all killed at once) and one node never
+/// returns, the others say which node is missing and which may boot first with the command for
+/// it; run on a waiting node, force-boot applies at once and the other joins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_only_some_members_are_missing_the_waiting_ones_name_them_and_the_node_to_force_boot() {
+    let (_dir, mut c) = local_cluster(&layout(3, ""));
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, FORM).await.unwrap();
+    for i in 0..3 {
+        c.kill(i).unwrap();
+    }
+    c.start(1).unwrap();
+    c.start(2).unwrap();
+    let missing = c.nodes[0].name.to_string();
+    let lowest_back = c.nodes[1].name.to_string();
+    let hint = format!("muster ctl --node {lowest_back} force-boot");
+    let said = async || {
+        let log = c.log_since_start(1) + &c.log_since_start(2);
+        log.contains(&format!("missing: {missing}")) && log.contains(&hint)
+    };
+    assert!(
+        muster_tests::eventually(Duration::from_secs(20), said)
+            .await
+            .is_some(),
+        "{}\n{}",
+        c.log_since_start(1),
+        c.log_since_start(2)
+    );
+    // The operator runs what the log says, on the node that waits now.
+    let out = ctl(&c, 1, &["force-boot"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("boots now"), "{}", text(&out).0);
+    c.wait_members(&[1, 2], 3, FORM).await.unwrap();
+    let s = cluster_status(&c, 2);
+    assert_eq!(s["ready"], true, "{s}");
+    assert!(
+        c.log_since_start(1).contains("force-boot is set"),
+        "{}",
+        c.log_since_start(1)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_a_stopped_node_then_reset_and_join_again() {
     let (_dir, mut c) = local_cluster(&layout(3, ""));
