@@ -4,9 +4,10 @@
 //!   its handshake succeeds) live in a small fixed [`Gate`] that does not grow with the
 //!   descriptor limit, with a share per source network (a /24 for IPv4, a /64 for IPv6). A full
 //!   gate admits the newcomer by closing a connection of its network or, when the whole gate is
-//!   full, of the fullest network: the oldest that has sent nothing yet, else the oldest. A flood
-//!   of idle connections, even one reopened as fast as it is closed, only ever displaces itself,
-//!   while a CLI's or a member's handshake and a health probe, which send at once, get in.
+//!   full, of the fullest network: of the address holding the most places there, the oldest that
+//!   has sent nothing yet, else the oldest. A flood of idle connections, even one reopened as fast
+//!   as it is closed, only ever displaces itself, while a CLI's or a member's handshake and a
+//!   health probe, which send at once, get in.
 //! - Authenticated peer connections (members and the CLI) count against [`Limits`], half the
 //!   process's file-descriptor limit, which leaves the rest to the gates and the node's own
 //!   outgoing connections; a connector without the cookie never reaches them.
@@ -96,6 +97,8 @@ struct GateState {
 /// One connection in the gate.
 #[derive(Debug)]
 struct Place {
+    /// Where it came from.
+    source: IpAddr,
     /// Dropped to close the connection.
     _close: oneshot::Sender<()>,
     /// The connection's socket, to see whether it has sent something.
@@ -155,22 +158,35 @@ impl GateState {
     }
 
     /// The connection to close for a newcomer from `group`: in its network when that is full,
-    /// else in the fullest network when the gate is full; the oldest that has not spoken, else
-    /// the oldest.
+    /// else in the fullest network when the gate is full; there, from the address holding the
+    /// most places (a flood's, rather than a lone client's that the flood shares a network
+    /// with), the oldest that has not spoken, else the oldest.
     fn victim(&self, group: IpAddr, per_group: usize, total: usize) -> Option<(IpAddr, u64)> {
-        let oldest = |g: &IpAddr| {
+        let pick = |g: &IpAddr| {
             let places = self.groups.get(g)?;
-            let silent = places.iter().find(|(_, p)| !p.spoke()).map(|(id, _)| *id);
-            silent
-                .or_else(|| places.keys().next().copied())
-                .map(|id| (*g, id))
+            let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
+            for p in places.values() {
+                *per_source.entry(p.source).or_default() += 1;
+            }
+            // The busiest address's places first, then those that have not spoken, then the
+            // oldest.
+            places
+                .iter()
+                .max_by_key(|(id, p)| {
+                    (
+                        per_source.get(&p.source).copied().unwrap_or(0),
+                        !p.spoke(),
+                        std::cmp::Reverse(**id),
+                    )
+                })
+                .map(|(id, _)| (*g, *id))
         };
         if self.groups.get(&group).map_or(0, BTreeMap::len) >= per_group {
-            return oldest(&group);
+            return pick(&group);
         }
         if self.count >= total {
             let fullest = self.groups.iter().max_by_key(|(_, m)| m.len()).map(|(g, _)| *g)?;
-            return oldest(&fullest);
+            return pick(&fullest);
         }
         None
     }
@@ -204,6 +220,7 @@ impl Gate {
         g.groups.entry(group).or_default().insert(
             id,
             Place {
+                source,
                 _close: tx,
                 fd: fd.into(),
                 spoke: false,
@@ -398,6 +415,27 @@ mod tests {
         let alive =
             tokio::time::timeout(Duration::from_millis(50), probe.run(std::future::pending::<()>())).await;
         assert!(alive.is_err(), "the older one that spoke stays");
+    }
+
+    /// A lone client sharing a network with a flood is spared even while it has not spoken yet
+    /// (a starved client between its connect and its first write): the flood's address goes.
+    #[tokio::test]
+    async fn the_busiest_address_of_a_network_loses_its_connections_first() {
+        let gate = Gate::new(8, 4);
+        let (mut flood_1, _) = gate.enter(ip("192.0.2.66"), None);
+        let (mut cli, _) = gate.enter(ip("192.0.2.1"), None);
+        let _flood_2 = gate.enter(ip("192.0.2.66"), None);
+        let _flood_3 = gate.enter(ip("192.0.2.66"), None);
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            let (again, evicted) = gate.enter(ip("192.0.2.66"), None);
+            assert!(evicted.is_some());
+            held.push(again);
+        }
+        assert_eq!(flood_1.run(std::future::pending::<()>()).await, None);
+        let alive =
+            tokio::time::timeout(Duration::from_millis(50), cli.run(std::future::pending::<()>())).await;
+        assert!(alive.is_err(), "the lone client's connection stays");
     }
 
     #[test]
