@@ -1057,11 +1057,6 @@ impl FormationEngine {
         if let Some(e) = self.inconsistency(cluster, &answers) {
             return Err(RestartWait::Refused(e));
         }
-        // The operator's force-boot applies while the node waits, not only at its next start.
-        if self.membership.restart_state().force_boot {
-            info!(node = %self.local, "force-boot is set: restarting in cluster {cluster} without waiting longer");
-            return Ok(None);
-        }
         let mut waiting = Vec::new();
         let mut holders = Vec::new();
         let mut all_present_and_waiting = true;
@@ -1079,6 +1074,12 @@ impl FormationEngine {
                 }
             }
         }
+        // No member runs (one that does was joined above): the operator's force-boot applies
+        // while the node waits, not only at its next start.
+        if self.membership.restart_state().force_boot {
+            info!(node = %self.local, "force-boot is set: restarting in cluster {cluster} without waiting longer");
+            return Ok(None);
+        }
         let lowest = holders.iter().all(|p| **p > self.local);
         if all_present_and_waiting && lowest {
             info!(
@@ -1087,9 +1088,6 @@ impl FormationEngine {
                  data); this node is the lowest holder and boots first"
             );
             return Ok(None);
-        }
-        if waiting.is_empty() {
-            waiting = peers.to_vec();
         }
         Err(RestartWait::Waiting {
             missing: waiting,
@@ -1254,6 +1252,12 @@ enum RestartWait {
 /// only some are missing, also which node may boot first and the command for it.
 fn restart_wait(local: &NodeName, cluster: &ClusterId, missing: &[NodeName], back: &[NodeName]) -> String {
     let names = |nodes: &[NodeName]| nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    if missing.is_empty() {
+        let lowest = back.iter().chain(std::iter::once(local)).min().unwrap_or(local);
+        return format!(
+            "every member of cluster {cluster} is back and waiting; the lowest, {lowest}, boots first"
+        );
+    }
     let mut what = format!(
         "waiting for a running member of cluster {cluster}; missing: {}",
         names(missing)

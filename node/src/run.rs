@@ -57,8 +57,7 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
         );
     }
     // The channel's key is slow to derive by design: derived beside the rest of the boot, and
-    // awaited before this node calls anyone (peers that call first wait for it in their
-    // handshake, rather than find the port closed).
+    // awaited before this node serves or calls anyone.
     let key = {
         let (cookie, name) = (cookie.clone(), cfg.file.node.cluster_name.clone());
         tokio::task::spawn_blocking(move || cookie.key(&name))
@@ -92,10 +91,12 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
     let engine = FormationEngine::new(cf.clone(), backend.clone(), membership.clone());
     node.set_formation(engine.status(), backend.clone());
     node.set_trigger(engine.trigger());
-    tokio::spawn(crate::server::serve(listener, node.clone()));
+    // The key before the first handshake: the listener is bound, so peers that call meanwhile
+    // wait in its backlog (a handshake must never wait for it on a runtime thread).
     key.await
         .map_err(|e| format!("refusing to start: the key derivation failed: {e}"))?
         .map_err(|e| format!("refusing to start: {e}"))?;
+    tokio::spawn(crate::server::serve(listener, node.clone()));
     tokio::spawn(node.clone().anti_entropy(cfg.file.node.sync_interval));
     info!(
         node = %cfg.name,

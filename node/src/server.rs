@@ -204,6 +204,16 @@ pub fn handler(node: Weak<Node>) -> Handler {
     })
 }
 
+/// Whether state pushed by `peer` may be merged: it is a current member, or a node this state
+/// has no entry for (not a forgotten one) that the pushed state lists as a member.
+fn accepts_state_from(
+    ours: &crate::state::ClusterState,
+    peer: &NodeName,
+    pushed: &crate::state::ClusterState,
+) -> bool {
+    ours.is_member(peer) || (!ours.members.contains_key(peer) && pushed.is_member(peer))
+}
+
 fn done(r: Result<(), impl std::fmt::Display>) -> Response {
     match r {
         Ok(()) => Response::Ok,
@@ -262,14 +272,18 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
                 message: format!("join for {joiner} refused: a node joins over its own connection"),
             },
         },
-        // State is merged only from a member of this node's membership (not a forgotten one: it
-        // could push itself back; a joiner this node has not heard of yet is learned from the
-        // member that accepted it).
+        // State is merged from a current member, or from a node this one has no entry for that
+        // the pushed state lists (a joiner whose accepting member has not pushed it here yet);
+        // never from a forgotten node, which could push itself back: that one is answered with
+        // this node's state, so that it learns it was removed.
         Request::Sync { state } => match peer {
-            Some(p) if node.state().is_member(p) => {
+            Some(p) if accepts_state_from(&node.state(), p, &state) => {
                 // Only a member that runs pushes its state.
                 node.peer_running(p);
                 node.accept_sync(&state)
+            }
+            Some(p) if node.state().members.get(p).is_some_and(|m| m.removed) => {
+                Response::State { state: node.state() }
             }
             Some(p) => Response::Error {
                 message: format!("sync refused: {p} is not a member of this cluster"),

@@ -384,3 +384,36 @@ async fn a_name_is_held_by_one_address_and_calls_never_go_to_a_claimer() {
         "a's call to b was answered by the claimer: {r:?}"
     );
 }
+
+/// State pushes: a forgotten member is answered with the state that records its removal (never
+/// merged, it could push itself back); a joiner this node has not heard of yet is merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_member_learns_its_removal_and_an_unknown_joiner_is_merged() {
+    let (la, a) = listener("a").await;
+    let b = unreachable("b").await;
+    let j = unreachable("j").await;
+    let mut p = persisted("x", &[&a, &b]);
+    p.state.remove(&b);
+    let node_a = running(la, &a, &p).await;
+    // b still believes it is a member and pushes its state.
+    let b_view = persisted("x", &[&a, &b]).state;
+    let answer = crate::server::dispatch(
+        &node_a,
+        Request::Sync {
+            state: b_view.clone(),
+        },
+        Some(&b),
+    )
+    .await;
+    let Response::State { state } = &answer else {
+        panic!("a forgotten member is told, not refused: {answer:?}");
+    };
+    assert!(state.members.get(&b).is_some_and(|m| m.removed), "{state:?}");
+    assert!(!node_a.state().is_member(&b), "its push was not merged");
+    // j joined through another member; its push reaches a first.
+    let mut j_view = persisted("x", &[&a]).state;
+    j_view.add(&j, 5).unwrap();
+    let answer = crate::server::dispatch(&node_a, Request::Sync { state: j_view }, Some(&j)).await;
+    assert!(matches!(answer, Response::State { .. }), "{answer:?}");
+    assert!(node_a.state().is_member(&j), "the joiner is merged");
+}
