@@ -179,6 +179,13 @@ fn done_message(cmd: &CtlCommand, node: &NodeName) -> String {
 /// Runs a `ctl` command; `Ok(code)` is the exit code, `Err` one line for stderr.
 pub async fn run(args: CtlArgs) -> Result<i32, String> {
     if let CtlCommand::ForceBoot { data_dir: Some(dir) } = &args.command {
+        // A typo must not create a directory and report success: the node's data dir exists.
+        if !dir.is_dir() {
+            return Err(format!(
+                "{} is not a node's data dir (no such directory); give the data_dir of the node's config",
+                dir.display()
+            ));
+        }
         let store = Store::unlocked(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
         store
             .set_force_boot(true)

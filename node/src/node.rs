@@ -545,6 +545,16 @@ impl Node {
         status
     }
 
+    /// Clears a force-boot marker once the node is in a cluster by forming or joining: it was
+    /// meant for a restart, and left behind it would skip the wait at some later restart.
+    fn clear_force_boot(&self) {
+        if self.store.force_boot()
+            && let Err(e) = self.store.set_force_boot(false)
+        {
+            warn!(node = %self.name, "could not clear the force-boot marker: {e}");
+        }
+    }
+
     /// Records what an operator's reset or join-cluster made of this node, for status and
     /// readiness to say instead of the engine's last words.
     pub fn set_operator_status(&self, detail: String, outcome: Option<muster::FormationOutcome>) {
@@ -1249,6 +1259,8 @@ impl Membership for NodeMembership {
         n.save(&next)?;
         g.p = next;
         g.ready = true;
+        drop(g);
+        n.clear_force_boot();
         Ok(())
     }
 
@@ -1305,6 +1317,7 @@ impl Membership for NodeMembership {
             g.ready = true;
         }
         n.metrics.joins.inc();
+        n.clear_force_boot();
         // No push from here: the member that accepted the join pushes the new membership to
         // every member (coalesced), and anti-entropy repairs a lost push.
         Ok(())
@@ -1338,7 +1351,7 @@ impl Membership for NodeMembership {
                 let mut g = n.lock();
                 if g.p
                     .state
-                    .merge(&theirs)
+                    .merge_from_peer(&theirs, now_ms())
                     .map_err(|e| MembershipError::Refused(peer.clone(), e.to_string()))?
                 {
                     n.save(&g.p)?;

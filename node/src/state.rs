@@ -139,6 +139,17 @@ impl ClusterState {
         }
         let mut plausible = other.clone();
         plausible.members.retain(|_, m| m.incarnation <= limit);
+        let ignored: Vec<String> = other
+            .members
+            .iter()
+            .filter(|(_, m)| m.incarnation > limit)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        tracing::warn!(
+            "ignored the entries of {} from a peer: their incarnations are more than an hour ahead of \
+             this node's clock (a clock set wrong on this node or on the member that assigned them?)",
+            ignored.join(", ")
+        );
         self.merge(&plausible)
     }
 
