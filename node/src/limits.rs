@@ -168,18 +168,18 @@ impl GateState {
             for p in places.values() {
                 *per_source.entry(p.source).or_default() += 1;
             }
-            // The busiest address's places first, then those that have not spoken, then the
-            // oldest.
-            places
-                .iter()
-                .max_by_key(|(id, p)| {
-                    (
-                        per_source.get(&p.source).copied().unwrap_or(0),
-                        !p.spoke(),
-                        std::cmp::Reverse(**id),
-                    )
-                })
-                .map(|(id, _)| (*g, *id))
+            let most = per_source.values().copied().max()?;
+            // The busiest addresses' places, oldest first: the first that has not spoken (the
+            // check reads the socket, so it stops at the first), else the oldest.
+            let busiest = || {
+                places
+                    .iter()
+                    .filter(|(_, p)| per_source.get(&p.source) == Some(&most))
+            };
+            let silent = busiest().find(|(_, p)| !p.spoke()).map(|(id, _)| *id);
+            silent
+                .or_else(|| busiest().next().map(|(id, _)| *id))
+                .map(|id| (*g, id))
         };
         if self.groups.get(&group).map_or(0, BTreeMap::len) >= per_group {
             return pick(&group);

@@ -25,9 +25,11 @@ async fn flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_connections_on_each_port_leave_the_node_forming_and_answering() {
+    // Node 1 waits for the others through the whole flood, however long opening it takes.
     let layout = Layout {
         nodes: 3,
         http: true,
+        formation: "on_exhausted = \"wait\"".into(),
         ..Layout::default()
     };
     let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout);
