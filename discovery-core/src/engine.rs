@@ -1263,9 +1263,9 @@ fn restart_wait(local: &NodeName, cluster: &ClusterId, missing: &[NodeName], bac
         names(missing)
     );
     if !back.is_empty() {
-        // Every node that is back holds the same cluster and none runs, so none has membership
-        // the others lack from after the full stop: the lowest may boot first, and the missing
-        // ones rejoin it when they come back.
+        // Every node that is back holds the same cluster and none runs, so booting the lowest
+        // forms no second cluster; the others, and the missing ones when they come back, join
+        // it. As with any force-boot, changes only the missing nodes saw are lost.
         let lowest = back.iter().chain(std::iter::once(local)).min().unwrap_or(local);
         let who = if lowest == local {
             "this node".to_string()
