@@ -16,9 +16,57 @@ pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStre
     socket.connect(to).await
 }
 
+/// Six loopback addresses of one /24 network, where a local node's CLI (127.0.0.1) is too.
+pub const SIX_SOURCES: &[&str] = &[
+    "127.0.0.2",
+    "127.0.0.3",
+    "127.0.0.4",
+    "127.0.0.5",
+    "127.0.0.6",
+    "127.0.0.7",
+];
+
+/// Idle connections held open to some ports from [`SIX_SOURCES`], each reopened as soon as the
+/// node closes it; the flood ends when this is dropped.
+pub struct IdleFlood {
+    stop: Arc<AtomicBool>,
+    reopened: Arc<AtomicU64>,
+}
+
+impl IdleFlood {
+    /// `per_port` idle connections to each of `ports`.
+    pub fn start(ports: &[SocketAddr], per_port: usize) -> IdleFlood {
+        let flood = IdleFlood {
+            stop: Arc::new(AtomicBool::new(false)),
+            reopened: Arc::new(AtomicU64::new(0)),
+        };
+        for port in ports {
+            idle_flood(
+                *port,
+                SIX_SOURCES,
+                per_port,
+                flood.stop.clone(),
+                flood.reopened.clone(),
+            );
+        }
+        flood
+    }
+
+    /// How many connections were reopened after the node closed them.
+    pub fn reopened(&self) -> u64 {
+        self.reopened.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for IdleFlood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Keeps `n` idle connections from `sources` open to `to`, reopening each as it is closed,
 /// until `stop`; counts the reopenings.
-pub fn idle_flood(
+fn idle_flood(
     to: SocketAddr,
     sources: &'static [&'static str],
     n: usize,

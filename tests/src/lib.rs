@@ -33,6 +33,16 @@ pub fn local_cluster_of(exe: &Path, layout: &Layout) -> (tempfile::TempDir, Loca
     (dir, cluster)
 }
 
+/// Where node `i` of `cluster` listens for peers: its listen address, else its name's host and
+/// port (a local node's name carries an IP).
+pub fn peer_socket(cluster: &LocalCluster, i: usize) -> std::net::SocketAddr {
+    cluster.nodes[i].listen.unwrap_or_else(|| {
+        muster_node::config::peer_address(&cluster.nodes[i].name)
+            .parse()
+            .expect("a local node's name carries an IP and a port")
+    })
+}
+
 /// Rewrites node `i`'s classic list to the nodes `keep` (indices); takes effect at its next start.
 pub fn relist(cluster: &LocalCluster, i: usize, keep: &[usize]) {
     let list = keep

@@ -34,14 +34,7 @@ async fn five_thousand_connections_on_each_port_leave_the_node_forming_and_answe
     };
     let (_dir, mut c) = local_cluster_of(&node_exe!(), &layout);
     c.start(0).unwrap();
-    let peer: SocketAddr = c.nodes[0]
-        .name
-        .to_string()
-        .split_once('@')
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let peer = muster_tests::peer_socket(&c, 0);
     let http = c.nodes[0].http.unwrap();
     let up = Instant::now();
     while !ctl(&c, 0, &["ping"]).status.success() {

@@ -313,16 +313,6 @@ async fn a_flood_of_wrong_cookies_logs_a_few_counted_warnings() {
 /// `ctl ping`, `/health/live` and a new member's join still work every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_flood_reopened_as_dropped_locks_out_neither_the_cli_nor_probes_nor_a_join() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    const SOURCES: &[&str] = &[
-        "127.0.0.2",
-        "127.0.0.3",
-        "127.0.0.4",
-        "127.0.0.5",
-        "127.0.0.6",
-        "127.0.0.7",
-    ];
     let layout = Layout {
         nodes: 2,
         http: true,
@@ -332,14 +322,8 @@ async fn an_idle_flood_reopened_as_dropped_locks_out_neither_the_cli_nor_probes_
     relist(&c, 0, &[0]);
     c.start(0).unwrap();
     c.wait_members(&[0], 1, FORM).await.unwrap();
-    let peer: std::net::SocketAddr = muster_node::config::peer_address(&c.nodes[0].name)
-        .parse()
-        .unwrap();
     let http = c.nodes[0].http.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let reopened = Arc::new(AtomicU64::new(0));
-    muster_tests::flood::idle_flood(peer, SOURCES, 384, stop.clone(), reopened.clone());
-    muster_tests::flood::idle_flood(http, SOURCES, 384, stop.clone(), reopened.clone());
+    let flood = muster_tests::flood::IdleFlood::start(&[muster_tests::peer_socket(&c, 0), http], 384);
     tokio::time::sleep(Duration::from_secs(1)).await;
     for round in 1..=5 {
         let out = tokio::task::block_in_place(|| ctl(&c, 0, &["ping"]));
@@ -353,10 +337,11 @@ async fn an_idle_flood_reopened_as_dropped_locks_out_neither_the_cli_nor_probes_
     }
     c.start(1).unwrap();
     let joined = c.wait_members(&[0, 1], 2, FORM).await;
-    stop.store(true, Ordering::Relaxed);
+    let reopened = flood.reopened();
+    drop(flood);
     joined.unwrap_or_else(|e| panic!("a new member joins under the flood: {e}\n{}", c.log_tail(0, 20)));
     assert!(
-        reopened.load(Ordering::Relaxed) > 384,
+        reopened > 384,
         "the flood did run: the node kept closing its connections"
     );
     c.stop_all(GRACE).await;

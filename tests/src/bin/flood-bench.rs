@@ -14,9 +14,7 @@
 //!
 //! `cargo run --release -p muster-tests --bin flood-bench`
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -67,21 +65,12 @@ fn hello_and_big_frame() -> Vec<u8> {
     bytes
 }
 
-/// Where node 0 listens for peers: its name's host and port.
-fn peer_addr(c: &LocalCluster) -> SocketAddr {
-    c.nodes[0].listen.unwrap_or_else(|| {
-        muster_node::config::peer_address(&c.nodes[0].name)
-            .parse()
-            .expect("a local node's name carries an IP and a port")
-    })
-}
-
 fn mib(kib: Option<u64>) -> String {
     kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
 async fn memory(c: &LocalCluster, connections: usize) {
-    let target = peer_addr(c);
+    let target = muster_tests::peer_socket(c, 0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = c.rss_kib(0);
     let payload = Arc::new(hello_and_big_frame());
@@ -129,20 +118,8 @@ async fn memory(c: &LocalCluster, connections: usize) {
 }
 
 async fn idle(c: &mut LocalCluster) {
-    const SOURCES: &[&str] = &[
-        "127.0.0.2",
-        "127.0.0.3",
-        "127.0.0.4",
-        "127.0.0.5",
-        "127.0.0.6",
-        "127.0.0.7",
-    ];
-    let stop = Arc::new(AtomicBool::new(false));
-    let reopened = Arc::new(AtomicU64::new(0));
-    let peer = peer_addr(c);
     let http = c.nodes[0].http.expect("an HTTP address");
-    muster_tests::flood::idle_flood(peer, SOURCES, 384, stop.clone(), reopened.clone());
-    muster_tests::flood::idle_flood(http, SOURCES, 384, stop.clone(), reopened.clone());
+    let flood = muster_tests::flood::IdleFlood::start(&[muster_tests::peer_socket(c, 0), http], 384);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut pings = 0;
     let mut lives = 0;
@@ -164,7 +141,8 @@ async fn idle(c: &mut LocalCluster) {
         Err(_) => false,
     };
     let join_time = begun.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    let reopened = flood.reopened();
+    drop(flood);
     for f in &failures {
         println!("a failed `ctl ping` said: {f}");
     }
@@ -177,7 +155,7 @@ async fn idle(c: &mut LocalCluster) {
     println!("|---:|---:|---:|---:|---:|---:|");
     println!(
         "| 384 peer + 384 HTTP | 6 addresses | {} | {pings} of 10 | {lives} of 10 | {} |",
-        reopened.load(Ordering::Relaxed),
+        reopened,
         if joined {
             format!("yes, in {:.2} s", join_time.as_secs_f64())
         } else {
