@@ -344,13 +344,9 @@ async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_
     assert_eq!(other.list().await.unwrap().recorded_cluster, None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_agent_a_blocking_wait_longer_than_the_request_timeout_returns_on_the_release() {
-    let agent = ConsulAgent::start().await;
-    let (a, b) = (
-        backend_at(&agent.addr(), &n(1), "request_timeout = \"1s\""),
-        backend_at(&agent.addr(), &n(2), "request_timeout = \"1s\""),
-    );
+/// `b` waits for the lock `a` holds, longer than its request timeout (1 s), and gets it within a
+/// second of the release: its blocking read returns on the release, not at a poll.
+async fn waiter_is_woken_by_the_release(a: ConsulBackend, b: ConsulBackend) {
     let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
     let waiter = tokio::spawn(async move {
         let t = Instant::now();
@@ -368,6 +364,16 @@ async fn real_agent_a_blocking_wait_longer_than_the_request_timeout_returns_on_t
         "woken by the release, not by a poll: {:?}",
         released.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_a_blocking_wait_longer_than_the_request_timeout_returns_on_the_release() {
+    let agent = ConsulAgent::start().await;
+    let (a, b) = (
+        backend_at(&agent.addr(), &n(1), "request_timeout = \"1s\""),
+        backend_at(&agent.addr(), &n(2), "request_timeout = \"1s\""),
+    );
+    waiter_is_woken_by_the_release(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,22 +759,7 @@ async fn fake_a_blocking_wait_is_one_read_not_a_poll() {
         backend(&fake, &n(1), "request_timeout = \"1s\""),
         backend(&fake, &n(2), "request_timeout = \"1s\""),
     );
-    let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
-    let waiter = tokio::spawn(async move {
-        let t = Instant::now();
-        let g = b.lock(&n(2), Duration::from_secs(10)).await;
-        (g.map(|_| ()), t.elapsed())
-    });
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let released = Instant::now();
-    held.release().await.unwrap();
-    let (got, waited) = waiter.await.unwrap();
-    got.expect("the waiter gets the lock, its blocking read outlasting request_timeout");
-    assert!(waited >= Duration::from_secs(3), "{waited:?}");
-    assert!(
-        released.elapsed() < Duration::from_secs(1),
-        "woken by the release, not by polling"
-    );
+    waiter_is_woken_by_the_release(a, b).await;
     let blocking = fake
         .requests()
         .iter()
