@@ -376,21 +376,12 @@ async fn real_agent_a_blocking_wait_longer_than_the_request_timeout_returns_on_t
     waiter_is_woken_by_the_release(a, b).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_agent_the_registration_carries_every_configured_field() {
-    let agent = ConsulAgent::start().await;
-    let b = backend_at(
-        &agent.addr(),
-        &n(1),
-        "service_address = \"10.1.2.3\"\nservice_port = 5999\nservice_tags = [\"blue\", \"v2\"]\n\
-         service_meta = { zone = \"a\" }\nderegister_critical_after = \"5m\"\ncheck_ttl = \"7s\"\ndatacenter = \"dc1\"",
-    );
-    b.register().await.unwrap();
-    let body = agent
-        .service("muster:m@127.0.0.1:4370")
-        .await
-        .expect("registered under its unique ID");
-    assert_eq!(body["Service"], "muster");
+/// Every registration setting, for the tests that read the registration back.
+const EVERY_FIELD: &str = "service_address = \"10.1.2.3\"\nservice_port = 5999\nservice_tags = [\"blue\", \"v2\"]\n\
+                           service_meta = { zone = \"a\" }\nderegister_critical_after = \"5m\"\ncheck_ttl = \"7s\"";
+
+/// A registered service as the agent stores it carries the fields of [`EVERY_FIELD`].
+fn assert_configured_fields(body: &serde_json::Value) {
     assert_eq!(body["Address"], "10.1.2.3");
     assert_eq!(body["Port"], 5999);
     assert_eq!(
@@ -400,6 +391,23 @@ async fn real_agent_the_registration_carries_every_configured_field() {
     );
     assert_eq!(body["Meta"]["zone"], "a");
     assert_eq!(body["Meta"]["muster-node"], "m@127.0.0.1:4370");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_the_registration_carries_every_configured_field() {
+    let agent = ConsulAgent::start().await;
+    let b = backend_at(
+        &agent.addr(),
+        &n(1),
+        &format!("{EVERY_FIELD}\ndatacenter = \"dc1\""),
+    );
+    b.register().await.unwrap();
+    let body = agent
+        .service("muster:m@127.0.0.1:4370")
+        .await
+        .expect("registered under its unique ID");
+    assert_eq!(body["Service"], "muster");
+    assert_configured_fields(&body);
     let checks = agent.get("/v1/agent/checks").await.unwrap().json();
     assert_eq!(checks[check(1)]["Status"], "passing", "{checks}");
     assert_eq!(checks[check(1)]["ServiceID"], "muster:m@127.0.0.1:4370");
@@ -707,25 +715,12 @@ async fn fake_consul_passes_the_conformance_suite_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_the_registration_body_carries_every_configured_field_and_the_datacenter() {
     let fake = FakeConsul::start(1.0).await;
-    let b = backend(
-        &fake,
-        &n(1),
-        "service_address = \"10.1.2.3\"\nservice_port = 5999\nservice_tags = [\"blue\", \"v2\"]\n\
-         service_meta = { zone = \"a\" }\nderegister_critical_after = \"5m\"\ncheck_ttl = \"7s\"\ndatacenter = \"dc2\"",
-    );
+    let b = backend(&fake, &n(1), &format!("{EVERY_FIELD}\ndatacenter = \"dc2\""));
     b.register().await.unwrap();
     let body = fake
         .service("muster:m@127.0.0.1:4370")
         .expect("registered under its unique ID");
-    assert_eq!(body["Address"], "10.1.2.3");
-    assert_eq!(body["Port"], 5999);
-    assert_eq!(
-        body["Tags"],
-        serde_json::json!(["default", "blue", "v2"]),
-        "the cluster name first"
-    );
-    assert_eq!(body["Meta"]["zone"], "a");
-    assert_eq!(body["Meta"]["muster-node"], "m@127.0.0.1:4370");
+    assert_configured_fields(&body);
     assert_eq!(body["Check"]["Status"], "passing", "passing from the start");
     assert_eq!(body["Check"]["TTL"], "7000ms");
     assert_eq!(body["Check"]["DeregisterCriticalServiceAfter"], "300000ms");
