@@ -204,14 +204,30 @@ pub fn handler(node: Weak<Node>) -> Handler {
     })
 }
 
-/// Whether state pushed by `peer` may be merged: it is a current member, or a node this state
-/// has no entry for (not a forgotten one) that the pushed state lists as a member.
-fn accepts_state_from(
-    ours: &crate::state::ClusterState,
-    peer: &NodeName,
-    pushed: &crate::state::ClusterState,
-) -> bool {
-    ours.is_member(peer) || (!ours.members.contains_key(peer) && pushed.is_member(peer))
+/// A state push from `peer`. It is merged from a current member, or from a node this one has no
+/// entry for that the pushed state lists (a joiner whose accepting member has not pushed it here
+/// yet); never from a forgotten node, which could push itself back: that one is answered with
+/// this node's state, so that it learns it was removed.
+fn sync(node: &Arc<Node>, peer: Option<&NodeName>, pushed: &crate::state::ClusterState) -> Response {
+    let Some(p) = peer else {
+        return Response::Error {
+            message: "sync refused: state comes from members, not from the CLI".into(),
+        };
+    };
+    let ours = node.state();
+    let merge = match ours.members.get(p) {
+        Some(m) if m.removed => return Response::State { state: ours },
+        Some(_) => true,
+        None => pushed.is_member(p),
+    };
+    if !merge {
+        return Response::Error {
+            message: format!("sync refused: {p} is not a member of this cluster"),
+        };
+    }
+    // Only a member that runs pushes its state.
+    node.peer_running(p);
+    node.accept_sync(pushed)
 }
 
 fn done(r: Result<(), impl std::fmt::Display>) -> Response {
@@ -272,26 +288,7 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
                 message: format!("join for {joiner} refused: a node joins over its own connection"),
             },
         },
-        // State is merged from a current member, or from a node this one has no entry for that
-        // the pushed state lists (a joiner whose accepting member has not pushed it here yet);
-        // never from a forgotten node, which could push itself back: that one is answered with
-        // this node's state, so that it learns it was removed.
-        Request::Sync { state } => match peer {
-            Some(p) if accepts_state_from(&node.state(), p, &state) => {
-                // Only a member that runs pushes its state.
-                node.peer_running(p);
-                node.accept_sync(&state)
-            }
-            Some(p) if node.state().members.get(p).is_some_and(|m| m.removed) => {
-                Response::State { state: node.state() }
-            }
-            Some(p) => Response::Error {
-                message: format!("sync refused: {p} is not a member of this cluster"),
-            },
-            None => Response::Error {
-                message: "sync refused: state comes from members, not from the CLI".into(),
-            },
-        },
+        Request::Sync { state } => sync(node, peer, &state),
         Request::Forget { node: member } => done(node.forget_member(&member)),
         Request::Status => Response::Status {
             status: Box::new(node.status(true).await),
