@@ -1,8 +1,10 @@
 //! # muster-node
 //!
-//! The reference broker node that embeds Muster: a peer protocol encrypted and authenticated
+//! The Muster runtime that a service embeds: a node that finds its peers through the configured
+//! backend and forms or joins exactly one cluster, a peer protocol encrypted and authenticated
 //! with the shared cookie (Noise), persisted membership that implements discovery-core's
-//! `Membership`, a rabbitmqctl-style CLI, health, status and metrics endpoints, and `muster demo`.
+//! `Membership`, and, with the `http` feature, health, status and metrics endpoints. The
+//! `muster` command (crate `muster-cli`) is built on it.
 
 // No panics on input from the network, a file or the environment (tests and the test harness
 // modules below opt out where the index or value is the program's own).
@@ -11,17 +13,14 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod contact;
 pub mod cookie;
-pub mod ctl;
-pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "http")]
 pub mod http;
-pub mod launch;
 pub mod limits;
 pub mod log_limit;
 pub mod metrics;

@@ -1044,7 +1044,7 @@ impl Node {
             let reachable = running.iter().filter(|n| **n != self.name).count();
             self.metrics
                 .reachable_peers
-                .set(i64::try_from(reachable).unwrap_or(i64::MAX));
+                .set(reachable as f64);
         }
         let f = self.formation();
         NodeStatus {

@@ -77,6 +77,7 @@ pub async fn run(cfg: Resolved) -> Result<(), String> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    #[cfg(feature = "http")]
     if let Some(addr) = cfg.http {
         let http = TcpListener::bind(addr)
             .await

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use muster_node::launch::Ports;
+use muster_cli::launch::Ports;
 use serde_json::Value;
 
 /// How to get the agent these tests run.

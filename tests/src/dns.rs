@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use muster_node::launch::Ports;
+use muster_cli::launch::Ports;
 
 /// How to install what these tests need.
 pub const INSTALL: &str = "apt-get install -y --no-install-recommends dnsmasq-base bind9 bind9-dnsutils \

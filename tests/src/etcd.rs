@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use muster_node::launch::Ports;
+use muster_cli::launch::Ports;
 
 use crate::certs;
 
@@ -125,7 +125,7 @@ impl EtcdServer {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://{}:{}", self.ip, self.client_port);
         let peer = format!("http://{}:{}", self.ip, self.peer_port);
-        let mut cmd = muster_node::launch::wrapped(&self.wrap, crate::servers::etcd());
+        let mut cmd = muster_cli::launch::wrapped(&self.wrap, crate::servers::etcd());
         cmd.args(["--name", "t1", "--data-dir"])
             .arg(self.data.path().join("etcd"))
             .args([

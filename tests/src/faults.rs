@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use muster::{ClusterId, PeerInfo};
-use muster_node::launch::LocalCluster;
+use muster_cli::launch::LocalCluster;
 use muster_node::proto::{Request, Response};
 use muster_node::state::{Persisted, Store};
 

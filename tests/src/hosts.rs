@@ -62,7 +62,7 @@ impl Host {
 
     /// A command running `program` in this host.
     pub fn command(&self, program: &str) -> Command {
-        muster_node::launch::wrapped(&self.wrap(), program)
+        muster_cli::launch::wrapped(&self.wrap(), program)
     }
 }
 

@@ -15,7 +15,7 @@ pub mod hosts;
 pub mod k8s;
 pub mod servers;
 
-pub use muster_node::launch::{Layout, LocalCluster};
+pub use muster_cli::launch::{Layout, LocalCluster};
 
 /// The node binary these tests run (the `muster` CLI); expands in the integration test, where
 /// cargo defines `CARGO_BIN_EXE_muster-test-node`.
@@ -196,7 +196,7 @@ pub fn raise_open_files() {
 }
 
 /// The node binary as deployed: `muster` built with the `dist` profile (`target/dist/muster`,
-/// the classic backend, as `cargo build --profile dist -p muster-node` makes it), built first
+/// the classic backend, as `cargo build --profile dist -p muster-cli` makes it), built first
 /// when this runs under cargo.
 pub fn dist_node_exe() -> Result<std::path::PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -211,19 +211,19 @@ pub fn dist_node_exe() -> Result<std::path::PathBuf, String> {
                 "--profile",
                 "dist",
                 "-p",
-                "muster-node",
+                "muster-cli",
                 "--bin",
                 "muster",
             ])
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() {
-            return Err("building the node (cargo build --profile dist -p muster-node) failed".into());
+            return Err("building the node (cargo build --profile dist -p muster-cli) failed".into());
         }
     }
     if !exe.exists() {
         return Err(format!(
-            "{} is missing: run `cargo build --profile dist -p muster-node` first",
+            "{} is missing: run `cargo build --profile dist -p muster-cli` first",
             exe.display()
         ));
     }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use muster::NodeName;
-use muster_node::launch::{Layout, LocalCluster, Ports};
+use muster_cli::launch::{Layout, LocalCluster, Ports};
 use muster_tests::aws::{FakeImds, FaultProxy, Moto, Setup, add_loopback_address};
 use muster_tests::{cluster_ids, local_cluster_of, node_exe};
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use muster_node::launch::Layout;
+use muster_cli::launch::Layout;
 use muster_tests::consul::FakeConsul;
 use muster_tests::consul_agent::ConsulAgent;
 use muster_tests::{cluster_ids, cluster_status, eventually, local_cluster_of, node_exe};

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use muster::NodeName;
-use muster_node::launch::{Layout, LocalCluster, Ports};
+use muster_cli::launch::{Layout, LocalCluster, Ports};
 use muster_tests::k8s::FakeApi;
 use muster_tests::{cluster_ids, cluster_status, ctl, eventually, local_cluster_of, node_exe, text};
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use muster_node::launch::Ports;
+use muster_cli::launch::Ports;
 use muster_tests::dns::{DnsServer, Zone, cluster_nodes};
 use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, members, node_exe};
 

@@ -19,7 +19,7 @@
 //! that 100 nodes' connections fit.
 //!
 //! It runs the node as deployed: `target/dist/muster`, the classic-only `muster` binary of
-//! `cargo build --profile dist -p muster-node`, which it builds first when run under cargo.
+//! `cargo build --profile dist -p muster-cli`, which it builds first when run under cargo.
 //! `--exe PATH` runs another build instead (`target/release/muster-test-node`: every backend
 //! compiled in, the `release` profile). `--data-dir DIR` puts the nodes' data dirs there: all N
 //! share one disk, so at N = 100 their fsyncs queue on one journal; `--data-dir /dev/shm` stands
@@ -94,7 +94,7 @@ fn parse_args() -> Result<Args, String> {
                      times as expensive (MUSTER_BENCH_CHANNEL_WORK=4), interleaved with the normal\n\
                      runs; a third of the extra median formation time is what the cryptography costs\n\
                      --exe: the node binary to run (default: target/dist/muster, the classic-only\n\
-                     node as `cargo build --profile dist -p muster-node` builds it for deployment;\n\
+                     node as `cargo build --profile dist -p muster-cli` builds it for deployment;\n\
                      e.g. target/release/muster-test-node, every backend, the release profile)\n\
                      --data-dir: where the nodes' data dirs go (default: the system temp dir). All N\n\
                      nodes share that one disk, so their fsyncs queue on one journal; /dev/shm\n\

@@ -1,4 +1,4 @@
 //! The `muster` command line, built into the tests package so tests know its exact path.
 fn main() {
-    muster_node::cli::main();
+    muster_cli::cli::main();
 }

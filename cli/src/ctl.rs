@@ -6,11 +6,11 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use muster::NodeName;
 
-use crate::client::{Credentials, call_at};
-use crate::config::NodeConfig;
-use crate::cookie::Cookie;
-use crate::proto::{NodeStatus, Request, Response};
-use crate::state::Store;
+use muster_node::client::{Credentials, call_at};
+use muster_node::config::NodeConfig;
+use muster_node::cookie::Cookie;
+use muster_node::proto::{NodeStatus, Request, Response};
+use muster_node::state::Store;
 
 /// Options shared by every `ctl` command.
 #[derive(Debug, Args)]
@@ -102,7 +102,7 @@ fn credentials(args: &CtlArgs) -> Result<(Credentials, NodeName), String> {
     let tls = file
         .as_ref()
         .and_then(|f| f.file.tls.as_ref())
-        .map(crate::tls::PeerTls::load)
+        .map(muster_node::tls::PeerTls::load)
         .transpose()
         .map_err(|e| e.to_string())?;
     Ok((

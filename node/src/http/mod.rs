@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 
 use crate::node::Node;
 
+pub mod metrics;
+
 /// A client must send a whole request head within this time, also between requests on a kept
 /// alive connection (an idle connection is closed after it).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,8 +110,8 @@ async fn summary(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::render(&node),
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&node),
     )
         .into_response()
 }

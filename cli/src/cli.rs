@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::NodeConfig;
+use muster_node::config::NodeConfig;
 use crate::ctl::CtlArgs;
 
 /// Muster: peer discovery and cluster formation — reference broker node.
@@ -168,14 +168,14 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
     match cli.command {
         Command::Start { config } => {
             let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-            crate::run::run(cfg).await.map(|()| 0)
+            muster_node::run::run(cfg).await.map(|()| 0)
         }
         Command::Config {
             action: ConfigAction::Check { file },
         } => {
             let cfg = NodeConfig::load(&file).map_err(|e| e.to_string())?;
             // What start checks before it starts: the cookie, the data dir, the TLS files.
-            crate::run::preflight(&cfg).map_err(|e| e.to_string())?;
+            muster_node::run::preflight(&cfg).map_err(|e| e.to_string())?;
             // The backend's own table too (building it reads no network: clients connect lazily).
             muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
             println!("# {} is valid. Effective settings:", file.display());
@@ -187,7 +187,7 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             println!(
                 "# node.listen = \"{}\" (peers reach {})",
                 cfg.listen,
-                crate::config::peer_address(&cfg.name)
+                muster_node::config::peer_address(&cfg.name)
             );
             print!("{}", cfg.file.effective_toml().map_err(|e| e.to_string())?);
             Ok(0)
@@ -197,13 +197,13 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             action: CookieAction::Generate { file },
         } => match file {
             Some(path) => {
-                crate::cookie::Cookie::generate(&path)
+                muster_node::cookie::Cookie::generate(&path)
                     .map_err(|e| format!("cannot create cookie file {}: {e}", path.display()))?;
                 println!("wrote a new cookie to {} (mode 0600)", path.display());
                 Ok(0)
             }
             None => {
-                let cookie = crate::cookie::Cookie::random().map_err(|e| e.to_string())?;
+                let cookie = muster_node::cookie::Cookie::random().map_err(|e| e.to_string())?;
                 println!("{}", cookie.expose());
                 Ok(0)
             }

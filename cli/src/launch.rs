@@ -14,9 +14,9 @@ use std::ops::ControlFlow;
 use muster::NodeName;
 use muster::retry::{Retry, RetryError};
 
-use crate::client::{CallError, Credentials, Pool};
-use crate::cookie::Cookie;
-use crate::proto::{NodeStatus, Request, Response};
+use muster_node::client::{CallError, Credentials, Pool};
+use muster_node::cookie::Cookie;
+use muster_node::proto::{NodeStatus, Request, Response};
 
 /// One node of a local cluster.
 #[derive(Debug)]
@@ -141,9 +141,8 @@ impl Ports {
             .unwrap_or(32768);
         let hi = ephemeral_lo.max(11_000);
         let lo = hi.saturating_sub(20_000).max(10_000);
-        let mut r = [0u8; 2];
-        let _ = getrandom::fill(&mut r);
-        let next = lo + u16::from_le_bytes(r) % (hi - lo);
+        let r = muster_node::random::nonzero_u64().unwrap_or(1);
+        let next = lo + (r % u64::from(hi - lo)) as u16;
         Ports { next, lo, hi }
     }
 
@@ -264,7 +263,7 @@ impl LocalCluster {
     }
 
     /// The TLS the launcher's own calls use (set it when the nodes' configs have `[tls]`).
-    pub fn set_tls(&mut self, tls: Option<crate::tls::PeerTls>) {
+    pub fn set_tls(&mut self, tls: Option<muster_node::tls::PeerTls>) {
         self.creds.tls = tls;
     }
 

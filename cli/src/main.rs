@@ -1,0 +1,3 @@
+fn main() {
+    muster_cli::cli::main();
+}

@@ -1,3 +1,0 @@
-fn main() {
-    muster_node::cli::main();
-}
