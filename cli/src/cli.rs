@@ -135,7 +135,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn discover(config: PathBuf, json: bool) -> Result<i32, String> {
-    let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+    let cfg = NodeConfig::load_with_env(&config).map_err(|e| e.to_string())?;
     let backend = muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
     let r = backend.list().await.map_err(|e| e.to_string())?;
     if json {
@@ -167,15 +167,15 @@ async fn discover(config: PathBuf, json: bool) -> Result<i32, String> {
 async fn dispatch(cli: Cli) -> Result<i32, String> {
     match cli.command {
         Command::Start { config } => {
-            let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-            muster_node::run::run(cfg).await.map(|()| 0)
+            let cfg = NodeConfig::load_with_env(&config).map_err(|e| e.to_string())?;
+            crate::start::run(&cfg).await.map(|()| 0)
         }
         Command::Config {
             action: ConfigAction::Check { file },
         } => {
-            let cfg = NodeConfig::load(&file).map_err(|e| e.to_string())?;
+            let cfg = NodeConfig::load_with_env(&file).map_err(|e| e.to_string())?;
             // What start checks before it starts: the cookie, the data dir, the TLS files.
-            muster_node::run::preflight(&cfg).map_err(|e| e.to_string())?;
+            muster_node::preflight::preflight(&cfg).map_err(|e| e.to_string())?;
             // The backend's own table too (building it reads no network: clients connect lazily).
             muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
             println!("# {} is valid. Effective settings:", file.display());

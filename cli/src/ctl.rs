@@ -81,7 +81,7 @@ pub enum CtlCommand {
 
 fn credentials(args: &CtlArgs) -> Result<(Credentials, NodeName), String> {
     let file = match &args.config {
-        Some(p) => Some(NodeConfig::load(p).map_err(|e| e.to_string())?),
+        Some(p) => Some(NodeConfig::load_with_env(p).map_err(|e| e.to_string())?),
         None => None,
     };
     let node = args

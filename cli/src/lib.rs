@@ -14,3 +14,4 @@ pub mod cli;
 pub mod ctl;
 pub mod demo;
 pub mod launch;
+pub mod start;

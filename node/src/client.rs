@@ -211,6 +211,14 @@ impl Pool {
         let _ = self.handler.set(handler);
     }
 
+    /// Closes every pooled connection.
+    pub fn close_all(&self) {
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in conns.into_values() {
+            c.close();
+        }
+    }
+
     /// Uses `conn`, opened by `peer` to this node, for calls to `peer` too (unless a connection
     /// to it is already open).
     pub fn adopt(&self, peer: &NodeName, conn: Arc<Conn>) {

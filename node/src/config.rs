@@ -1,8 +1,9 @@
 //! The node's TOML config: `[node]`, optional `[http]`, and discovery-core's `[cluster_formation]`.
 //!
-//! Environment overrides (applied after the file): `MUSTER_NODE_NAME`, `MUSTER_LISTEN`,
-//! `MUSTER_DATA_DIR`, `MUSTER_COOKIE_FILE`, `MUSTER_CLUSTER_NAME`, `MUSTER_HTTP_LISTEN`; the cookie
-//! itself may come from `MUSTER_COOKIE` instead of a file.
+//! Environment overrides, only when asked for (`load_with_env`, which the `muster` command
+//! uses), applied after the file: `MUSTER_NODE_NAME`, `MUSTER_LISTEN`, `MUSTER_DATA_DIR`,
+//! `MUSTER_COOKIE_FILE`, `MUSTER_CLUSTER_NAME`, `MUSTER_HTTP_LISTEN`; the cookie itself may come
+//! from `MUSTER_COOKIE` instead of a file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,8 @@ pub struct Resolved {
     /// Backend tables present whose backend this build does not have, so their keys went
     /// unchecked (see `muster::check_backend_tables`).
     pub unchecked_tables: Vec<&'static str>,
+    /// Whether the environment overrides applied (then `MUSTER_COOKIE` may hold the cookie).
+    pub environment: bool,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -152,6 +155,11 @@ mod socket_addr {
     }
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(None, format!("cannot read config file {}: {e}", path.display())))
+}
+
 /// The port peers use to reach `name`.
 pub fn peer_port(name: &NodeName) -> u16 {
     name.port().unwrap_or(DEFAULT_PORT)
@@ -163,12 +171,14 @@ pub fn peer_address(name: &NodeName) -> String {
 }
 
 impl NodeConfig {
-    /// Reads, applies environment overrides and validates a config file.
+    /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(None, format!("cannot read config file {}: {e}", path.display()))
-        })?;
-        Self::from_text(&text)
+        Self::from_text(&read(path)?)
+    }
+
+    /// Reads a config file, applies the `MUSTER_*` environment overrides, and validates it.
+    pub fn load_with_env(path: &Path) -> Result<Resolved, ConfigError> {
+        Self::from_text_with_env(&read(path)?)
     }
 
     /// The effective settings as TOML, every secret (backend tokens, passwords) redacted: what
@@ -183,10 +193,23 @@ impl NodeConfig {
 
     /// Same as [`NodeConfig::load`] from text.
     pub fn from_text(text: &str) -> Result<Resolved, ConfigError> {
+        Self::parse(text, false)
+    }
+
+    /// Same as [`NodeConfig::load_with_env`] from text.
+    pub fn from_text_with_env(text: &str) -> Result<Resolved, ConfigError> {
+        Self::parse(text, true)
+    }
+
+    fn parse(text: &str, environment: bool) -> Result<Resolved, ConfigError> {
         let mut file: NodeConfig = from_toml_str(text)?;
         file.cluster_formation.derive_unset(text);
-        file.apply_env()?;
-        file.resolve()
+        if environment {
+            file.apply_env()?;
+        }
+        let mut r = file.resolve()?;
+        r.environment = environment;
+        Ok(r)
     }
 
     fn apply_env(&mut self) -> Result<(), ConfigError> {
@@ -272,6 +295,7 @@ impl NodeConfig {
             data_dir,
             http,
             unchecked_tables,
+            environment: false,
         })
     }
 }

@@ -46,6 +46,17 @@ impl Contacts {
         }
     }
 
+    /// How long ago `peer` was last heard from (`None`: not since the last failed call).
+    pub fn ago(&self, peer: &NodeName) -> Option<Duration> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(peer).map(|t| t.elapsed())
+    }
+
+    /// Whether `peer` was heard from within `window`.
+    pub fn heard_within(&self, peer: &NodeName, window: Duration) -> bool {
+        self.ago(peer).is_some_and(|ago| ago <= window)
+    }
+
     /// Sets the anti-entropy period, which bounds how long two live members go without contact.
     pub fn set_period(&self, period: Duration) {
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);

@@ -131,6 +131,12 @@ impl Cookie {
         if let Ok(v) = std::env::var("MUSTER_COOKIE") {
             return Cookie::parse(&v, "MUSTER_COOKIE");
         }
+        Cookie::from_configured(file)
+    }
+
+    /// The cookie from `file`, the config's `cookie_file` (none configured is an error naming
+    /// the key).
+    pub fn from_configured(file: Option<&Path>) -> Result<Cookie, CookieError> {
         match file {
             Some(p) => Cookie::from_file(p),
             None => Err(CookieError::Unreadable {

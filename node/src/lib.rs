@@ -13,7 +13,9 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod apps;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod contact;
 pub mod cookie;
@@ -22,12 +24,21 @@ pub mod fuzzing;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod limits;
+pub mod liveness;
 pub mod log_limit;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod random;
-pub mod run;
+pub mod preflight;
 pub mod server;
 pub mod state;
 pub mod tls;
+
+pub use apps::{AppError, AppHandler};
+pub use cluster::{Cluster, ClusterBuilder, FormedError, StartError, StopError};
+pub use cookie::Cookie;
+pub use liveness::LivenessConfig;
+pub use members::{Event, Events, MemberInfo, MemberStatus, Members, MetadataError};
+pub use muster;

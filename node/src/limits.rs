@@ -28,7 +28,7 @@ use tracing::warn;
 /// Failed accepts (out of descriptors) repeat every 50 ms while they last: logged per window.
 static ACCEPT_FAILURES: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
 
-/// Accepts connections on `listener` forever, each handled by `handle` in a task of its own
+/// Accepts connections on `listener` until dropped, each handled by `handle` in a task of its own
 /// with its place in `gate` (which it gives up once authenticated). Closing a connection to make
 /// room is logged at powers of two, so a flood cannot flood the log; accept errors (out of
 /// descriptors) pause instead of spinning. `port` names the listener in the log.
@@ -37,8 +37,14 @@ where
     F: Fn(TcpStream, SocketAddr, Ticket) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // The connections' tasks end with this loop (when the node stops, it is aborted).
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = conns.join_next() => continue,
+        };
+        match accepted {
             Ok((stream, addr)) => {
                 let (ticket, evicted) = gate.enter(addr.ip(), stream.as_raw_fd());
                 if let Some(n) = evicted
@@ -52,7 +58,7 @@ where
                         gate.per_group
                     );
                 }
-                tokio::spawn(handle(stream, addr, ticket));
+                conns.spawn(handle(stream, addr, ticket));
             }
             Err(e) => {
                 if let Some(n) = ACCEPT_FAILURES.admit(port) {

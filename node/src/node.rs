@@ -115,6 +115,9 @@ impl Drop for Guard<'_> {
         if published.ready != facts.ready || published.members != facts.members {
             self.node.metrics.membership_changed.set(now_ms() as f64 / 1e3);
         }
+        if published.members != facts.members {
+            self.node.members.set_membership(&facts.members);
+        }
         *published = facts;
     }
 }
@@ -150,6 +153,10 @@ pub struct Node {
     /// Peers refusing this node's cookie or certificate: each reason warned once per window,
     /// since every probe and sync would repeat it.
     refused_by_peers: crate::log_limit::LogLimit,
+    /// Members' status, metadata and since when, as the service watches them.
+    pub members: crate::members::MemberTable,
+    /// The service's handler of application requests.
+    pub apps: crate::apps::Apps,
     /// Live inbound connections by the name they authenticated as (see `Node::bind_name`).
     inbound: std::sync::Mutex<HashMap<NodeName, Inbound>>,
     /// What an operator's reset or join-cluster made of the node after formation ended: the
@@ -199,6 +206,17 @@ impl Drop for NameBinding {
 /// How long a connection holding a name has to answer before a claim from another address
 /// replaces it (the other node may have moved, leaving a dead connection behind).
 const NAME_HOLDER_PING: Duration = Duration::from_secs(1);
+
+/// Why this node could not leave its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaveError {
+    /// It is not a current member of a cluster.
+    #[error("not a member of a cluster")]
+    NotMember,
+    /// Its blank state could not be persisted.
+    #[error("{0}")]
+    State(String),
+}
 
 /// A joiner waiting for the group commit that adds it, and where its answer goes.
 struct JoinWaiter {
@@ -318,7 +336,11 @@ impl Node {
             p.disk = crate::random::nonzero_u64()?;
         }
         let (stop, _) = watch::channel(false);
+        let members = crate::members::MemberTable::new(name.clone());
+        members.set_membership(&p.state.alive());
         let node = Arc::new(Node {
+            members,
+            apps: crate::apps::Apps::default(),
             creds: Credentials {
                 cookie,
                 cluster_name,
@@ -588,6 +610,7 @@ impl Node {
     pub fn peer_stopped(&self, peer: &NodeName) {
         if self.facts().members.contains(peer) {
             self.stopped().insert(peer.clone());
+            self.members.set_stopped(peer);
         }
     }
 
@@ -598,6 +621,35 @@ impl Node {
 
     fn stopped(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeName>> {
         self.stopped_peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A state push of `state`, with the members' metadata this node knows.
+    pub fn sync_request(&self, state: ClusterState) -> Request {
+        Request::Sync {
+            state,
+            meta: self.members.gossip(),
+        }
+    }
+
+    /// An answer carrying `state`, with the members' metadata this node knows.
+    pub fn state_response(&self, state: ClusterState) -> Response {
+        Response::State {
+            state,
+            meta: self.members.gossip(),
+        }
+    }
+
+    /// Ends this node's connections (see `Cluster::shutdown`).
+    pub fn close(&self) {
+        self.pool.close_all();
+        let inbound = std::mem::take(&mut *self.inbound.lock().unwrap_or_else(|e| e.into_inner()));
+        for entry in inbound.into_values() {
+            for (_, conn) in entry.conns {
+                if let Some(c) = conn.and_then(|c| c.upgrade()) {
+                    c.close();
+                }
+            }
+        }
     }
 
     /// The current membership state.
@@ -633,9 +685,14 @@ impl Node {
 
     /// Calls a peer, counting messages.
     pub async fn call(&self, peer: &NodeName, req: &Request) -> Result<Response, CallError> {
+        self.call_within(peer, req, CALL_TIMEOUT).await
+    }
+
+    /// Like [`Node::call`], waiting at most `timeout` for the answer.
+    pub async fn call_within(&self, peer: &NodeName, req: &Request, timeout: Duration) -> Result<Response, CallError> {
         self.metrics.messages_sent.inc();
         let r = match self.resolve(peer).await {
-            Ok(addrs) => self.pool.call(&self.creds, peer, addrs, req, CALL_TIMEOUT).await,
+            Ok(addrs) => self.pool.call(&self.creds, peer, addrs, req, timeout).await,
             Err(e) => Err(e),
         };
         match &r {
@@ -694,9 +751,9 @@ impl Node {
                         message: e.to_string(),
                     };
                 }
-                Response::State {
-                    state: g.p.state.clone(),
-                }
+                let state = g.p.state.clone();
+                drop(g);
+                self.state_response(state)
             }
             Err(e) => Response::Error {
                 message: e.to_string(),
@@ -838,7 +895,7 @@ impl Node {
                 let this = &self;
                 // One request for every member; a bounded number at once, since every exchange
                 // holds the state encoded and the member's answer decoded.
-                let req = Request::Sync { state };
+                let req = self.sync_request(state);
                 futures::stream::iter(&peers)
                     .for_each_concurrent(PUSH_FANOUT, |p| this.sync_with(p, &req))
                     .await;
@@ -861,7 +918,10 @@ impl Node {
     /// One push-pull exchange with `peer`: `req` is a `Request::Sync` of this node's state.
     async fn sync_with(&self, peer: &NodeName, req: &Request) {
         match self.call(peer, req).await {
-            Ok(Response::State { state: theirs }) => self.merge_answer(peer, &theirs),
+            Ok(Response::State { state: theirs, meta }) => {
+                self.members.merge(&meta);
+                self.merge_answer(peer, &theirs)
+            }
             Ok(Response::Error { message }) => {
                 warn!(node = %self.name, "sync with {peer} refused: {message}");
                 // A member of another cluster refuses this node's state: find out.
@@ -972,7 +1032,7 @@ impl Node {
                 peers.get(*c).cloned()
             };
             if let Some(peer) = peer {
-                self.sync_with(&peer, &Request::Sync { state }).await;
+                self.sync_with(&peer, &self.sync_request(state)).await;
             }
         }
     }
@@ -1108,13 +1168,35 @@ impl Node {
 
     /// `reset`: leave the cluster (telling the members) and become a blank, idle node.
     pub async fn reset(&self) -> Result<(), MembershipError> {
+        self.depart().await?;
+        self.set_operator_status(
+            "reset: left the cluster; blank, waiting for muster ctl join-cluster PEER".into(),
+            None,
+        );
+        info!(node = %self.name, "reset: left the cluster; this node is blank and waits for join-cluster");
+        Ok(())
+    }
+
+    /// Leaves this node's cluster for good (see `Cluster::leave`): the members learn it from
+    /// the node itself, so they report it left rather than forgotten.
+    pub async fn leave(&self) -> Result<(), LeaveError> {
+        if !self.facts().cluster.is_some() || !self.facts().members.contains(&self.name) {
+            return Err(LeaveError::NotMember);
+        }
+        self.depart().await.map_err(|e| LeaveError::State(e.to_string()))?;
+        info!(node = %self.name, "left the cluster; this node is blank");
+        Ok(())
+    }
+
+    /// Removes this node from its cluster, pushes that to the members, and blanks its state.
+    async fn depart(&self) -> Result<(), MembershipError> {
         let state = {
             let mut g = self.lock();
             g.p.state.remove(&self.name);
             g.p.state.clone()
         };
         let peers: Vec<NodeName> = state.alive();
-        let req = Request::Sync { state };
+        let req = self.sync_request(state);
         join_all(peers.iter().map(|p| self.call(p, &req))).await;
         let disk = crate::random::nonzero_u64().map_err(state_err)?;
         let mut g = self.lock();
@@ -1128,12 +1210,6 @@ impl Node {
         self.stopped().clear();
         self.save(&g.p)?;
         self.store.set_force_boot(false).map_err(state_err)?;
-        drop(g);
-        self.set_operator_status(
-            "reset: left the cluster; blank, waiting for muster ctl join-cluster PEER".into(),
-            None,
-        );
-        info!(node = %self.name, "reset: left the cluster; this node is blank and waits for join-cluster");
         Ok(())
     }
 
@@ -1281,7 +1357,10 @@ impl Membership for NodeMembership {
             cluster: Some(cluster.clone()),
         };
         let state = match n.call(member, &req).await.map_err(|e| to_membership(member, e))? {
-            Response::State { state } => state,
+            Response::State { state, meta } => {
+                n.members.merge(&meta);
+                state
+            }
             Response::Error { message } => return Err(MembershipError::Refused(member.clone(), message)),
             other => {
                 return Err(MembershipError::Refused(
@@ -1347,7 +1426,8 @@ impl Membership for NodeMembership {
         let n = &self.0;
         if let Some(peer) = via {
             let state = n.state();
-            if let Ok(Response::State { state: theirs }) = n.call(peer, &Request::Sync { state }).await {
+            if let Ok(Response::State { state: theirs, meta }) = n.call(peer, &n.sync_request(state)).await {
+                n.members.merge(&meta);
                 let mut g = n.lock();
                 if g.p
                     .state

@@ -208,7 +208,12 @@ pub fn handler(node: Weak<Node>) -> Handler {
 /// entry for that the pushed state lists (a joiner whose accepting member has not pushed it here
 /// yet); never from a forgotten node, which could push itself back: that one is answered with
 /// this node's state, so that it learns it was removed.
-fn sync(node: &Arc<Node>, peer: Option<&NodeName>, pushed: &crate::state::ClusterState) -> Response {
+fn sync(
+    node: &Arc<Node>,
+    peer: Option<&NodeName>,
+    pushed: &crate::state::ClusterState,
+    meta: &crate::proto::messages::MetaGossip,
+) -> Response {
     let Some(p) = peer else {
         return Response::Error {
             message: "sync refused: state comes from members, not from the CLI".into(),
@@ -216,7 +221,7 @@ fn sync(node: &Arc<Node>, peer: Option<&NodeName>, pushed: &crate::state::Cluste
     };
     let ours = node.state();
     let merge = match ours.members.get(p) {
-        Some(m) if m.removed => return Response::State { state: ours },
+        Some(m) if m.removed => return node.state_response(ours),
         Some(_) => true,
         None => pushed.is_member(p),
     };
@@ -225,8 +230,14 @@ fn sync(node: &Arc<Node>, peer: Option<&NodeName>, pushed: &crate::state::Cluste
             message: format!("sync refused: {p} is not a member of this cluster"),
         };
     }
-    // Only a member that runs pushes its state.
-    node.peer_running(p);
+    // A member pushing its own removal leaves (reset, or `Cluster::leave`).
+    if pushed.members.get(p).is_some_and(|m| m.removed) && ours.is_member(p) {
+        node.members.set_leaving(p);
+    } else {
+        // Only a member that runs pushes its state.
+        node.peer_running(p);
+    }
+    node.members.merge(meta);
     node.accept_sync(pushed)
 }
 
@@ -275,7 +286,7 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             Some(p) if *p == joiner => match node.accept_join(&joiner, incarnation, cluster.as_ref()).await {
                 Ok(state) => {
                     node.peer_running(p);
-                    Response::State { state }
+                    node.state_response(state)
                 }
                 Err(e) => Response::Error {
                     message: e.to_string(),
@@ -288,7 +299,7 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
                 message: format!("join for {joiner} refused: a node joins over its own connection"),
             },
         },
-        Request::Sync { state } => sync(node, peer, &state),
+        Request::Sync { state, meta } => sync(node, peer, &state, &meta),
         Request::Forget { node: member } => done(node.forget_member(&member)),
         Request::Status => Response::Status {
             status: Box::new(node.status(true).await),
@@ -340,6 +351,23 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             done(set)
         }
         Request::Stop => Response::Ok,
+        Request::Heard { node: member } => match peer {
+            Some(_) => Response::Heard {
+                ago_ms: node.contacts.ago(&member).map(|d| d.as_millis() as u64),
+            },
+            None => Response::Error {
+                message: "liveness questions come from peers, not from the CLI".into(),
+            },
+        },
+        Request::App { body } => match peer {
+            Some(p) if node.state().is_member(p) => node.apps.answer(p.clone(), body.0).await,
+            Some(p) => Response::Error {
+                message: format!("{p} is not a member of this node's cluster"),
+            },
+            None => Response::Error {
+                message: "application requests come from members, not from the CLI".into(),
+            },
+        },
         Request::Stopping => match peer {
             Some(p) => {
                 node.peer_stopped(p);

@@ -292,8 +292,11 @@ fn load_legacy(path: &Path) -> std::io::Result<Persisted> {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
-    /// Held (advisory `flock`) for as long as any clone of the store lives.
-    _lock: Option<Arc<std::fs::File>>,
+    /// The exclusive lock (advisory `flock`), held until [`Store::close`] or until every clone
+    /// of the store is dropped.
+    lock: Arc<Mutex<Option<std::fs::File>>>,
+    /// Set by [`Store::close`]: saves are refused from then on.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     /// Which slot holds the last save, once the slots were read.
     cursor: Arc<Mutex<Option<Cursor>>>,
 }
@@ -393,7 +396,7 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        store._lock = Some(Arc::new(file));
+        store.lock = Arc::new(Mutex::new(Some(file)));
         Ok(store)
     }
 
@@ -407,9 +410,19 @@ impl Store {
             .create(dir)?;
         Ok(Store {
             dir: dir.to_path_buf(),
-            _lock: None,
+            lock: Arc::default(),
+            closed: Arc::default(),
             cursor: Arc::default(),
         })
+    }
+
+    /// Refuses every later save and releases the data dir's lock, after a save in progress has
+    /// finished: another store (in this process or another) may open the dir from then on, while
+    /// a task of the stopped node that still holds a clone can no longer write to it.
+    pub fn close(&self) {
+        let _no_save_in_progress = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// The data dir.
@@ -523,6 +536,12 @@ impl Store {
                 guard.unwrap_or_default()
             }
         };
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other(format!(
+                "the node using {} has stopped; its state is no longer written",
+                self.dir.display()
+            )));
+        }
         let target = cursor.newest.map_or(Slot::A, Slot::other);
         let path = self.dir.join(target.file());
         let seq = cursor.seq.saturating_add(1);

@@ -276,6 +276,7 @@ async fn a_member_that_said_it_stopped_counts_as_running_again_once_it_pushes_it
         &a,
         Request::Sync {
             state: both.state.clone(),
+            meta: Default::default(),
         },
         Some(&b),
     )
@@ -401,11 +402,12 @@ async fn a_forgotten_member_learns_its_removal_and_an_unknown_joiner_is_merged()
         &node_a,
         Request::Sync {
             state: b_view.clone(),
+            meta: Default::default(),
         },
         Some(&b),
     )
     .await;
-    let Response::State { state } = &answer else {
+    let Response::State { state, .. } = &answer else {
         panic!("a forgotten member is told, not refused: {answer:?}");
     };
     assert!(state.members.get(&b).is_some_and(|m| m.removed), "{state:?}");
@@ -413,7 +415,7 @@ async fn a_forgotten_member_learns_its_removal_and_an_unknown_joiner_is_merged()
     // j joined through another member; its push reaches a first.
     let mut j_view = persisted("x", &[&a]).state;
     j_view.add(&j, 5).unwrap();
-    let answer = crate::server::dispatch(&node_a, Request::Sync { state: j_view }, Some(&j)).await;
+    let answer = crate::server::dispatch(&node_a, Request::Sync { state: j_view, meta: Default::default() }, Some(&j)).await;
     assert!(matches!(answer, Response::State { .. }), "{answer:?}");
     assert!(node_a.state().is_member(&j), "the joiner is merged");
 }

@@ -4,7 +4,11 @@ use muster::status::FormationStatus;
 use muster::{ClusterId, NodeName, PeerInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::members::Metadata;
 use crate::state::ClusterState;
+
+/// Members' metadata as it travels with a state: by node, each with its version.
+pub type MetaGossip = std::collections::BTreeMap<NodeName, Metadata>;
 
 /// The plaintext messages that open a connection (see `proto::channel`): the client's Hello,
 /// and the server's Rejected when the version or cluster name does not match or the Noise
@@ -59,6 +63,9 @@ pub enum Request {
     Sync {
         /// The sender's state.
         state: ClusterState,
+        /// The members' metadata the sender knows (ignored by nodes that predate it).
+        #[serde(default, skip_serializing_if = "MetaGossip::is_empty")]
+        meta: MetaGossip,
     },
     /// Remove a member from the cluster.
     Forget {
@@ -83,6 +90,17 @@ pub enum Request {
     /// From a peer: the sender is stopping gracefully (it stays a member). A member that stops
     /// later counts it as stopped; only one that knows every other member stopped is the last.
     Stopping,
+    /// From a peer: when did this node last hear from `node` (liveness, before a member is
+    /// marked unreachable)?
+    Heard {
+        /// The member in question.
+        node: NodeName,
+    },
+    /// From a peer: a request for this node's application handler.
+    App {
+        /// The request body.
+        body: crate::apps::Body,
+    },
 }
 
 impl Request {
@@ -104,7 +122,9 @@ impl Request {
             | Request::Sync { .. }
             | Request::Status
             | Request::FormationStatus
-            | Request::Stopping => None,
+            | Request::Stopping
+            | Request::Heard { .. }
+            | Request::App { .. } => None,
         }
     }
 }
@@ -176,6 +196,19 @@ pub enum Response {
     State {
         /// The state.
         state: ClusterState,
+        /// The members' metadata the answering node knows.
+        #[serde(default, skip_serializing_if = "MetaGossip::is_empty")]
+        meta: MetaGossip,
+    },
+    /// Answer to Heard: how long ago (`None`: not lately).
+    Heard {
+        /// Milliseconds since the node was last heard from.
+        ago_ms: Option<u64>,
+    },
+    /// Answer to App: the application handler's answer.
+    App {
+        /// The answer body.
+        body: crate::apps::Body,
     },
     /// Answer to Status.
     Status {

@@ -1,0 +1,125 @@
+//! Failure detection: every member pings every other member each `interval` on the peer channel
+//! it already keeps open, and any message from a member counts as hearing from it. A member not
+//! heard from for `suspect_after` is not yet unreachable: up to `helpers` other members are asked
+//! whether they heard from it lately, and only when none did is it marked unreachable. One
+//! stalled connection (a lost segment waiting for its retransmission) therefore never marks a
+//! live member unreachable, while a dead or paused one is reported by every member within about
+//! `suspect_after` plus one round trip to the helpers. Liveness never removes a member.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use muster::NodeName;
+
+use crate::node::Node;
+use crate::proto::{Request, Response};
+
+/// Failure detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LivenessConfig {
+    /// How often this node pings each other member (default 500 ms).
+    pub interval: Duration,
+    /// How long a member may go unheard before others are asked about it (default 1.2 s).
+    pub suspect_after: Duration,
+    /// How many other members are asked before a member is marked unreachable (default 2).
+    pub helpers: usize,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            interval: Duration::from_millis(500),
+            suspect_after: Duration::from_millis(1200),
+            helpers: 2,
+        }
+    }
+}
+
+impl LivenessConfig {
+    /// Settings with pings every `interval` and suspicion after `suspect_after`.
+    pub fn new(interval: Duration, suspect_after: Duration) -> Self {
+        LivenessConfig {
+            interval,
+            suspect_after,
+            ..LivenessConfig::default()
+        }
+    }
+}
+
+/// Runs the detector while the node runs.
+pub async fn run(node: Arc<Node>, cfg: LivenessConfig) {
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if !node.is_ready() {
+            continue;
+        }
+        let others: Vec<NodeName> = node
+            .state()
+            .alive()
+            .into_iter()
+            .filter(|m| m != node.name())
+            .collect();
+        ping_all(&node, &others, cfg.interval).await;
+        judge(&node, &others, &cfg).await;
+    }
+}
+
+/// Pings every member at once, each bounded by `within`; answers land in the node's contacts,
+/// as every exchange does.
+async fn ping_all(node: &Node, members: &[NodeName], within: Duration) {
+    join_all(
+        members
+            .iter()
+            .map(|m| tokio::time::timeout(within, node.call(m, &Request::Ping))),
+    )
+    .await;
+}
+
+/// Marks each member up when heard from lately, and unreachable when silent and no helper heard
+/// from it either.
+async fn judge(node: &Arc<Node>, members: &[NodeName], cfg: &LivenessConfig) {
+    let silent: Vec<&NodeName> = members
+        .iter()
+        .filter(|m| {
+            let heard = node.contacts.heard_within(m, cfg.suspect_after);
+            if heard {
+                node.members.set_reachable(m, true);
+            }
+            !heard && !node.members.is_unreachable(m)
+        })
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    let helpers: Vec<&NodeName> = members
+        .iter()
+        .filter(|m| !silent.contains(m) && !node.members.is_unreachable(m))
+        .take(cfg.helpers)
+        .collect();
+    let helpers = &helpers;
+    let verdicts = join_all(silent.iter().map(|s| async move {
+        let asked = join_all(helpers.iter().map(|h| ask(node, h, s, cfg)));
+        let vouched = asked.await.into_iter().any(|heard| heard);
+        (*s, vouched)
+    }))
+    .await;
+    for (member, vouched) in verdicts {
+        if !vouched {
+            tracing::info!(node = %node.name(), "{member} is unreachable: not heard from for {:?}, nor by the members asked", cfg.suspect_after);
+            node.members.set_reachable(member, false);
+        }
+    }
+}
+
+/// Whether `helper` heard from `member` within the suspicion window.
+async fn ask(node: &Node, helper: &NodeName, member: &NodeName, cfg: &LivenessConfig) -> bool {
+    let req = Request::Heard { node: member.clone() };
+    match tokio::time::timeout(cfg.interval, node.call(helper, &req)).await {
+        Ok(Ok(Response::Heard { ago_ms: Some(ms) })) => Duration::from_millis(ms) <= cfg.suspect_after,
+        _ => false,
+    }
+}
