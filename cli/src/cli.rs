@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use muster_node::config::NodeConfig;
 use crate::ctl::CtlArgs;
+use muster_node::config::NodeConfig;
 
 /// Muster: peer discovery and cluster formation — reference broker node.
 #[derive(Debug, Parser)]

@@ -125,7 +125,10 @@ impl Apps {
             return refuse("this node serves no application requests".into());
         };
         if body.len() > MAX_BODY {
-            return refuse(format!("a body of {} bytes is larger than {MAX_BODY}", body.len()));
+            return refuse(format!(
+                "a body of {} bytes is larger than {MAX_BODY}",
+                body.len()
+            ));
         }
         let Ok(_slot) = self.running.clone().try_acquire_owned() else {
             return refuse(format!("busy: {MAX_CONCURRENT} application requests are running"));

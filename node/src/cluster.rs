@@ -268,7 +268,11 @@ impl ClusterBuilder {
         }
         let backend: Arc<dyn muster::Discovery> = Arc::new(Counting::new(backend, node.metrics.clone()));
         let membership = Arc::new(NodeMembership(node.clone()));
-        let engine = Arc::new(FormationEngine::new(cf.clone(), backend.clone(), membership.clone()));
+        let engine = Arc::new(FormationEngine::new(
+            cf.clone(),
+            backend.clone(),
+            membership.clone(),
+        ));
         node.set_formation(engine.status(), backend.clone());
         node.set_trigger(engine.trigger());
         // The key before the first handshake: the listener is bound, so peers that call meanwhile
@@ -292,7 +296,12 @@ impl ClusterBuilder {
         );
         let formation = {
             let (engine, node) = (engine.clone(), node.clone());
-            let cleanup = Cleanup::new(cf.node_cleanup.clone(), cf.probe_timeout, backend.clone(), membership.clone());
+            let cleanup = Cleanup::new(
+                cf.node_cleanup.clone(),
+                cf.probe_timeout,
+                backend.clone(),
+                membership.clone(),
+            );
             tokio::spawn(async move {
                 match engine.run().await {
                     // Forgotten members are counted by the node itself (forget_member).
@@ -323,7 +332,9 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("node", self.node.name()).finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("node", self.node.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -409,7 +420,12 @@ impl Cluster {
     /// Sends `request` to member `to`'s application handler and returns its answer (see
     /// [`ClusterBuilder::on_request`]): on the peer channel, authenticated and encrypted with the
     /// cookie.
-    pub async fn request(&self, to: &NodeName, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, AppError> {
+    pub async fn request(
+        &self,
+        to: &NodeName,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, AppError> {
         crate::apps::call(&self.node, to, request, timeout).await
     }
 

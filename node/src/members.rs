@@ -295,8 +295,11 @@ impl MemberTable {
     /// Every member's metadata this node knows (its own included), to send with its state.
     pub fn gossip(&self) -> BTreeMap<NodeName, Metadata> {
         let t = self.lock();
-        let mut all: BTreeMap<NodeName, Metadata> =
-            t.members.iter().map(|(n, e)| (n.clone(), e.meta.clone())).collect();
+        let mut all: BTreeMap<NodeName, Metadata> = t
+            .members
+            .iter()
+            .map(|(n, e)| (n.clone(), e.meta.clone()))
+            .collect();
         all.insert(self.local.clone(), t.own.clone());
         all.retain(|_, m| m.version > 0);
         all
@@ -491,7 +494,10 @@ mod unix_ms {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         s.serialize_u64(ms)
     }
 
@@ -534,7 +540,10 @@ mod tests {
         assert_eq!(watch.borrow().get(&n("b")).unwrap().metadata["port"], "7000");
         t.set_reachable(&n("b"), false);
         assert!(matches!(events.next().await, Some(Event::Unreachable { .. })));
-        assert_eq!(watch.borrow().get(&n("b")).unwrap().status, MemberStatus::Unreachable);
+        assert_eq!(
+            watch.borrow().get(&n("b")).unwrap().status,
+            MemberStatus::Unreachable
+        );
         t.set_reachable(&n("b"), true);
         assert!(matches!(events.next().await, Some(Event::Up { .. })));
         t.set_leaving(&n("b"));
@@ -569,7 +578,9 @@ mod tests {
     #[test]
     fn own_metadata_is_bounded_and_never_taken_from_others() {
         let t = MemberTable::new(n("a"));
-        let e = t.set_own_entry("k", Some(&"x".repeat(MAX_METADATA_BYTES))).unwrap_err();
+        let e = t
+            .set_own_entry("k", Some(&"x".repeat(MAX_METADATA_BYTES)))
+            .unwrap_err();
         assert!(matches!(e, MetadataError::TooLarge { .. }), "{e}");
         t.set_own_entry("k", Some("v")).unwrap();
         let v = t.own().version;

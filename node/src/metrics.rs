@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use muster::{
-    Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Milestone, Registration,
-};
+use muster::{Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Milestone, Registration};
 
 /// A counter that only goes up.
 #[derive(Debug, Default)]

@@ -157,6 +157,8 @@ pub struct Node {
     pub members: crate::members::MemberTable,
     /// The service's handler of application requests.
     pub apps: crate::apps::Apps,
+    /// Set when the node stopped (see `Node::close`).
+    closed: std::sync::atomic::AtomicBool,
     /// Live inbound connections by the name they authenticated as (see `Node::bind_name`).
     inbound: std::sync::Mutex<HashMap<NodeName, Inbound>>,
     /// What an operator's reset or join-cluster made of the node after formation ended: the
@@ -341,6 +343,7 @@ impl Node {
         let node = Arc::new(Node {
             members,
             apps: crate::apps::Apps::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             creds: Credentials {
                 cookie,
                 cluster_name,
@@ -639,8 +642,10 @@ impl Node {
         }
     }
 
-    /// Ends this node's connections (see `Cluster::shutdown`).
+    /// Ends this node's connections (see `Cluster::shutdown`); a request arriving later is
+    /// answered "shutting down" and its connection closed.
     pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.pool.close_all();
         let inbound = std::mem::take(&mut *self.inbound.lock().unwrap_or_else(|e| e.into_inner()));
         for entry in inbound.into_values() {
@@ -650,6 +655,11 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Whether [`Node::close`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The current membership state.
@@ -689,7 +699,12 @@ impl Node {
     }
 
     /// Like [`Node::call`], waiting at most `timeout` for the answer.
-    pub async fn call_within(&self, peer: &NodeName, req: &Request, timeout: Duration) -> Result<Response, CallError> {
+    pub async fn call_within(
+        &self,
+        peer: &NodeName,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
         self.metrics.messages_sent.inc();
         let r = match self.resolve(peer).await {
             Ok(addrs) => self.pool.call(&self.creds, peer, addrs, req, timeout).await,
@@ -1102,9 +1117,7 @@ impl Node {
         running.sort();
         if probe_peers {
             let reachable = running.iter().filter(|n| **n != self.name).count();
-            self.metrics
-                .reachable_peers
-                .set(reachable as f64);
+            self.metrics.reachable_peers.set(reachable as f64);
         }
         let f = self.formation();
         NodeStatus {
@@ -1180,10 +1193,16 @@ impl Node {
     /// Leaves this node's cluster for good (see `Cluster::leave`): the members learn it from
     /// the node itself, so they report it left rather than forgotten.
     pub async fn leave(&self) -> Result<(), LeaveError> {
-        if !self.facts().cluster.is_some() || !self.facts().members.contains(&self.name) {
+        let member = {
+            let f = self.facts();
+            f.cluster.is_some() && f.members.contains(&self.name)
+        };
+        if !member {
             return Err(LeaveError::NotMember);
         }
-        self.depart().await.map_err(|e| LeaveError::State(e.to_string()))?;
+        self.depart()
+            .await
+            .map_err(|e| LeaveError::State(e.to_string()))?;
         info!(node = %self.name, "left the cluster; this node is blank");
         Ok(())
     }

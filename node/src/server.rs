@@ -178,10 +178,13 @@ pub fn handler(node: Weak<Node>) -> Handler {
     Arc::new(move |req, peer| {
         let node = node.upgrade();
         Box::pin(async move {
-            let Some(node) = node else {
-                return Handled::from(Response::Error {
-                    message: "the node is shutting down".into(),
-                });
+            let Some(node) = node.filter(|n| !n.is_closed()) else {
+                return Handled {
+                    close: true,
+                    ..Handled::from(Response::Error {
+                        message: "the node is shutting down".into(),
+                    })
+                };
             };
             // Only node-to-node traffic counts as peer messages (the CLI's calls do not).
             let from_peer = peer.is_some();
@@ -199,7 +202,11 @@ pub fn handler(node: Weak<Node>) -> Handler {
             } else {
                 None
             };
-            Handled { resp, after }
+            Handled {
+                resp,
+                after,
+                close: false,
+            }
         })
     })
 }

@@ -168,4 +168,3 @@ impl Collector for StateView {
         Ok(())
     }
 }
-

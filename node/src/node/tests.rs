@@ -415,7 +415,15 @@ async fn a_forgotten_member_learns_its_removal_and_an_unknown_joiner_is_merged()
     // j joined through another member; its push reaches a first.
     let mut j_view = persisted("x", &[&a]).state;
     j_view.add(&j, 5).unwrap();
-    let answer = crate::server::dispatch(&node_a, Request::Sync { state: j_view, meta: Default::default() }, Some(&j)).await;
+    let answer = crate::server::dispatch(
+        &node_a,
+        Request::Sync {
+            state: j_view,
+            meta: Default::default(),
+        },
+        Some(&j),
+    )
+    .await;
     assert!(matches!(answer, Response::State { .. }), "{answer:?}");
     assert!(node_a.state().is_member(&j), "the joiner is merged");
 }

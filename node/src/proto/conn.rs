@@ -55,11 +55,17 @@ pub struct Handled {
     pub resp: Response,
     /// Run after the answer is written (a `stop` stops the node only then).
     pub after: Option<Box<dyn FnOnce() + Send>>,
+    /// Close the connection after the answer (the node has stopped).
+    pub close: bool,
 }
 
 impl From<Response> for Handled {
     fn from(resp: Response) -> Self {
-        Handled { resp, after: None }
+        Handled {
+            resp,
+            after: None,
+            close: false,
+        }
     }
 }
 
@@ -222,9 +228,12 @@ async fn read_loop(
                 };
                 let conn = conn.clone();
                 tokio::spawn(async move {
-                    let Handled { resp, after } = handler(req, conn.peer.clone()).await;
+                    let Handled { resp, after, close } = handler(req, conn.peer.clone()).await;
                     let sent = conn.reply(id, resp).await;
                     drop(slot);
+                    if close {
+                        conn.close();
+                    }
                     if sent.is_ok()
                         && let Some(after) = after
                     {
