@@ -808,3 +808,64 @@ async fn a_silent_cluster_member_dropped_from_the_listing_stays_in_the_view() {
     }
     assert_eq!(assert_one_cluster(&net, &[a, c, x, y]), old);
 }
+
+/// The crash window of a service's bootstrap hook: the seed persisted that it began forming
+/// cluster X and ran the hook (its service state now belongs to X), then crashed before X was
+/// persisted. Nobody forms another cluster while it is down, whatever the lock-free backends'
+/// commitments or the fencing record say; at its restart it completes X (the hook runs again for
+/// the same X) and the others join X.
+async fn a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation(mode: BackendMode) {
+    let nodes = [n(1), n(2), n(3)];
+    let dir = Directory::new(mode, 7);
+    let net = Network::new(NetworkFaults::default(), 7);
+    net.set_form_latency(Duration::from_secs(3));
+    let cfg = FormationConfig {
+        target_cluster_size_hint: 3,
+        ..config()
+    };
+    let mut runs: Vec<Run> = nodes.iter().map(|n| start_plain(&cfg, &dir, &net, n)).collect();
+    let forming = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(i) = nodes.iter().position(|n| net.forming(n).is_some()) {
+            break i;
+        }
+    };
+    let cluster = net.forming(&nodes[forming]).unwrap();
+    runs.remove(forming).abort();
+    net.crash(&nodes[forming]);
+    dir.crashed(&nodes[forming]);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(net.splits().is_empty(), "split: {:?}", net.splits());
+    assert!(
+        net.clusters().is_empty(),
+        "nothing forms while the seed is down: {:?}",
+        net.clusters()
+    );
+    let back = start_plain(&cfg, &dir, &net, &nodes[forming]);
+    back.await.unwrap().unwrap();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(assert_one_cluster(&net, &nodes), cluster);
+    assert_eq!(
+        net.hook_runs(),
+        (2, 1),
+        "the hook ran again for the same cluster at the restart"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation_static() {
+    let nodes = vec![n(1), n(2), n(3)];
+    a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation(BackendMode::Static(nodes)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation_locking() {
+    a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation(BackendMode::Locking).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation_eventual() {
+    a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation(BackendMode::Eventual).await;
+}

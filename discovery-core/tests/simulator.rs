@@ -90,6 +90,7 @@ struct Coverage {
     departures: u64,
     prewiped: u64,
     split_stops: u64,
+    completed_at_restart: u64,
 }
 
 impl Coverage {
@@ -120,6 +121,7 @@ impl Coverage {
         self.crowds += u64::from(s.nodes.len() > 9);
         self.departures += any(&|f| matches!(f, Fault::Depart));
         self.prewiped += u64::from(!s.prewiped.is_empty());
+        self.completed_at_restart += u64::from(r.completed_at_restart > 0);
         self.split_stops += u64::from(
             s.events.iter().any(|e| matches!(e.fault, Fault::Stop { .. }))
                 && s.partitions
@@ -159,7 +161,8 @@ impl std::fmt::Display for Coverage {
             "\n  settings shipped {}, drawn from validate()'s range {}; liveness checked {} (the \
              rest gave the budget no room, or {} left nodes waiting for an operator on a seed \
              that lost its disk or left); staggered crowds of 10-100 nodes {}, departures {}, \
-             pre-formed clusters with wiped members {}, full stops split by a partition {}",
+             pre-formed clusters with wiped members {}, full stops split by a partition {}, \
+             formations interrupted during the bootstrap hook and completed at restart {}",
             self.shipped_settings,
             self.drawn_settings,
             self.liveness_checked,
@@ -167,7 +170,8 @@ impl std::fmt::Display for Coverage {
             self.crowds,
             self.departures,
             self.prewiped,
-            self.split_stops
+            self.split_stops,
+            self.completed_at_restart
         )
     }
 }

@@ -26,6 +26,18 @@ use crate::tls::PeerTls;
 
 pub use crate::apps::{AppError, AppHandler};
 
+/// Why the service's `on_form` hook failed.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The service's bootstrap hook (see [`ClusterBuilder::on_form`]).
+pub type FormHook = Arc<
+    dyn Fn(
+            muster::ClusterId,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HookError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What a node is built from; [`ClusterBuilder::start`] boots it.
 #[must_use = "a builder does nothing until start()"]
 pub struct ClusterBuilder {
@@ -40,6 +52,7 @@ pub struct ClusterBuilder {
     sync_interval: Duration,
     liveness: crate::liveness::LivenessConfig,
     app: Option<AppHandler>,
+    on_form: Option<FormHook>,
     #[cfg(feature = "http")]
     http: Option<(SocketAddr, bool)>,
     unchecked_tables: Vec<&'static str>,
@@ -90,6 +103,10 @@ pub enum StartError {
     /// The cookie's key could not be derived.
     #[error("refusing to start: {0}")]
     Cookie(#[from] crate::cookie::CookieError),
+    /// An interrupted formation could not be completed (the `on_form` hook failed, or the state
+    /// could not be written); the next start tries again.
+    #[error("cannot complete the interrupted formation: {0}")]
+    Formation(muster::MembershipError),
     /// The metadata is too large or malformed.
     #[error("refusing to start: {0}")]
     Metadata(#[from] MetadataError),
@@ -141,6 +158,7 @@ impl ClusterBuilder {
             sync_interval: Duration::from_secs(2),
             liveness: crate::liveness::LivenessConfig::default(),
             app: None,
+            on_form: None,
             #[cfg(feature = "http")]
             http: None,
             unchecked_tables: Vec::new(),
@@ -193,6 +211,23 @@ impl ClusterBuilder {
     /// Answers application requests from other members (see [`Cluster::request`]).
     pub fn on_request(mut self, handler: AppHandler) -> Self {
         self.app = Some(handler);
+        self
+    }
+
+    /// Bootstraps the service's own state (a consensus log, a schema) exactly once per cluster:
+    /// `hook` runs on the node that forms a new cluster, after the cluster's identity is decided
+    /// (and claimed, with a backend that has a lock) and before the cluster is persisted and
+    /// visible to other nodes. The node records that it began forming that cluster before the
+    /// hook runs; if it crashes before the cluster is persisted, its next start completes that
+    /// same formation and runs the hook again, so the hook must be idempotent. Until then no
+    /// other node forms a cluster. A hook error fails this attempt; the formation is completed
+    /// at the next start.
+    pub fn on_form<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(muster::ClusterId) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), HookError>> + Send + 'static,
+    {
+        self.on_form = Some(Arc::new(move |id| Box::pin(hook(id))));
         self
     }
 
@@ -250,6 +285,20 @@ impl ClusterBuilder {
         node.members.set_own(metadata);
         if let Some(app) = self.app {
             node.apps.set_handler(app);
+        }
+        if let Some(hook) = self.on_form {
+            let _ = node.on_form.set(hook);
+        }
+        // A formation interrupted by a crash is completed before this node answers anyone:
+        // peers committed to it (or the fencing record) wait for exactly this cluster.
+        if let Some(id) = node.unfinished_formation() {
+            info!(node = %self.name, "completing the formation of cluster {id}, interrupted before it was persisted (the on_form hook runs again)");
+            if let Some(hook) = node.on_form.get() {
+                crate::node::run_form_hook(hook, &id)
+                    .await
+                    .map_err(StartError::Formation)?;
+            }
+            node.finish_forming(&id).map_err(StartError::Formation)?;
         }
         let listener = TcpListener::bind(listen_addr)
             .await

@@ -37,7 +37,7 @@ pub mod state;
 pub mod tls;
 
 pub use apps::{AppError, AppHandler};
-pub use cluster::{Cluster, ClusterBuilder, FormedError, StartError, StopError};
+pub use cluster::{Cluster, ClusterBuilder, FormHook, FormedError, HookError, StartError, StopError};
 pub use cookie::Cookie;
 pub use liveness::LivenessConfig;
 pub use members::{Event, Events, MemberInfo, MemberStatus, Members, MetadataError};

@@ -159,6 +159,8 @@ pub struct Node {
     pub apps: crate::apps::Apps,
     /// Set when the node stopped (see `Node::close`).
     closed: std::sync::atomic::AtomicBool,
+    /// The service's bootstrap hook (see `ClusterBuilder::on_form`).
+    pub on_form: OnceLock<crate::cluster::FormHook>,
     /// Live inbound connections by the name they authenticated as (see `Node::bind_name`).
     inbound: std::sync::Mutex<HashMap<NodeName, Inbound>>,
     /// What an operator's reset or join-cluster made of the node after formation ended: the
@@ -344,6 +346,7 @@ impl Node {
             members,
             apps: crate::apps::Apps::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            on_form: OnceLock::new(),
             creds: Credentials {
                 cookie,
                 cluster_name,
@@ -640,6 +643,35 @@ impl Node {
             state,
             meta: self.members.gossip(),
         }
+    }
+
+    /// Persists cluster `id` formed with this node as its only member and founder, and serves
+    /// it: the end of `Membership::form`, and of a formation interrupted by a crash.
+    pub fn finish_forming(&self, id: &ClusterId) -> Result<(), MembershipError> {
+        let mut g = self.lock();
+        if let Some(c) = &g.p.state.cluster {
+            return Err(MembershipError::Invalid(format!(
+                "already a member of cluster {c}"
+            )));
+        }
+        // Persist first, then apply: a failed save leaves the node as it was.
+        let mut next = g.p.clone();
+        next.incarnation = now_ms();
+        next.state = ClusterState::formed(id.clone(), &self.name, next.incarnation);
+        next.vouch = None;
+        next.forming = None;
+        self.save(&next)?;
+        g.p = next;
+        g.ready = true;
+        drop(g);
+        self.clear_force_boot();
+        Ok(())
+    }
+
+    /// A formation this node began and did not finish (see `Persisted::forming`).
+    pub fn unfinished_formation(&self) -> Option<ClusterId> {
+        let g = self.lock();
+        g.p.forming.clone().filter(|_| g.p.state.cluster.is_none())
     }
 
     /// Ends this node's connections (see `Cluster::shutdown`); a request arriving later is
@@ -1300,6 +1332,16 @@ fn names(nodes: &[NodeName]) -> String {
     nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// Runs the service's `on_form` hook for cluster `id`.
+pub(crate) async fn run_form_hook(
+    hook: &crate::cluster::FormHook,
+    id: &ClusterId,
+) -> Result<(), MembershipError> {
+    hook(id.clone())
+        .await
+        .map_err(|e| MembershipError::State(format!("the on_form hook failed for cluster {id}: {e}")))
+}
+
 /// `Membership` for the formation engine.
 #[derive(Clone)]
 pub struct NodeMembership(pub Arc<Node>);
@@ -1340,23 +1382,37 @@ impl Membership for NodeMembership {
 
     async fn form(&self, id: &ClusterId) -> Result<(), MembershipError> {
         let n = &self.0;
-        let mut g = n.lock();
-        if let Some(c) = &g.p.state.cluster {
-            return Err(MembershipError::Invalid(format!(
-                "already a member of cluster {c}"
-            )));
+        let hook = n.on_form.get().cloned();
+        {
+            let mut g = n.lock();
+            if let Some(c) = &g.p.state.cluster {
+                return Err(MembershipError::Invalid(format!(
+                    "already a member of cluster {c}"
+                )));
+            }
+            match &g.p.forming {
+                Some(begun) if begun != id => {
+                    return Err(MembershipError::Invalid(format!(
+                        "this node began forming cluster {begun} (its on_form hook ran for it); \
+                         it completes only that one, at its next start"
+                    )));
+                }
+                Some(_) => {}
+                // Recorded before the hook runs: from then on the service's own state belongs
+                // to `id`, and a crash leaves this formation to complete at the next start.
+                None if hook.is_some() => {
+                    let mut next = g.p.clone();
+                    next.forming = Some(id.clone());
+                    n.save(&next)?;
+                    g.p = next;
+                }
+                None => {}
+            }
         }
-        // Persist first, then apply: a failed save leaves the node blank, as it was.
-        let mut next = g.p.clone();
-        next.incarnation = now_ms();
-        next.state = ClusterState::formed(id.clone(), &n.name, next.incarnation);
-        next.vouch = None;
-        n.save(&next)?;
-        g.p = next;
-        g.ready = true;
-        drop(g);
-        n.clear_force_boot();
-        Ok(())
+        if let Some(hook) = hook {
+            run_form_hook(&hook, id).await?;
+        }
+        n.finish_forming(id)
     }
 
     async fn join(&self, member: &NodeName, cluster: &ClusterId) -> Result<(), MembershipError> {

@@ -38,6 +38,9 @@ pub struct ClusterState {
     pub members: BTreeMap<NodeName, Member>,
     /// Increases with every change this node makes or merges.
     pub version: u64,
+    /// The node that formed the cluster (unknown in states written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub founder: Option<NodeName>,
 }
 
 /// Merging states of two different clusters is refused.
@@ -67,6 +70,7 @@ impl ClusterState {
                 },
             )]),
             version: 1,
+            founder: Some(node.clone()),
         }
     }
 
@@ -166,6 +170,10 @@ impl ClusterState {
             _ => {}
         }
         let mut changed = false;
+        if self.founder.is_none() && other.founder.is_some() {
+            self.founder.clone_from(&other.founder);
+            changed = true;
+        }
         for (node, theirs) in &other.members {
             let wins = match self.members.get(node) {
                 None => true,
@@ -204,6 +212,10 @@ pub struct Persisted {
     /// a reset, so that peers can tell a seed that restarted from one that lost its data.
     #[serde(default)]
     pub disk: u64,
+    /// A formation begun and not finished: persisted before the service's `on_form` hook runs
+    /// (its state then belongs to this cluster), completed at the next start if interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forming: Option<ClusterId>,
 }
 
 /// The two slots (see [`slot`]): each save overwrites the older one.

@@ -232,3 +232,72 @@ async fn a_second_node_on_a_data_dir_in_use_is_refused_with_the_path() {
         .shutdown()
         .await;
 }
+
+/// The bootstrap hook's crash window, in process: the node that forms runs `on_form` and is
+/// killed while the hook runs (its tasks end mid-hook). The others form nothing meanwhile; its
+/// restart on the same data dir completes the same cluster, running the hook again for it, and
+/// the others join; the founder is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_during_its_on_form_hook_completes_that_cluster_at_restart() {
+    use std::sync::{Arc, Mutex};
+    let s = Setup::new(3);
+    let calls: Arc<Mutex<Vec<(usize, muster::ClusterId)>>> = Arc::default();
+    let hooked = |i: usize, block: bool| {
+        let calls = calls.clone();
+        s.builder(i).on_form(move |id| {
+            let calls = calls.clone();
+            async move {
+                calls.lock().unwrap().push((i, id));
+                if block {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(Some(hooked(i, true).start().await.unwrap()));
+    }
+    let (seed, cluster) = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(first) = calls.lock().unwrap().first().cloned() {
+                return first;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a node runs its on_form hook");
+    drop(nodes[seed].take());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in nodes.iter().flatten() {
+        assert!(
+            matches!(
+                n.formed(Duration::ZERO).await,
+                Err(muster_node::FormedError::Timeout(_))
+            ),
+            "{} formed while the seed was down",
+            n.name()
+        );
+    }
+    let back = hooked(seed, false)
+        .start()
+        .await
+        .expect("restart on the same data dir");
+    assert_eq!(back.formed(WAIT).await.unwrap().cluster(), &cluster);
+    for n in nodes.iter().flatten() {
+        assert_eq!(n.formed(WAIT).await.unwrap().cluster(), &cluster);
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![(seed, cluster.clone()), (seed, cluster)],
+        "the hook ran twice, on the seed, for one cluster"
+    );
+    assert_eq!(back.node().state().founder.as_ref(), Some(&s.names[seed]));
+    back.shutdown().await;
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}

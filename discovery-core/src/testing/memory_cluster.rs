@@ -68,6 +68,9 @@ struct NodeState {
     joined: Vec<ClusterId>,
     /// The running engine's trigger: what a delivered notice fires.
     trigger: Option<crate::trigger::Trigger>,
+    /// A formation begun and not finished: persisted before the service's bootstrap hook runs
+    /// (its state now belongs to that cluster), completed at the next start if interrupted.
+    forming: Option<ClusterId>,
 }
 
 #[derive(Debug)]
@@ -89,6 +92,10 @@ struct NetInner {
     splits: Vec<String>,
     /// Seeds whose disk was lost while it held their own announced intent.
     lost_intents: u64,
+    /// Bootstrap hook runs, and how many of them were interrupted formations completed at a
+    /// restart.
+    hook_runs: u64,
+    completed_at_restart: u64,
 }
 
 /// The simulated network and the shared membership store.
@@ -117,6 +124,8 @@ impl Network {
                 formations: 0,
                 splits: Vec::new(),
                 lost_intents: 0,
+                hook_runs: 0,
+                completed_at_restart: 0,
             })),
         }
     }
@@ -134,6 +143,14 @@ impl Network {
         if st.disk == 0 {
             st.disk = disk;
             g.next_disk += 1;
+        }
+        let st = g.nodes.get_mut(node).expect("inserted above");
+        // An interrupted formation is completed before the node answers anyone: the hook runs
+        // again, and the cluster its state belongs to is formed.
+        if let (Some(id), None) = (st.forming.clone(), st.cluster.as_ref()) {
+            g.hook_runs += 1;
+            g.completed_at_restart += 1;
+            Network::finish_forming(&mut g, node, &id);
         }
         let st = g.nodes.get_mut(node).expect("inserted above");
         st.stopped_peers.clear();
@@ -199,7 +216,53 @@ impl Network {
             st.vouch = None;
             st.disk = 0;
             st.joined.clear();
+            st.forming = None;
         }
+    }
+
+    /// The formation a node began and has not finished (its bootstrap hook ran for it).
+    pub fn forming(&self, node: &NodeName) -> Option<ClusterId> {
+        self.lock().nodes.get(node).and_then(|s| s.forming.clone())
+    }
+
+    /// Bootstrap hook runs so far, and how many completed an interrupted formation at a restart.
+    pub fn hook_runs(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.hook_runs, g.completed_at_restart)
+    }
+
+    /// Forms `id` with `node` as its only member, recording a split when another cluster is
+    /// still held by some node's disk, as a membership or as a formation in progress.
+    fn finish_forming(g: &mut NetInner, node: &NodeName, id: &ClusterId) {
+        let held: BTreeSet<ClusterId> = g
+            .nodes
+            .iter()
+            .flat_map(|(n, s)| {
+                let pending = s.forming.clone().filter(|_| n != node);
+                s.cluster.clone().into_iter().chain(pending)
+            })
+            .collect();
+        if let Some(other) = held.iter().find(|c| *c != id) {
+            let holders: Vec<String> = g
+                .nodes
+                .iter()
+                .filter(|(_, s)| s.cluster.as_ref() == Some(other) || s.forming.as_ref() == Some(other))
+                .map(|(n, _)| n.to_string())
+                .collect();
+            let line = format!(
+                "{node} formed {id} while {other} was held by [{}]",
+                holders.join(", ")
+            );
+            g.splits.push(line);
+        }
+        g.formations += 1;
+        g.clusters.insert(id.clone(), BTreeSet::from([node.clone()]));
+        let st = g.nodes.entry(node.clone()).or_default();
+        st.cluster = Some(id.clone());
+        st.forming = None;
+        st.ready = true;
+        st.vouch = None;
+        st.joined.push(id.clone());
     }
 
     /// Gives `nodes` a cluster formed before the run (they are down; start them later).
@@ -473,40 +536,32 @@ impl Membership for MemoryMember {
 
     async fn form(&self, id: &ClusterId) -> Result<(), MembershipError> {
         self.net.wait_unpaused(&self.local).await;
+        {
+            let mut g = self.net.lock();
+            let st = g.nodes.entry(self.local.clone()).or_default();
+            if let Some(c) = &st.cluster {
+                return Err(MembershipError::Invalid(format!(
+                    "already a member of cluster {c}"
+                )));
+            }
+            match &st.forming {
+                Some(begun) if begun != id => {
+                    return Err(MembershipError::Invalid(format!(
+                        "this node began forming cluster {begun}; it completes only that one"
+                    )));
+                }
+                _ => st.forming = Some(id.clone()),
+            }
+            // The service's bootstrap hook runs now, for as long as the form latency: a crash
+            // meanwhile leaves the formation begun, to complete at the next start.
+            g.hook_runs += 1;
+        }
         let latency = self.net.lock().form_latency;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         let mut g = self.net.lock();
-        if let Some(c) = g.nodes.get(&self.local).and_then(|s| s.cluster.clone()) {
-            return Err(MembershipError::Invalid(format!(
-                "already a member of cluster {c}"
-            )));
-        }
-        // Counted when it happens: another cluster still held by some node's disk is a split.
-        let held: BTreeSet<ClusterId> = g.nodes.values().filter_map(|s| s.cluster.clone()).collect();
-        if let Some(other) = held.iter().find(|c| *c != id) {
-            let holders: Vec<String> = g
-                .nodes
-                .iter()
-                .filter(|(_, s)| s.cluster.as_ref() == Some(other))
-                .map(|(n, _)| n.to_string())
-                .collect();
-            let line = format!(
-                "{} formed {id} while {other} was held by [{}]",
-                self.local,
-                holders.join(", ")
-            );
-            g.splits.push(line);
-        }
-        g.formations += 1;
-        g.clusters
-            .insert(id.clone(), BTreeSet::from([self.local.clone()]));
-        let st = g.nodes.entry(self.local.clone()).or_default();
-        st.cluster = Some(id.clone());
-        st.ready = true;
-        st.vouch = None;
-        st.joined.push(id.clone());
+        Network::finish_forming(&mut g, &self.local, id);
         Ok(())
     }
 

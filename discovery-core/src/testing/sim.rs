@@ -173,6 +173,9 @@ pub struct SimReport {
     /// Nodes wait for an operator: their seed lost its disk (or left) after it announced, on a
     /// listing that is not authoritative.
     pub stranded: bool,
+    /// Formations interrupted between the bootstrap hook and the persisted cluster (a crash
+    /// while the hook ran), completed at the node's next start.
+    pub completed_at_restart: u64,
 }
 
 impl SimReport {
@@ -825,5 +828,6 @@ fn check(
         notices: net.notices().0,
         liveness_checked: allowed && !stranded,
         stranded,
+        completed_at_restart: net.hook_runs().1,
     }
 }
