@@ -47,6 +47,15 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every member's status (up, unreachable, stopped, leaving), metadata and since when.
+    Members {
+        /// Print each change as it happens, until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON (one object per line with --watch).
+        #[arg(long)]
+        json: bool,
+    },
     /// Join the cluster PEER belongs to (the node must be blank: reset it first).
     JoinCluster {
         /// A member of the cluster to join.
@@ -140,6 +149,9 @@ pub fn print_status(s: &NodeStatus) {
     );
     println!("  members:   {}", list(&s.members));
     println!("  running:   {}", list(&s.running));
+    for m in &s.member_info {
+        println!("    {}", member_line(m));
+    }
     if !s.foreign.is_empty() {
         let foreign: Vec<String> = s
             .foreign
@@ -156,6 +168,64 @@ pub fn print_status(s: &NodeStatus) {
     println!("  formation: {} — {}", s.formation, s.detail);
     if let Some(r) = &s.registration {
         println!("  backend:   {r}");
+    }
+}
+
+/// One member as `members` and `cluster-status` print it: name, status, since when, metadata.
+fn member_line(m: &muster_node::MemberInfo) -> String {
+    let since = m
+        .since
+        .elapsed()
+        .map(|d| format!("{}s ago", d.as_secs()))
+        .unwrap_or_else(|_| "just now".into());
+    let meta: Vec<String> = m.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "{:<40} {:<11} since {:<10} {}",
+        m.name.to_string(),
+        m.status.as_str(),
+        since,
+        meta.join(" ")
+    )
+}
+
+/// Prints the members, and with `watch` every later change, until interrupted.
+async fn members(
+    creds: &Credentials,
+    node: &NodeName,
+    args: &CtlArgs,
+    watch: bool,
+    json: bool,
+) -> Result<i32, String> {
+    let timeout = Duration::from_secs(args.timeout);
+    let addrs = args.address.map(|a| vec![a]);
+    let mut after = None;
+    loop {
+        let req = Request::Members { after };
+        let resp = call_at(creds, node, addrs.clone(), &req, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let members = match resp {
+            Response::Members { members } => members,
+            Response::Error { message } => return Err(format!("{node}: {message}")),
+            other => return Err(format!("{node}: unexpected answer {other:?}")),
+        };
+        if after != Some(members.version) {
+            if json {
+                println!("{}", serde_json::to_string(&members).map_err(|e| e.to_string())?);
+            } else {
+                println!(
+                    "Members of the cluster as {node} sees them (version {}):",
+                    members.version
+                );
+                for m in &members.members {
+                    println!("  {}", member_line(m));
+                }
+            }
+        }
+        if !watch {
+            return Ok(0);
+        }
+        after = Some(members.version);
     }
 }
 
@@ -197,8 +267,12 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
         return Ok(0);
     }
     let (creds, node) = credentials(&args)?;
+    if let CtlCommand::Members { watch, json } = args.command {
+        return members(&creds, &node, &args, watch, json).await;
+    }
     let timeout = Duration::from_secs(args.timeout);
     let req = match &args.command {
+        CtlCommand::Members { .. } => Request::Members { after: None },
         CtlCommand::ClusterStatus { .. } | CtlCommand::CheckRunning => Request::Status,
         CtlCommand::JoinCluster { peer } => Request::JoinCluster { peer: peer.clone() },
         CtlCommand::ForgetClusterNode { member } => Request::Forget { node: member.clone() },

@@ -12,6 +12,8 @@ use tokio::sync::{broadcast, watch};
 
 /// The most metadata one node may carry: keys and values together, in bytes.
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// The longest a watcher's request for the next change is held open.
+pub const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Events kept for a slow consumer before it gets [`Event::Lagged`] instead.
 const EVENT_BUFFER: usize = 1024;
 
@@ -60,6 +62,8 @@ pub struct MemberInfo {
 /// Every member this node knows, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Members {
+    /// Raised with every change this node saw (a watcher asks for what comes after it).
+    pub version: u64,
     /// The members.
     pub members: Vec<MemberInfo>,
 }
@@ -126,6 +130,38 @@ pub enum Event {
         /// Every member now.
         members: Members,
     },
+}
+
+impl std::fmt::Display for MemberInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}", self.name, self.status.as_str())?;
+        for (k, v) in &self.metadata {
+            write!(f, ", {k}={v}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Joined { member } => write!(f, "joined {member}"),
+            Event::Up { member } => write!(f, "up {member}"),
+            Event::Unreachable { member } => write!(f, "unreachable {member}"),
+            Event::Stopped { member } => write!(f, "stopped {member}"),
+            Event::Leaving { member } => write!(f, "leaving {member}"),
+            Event::MetadataChanged { member } => write!(f, "metadata changed {member}"),
+            Event::Left { name } => write!(f, "left {name}"),
+            Event::Forgotten { name } => write!(f, "forgotten {name}"),
+            Event::Lagged { members } => {
+                write!(f, "lagged; now {} members:", members.members.len())?;
+                for m in &members.members {
+                    write!(f, " {m}")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A stream of [`Event`]s (see `Cluster::events`).
@@ -256,6 +292,14 @@ impl MemberTable {
     /// A receiver of the current members.
     pub fn watch(&self) -> watch::Receiver<Members> {
         self.watch.subscribe()
+    }
+
+    /// The members once their version is above `after`, or as they are after `max`.
+    pub async fn after(&self, after: u64, max: std::time::Duration) -> Members {
+        let mut rx = self.watch.subscribe();
+        let _ = tokio::time::timeout(max, rx.wait_for(|m| m.version > after)).await;
+        let now = rx.borrow().clone();
+        now
     }
 
     /// A new event stream, starting now.
@@ -449,7 +493,9 @@ impl MemberTable {
         if let Some(e) = event {
             let _ = self.events.send(e);
         }
+        let version = self.watch.borrow().version + 1;
         let members = Members {
+            version,
             members: t.members.iter().map(|(n, e)| info(n, e)).collect(),
         };
         self.watch.send_replace(members);

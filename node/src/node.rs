@@ -1167,6 +1167,7 @@ impl Node {
             registration: self.registration().map(|r| r.detail),
             messages_sent: self.metrics.messages_sent.get(),
             messages_received: self.metrics.messages_received.get(),
+            member_info: self.members.watch().borrow().members.clone(),
         }
     }
 

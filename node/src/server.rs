@@ -358,6 +358,15 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             done(set)
         }
         Request::Stop => Response::Ok,
+        Request::Members { after } => {
+            let members = match after {
+                Some(v) => node.members.after(v, crate::members::LONG_POLL).await,
+                None => node.members.watch().borrow().clone(),
+            };
+            Response::Members {
+                members: Box::new(members),
+            }
+        }
         Request::Heard { node: member } => match peer {
             Some(_) => Response::Heard {
                 ago_ms: node.contacts.ago(&member).map(|d| d.as_millis() as u64),

@@ -1,4 +1,4 @@
-//! The HTTP endpoint on axum and hyper: `/health/live`, `/health/ready`, `/status`, `/metrics`
+//! The HTTP endpoint on axum and hyper: `/health/live`, `/health/ready`, `/status`, `/members`, `/metrics`
 //! (GET and HEAD), with keep-alive, a bounded request head and a deadline for it, within the
 //! listener's connection budget.
 
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,6 +31,14 @@ pub fn router(node: Arc<Node>, status_detail: bool) -> Router {
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
         .route("/status", status)
+        .route(
+            "/members",
+            if status_detail {
+                get(members)
+            } else {
+                get(members_summary)
+            },
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(node)
@@ -106,6 +114,55 @@ async fn summary(State(node): State<Arc<Node>>) -> Response {
         format!("{body:#}\n"),
     )
         .into_response()
+}
+
+/// `/members`: every member's status, metadata and since when, with the members' version;
+/// `?after=V` waits (a few seconds at most) until the version is above `V`: a watch by long
+/// polling for services that run beside the node.
+async fn members(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
+    let members = match after(query.as_deref()) {
+        Ok(Some(v)) => node.members.after(v, crate::members::LONG_POLL).await,
+        Ok(None) => node.members.watch().borrow().clone(),
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    json(&serde_json::json!({ "node": node.name(), "version": members.version, "members": members.members }))
+}
+
+/// `/members` without detail: how many members have each status, nothing about who they are.
+async fn members_summary(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
+    let members = match after(query.as_deref()) {
+        Ok(Some(v)) => node.members.after(v, crate::members::LONG_POLL).await,
+        Ok(None) => node.members.watch().borrow().clone(),
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for m in &members.members {
+        *counts.entry(m.status.as_str()).or_default() += 1;
+    }
+    json(&serde_json::json!({
+        "node": node.name(),
+        "version": members.version,
+        "counts": counts,
+        "detail": "names, statuses and metadata: set [http] status_detail = true, or run muster ctl members",
+    }))
+}
+
+/// The `after` query parameter, if given.
+fn after(query: Option<&str>) -> Result<Option<u64>, String> {
+    let Some(q) = query else { return Ok(None) };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix("after=") {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("after={v} is not a version number\n"));
+        }
+    }
+    Ok(None)
+}
+
+fn json(v: &serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], format!("{v:#}\n")).into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

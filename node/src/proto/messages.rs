@@ -90,6 +90,13 @@ pub enum Request {
     /// From a peer: the sender is stopping gracefully (it stays a member). A member that stops
     /// later counts it as stopped; only one that knows every other member stopped is the last.
     Stopping,
+    /// Every member with its status and metadata; with `after`, once the members' version is
+    /// above it (or after a few seconds): a watch by long polling.
+    Members {
+        /// The version the caller has seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
     /// From a peer: when did this node last hear from `node` (liveness, before a member is
     /// marked unreachable)?
     Heard {
@@ -124,6 +131,7 @@ impl Request {
             | Request::FormationStatus
             | Request::Stopping
             | Request::Heard { .. }
+            | Request::Members { .. }
             | Request::App { .. } => None,
         }
     }
@@ -167,6 +175,9 @@ pub struct NodeStatus {
     pub messages_sent: u64,
     /// Peer-protocol messages this node received.
     pub messages_received: u64,
+    /// Every member's liveness and metadata as this node sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_info: Vec<crate::members::MemberInfo>,
 }
 
 /// A known member that answered as a member of another cluster.
@@ -199,6 +210,11 @@ pub enum Response {
         /// The members' metadata the answering node knows.
         #[serde(default, skip_serializing_if = "MetaGossip::is_empty")]
         meta: MetaGossip,
+    },
+    /// Answer to Members.
+    Members {
+        /// The members.
+        members: Box<crate::members::Members>,
     },
     /// Answer to Heard: how long ago (`None`: not lately).
     Heard {
