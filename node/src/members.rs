@@ -298,8 +298,7 @@ impl MemberTable {
     pub async fn after(&self, after: u64, max: std::time::Duration) -> Members {
         let mut rx = self.watch.subscribe();
         let _ = tokio::time::timeout(max, rx.wait_for(|m| m.version > after)).await;
-        let now = rx.borrow().clone();
-        now
+        Members::clone(&rx.borrow())
     }
 
     /// A new event stream, starting now.
