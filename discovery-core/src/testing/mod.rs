@@ -1,7 +1,9 @@
 //! Test support (feature `testing`): an in-memory backend, an in-memory cluster of `Membership`
-//! nodes, and a deterministic simulator of parallel formation.
+//! nodes, the backend and `Membership` conformance suites, and a deterministic simulator of
+//! parallel formation.
 
 pub mod conformance;
+pub mod membership_conformance;
 mod memory_backend;
 mod memory_cluster;
 mod rng;
