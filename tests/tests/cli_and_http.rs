@@ -424,3 +424,72 @@ fn the_home_lan_deploy_config_is_valid_as_shipped() {
         assert!(out.status.success(), "{pi}: {}", text(&out).1);
     }
 }
+
+/// Liveness and metadata for tools: a paused member (SIGSTOP) shows as unreachable in `ctl
+/// members` and in `/members`, whose long poll (`?after=V`) returns with the change; it is up again
+/// after SIGCONT; without `status_detail` `/members` gives counts only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_show_liveness_through_ctl_and_a_long_polled_http_watch() {
+    let layout = Layout {
+        nodes: 3,
+        http: true,
+        ..Layout::default()
+    };
+    let (_dir, mut c) = local_cluster(&layout);
+    let cfg = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    std::fs::write(&c.nodes[0].config, cfg.replacen("[http]\n", "[http]\nstatus_detail = true\n", 1)).unwrap();
+    c.start_all().unwrap();
+    c.wait_members(&[0, 1, 2], 3, Duration::from_secs(20)).await.unwrap();
+    let http = c.nodes[0].http.unwrap();
+    let up = |body: &str| body.matches("\"status\": \"up\"").count();
+    let started = std::time::Instant::now();
+    let mut body = String::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        body = http_get(http, "/members").1;
+        if up(&body) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up(&body), 3, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let version = v["version"].as_u64().unwrap();
+    let (out, _) = text(&ctl(&c, 0, &["members"]));
+    assert_eq!(out.matches(" up ").count(), 3, "{out}");
+
+    // Pause node 2: the long poll returns with the change, and ctl shows it.
+    let paused = c.nodes[2].name.to_string();
+    let watch = tokio::task::spawn_blocking(move || http_get(http, &format!("/members?after={version}")));
+    c.signal(2, libc::SIGSTOP).unwrap();
+    let (code, changed) = watch.await.unwrap();
+    assert_eq!(code, 200, "{changed}");
+    let v: serde_json::Value = serde_json::from_str(&changed).unwrap();
+    assert!(v["version"].as_u64().unwrap() > version, "{changed}");
+    let started = std::time::Instant::now();
+    loop {
+        let (out, _) = text(&ctl(&c, 0, &["members"]));
+        if out.lines().any(|l| l.contains(&paused) && l.contains("unreachable")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never unreachable:\n{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.signal(2, libc::SIGCONT).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let (out, _) = text(&ctl(&c, 0, &["members", "--json"]));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let all_up = v["members"].as_array().unwrap().iter().all(|m| m["status"] == "up");
+        if all_up {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "not up again after SIGCONT:\n{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Node 1 keeps the default: counts, no names.
+    let (_, summary) = http_get(c.nodes[1].http.unwrap(), "/members");
+    assert!(summary.contains("\"up\": 3") && !summary.contains(&paused), "{summary}");
+    let (code, _) = http_get(http, "/members?after=x");
+    assert_eq!(code, 400);
+    c.stop_all(Duration::from_secs(5)).await;
+}
