@@ -86,6 +86,17 @@ pub enum CtlCommand {
     },
     /// Stop the node gracefully.
     Stop,
+    /// Set one entry of the node's metadata (until it restarts; `[node.metadata]` in its config
+    /// sets it at start), or remove it with --remove.
+    SetMetadata {
+        /// The key.
+        key: String,
+        /// The value (omit with --remove).
+        value: Option<String>,
+        /// Remove the key.
+        #[arg(long, conflicts_with = "value")]
+        remove: bool,
+    },
 }
 
 fn credentials(args: &CtlArgs) -> Result<(Credentials, NodeName), String> {
@@ -242,6 +253,10 @@ fn done_message(cmd: &CtlCommand, node: &NodeName) -> String {
              waiting at its next start"
         ),
         CtlCommand::Stop => format!("{node} is stopping"),
+        CtlCommand::SetMetadata {
+            key, value: Some(v), ..
+        } => format!("{node}: metadata {key}={v}"),
+        CtlCommand::SetMetadata { key, .. } => format!("{node}: metadata {key} removed"),
         _ => format!("{node}: done"),
     }
 }
@@ -281,6 +296,15 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
         CtlCommand::Ping => Request::Ping,
         CtlCommand::FormationStatus { .. } => Request::FormationStatus,
         CtlCommand::Stop => Request::Stop,
+        CtlCommand::SetMetadata { key, value, remove } => {
+            if value.is_none() && !remove {
+                return Err(format!("set-metadata {key}: give a value, or --remove"));
+            }
+            Request::SetMetadata {
+                key: key.clone(),
+                value: value.clone(),
+            }
+        }
     };
     let addrs = args.address.map(|a| vec![a]);
     let resp = call_at(&creds, &node, addrs, &req, timeout)

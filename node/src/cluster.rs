@@ -403,6 +403,7 @@ impl Cluster {
             .cluster_name(cfg.file.node.cluster_name.clone())
             .formation(cfg.file.cluster_formation.clone())
             .sync_interval(cfg.file.node.sync_interval);
+        b.metadata = cfg.file.node.metadata.clone();
         b.tls = tls;
         b.unchecked_tables = cfg.unchecked_tables.clone();
         #[cfg(feature = "http")]

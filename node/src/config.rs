@@ -38,6 +38,9 @@ pub struct NodeSection {
     /// Anti-entropy period: how often membership is exchanged with one peer.
     #[serde(default = "default_sync", with = "duration")]
     pub sync_interval: Duration,
+    /// This node's metadata (a client port, a zone), shown to every member; at most 4 KiB.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 fn default_cluster_name() -> String {

@@ -86,7 +86,9 @@ async fn judge(node: &Arc<Node>, members: &[NodeName], cfg: &LivenessConfig) {
         .iter()
         .filter(|m| {
             let heard = node.contacts.heard_within(m, cfg.suspect_after);
-            if heard {
+            if heard && node.members.is_unreachable(m) && node.members.set_reachable(m, true) {
+                tracing::info!(node = %node.name(), "{m} is reachable again");
+            } else if heard {
                 node.members.set_reachable(m, true);
             }
             !heard && !node.members.is_unreachable(m)

@@ -431,25 +431,32 @@ impl MemberTable {
         self.publish(&mut t, None);
     }
 
-    /// The liveness detector's verdict on `node`.
-    pub fn set_reachable(&self, node: &NodeName, reachable: bool) {
+    /// The liveness detector's verdict on `node`; whether it changed the node's status.
+    pub fn set_reachable(&self, node: &NodeName, reachable: bool) -> bool {
         let mut t = self.lock();
         let changed = if reachable {
-            let a = t.unreachable.remove(node);
-            let b = t.stopped.remove(node);
-            a || b
+            t.unreachable.remove(node)
         } else {
             t.unreachable.insert(node.clone())
         };
         if changed {
             self.restatus(&mut t, node);
         }
+        changed
     }
 
     /// `node` said it stops gracefully.
     pub fn set_stopped(&self, node: &NodeName) {
         let mut t = self.lock();
         if t.stopped.insert(node.clone()) {
+            self.restatus(&mut t, node);
+        }
+    }
+
+    /// `node` runs again (it pushed its state or joined) after it said it stopped.
+    pub fn set_running(&self, node: &NodeName) {
+        let mut t = self.lock();
+        if t.stopped.remove(node) {
             self.restatus(&mut t, node);
         }
     }
@@ -590,6 +597,16 @@ mod tests {
             MemberStatus::Unreachable
         );
         t.set_reachable(&n("b"), true);
+        assert!(matches!(events.next().await, Some(Event::Up { .. })));
+        t.set_stopped(&n("b"));
+        assert!(matches!(events.next().await, Some(Event::Stopped { .. })));
+        t.set_reachable(&n("b"), true);
+        assert_eq!(
+            watch.borrow().get(&n("b")).unwrap().status,
+            MemberStatus::Stopped,
+            "heard before it stopped"
+        );
+        t.set_running(&n("b"));
         assert!(matches!(events.next().await, Some(Event::Up { .. })));
         t.set_leaving(&n("b"));
         assert!(matches!(events.next().await, Some(Event::Leaving { .. })));

@@ -623,6 +623,7 @@ impl Node {
     /// `peer` runs (it pushed its state or joined): no longer counted as stopped.
     pub fn peer_running(&self, peer: &NodeName) {
         self.stopped().remove(peer);
+        self.members.set_running(peer);
     }
 
     fn stopped(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeName>> {

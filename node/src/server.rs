@@ -358,6 +358,15 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             done(set)
         }
         Request::Stop => Response::Ok,
+        Request::SetMetadata { key, value } => match node.members.set_own_entry(&key, value.as_deref()) {
+            Ok(()) => {
+                node.clone().broadcast();
+                Response::Ok
+            }
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        },
         Request::Members { after } => {
             let members = match after {
                 Some(v) => node.members.after(v, crate::members::LONG_POLL).await,

@@ -437,9 +437,15 @@ async fn members_show_liveness_through_ctl_and_a_long_polled_http_watch() {
     };
     let (_dir, mut c) = local_cluster(&layout);
     let cfg = std::fs::read_to_string(&c.nodes[0].config).unwrap();
-    std::fs::write(&c.nodes[0].config, cfg.replacen("[http]\n", "[http]\nstatus_detail = true\n", 1)).unwrap();
+    std::fs::write(
+        &c.nodes[0].config,
+        cfg.replacen("[http]\n", "[http]\nstatus_detail = true\n", 1),
+    )
+    .unwrap();
     c.start_all().unwrap();
-    c.wait_members(&[0, 1, 2], 3, Duration::from_secs(20)).await.unwrap();
+    c.wait_members(&[0, 1, 2], 3, Duration::from_secs(20))
+        .await
+        .unwrap();
     let http = c.nodes[0].http.unwrap();
     let up = |body: &str| body.matches("\"status\": \"up\"").count();
     let started = std::time::Instant::now();
@@ -468,10 +474,16 @@ async fn members_show_liveness_through_ctl_and_a_long_polled_http_watch() {
     let started = std::time::Instant::now();
     loop {
         let (out, _) = text(&ctl(&c, 0, &["members"]));
-        if out.lines().any(|l| l.contains(&paused) && l.contains("unreachable")) {
+        if out
+            .lines()
+            .any(|l| l.contains(&paused) && l.contains("unreachable"))
+        {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "never unreachable:\n{out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never unreachable:\n{out}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.signal(2, libc::SIGCONT).unwrap();
@@ -479,16 +491,26 @@ async fn members_show_liveness_through_ctl_and_a_long_polled_http_watch() {
     loop {
         let (out, _) = text(&ctl(&c, 0, &["members", "--json"]));
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        let all_up = v["members"].as_array().unwrap().iter().all(|m| m["status"] == "up");
+        let all_up = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["status"] == "up");
         if all_up {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "not up again after SIGCONT:\n{out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not up again after SIGCONT:\n{out}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Node 1 keeps the default: counts, no names.
     let (_, summary) = http_get(c.nodes[1].http.unwrap(), "/members");
-    assert!(summary.contains("\"up\": 3") && !summary.contains(&paused), "{summary}");
+    assert!(
+        summary.contains("\"up\": 3") && !summary.contains(&paused),
+        "{summary}"
+    );
     let (code, _) = http_get(http, "/members?after=x");
     assert_eq!(code, 400);
     c.stop_all(Duration::from_secs(5)).await;

@@ -175,6 +175,12 @@ async fn three_embedded_nodes_form_watch_each_other_talk_and_stop_cleanly() {
         status(m, &s.names[2]) == Some(MemberStatus::Stopped)
     })
     .await;
+    // Stopped, not unreachable: it said so, and stays so while it is down.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        status(&a.members().borrow(), &s.names[2]),
+        Some(MemberStatus::Stopped)
+    );
     let c = s
         .builder(2)
         .on_request(echo)

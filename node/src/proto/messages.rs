@@ -87,6 +87,14 @@ pub enum Request {
     ForceBoot,
     /// Stop the node gracefully.
     Stop,
+    /// Set (or with `None` remove) one entry of the node's metadata.
+    SetMetadata {
+        /// The key.
+        key: String,
+        /// The value.
+        #[serde(default)]
+        value: Option<String>,
+    },
     /// From a peer: the sender is stopping gracefully (it stays a member). A member that stops
     /// later counts it as stopped; only one that knows every other member stopped is the last.
     Stopping,
@@ -122,6 +130,7 @@ impl Request {
             Request::JoinCluster { .. } => Some("join-cluster"),
             Request::ForceBoot => Some("force-boot"),
             Request::Stop => Some("stop"),
+            Request::SetMetadata { .. } => Some("set-metadata"),
             Request::Ping
             | Request::Probe
             | Request::Notice
