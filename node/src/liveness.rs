@@ -1,5 +1,6 @@
-//! Failure detection: every member pings every other member each `interval` on the peer channel
-//! it already keeps open, and any message from a member counts as hearing from it. A member not
+//! Failure detection: each pair of members exchanges a ping and its answer every `interval` on the
+//! peer channel they already keep open (the member whose name sorts first asks), and any message
+//! from a member counts as hearing from it. A member not
 //! heard from for `suspect_after` is not yet unreachable: up to `helpers` other members are asked
 //! whether they heard from it lately, and only when none did is it marked unreachable. One
 //! stalled connection (a lost segment waiting for its retransmission) therefore never marks a
@@ -63,7 +64,10 @@ pub async fn run(node: Arc<Node>, cfg: LivenessConfig) {
             .into_iter()
             .filter(|m| m != node.name())
             .collect();
-        ping_all(&node, &others, cfg.interval).await;
+        // One ping per pair and interval: the node whose name sorts first asks, and the request
+        // and its answer let each side hear from the other.
+        let mine: Vec<NodeName> = others.iter().filter(|m| node.name() < *m).cloned().collect();
+        ping_all(&node, &mine, cfg.interval).await;
         judge(&node, &others, &cfg).await;
     }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 pub mod aws;
+pub mod bench;
 pub mod certs;
 pub mod consul;
 pub mod consul_agent;
@@ -114,10 +115,14 @@ pub fn members(status: &serde_json::Value) -> Vec<String> {
 
 /// A plain HTTP/1.1 GET on loopback: the status code and the body.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get_within(addr, path, std::time::Duration::from_secs(5))
+}
+
+/// Like [`http_get`], waiting up to `timeout` for the answer (a long poll).
+pub fn http_get_within(addr: std::net::SocketAddr, path: &str, timeout: std::time::Duration) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .expect("timeout");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"

@@ -28,6 +28,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use muster_tests::bench::{cpu_seconds, percentile, sample, unix_seconds};
 use muster_tests::{Layout, LocalCluster};
 
 /// With `--channel-cost`, the comparison runs make the channel's cryptography this many times
@@ -115,21 +116,6 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// The value of sample `name` on a /metrics page.
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 struct Run {
     /// From the last process start until every node had all N members, by the nodes' clocks.
     seconds: f64,
@@ -146,25 +132,6 @@ struct Run {
     messages_per_node: f64,
     /// CPU seconds all nodes together spent in the channel's cryptography.
     crypto_seconds: f64,
-}
-
-/// Now, as Unix time in seconds.
-fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// CPU seconds (user + system) process `pid` has used, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks / hz.max(1) as f64)
 }
 
 async fn one_run(
