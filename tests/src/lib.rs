@@ -119,7 +119,11 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Like [`http_get`], waiting up to `timeout` for the answer (a long poll).
-pub fn http_get_within(addr: std::net::SocketAddr, path: &str, timeout: std::time::Duration) -> (u16, String) {
+pub fn http_get_within(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
     s.set_read_timeout(Some(timeout)).expect("timeout");

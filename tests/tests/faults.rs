@@ -556,3 +556,69 @@ fn the_test_hosts_partition_and_heal_through_nftables() {
     assert!(reaches(0), "again after the heal");
     drop(listener);
 }
+
+/// 10 % loss of every packet each host receives, on a formed cluster of five, for 30 s (10
+/// minutes with `MUSTER_FAULT_ROUNDS=full`): no member is ever reported unreachable, since a
+/// member that one connection has not heard from lately is marked only when the members asked
+/// did not hear from it either. Then one node is paused: the others report it unreachable within
+/// 5 s, through the same loss (the check can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_loss_never_marks_a_live_member_unreachable() {
+    let window = match std::env::var("MUSTER_FAULT_ROUNDS").as_deref() {
+        Ok("full") => Duration::from_secs(600),
+        _ => Duration::from_secs(30),
+    };
+    let hosts = Hosts::new(5);
+    let (_dir, mut c) = host_cluster(&hosts, 5, FAST, None);
+    c.start_all().unwrap();
+    c.wait_members(&all(5), 5, FORM).await.unwrap();
+    // Every member seen up by every node before the loss starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hosts.loss(10);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let false_reports: Vec<String> = (0..5)
+        .flat_map(|i| {
+            c.log_since_start(i)
+                .lines()
+                .filter(|l| l.contains("is unreachable"))
+                .map(|l| format!("node {i}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        false_reports.is_empty(),
+        "live members reported unreachable under 10 % loss:\n{}",
+        false_reports.join("\n")
+    );
+    let paused = c.nodes[4].name.to_string();
+    c.signal(4, libc::SIGSTOP).unwrap();
+    let t = Instant::now();
+    let reported = |c: &LocalCluster| {
+        (0..4).all(|i| {
+            c.log_since_start(i)
+                .lines()
+                .any(|l| l.contains("is unreachable") && l.contains(&paused))
+        })
+    };
+    while !reported(&c) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a paused member was not reported within 5 s under loss"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.signal(4, libc::SIGCONT).unwrap();
+    report(
+        "10 % loss on every host, formed cluster of five",
+        1,
+        started.elapsed(),
+        &format!(
+            "0 false unreachable over {} s; a paused member reported by all in {:.1} s",
+            window.as_secs(),
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    hosts.heal();
+    c.stop_all(Duration::from_secs(5)).await;
+}

@@ -38,7 +38,11 @@ fn parse_args() -> Result<Args, String> {
             "--nodes" => {
                 args.nodes = value("a list, e.g. 5,100")?
                     .split(',')
-                    .map(|x| x.trim().parse().map_err(|_| format!("--nodes: {x:?} is not a number")))
+                    .map(|x| {
+                        x.trim()
+                            .parse()
+                            .map_err(|_| format!("--nodes: {x:?} is not a number"))
+                    })
                     .collect::<Result<_, _>>()?;
                 if args.nodes.iter().any(|n| !(3..=100).contains(n)) {
                     return Err("--nodes: each size must be 3 to 100".into());
@@ -50,7 +54,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--steady" => {
                 let v = value("seconds")?;
-                args.steady = Duration::from_secs(v.parse().map_err(|_| format!("--steady: {v:?} is not a number"))?);
+                args.steady = Duration::from_secs(
+                    v.parse()
+                        .map_err(|_| format!("--steady: {v:?} is not a number"))?,
+                );
             }
             "--exe" => args.exe = Some(PathBuf::from(value("the path of a muster binary")?)),
             "-h" | "--help" => {
@@ -167,7 +174,13 @@ fn messages_sent(c: &LocalCluster) -> f64 {
     c.nodes
         .iter()
         .filter_map(|n| n.http)
-        .map(|a| sample(&http_get_within(a, "/metrics", Duration::from_secs(5)).1, "muster_peer_messages_sent_total").unwrap_or(0.0))
+        .map(|a| {
+            sample(
+                &http_get_within(a, "/metrics", Duration::from_secs(5)).1,
+                "muster_peer_messages_sent_total",
+            )
+            .unwrap_or(0.0)
+        })
         .sum()
 }
 
@@ -189,8 +202,11 @@ async fn one_size(exe: &std::path::Path, n: usize, runs: usize, steady: Duration
     let mut c = LocalCluster::create(exe, dir.path(), &layout).map_err(|e| e.to_string())?;
     for node in &c.nodes {
         let cfg = std::fs::read_to_string(&node.config).map_err(|e| e.to_string())?;
-        std::fs::write(&node.config, cfg.replacen("[http]\n", "[http]\nstatus_detail = true\n", 1))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            &node.config,
+            cfg.replacen("[http]\n", "[http]\nstatus_detail = true\n", 1),
+        )
+        .map_err(|e| e.to_string())?;
     }
     c.start_all().map_err(|e| e.to_string())?;
     let all: Vec<usize> = (0..n).collect();
@@ -200,7 +216,9 @@ async fn one_size(exe: &std::path::Path, n: usize, runs: usize, steady: Duration
     let up_everywhere = |c: &LocalCluster| {
         addrs.iter().all(|&a| {
             let m = members(a, None);
-            m["members"].as_array().is_some_and(|v| v.len() == n && v.iter().all(|e| e["status"] == "up"))
+            m["members"]
+                .as_array()
+                .is_some_and(|v| v.len() == n && v.iter().all(|e| e["status"] == "up"))
         }) && c.nodes.len() == n
     };
     let settle = Instant::now();
@@ -232,19 +250,26 @@ async fn one_size(exe: &std::path::Path, n: usize, runs: usize, steady: Duration
         let value = format!("r{run}");
         let owner = c.nodes[0].name.to_string();
         let (o, v) = (owner.clone(), value.clone());
-        let shown = move |m: &serde_json::Value| entry(m, &o).is_some_and(|e| e["metadata"]["bench"] == v.as_str());
-        row.metadata.add(watch_all(&addrs[1..], Duration::from_secs(10), shown, || {
-            let out = ctl(&c, 0, &["set-metadata", "bench", &value]);
-            assert!(out.status.success(), "set-metadata failed");
-        }));
+        let shown =
+            move |m: &serde_json::Value| entry(m, &o).is_some_and(|e| e["metadata"]["bench"] == v.as_str());
+        row.metadata
+            .add(watch_all(&addrs[1..], Duration::from_secs(10), shown, || {
+                let out = ctl(&c, 0, &["set-metadata", "bench", &value]);
+                assert!(out.status.success(), "set-metadata failed");
+            }));
 
         // SIGKILL of a member: every other reports it unreachable; then it comes back.
         let victim = 1 + run % (n - 1);
         let others: Vec<SocketAddr> = (0..n).filter(|i| *i != victim).map(|i| addrs[i]).collect();
         let name = c.nodes[victim].name.to_string();
-        row.killed.add(watch_all(&others, Duration::from_secs(10), status_is(name.clone(), "unreachable"), || {
-            c.signal(victim, libc::SIGKILL).expect("SIGKILL");
-        }));
+        row.killed.add(watch_all(
+            &others,
+            Duration::from_secs(10),
+            status_is(name.clone(), "unreachable"),
+            || {
+                c.signal(victim, libc::SIGKILL).expect("SIGKILL");
+            },
+        ));
         let _ = c.kill(victim);
         c.start(victim).map_err(|e| e.to_string())?;
         let back = Instant::now();
@@ -259,12 +284,22 @@ async fn one_size(exe: &std::path::Path, n: usize, runs: usize, steady: Duration
         let victim = 1 + (run + n / 2) % (n - 1);
         let others: Vec<SocketAddr> = (0..n).filter(|i| *i != victim).map(|i| addrs[i]).collect();
         let name = c.nodes[victim].name.to_string();
-        row.stopped.add(watch_all(&others, Duration::from_secs(10), status_is(name.clone(), "unreachable"), || {
-            c.signal(victim, libc::SIGSTOP).expect("SIGSTOP");
-        }));
-        row.resumed.add(watch_all(&others, Duration::from_secs(10), status_is(name.clone(), "up"), || {
-            c.signal(victim, libc::SIGCONT).expect("SIGCONT");
-        }));
+        row.stopped.add(watch_all(
+            &others,
+            Duration::from_secs(10),
+            status_is(name.clone(), "unreachable"),
+            || {
+                c.signal(victim, libc::SIGSTOP).expect("SIGSTOP");
+            },
+        ));
+        row.resumed.add(watch_all(
+            &others,
+            Duration::from_secs(10),
+            status_is(name.clone(), "up"),
+            || {
+                c.signal(victim, libc::SIGCONT).expect("SIGCONT");
+            },
+        ));
         eprintln!("N={n}: run {} of {runs} done", run + 1);
     }
     c.stop_all(Duration::from_secs(5)).await;
@@ -281,7 +316,12 @@ async fn main() {
         }
     };
     muster_tests::raise_open_files();
-    let exe = match args.exe.clone().map(Ok).unwrap_or_else(muster_tests::dist_node_exe) {
+    let exe = match args
+        .exe
+        .clone()
+        .map(Ok)
+        .unwrap_or_else(muster_tests::dist_node_exe)
+    {
         Ok(e) => e,
         Err(e) => {
             eprintln!("liveness-bench: {e}");
@@ -294,7 +334,9 @@ async fn main() {
         args.steady.as_secs()
     );
     println!();
-    println!("| N | unreachable after SIGKILL | unreachable after SIGSTOP | up after SIGCONT | metadata change seen | CPU per node (% of a core) | peer messages per node per s |");
+    println!(
+        "| N | unreachable after SIGKILL | unreachable after SIGSTOP | up after SIGCONT | metadata change seen | CPU per node (% of a core) | peer messages per node per s |"
+    );
     println!("|---:|---|---|---|---|---:|---:|");
     for &n in &args.nodes {
         match one_size(&exe, n, args.runs, args.steady).await {
