@@ -243,8 +243,8 @@ pub enum JoinError {
     #[error(transparent)]
     OtherCluster(Box<OtherCluster>),
     /// The cluster removed the joiner at this incarnation or later.
-    #[error("{0}")]
-    Removed(String),
+    #[error(transparent)]
+    Removed(crate::state::Removed),
     /// The new membership could not be persisted.
     #[error("{0}")]
     State(String),

@@ -43,6 +43,16 @@ pub struct ClusterState {
     pub founder: Option<NodeName>,
 }
 
+/// A node the cluster removed at this incarnation or later cannot be added back as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{node} was removed from cluster {}; reset it before it rejoins", cluster.as_ref().map(|c| c.to_string()).unwrap_or_default())]
+pub struct Removed {
+    /// The node.
+    pub node: NodeName,
+    /// The cluster that removed it.
+    pub cluster: Option<ClusterId>,
+}
+
 /// Merging states of two different clusters is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("state belongs to cluster {theirs}, this node is in cluster {ours}")]
@@ -90,12 +100,12 @@ impl ClusterState {
 
     /// Adds or re-adds `node` at `incarnation`; refused if it was removed at that incarnation or
     /// later. Returns whether anything changed.
-    pub fn add(&mut self, node: &NodeName, incarnation: u64) -> Result<bool, String> {
+    pub fn add(&mut self, node: &NodeName, incarnation: u64) -> Result<bool, Removed> {
         match self.members.get(node) {
-            Some(m) if m.removed && m.incarnation >= incarnation => Err(format!(
-                "{node} was removed from cluster {}; reset it before it rejoins",
-                self.cluster.as_ref().map(|c| c.to_string()).unwrap_or_default()
-            )),
+            Some(m) if m.removed && m.incarnation >= incarnation => Err(Removed {
+                node: node.clone(),
+                cluster: self.cluster.clone(),
+            }),
             Some(m) if !m.removed && m.incarnation >= incarnation => Ok(false),
             _ => {
                 self.members.insert(
@@ -687,7 +697,7 @@ mod tests {
         let mut o = old.clone();
         o.merge(&s).unwrap();
         assert_eq!(o.alive(), vec![n("a")]);
-        assert!(s.add(&n("b"), 5).unwrap_err().contains("reset it"));
+        assert!(s.add(&n("b"), 5).unwrap_err().to_string().contains("reset it"));
         assert!(
             s.add(&n("b"), 6).unwrap(),
             "a reset node (new incarnation) may rejoin"

@@ -167,16 +167,22 @@ fn server_name(host: &Host) -> std::io::Result<ServerName<'static>> {
 
 /// Whether `cert` (already verified against the CA) is valid for `node`'s host, so that a node
 /// can only authenticate as a name its certificate carries.
-pub fn certifies(cert: &CertificateDer<'_>, node: &NodeName) -> Result<(), String> {
-    let name = server_name(node.host()).map_err(|e| e.to_string())?;
-    let parsed = ParsedCertificate::try_from(cert).map_err(|e| format!("unreadable certificate: {e}"))?;
+pub fn certifies(cert: &CertificateDer<'_>, node: &NodeName) -> Result<(), NotCertified> {
+    let name = server_name(node.host()).map_err(|e| NotCertified(e.to_string()))?;
+    let parsed =
+        ParsedCertificate::try_from(cert).map_err(|e| NotCertified(format!("unreadable certificate: {e}")))?;
     rustls::client::verify_server_name(&parsed, &name).map_err(|_| {
-        format!(
+        NotCertified(format!(
             "its certificate is not valid for {}, the host of {node}",
             node.host()
-        )
+        ))
     })
 }
+
+/// Why a peer's certificate does not let it authenticate as the name it claimed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotCertified(pub String);
 
 /// Plain TCP under the channel.
 pub fn plain(stream: TcpStream) -> PeerStream {
