@@ -220,8 +220,9 @@ impl ClusterBuilder {
     /// visible to other nodes. The node records that it began forming that cluster before the
     /// hook runs; if it crashes before the cluster is persisted, its next start completes that
     /// same formation and runs the hook again, so the hook must be idempotent. Until then no
-    /// other node forms a cluster. A hook error fails this attempt; the formation is completed
-    /// at the next start.
+    /// other node forms a cluster. A hook error stops the node serving, as a crash would
+    /// ([`Cluster::formed`] reports it); its next start runs the hook again and completes the
+    /// formation.
     pub fn on_form<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(muster::ClusterId) -> Fut + Send + Sync + 'static,
@@ -422,9 +423,13 @@ impl Cluster {
     /// its own; or formation failed (the error says why and what to do).
     pub async fn formed(&self, timeout: Duration) -> Result<FormationOutcome, FormedError> {
         let mut status = self.engine.status();
+        let mut failure = self.node.failure();
         let wait = async {
             loop {
                 status.borrow_and_update();
+                if let Some(why) = failure.borrow_and_update().clone() {
+                    return Err(FormedError::Failed(why));
+                }
                 // The node's view: an operator's reset or join-cluster supersedes the engine's.
                 let s = self.node.formation();
                 match (s.phase, s.outcome) {
@@ -432,8 +437,11 @@ impl Cluster {
                     (Phase::Failed, _) => return Err(FormedError::Failed(s.detail)),
                     _ => {}
                 }
-                if status.changed().await.is_err() {
-                    return Err(FormedError::Stopped);
+                tokio::select! {
+                    changed = status.changed() => if changed.is_err() {
+                        return Err(FormedError::Stopped);
+                    },
+                    _ = failure.changed() => {}
                 }
             }
         };

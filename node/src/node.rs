@@ -161,6 +161,8 @@ pub struct Node {
     closed: std::sync::atomic::AtomicBool,
     /// The service's bootstrap hook (see `ClusterBuilder::on_form`).
     pub on_form: OnceLock<crate::cluster::FormHook>,
+    /// Set when the node stopped serving on its own (see `Node::fail`).
+    fatal: watch::Sender<Option<String>>,
     /// Live inbound connections by the name they authenticated as (see `Node::bind_name`).
     inbound: std::sync::Mutex<HashMap<NodeName, Inbound>>,
     /// What an operator's reset or join-cluster made of the node after formation ended: the
@@ -347,6 +349,7 @@ impl Node {
             apps: crate::apps::Apps::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
             on_form: OnceLock::new(),
+            fatal: watch::channel(None).0,
             creds: Credentials {
                 cookie,
                 cluster_name,
@@ -688,6 +691,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Stops serving after a failure that formation must not go on from (see
+    /// `Membership::form`): every connection closes and later requests are refused, as if the
+    /// process had died; [`Node::failure`] says why.
+    pub fn fail(&self, why: String) {
+        tracing::error!(node = %self.name, "{why}");
+        self.fatal.send_replace(Some(why));
+        self.close();
+    }
+
+    /// Why the node stopped serving on its own (see [`Node::fail`]).
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
     }
 
     /// Whether [`Node::close`] ran.
@@ -1384,6 +1401,9 @@ impl Membership for NodeMembership {
 
     async fn form(&self, id: &ClusterId) -> Result<(), MembershipError> {
         let n = &self.0;
+        if n.is_closed() {
+            return Err(MembershipError::State(format!("{} has stopped", n.name)));
+        }
         let hook = n.on_form.get().cloned();
         {
             let mut g = n.lock();
@@ -1411,8 +1431,16 @@ impl Membership for NodeMembership {
                 None => {}
             }
         }
-        if let Some(hook) = hook {
-            run_form_hook(&hook, id).await?;
+        if let Some(hook) = hook
+            && let Err(e) = run_form_hook(&hook, id).await
+        {
+            // The service's state may already belong to `id`: this node must neither form
+            // another cluster nor answer as a blank node (its committed peers would release
+            // and could form another). It stops serving, as a crash would, and its next start
+            // completes `id`.
+            let why = format!("{e}; this node stops serving, and its next start completes cluster {id}");
+            n.fail(why.clone());
+            return Err(MembershipError::State(why));
         }
         n.finish_forming(id)
     }

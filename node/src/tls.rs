@@ -169,8 +169,8 @@ fn server_name(host: &Host) -> std::io::Result<ServerName<'static>> {
 /// can only authenticate as a name its certificate carries.
 pub fn certifies(cert: &CertificateDer<'_>, node: &NodeName) -> Result<(), NotCertified> {
     let name = server_name(node.host()).map_err(|e| NotCertified(e.to_string()))?;
-    let parsed =
-        ParsedCertificate::try_from(cert).map_err(|e| NotCertified(format!("unreadable certificate: {e}")))?;
+    let parsed = ParsedCertificate::try_from(cert)
+        .map_err(|e| NotCertified(format!("unreadable certificate: {e}")))?;
     rustls::client::verify_server_name(&parsed, &name).map_err(|_| {
         NotCertified(format!(
             "its certificate is not valid for {}, the host of {node}",

@@ -240,24 +240,24 @@ async fn a_second_node_on_a_data_dir_in_use_is_refused_with_the_path() {
 }
 
 /// The bootstrap hook's crash window, in process: the node that forms runs `on_form` and is
-/// killed while the hook runs (its tasks end mid-hook). The others form nothing meanwhile; its
-/// restart on the same data dir completes the same cluster, running the hook again for it, and
-/// the others join; the founder is recorded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_killed_during_its_on_form_hook_completes_that_cluster_at_restart() {
+/// killed while the hook runs (its tasks end mid-hook), or the hook fails. The others form
+/// nothing meanwhile; its restart on the same data dir completes the same cluster, running the
+/// hook again for it, and the others join; the founder is recorded.
+async fn an_interrupted_on_form_hook_completes_that_cluster_at_restart(fail: bool) {
     use std::sync::{Arc, Mutex};
     let s = Setup::new(3);
     let calls: Arc<Mutex<Vec<(usize, muster::ClusterId)>>> = Arc::default();
-    let hooked = |i: usize, block: bool| {
+    let hooked = |i: usize, interrupt: bool| {
         let calls = calls.clone();
         s.builder(i).on_form(move |id| {
             let calls = calls.clone();
             async move {
                 calls.lock().unwrap().push((i, id));
-                if block {
-                    std::future::pending::<()>().await;
+                match (interrupt, fail) {
+                    (true, true) => Err("the service's bootstrap failed".into()),
+                    (true, false) => std::future::pending().await,
+                    (false, _) => Ok(()),
                 }
-                Ok(())
             }
         })
     };
@@ -275,7 +275,21 @@ async fn a_node_killed_during_its_on_form_hook_completes_that_cluster_at_restart
     })
     .await
     .expect("a node runs its on_form hook");
-    drop(nodes[seed].take());
+    let interrupted = nodes[seed].take().unwrap();
+    if fail {
+        match interrupted.formed(WAIT).await {
+            Err(muster_node::FormedError::Failed(why)) => {
+                assert!(
+                    why.contains("bootstrap failed") && why.contains(&cluster.to_string()),
+                    "{why}"
+                )
+            }
+            other => panic!("a failed hook fails formation: {other:?}"),
+        }
+        interrupted.shutdown().await;
+    } else {
+        drop(interrupted);
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for n in nodes.iter().flatten() {
         assert!(
@@ -296,14 +310,24 @@ async fn a_node_killed_during_its_on_form_hook_completes_that_cluster_at_restart
         assert_eq!(n.formed(WAIT).await.unwrap().cluster(), &cluster);
     }
     let calls = calls.lock().unwrap().clone();
-    assert_eq!(
-        calls,
-        vec![(seed, cluster.clone()), (seed, cluster)],
-        "the hook ran twice, on the seed, for one cluster"
+    assert!(calls.len() >= 2, "{calls:?}");
+    assert!(
+        calls.iter().all(|c| *c == (seed, cluster.clone())),
+        "the hook ran only on the seed, only for one cluster: {calls:?}"
     );
     assert_eq!(back.node().state().founder.as_ref(), Some(&s.names[seed]));
     back.shutdown().await;
     for n in nodes.into_iter().flatten() {
         n.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_during_its_on_form_hook_completes_that_cluster_at_restart() {
+    an_interrupted_on_form_hook_completes_that_cluster_at_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_on_form_hook_fails_stops_and_completes_that_cluster_at_restart() {
+    an_interrupted_on_form_hook_completes_that_cluster_at_restart(true).await;
 }
