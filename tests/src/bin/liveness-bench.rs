@@ -160,6 +160,45 @@ impl Delays {
     }
 }
 
+/// Sends `signal` to node `victim` once every other node watches it, and returns how long each
+/// took to report it `status`.
+fn signal_and_watch(
+    c: &LocalCluster,
+    addrs: &[SocketAddr],
+    victim: usize,
+    signal: i32,
+    status: &'static str,
+) -> Vec<Option<f64>> {
+    let others: Vec<SocketAddr> = (0..addrs.len())
+        .filter(|i| *i != victim)
+        .map(|i| addrs[i])
+        .collect();
+    let name = c.nodes[victim].name.to_string();
+    watch_all(&others, Duration::from_secs(10), status_is(name, status), || {
+        c.signal(victim, signal).expect("signal the node");
+    })
+}
+
+/// Waits until every node reports all `n` members up.
+async fn wait_up_everywhere(c: &LocalCluster, addrs: &[SocketAddr], n: usize) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let all_up = addrs.iter().all(|&a| {
+            let m = members(a, None);
+            m["members"]
+                .as_array()
+                .is_some_and(|v| v.len() == n && v.iter().all(|e| e["status"] == "up"))
+        });
+        if all_up && c.nodes.len() == n {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(format!("N={n}: not every node saw every member up within 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 struct Row {
     n: usize,
     killed: Delays,
@@ -212,22 +251,7 @@ async fn one_size(exe: &std::path::Path, n: usize, runs: usize, steady: Duration
     let all: Vec<usize> = (0..n).collect();
     c.wait_members(&all, n, Duration::from_secs(120)).await?;
     let addrs: Vec<SocketAddr> = c.nodes.iter().filter_map(|x| x.http).collect();
-    // Everyone up at every node before measuring.
-    let up_everywhere = |c: &LocalCluster| {
-        addrs.iter().all(|&a| {
-            let m = members(a, None);
-            m["members"]
-                .as_array()
-                .is_some_and(|v| v.len() == n && v.iter().all(|e| e["status"] == "up"))
-        }) && c.nodes.len() == n
-    };
-    let settle = Instant::now();
-    while !up_everywhere(&c) {
-        if settle.elapsed() > Duration::from_secs(60) {
-            return Err(format!("N={n}: not every node saw every member up within 60 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_up_everywhere(&c, &addrs, n).await?;
 
     // Steady state.
     let (cpu0, msg0, t0) = (cpu_total(&c), messages_sent(&c), Instant::now());
@@ -260,46 +284,18 @@ async fn one_size(exe: &std::path::Path, n: usize, runs: usize, steady: Duration
 
         // SIGKILL of a member: every other reports it unreachable; then it comes back.
         let victim = 1 + run % (n - 1);
-        let others: Vec<SocketAddr> = (0..n).filter(|i| *i != victim).map(|i| addrs[i]).collect();
-        let name = c.nodes[victim].name.to_string();
-        row.killed.add(watch_all(
-            &others,
-            Duration::from_secs(10),
-            status_is(name.clone(), "unreachable"),
-            || {
-                c.signal(victim, libc::SIGKILL).expect("SIGKILL");
-            },
-        ));
+        row.killed
+            .add(signal_and_watch(&c, &addrs, victim, libc::SIGKILL, "unreachable"));
         let _ = c.kill(victim);
         c.start(victim).map_err(|e| e.to_string())?;
-        let back = Instant::now();
-        while !up_everywhere(&c) {
-            if back.elapsed() > Duration::from_secs(60) {
-                return Err(format!("N={n}: {name} not up everywhere after its restart"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_up_everywhere(&c, &addrs, n).await?;
 
         // SIGSTOP of another member, then SIGCONT.
         let victim = 1 + (run + n / 2) % (n - 1);
-        let others: Vec<SocketAddr> = (0..n).filter(|i| *i != victim).map(|i| addrs[i]).collect();
-        let name = c.nodes[victim].name.to_string();
-        row.stopped.add(watch_all(
-            &others,
-            Duration::from_secs(10),
-            status_is(name.clone(), "unreachable"),
-            || {
-                c.signal(victim, libc::SIGSTOP).expect("SIGSTOP");
-            },
-        ));
-        row.resumed.add(watch_all(
-            &others,
-            Duration::from_secs(10),
-            status_is(name.clone(), "up"),
-            || {
-                c.signal(victim, libc::SIGCONT).expect("SIGCONT");
-            },
-        ));
+        row.stopped
+            .add(signal_and_watch(&c, &addrs, victim, libc::SIGSTOP, "unreachable"));
+        row.resumed
+            .add(signal_and_watch(&c, &addrs, victim, libc::SIGCONT, "up"));
         eprintln!("N={n}: run {} of {runs} done", run + 1);
     }
     c.stop_all(Duration::from_secs(5)).await;
