@@ -240,6 +240,20 @@ impl ClusterBuilder {
         self
     }
 
+    /// The builder's own durations, in the ranges the config file allows.
+    fn check_timings(&self) -> Result<(), muster::config::ConfigError> {
+        use muster::config::check_duration;
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        check_duration("node.sync_interval", self.sync_interval, ms(100), s(3600))?;
+        check_duration("liveness.interval", self.liveness.interval, ms(10), s(60))?;
+        check_duration(
+            "liveness.suspect_after",
+            self.liveness.suspect_after,
+            self.liveness.interval,
+            s(600),
+        )
+    }
+
     fn listen_addr(&self) -> SocketAddr {
         let port = crate::config::peer_port(&self.name);
         self.listen.unwrap_or_else(|| match self.name.host() {
@@ -253,6 +267,7 @@ impl ClusterBuilder {
     /// [`Cluster::formed`]).
     pub async fn start(self) -> Result<Cluster, StartError> {
         self.formation.validate()?;
+        self.check_timings()?;
         let metadata = Metadata::new(self.metadata.clone())?;
         let listen_addr = self.listen_addr();
         for backend in &self.unchecked_tables {
@@ -309,13 +324,15 @@ impl ClusterBuilder {
             })?;
         let mut tasks = Vec::new();
         #[cfg(feature = "http")]
-        if let Some((addr, detail)) = self.http {
-            let http = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen { addr, source })?;
-            tasks.push(tokio::spawn(crate::http::serve(http, node.clone(), detail)));
-            info!(node = %self.name, "HTTP endpoints on http://{addr}/ (health/live, health/ready, status, members, metrics)");
-        }
+        let http = match self.http {
+            Some((addr, detail)) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                Some((l, addr, detail))
+            }
+            None => None,
+        };
         let backend: Arc<dyn muster::Discovery> = Arc::new(Counting::new(backend, node.metrics.clone()));
         let membership = Arc::new(NodeMembership(node.clone()));
         let engine = Arc::new(FormationEngine::new(
@@ -335,6 +352,13 @@ impl ClusterBuilder {
                 }));
             }
         };
+        // Nothing is spawned before every step that can fail: a failed start leaves no task
+        // holding the node (or its data dir, or a port).
+        #[cfg(feature = "http")]
+        if let Some((l, addr, detail)) = http {
+            tasks.push(tokio::spawn(crate::http::serve(l, node.clone(), detail)));
+            info!(node = %self.name, "HTTP endpoints on http://{addr}/ (health/live, health/ready, status, members, metrics)");
+        }
         tasks.push(tokio::spawn(crate::server::serve(listener, node.clone())));
         tasks.push(tokio::spawn(node.clone().anti_entropy(self.sync_interval)));
         tasks.push(tokio::spawn(crate::liveness::run(node.clone(), self.liveness)));
@@ -361,6 +385,18 @@ impl ClusterBuilder {
             })
         };
         tasks.push(formation);
+        // A node that failed (see `Node::fail`) stops everything that talks to peers, as a
+        // crash would; the HTTP endpoints stay to say why.
+        let peer_tasks: Vec<tokio::task::AbortHandle> =
+            tasks.iter().rev().take(4).map(|t| t.abort_handle()).collect();
+        let mut failure = node.failure();
+        tasks.push(tokio::spawn(async move {
+            if failure.wait_for(Option::is_some).await.is_ok() {
+                for t in peer_tasks {
+                    t.abort();
+                }
+            }
+        }));
         Ok(Cluster {
             node,
             store,

@@ -65,8 +65,14 @@ pub async fn run(node: Arc<Node>, cfg: LivenessConfig) {
             .filter(|m| m != node.name())
             .collect();
         // One ping per pair and interval: the node whose name sorts first asks, and the request
-        // and its answer let each side hear from the other.
-        let mine: Vec<NodeName> = others.iter().filter(|m| node.name() < *m).cloned().collect();
+        // and its answer let each side hear from the other; the other asks too when it has not
+        // heard for two intervals (the first is not serving, or its pings are lost).
+        let quiet = cfg.interval.saturating_mul(2);
+        let mine: Vec<NodeName> = others
+            .iter()
+            .filter(|m| node.name() < *m || !node.contacts.heard_within(m, quiet))
+            .cloned()
+            .collect();
         ping_all(&node, &mine, cfg.interval).await;
         judge(&node, &others, &cfg).await;
     }

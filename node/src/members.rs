@@ -12,6 +12,8 @@ use tokio::sync::{broadcast, watch};
 
 /// The most metadata one node may carry: keys and values together, in bytes.
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// Metadata kept for nodes that are not members yet (joiners whose state has not arrived).
+const MAX_PENDING_META: usize = 64;
 /// The longest a watcher's request for the next change is held open.
 pub const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Events kept for a slow consumer before it gets [`Event::Lagged`] instead.
@@ -263,6 +265,8 @@ struct Table {
     /// Who said it stopped gracefully and has not been heard from since.
     stopped: BTreeSet<NodeName>,
     own: Metadata,
+    /// The sequence number of the member list applied last (see `set_membership_at`).
+    applied: u64,
 }
 
 /// The node's member table, its watch and its events.
@@ -373,6 +377,10 @@ impl MemberTable {
             Some(_) => {}
             None => {
                 let newer = t.pending_meta.get(node).is_none_or(|m| meta.version > m.version);
+                // Bounded: a member could gossip metadata for names that never join.
+                if t.pending_meta.len() >= MAX_PENDING_META && !t.pending_meta.contains_key(node) {
+                    t.pending_meta.pop_first();
+                }
                 if newer {
                     t.pending_meta.insert(node.clone(), meta);
                 }
@@ -383,7 +391,18 @@ impl MemberTable {
     /// The persisted membership changed: `members` are the current members (tombstones
     /// excluded). Newcomers are joined, the missing left (if they said so) or forgotten.
     pub fn set_membership(&self, members: &[NodeName]) {
+        let next = self.lock().applied + 1;
+        self.set_membership_at(next, members);
+    }
+
+    /// Like [`MemberTable::set_membership`], for the list numbered `seq`; a list numbered at or
+    /// below the last one applied is older and ignored.
+    pub fn set_membership_at(&self, seq: u64, members: &[NodeName]) {
         let mut t = self.lock();
+        if seq <= t.applied {
+            return;
+        }
+        t.applied = seq;
         let now = SystemTime::now();
         let current: BTreeSet<&NodeName> = members.iter().collect();
         let gone: Vec<NodeName> = t

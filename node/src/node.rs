@@ -83,42 +83,68 @@ struct Facts {
     view: Option<FormationView>,
 }
 
-/// The state lock; dropping it publishes the new [`Facts`].
+/// The state lock; dropping it publishes the new [`Facts`], and then, with the lock released,
+/// the members to the service's watch.
 struct Guard<'a> {
     node: &'a Node,
-    inner: std::sync::MutexGuard<'a, Inner>,
+    /// Always `Some` until the guard is dropped.
+    inner: Option<std::sync::MutexGuard<'a, Inner>>,
 }
 
 impl std::ops::Deref for Guard<'_> {
     type Target = Inner;
     fn deref(&self) -> &Inner {
-        &self.inner
+        match &self.inner {
+            Some(g) => g,
+            None => unreachable!("the state lock is released only when the guard is dropped"),
+        }
     }
 }
 
 impl std::ops::DerefMut for Guard<'_> {
     fn deref_mut(&mut self) -> &mut Inner {
-        &mut self.inner
+        match &mut self.inner {
+            Some(g) => g,
+            None => unreachable!("the state lock is released only when the guard is dropped"),
+        }
     }
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        let facts = Facts {
-            cluster: self.inner.p.state.cluster.clone(),
-            members: self.inner.p.state.alive(),
-            ready: self.inner.serving(),
-            split: self.inner.split.as_ref().map(|s| s.message(&self.node.name)),
-            view: self.inner.view.clone(),
+        let Some(inner) = self.inner.take() else {
+            return;
         };
-        let mut published = self.node.facts.write().unwrap_or_else(|e| e.into_inner());
-        if published.ready != facts.ready || published.members != facts.members {
-            self.node.metrics.membership_changed.set(now_ms() as f64 / 1e3);
+        let facts = Facts {
+            cluster: inner.p.state.cluster.clone(),
+            members: inner.p.state.alive(),
+            ready: inner.serving(),
+            split: inner.split.as_ref().map(|s| s.message(&self.node.name)),
+            view: inner.view.clone(),
+        };
+        let changed = {
+            let mut published = self.node.facts.write().unwrap_or_else(|e| e.into_inner());
+            if published.ready != facts.ready || published.members != facts.members {
+                self.node.metrics.membership_changed.set(now_ms() as f64 / 1e3);
+            }
+            let changed = published.members != facts.members;
+            *published = facts;
+            changed.then(|| {
+                let seq = self
+                    .node
+                    .membership_seq
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    + 1;
+                (seq, published.members.clone())
+            })
+        };
+        // The service's watch is told outside the state lock (a receiver that holds a borrow
+        // must never hold up the node); the sequence number keeps a later change from being
+        // overwritten by an earlier one told late.
+        drop(inner);
+        if let Some((seq, members)) = changed {
+            self.node.members.set_membership_at(seq, &members);
         }
-        if published.members != facts.members {
-            self.node.members.set_membership(&facts.members);
-        }
-        *published = facts;
     }
 }
 
@@ -159,6 +185,8 @@ pub struct Node {
     pub apps: crate::apps::Apps,
     /// Set when the node stopped (see `Node::close`).
     closed: std::sync::atomic::AtomicBool,
+    /// Numbers the member lists told to the service's watch, in the order they were persisted.
+    membership_seq: std::sync::atomic::AtomicU64,
     /// The service's bootstrap hook (see `ClusterBuilder::on_form`).
     pub on_form: OnceLock<crate::cluster::FormHook>,
     /// Set when the node stopped serving on its own (see `Node::fail`).
@@ -348,6 +376,8 @@ impl Node {
             members,
             apps: crate::apps::Apps::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            // The list told at open (above) is number 1.
+            membership_seq: std::sync::atomic::AtomicU64::new(1),
             on_form: OnceLock::new(),
             fatal: watch::channel(None).0,
             creds: Credentials {
@@ -405,7 +435,10 @@ impl Node {
                 on_blocking_thread(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()))
             }
         };
-        Guard { node: self, inner }
+        Guard {
+            node: self,
+            inner: Some(inner),
+        }
     }
 
     fn facts(&self) -> std::sync::RwLockReadGuard<'_, Facts> {
@@ -702,6 +735,19 @@ impl Node {
         self.close();
     }
 
+    /// A formation of `id` that went wrong once it was recorded: the service's state may already
+    /// belong to `id`, so this node must neither form another cluster nor answer as a blank node
+    /// (its committed peers would release and could form another). It stops serving, as a crash
+    /// would, and its next start completes `id`.
+    fn fail_forming(&self, id: &ClusterId, why: &str) -> MembershipError {
+        let why = format!(
+            "forming cluster {id} failed: {why}; this node stops serving, and its next start \
+             completes cluster {id}"
+        );
+        self.fail(why.clone());
+        MembershipError::State(why)
+    }
+
     /// Why the node stopped serving on its own (see [`Node::fail`]).
     pub fn failure(&self) -> watch::Receiver<Option<String>> {
         self.fatal.subscribe()
@@ -765,6 +811,9 @@ impl Node {
                 self.metrics.messages_received.inc();
                 self.contacts.saw(peer);
             }
+            // A slow answer says nothing about the peer's liveness (the detector decides that);
+            // a failed connection does.
+            Err(CallError::Timeout { .. }) => {}
             Err(_) => self.contacts.lost(peer),
         }
         r
@@ -1260,25 +1309,35 @@ impl Node {
 
     /// Removes this node from its cluster, pushes that to the members, and blanks its state.
     async fn depart(&self) -> Result<(), MembershipError> {
+        if let Some(c) = self.lock().p.forming.clone() {
+            return Err(MembershipError::Invalid(format!(
+                "this node is forming cluster {c} (the service's on_form hook runs for it); it \
+                 cannot leave a cluster it has not finished forming"
+            )));
+        }
+        // The removal goes to the members first; this node's own state changes only once its
+        // blank state is on disk, so a probe never sees a state that is not persisted.
         let state = {
-            let mut g = self.lock();
-            g.p.state.remove(&self.name);
-            g.p.state.clone()
+            let mut state = self.state();
+            state.remove(&self.name);
+            state
         };
         let peers: Vec<NodeName> = state.alive();
         let req = self.sync_request(state);
         join_all(peers.iter().map(|p| self.call(p, &req))).await;
         let disk = crate::random::nonzero_u64().map_err(state_err)?;
-        let mut g = self.lock();
-        g.p = Persisted {
+        let blank = Persisted {
             disk,
             ..Persisted::default()
         };
+        let mut g = self.lock();
+        self.save(&blank)?;
+        g.p = blank;
         g.ready = false;
         g.split = None;
         g.removed_logged = false;
         self.stopped().clear();
-        self.save(&g.p)?;
+        drop(g);
         self.store.set_force_boot(false).map_err(state_err)?;
         Ok(())
     }
@@ -1349,6 +1408,14 @@ impl Node {
 
 fn names(nodes: &[NodeName]) -> String {
     nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Why a node that began forming `c` does nothing else until it has formed it.
+fn forming_refusal(c: &ClusterId) -> MembershipError {
+    MembershipError::Invalid(format!(
+        "this node began forming cluster {c} (the service's on_form hook ran for it); it forms \
+         that cluster and nothing else"
+    ))
 }
 
 /// Runs the service's `on_form` hook for cluster `id`.
@@ -1425,24 +1492,25 @@ impl Membership for NodeMembership {
                 None if hook.is_some() => {
                     let mut next = g.p.clone();
                     next.forming = Some(id.clone());
-                    n.save(&next)?;
+                    if let Err(e) = n.save(&next) {
+                        // The record may have reached the disk all the same: as after a crash,
+                        // the next start completes `id` if it did, and starts blank if not.
+                        drop(g);
+                        return Err(n.fail_forming(id, &e.to_string()));
+                    }
                     g.p = next;
                 }
                 None => {}
             }
         }
-        if let Some(hook) = hook
-            && let Err(e) = run_form_hook(&hook, id).await
-        {
-            // The service's state may already belong to `id`: this node must neither form
-            // another cluster nor answer as a blank node (its committed peers would release
-            // and could form another). It stops serving, as a crash would, and its next start
-            // completes `id`.
-            let why = format!("{e}; this node stops serving, and its next start completes cluster {id}");
-            n.fail(why.clone());
-            return Err(MembershipError::State(why));
+        let Some(hook) = hook else {
+            return n.finish_forming(id);
+        };
+        if let Err(e) = run_form_hook(&hook, id).await {
+            return Err(n.fail_forming(id, &e.to_string()));
         }
         n.finish_forming(id)
+            .map_err(|e| n.fail_forming(id, &e.to_string()))
     }
 
     async fn join(&self, member: &NodeName, cluster: &ClusterId) -> Result<(), MembershipError> {
@@ -1453,6 +1521,9 @@ impl Membership for NodeMembership {
                 return Err(MembershipError::Invalid(format!(
                     "already a member of cluster {c}; run reset first"
                 )));
+            }
+            if let Some(c) = &g.p.forming {
+                return Err(forming_refusal(c));
             }
             now_ms()
         };
@@ -1594,6 +1665,9 @@ impl Membership for NodeMembership {
         let mut g = n.lock();
         if g.p.state.cluster.is_some() {
             return Err(MembershipError::Invalid("a clustered node does not vouch".into()));
+        }
+        if let Some(c) = &g.p.forming {
+            return Err(forming_refusal(c));
         }
         g.p.vouch = vouch.cloned();
         n.save(&g.p)

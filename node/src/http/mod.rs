@@ -28,7 +28,7 @@ const MAX_HEAD: usize = 16 * 1024;
 pub fn router(node: Arc<Node>, status_detail: bool) -> Router {
     let status = if status_detail { get(status) } else { get(summary) };
     Router::new()
-        .route("/health/live", get(|| async { "ok\n" }))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/status", status)
         .route(
@@ -78,6 +78,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, status_detail: bool) 
         },
     )
     .await
+}
+
+/// Live unless the node stopped serving on its own (a failed bootstrap): then 503 with why, so
+/// that a supervisor restarts it (its next start completes what it began).
+async fn live(State(node): State<Arc<Node>>) -> Response {
+    match node.failure().borrow().clone() {
+        None => "ok\n".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")).into_response(),
+    }
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {

@@ -427,3 +427,26 @@ async fn a_forgotten_member_learns_its_removal_and_an_unknown_joiner_is_merged()
     assert!(matches!(answer, Response::State { .. }), "{answer:?}");
     assert!(node_a.state().is_member(&j), "the joiner is merged");
 }
+
+/// A node that recorded a begun formation (its service's on_form hook ran for it) forms that
+/// cluster and nothing else: no other identity, no join, no commitment to another seed, no reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_began_forming_does_nothing_else_until_it_has_formed() {
+    let a = unreachable("a").await;
+    let p = Persisted {
+        forming: Some(cluster("c1")),
+        ..Persisted::default()
+    };
+    let t = open(&a, &p);
+    assert_eq!(t.unfinished_formation(), Some(cluster("c1")));
+    let e = t.reset().await.unwrap_err().to_string();
+    assert!(e.contains("forming cluster c1"), "{e}");
+    let m = NodeMembership(t.node.clone());
+    assert!(m.persist_vouch(None).await.is_err());
+    assert!(m.join(&a, &cluster("c2")).await.is_err());
+    assert!(m.form(&cluster("c2")).await.is_err());
+    m.form(&cluster("c1")).await.unwrap();
+    assert_eq!(t.state().cluster, Some(cluster("c1")));
+    assert_eq!(t.state().founder, Some(a.clone()));
+    assert_eq!(t.unfinished_formation(), None);
+}
