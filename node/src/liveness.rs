@@ -26,6 +26,10 @@ pub struct LivenessConfig {
     pub suspect_after: Duration,
     /// How many other members are asked before a member is marked unreachable (default 2).
     pub helpers: usize,
+    /// How long a node that just became ready waits before it starts pinging (default 2 s):
+    /// a forming cluster's joins and pushes go first, and every pair's connection is opened
+    /// once, after them, instead of in the middle of a crowd of joins.
+    pub warmup: Duration,
 }
 
 impl Default for LivenessConfig {
@@ -34,6 +38,7 @@ impl Default for LivenessConfig {
             interval: Duration::from_millis(500),
             suspect_after: Duration::from_millis(1200),
             helpers: 2,
+            warmup: Duration::from_secs(2),
         }
     }
 }
@@ -49,37 +54,60 @@ impl LivenessConfig {
     }
 }
 
-/// Runs the detector while the node runs.
+/// Runs the detector while the node runs: pings go out every `interval` in tasks of their own
+/// (a member that does not answer never delays the others), and members are judged twice per
+/// interval, so that a member is marked within about half an interval of the moment the
+/// freshest report of it grew older than `suspect_after`.
 pub async fn run(node: Arc<Node>, cfg: LivenessConfig) {
-    let mut ticker = tokio::time::interval(cfg.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pinger = tokio::time::interval(cfg.interval);
+    pinger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut judging = tokio::time::interval((cfg.interval / 2).max(Duration::from_millis(5)));
+    judging.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The pings in flight end with this task (when the node stops, it is aborted).
+    let mut pings = tokio::task::JoinSet::new();
+    let mut ready_since = None;
     loop {
-        ticker.tick().await;
+        let ping = tokio::select! {
+            _ = pinger.tick() => true,
+            _ = judging.tick() => false,
+            Some(_) = pings.join_next() => continue,
+        };
         if !node.is_ready() {
+            ready_since = None;
             continue;
         }
-        let others: Vec<NodeName> = node
-            .state()
-            .alive()
-            .into_iter()
-            .filter(|m| m != node.name())
-            .collect();
-        // One ping per pair and interval: the node whose name sorts first asks, and the request
-        // and its answer let each side hear from the other; the other asks too when it has not
-        // heard for two intervals (the first is not serving, or its pings are lost).
-        let quiet = cfg.interval.saturating_mul(2);
-        let mine: Vec<NodeName> = others
-            .iter()
-            .filter(|m| node.name() < *m || !node.contacts.heard_within(m, quiet))
-            .cloned()
-            .collect();
-        ping_all(&node, &mine, cfg.interval).await;
-        judge(&node, &others, &cfg).await;
+        if ready_since
+            .get_or_insert_with(tokio::time::Instant::now)
+            .elapsed()
+            < cfg.warmup
+        {
+            continue;
+        }
+        let mut others = node.members_now();
+        others.retain(|m| m != node.name());
+        if ping {
+            let (node, targets) = (node.clone(), to_ping(&node, &others, &cfg));
+            pings.spawn(async move { ping_all(&node, &targets, cfg.interval).await });
+        } else {
+            judge(&node, &others, &cfg).await;
+        }
     }
 }
 
-/// Pings every member at once, each bounded by `within`; answers land in the node's contacts,
-/// as every exchange does.
+/// One ping per pair and interval: the node whose name sorts first asks, and the request and
+/// its answer let each side hear from the other; the other asks too when it has not heard for two
+/// intervals (the first is not serving, or its pings are lost).
+fn to_ping(node: &Node, others: &[NodeName], cfg: &LivenessConfig) -> Vec<NodeName> {
+    let quiet = cfg.interval.saturating_mul(2);
+    others
+        .iter()
+        .filter(|m| node.name() < *m || !node.contacts.heard_within(m, quiet))
+        .cloned()
+        .collect()
+}
+
+/// Pings every member in `members` at once, each bounded by `within`; answers land in the
+/// node's contacts, as every exchange does.
 async fn ping_all(node: &Node, members: &[NodeName], within: Duration) {
     join_all(
         members

@@ -758,6 +758,11 @@ impl Node {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The current members as probes see them (no wait for the state lock).
+    pub fn members_now(&self) -> Vec<NodeName> {
+        self.facts().members.clone()
+    }
+
     /// The current membership state.
     pub fn state(&self) -> ClusterState {
         self.lock().p.state.clone()
