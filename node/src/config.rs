@@ -80,6 +80,10 @@ pub struct NodeConfig {
     /// `[tls]`: optional mutual TLS under the peer channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
+    /// `[service]`: the embedding service's own settings, in the same file; the runtime does not
+    /// read them (see [`NodeConfig::service`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<toml::Table>,
 }
 
 /// A validated config with the required values resolved.
@@ -182,6 +186,15 @@ impl NodeConfig {
     /// Reads a config file, applies the `MUSTER_*` environment overrides, and validates it.
     pub fn load_with_env(path: &Path) -> Result<Resolved, ConfigError> {
         Self::from_text_with_env(&read(path)?)
+    }
+
+    /// The `[service]` table as the service's own settings type (its defaults when the table is
+    /// absent); an error names the key under `service.`.
+    pub fn service<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, ConfigError> {
+        match &self.service {
+            Some(t) => muster::config::from_toml_table(t, "service"),
+            None => Ok(T::default()),
+        }
     }
 
     /// The effective settings as TOML, every secret (backend tokens, passwords) redacted: what
@@ -334,6 +347,26 @@ mod tests {
         assert_eq!(r.http, Some("127.0.0.1:4380".parse().unwrap()));
         let text = r.file.effective_toml().unwrap();
         assert!(text.contains("listen = \"127.0.0.1:4380\""), "{text}");
+    }
+
+    #[test]
+    fn the_service_table_is_the_services_own_with_errors_naming_its_keys() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Kv {
+            http: Option<String>,
+        }
+        let base = "[node]\nname = \"m@127.0.0.1:5001\"\ndata_dir = \"/x\"\n";
+        let r = NodeConfig::from_text(&format!("{base}[service]\nhttp = \"127.0.0.1:8001\"\n")).unwrap();
+        assert_eq!(
+            r.file.service::<Kv>().unwrap().http.as_deref(),
+            Some("127.0.0.1:8001")
+        );
+        let r = NodeConfig::from_text(base).unwrap();
+        assert!(r.file.service::<Kv>().unwrap().http.is_none());
+        let r = NodeConfig::from_text(&format!("{base}[service]\nhtp = 1\n")).unwrap();
+        let e = r.file.service::<Kv>().unwrap_err().to_string();
+        assert!(e.contains("service") && e.contains("htp"), "{e}");
     }
 
     #[test]
