@@ -401,7 +401,7 @@ impl ClusterBuilder {
             node,
             store,
             engine,
-            tasks,
+            tasks: std::sync::Mutex::new(tasks),
         })
     }
 }
@@ -413,7 +413,8 @@ pub struct Cluster {
     node: Arc<Node>,
     store: Store,
     engine: Arc<FormationEngine>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Every task the node runs; taken (and ended) by the first stop.
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -539,7 +540,7 @@ impl Cluster {
     /// Leaves the cluster for good: tells the other members (they mark this node left and stop
     /// waiting for it at their restarts), withdraws the backend registration, and shuts down.
     /// The data dir is left blank: started again, the node joins as a new member.
-    pub async fn leave(self) -> Result<(), StopError> {
+    pub async fn leave(&self) -> Result<(), StopError> {
         self.node.leave().await.map_err(|e| match e {
             crate::node::LeaveError::NotMember => StopError::NotMember(self.node.name().clone()),
             crate::node::LeaveError::State(s) => StopError::State(s),
@@ -551,35 +552,36 @@ impl Cluster {
     /// Stops gracefully: records which members still run (the last member to stop boots first
     /// next time), tells the others, withdraws the backend registration, ends every task, and
     /// releases the data dir, so that a new node may start on it, in this process too.
-    pub async fn shutdown(self) {
+    /// Takes `&self` so that a handle shared by the service's tasks (an `Arc<Cluster>`) can
+    /// stop the node; later calls do nothing.
+    pub async fn shutdown(&self) {
         self.stop(true).await;
     }
 
-    async fn stop(mut self, record: bool) {
+    async fn stop(&self, record: bool) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        if tasks.is_empty() {
+            return;
+        }
         if record {
             self.node.record_shutdown().await;
         }
         self.engine.shutdown().await;
-        self.end_tasks().await;
-        info!(node = %self.node.name(), "stopped");
-    }
-
-    /// Ends every task and closes every connection and the store.
-    async fn end_tasks(&mut self) {
-        for t in &self.tasks {
+        for t in &tasks {
             t.abort();
         }
-        for t in self.tasks.drain(..) {
+        for t in tasks {
             let _ = t.await;
         }
         self.node.close();
         self.store.close();
+        info!(node = %self.node.name(), "stopped");
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             t.abort();
         }
         self.node.close();

@@ -65,6 +65,17 @@ impl Db {
         )
     }
 
+    /// This data's Raft node id: drawn at random when the database is new, then persisted, so a
+    /// node keeps its id across restarts and gets a new one when its data is lost.
+    pub fn node_id(&self) -> std::result::Result<NodeId, String> {
+        if let Some(id) = self.read_json::<NodeId>(META, "node_id")? {
+            return Ok(id);
+        }
+        let id = (muster_node::random::nonzero_u64().map_err(|e| e.to_string())? >> 1).max(1);
+        self.write_json(META, "node_id", &id)?;
+        Ok(id)
+    }
+
     /// The value of `key` in the state machine (a local read).
     pub fn get(&self, key: &str) -> std::result::Result<Option<String>, redb::Error> {
         let txn = self.0.begin_read()?;
