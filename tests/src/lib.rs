@@ -124,16 +124,25 @@ pub fn http_get_within(
     path: &str,
     timeout: std::time::Duration,
 ) -> (u16, String) {
+    try_http_get(addr, path, timeout).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// A GET that reports a refused or broken connection instead of panicking (a node that is not
+/// up yet): the status code and the body.
+pub fn try_http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(timeout)).expect("timeout");
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
+    )?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read");
+    s.read_to_string(&mut resp)?;
     let code = resp
         .split_whitespace()
         .nth(1)
@@ -143,7 +152,7 @@ pub fn http_get_within(
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (code, body)
+    Ok((code, body))
 }
 
 /// The cluster id each node in `which` reports (`"none"` when it has none), as a set: one

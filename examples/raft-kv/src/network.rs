@@ -22,12 +22,14 @@ use crate::types::{NodeId, TypeConfig};
 /// What one node asks another, on the application channel.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Call {
-    /// Raft's replication.
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
-    /// Raft's election.
-    Vote(VoteRequest<NodeId>),
-    /// Raft's snapshot transfer.
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A Raft message for node `to`: a node answers only those meant for its own id, so that a
+    /// node that came back under a new id at an old id's address never answers for the old one.
+    Raft {
+        /// The Raft node it is meant for.
+        to: NodeId,
+        /// The message.
+        rpc: RaftRpc,
+    },
     /// A node asks to become a voter (it joined the Muster cluster, or came back with a new id).
     Join {
         /// Its Raft id.
@@ -37,6 +39,17 @@ pub enum Call {
     },
     /// A client's write, forwarded to the leader.
     Write(crate::types::Request),
+}
+
+/// Raft's own messages.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// Replication.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Election.
+    Vote(VoteRequest<NodeId>),
+    /// Snapshot transfer.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
 /// The running cluster, once started: Raft is built before it (the `on_form` hook needs Raft).
@@ -78,7 +91,7 @@ struct Transport(String);
 
 impl Peer {
     /// Sends `call` and decodes the answer, which is the remote Raft's `Result<R, E>`.
-    async fn call<R, E>(&self, call: &Call, option: &RPCOption) -> Result<R, RPCError<NodeId, BasicNode, E>>
+    async fn call<R, E>(&self, rpc: RaftRpc, option: &RPCOption) -> Result<R, RPCError<NodeId, BasicNode, E>>
     where
         R: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
@@ -88,12 +101,13 @@ impl Peer {
         let Some(cluster) = self.cluster.get() else {
             return Err(unreachable("this node is still starting".into()));
         };
-        let body = serde_json::to_vec(call).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let entries = match &rpc {
+            RaftRpc::AppendEntries(r) => r.entries.len() as u64 / 2,
+            _ => 0,
+        };
+        let call = Call::Raft { to: self.target, rpc };
+        let body = serde_json::to_vec(&call).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if body.len() > muster_node::apps::MAX_BODY {
-            let entries = match call {
-                Call::AppendEntries(r) => r.entries.len() as u64 / 2,
-                _ => 0,
-            };
             if entries > 0 {
                 return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
                     entries,
@@ -119,7 +133,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&Call::AppendEntries(rpc), &option).await
+        self.call(RaftRpc::AppendEntries(rpc), &option).await
     }
 
     async fn install_snapshot(
@@ -130,7 +144,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(&Call::InstallSnapshot(rpc), &option).await
+        self.call(RaftRpc::InstallSnapshot(rpc), &option).await
     }
 
     async fn vote(
@@ -138,6 +152,6 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&Call::Vote(rpc), &option).await
+        self.call(RaftRpc::Vote(rpc), &option).await
     }
 }

@@ -17,7 +17,7 @@ use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::network::{Call, ClusterCell, Network};
+use crate::network::{Call, ClusterCell, Network, RaftRpc};
 use crate::store::Db;
 use crate::types::{NodeId, Request, Response, TypeConfig};
 
@@ -179,9 +179,17 @@ async fn answer(
 ) -> apps::HandlerResult {
     let call: Call = serde_json::from_slice(body).map_err(|e| format!("malformed call: {e}"))?;
     let encoded = match call {
-        Call::AppendEntries(r) => serde_json::to_vec(&raft.append_entries(r).await),
-        Call::Vote(r) => serde_json::to_vec(&raft.vote(r).await),
-        Call::InstallSnapshot(r) => serde_json::to_vec(&raft.install_snapshot(r).await),
+        Call::Raft { to, rpc } => {
+            let me = raft.metrics().borrow().id;
+            if to != me {
+                return Err(format!("this is Raft node {me}, not {to}"));
+            }
+            match rpc {
+                RaftRpc::AppendEntries(r) => serde_json::to_vec(&raft.append_entries(r).await),
+                RaftRpc::Vote(r) => serde_json::to_vec(&raft.vote(r).await),
+                RaftRpc::InstallSnapshot(r) => serde_json::to_vec(&raft.install_snapshot(r).await),
+            }
+        }
         Call::Join { id, name } => {
             if name != *from {
                 return Err(format!("{from} cannot ask to add {name}"));
@@ -210,10 +218,17 @@ async fn add_voter(raft: &Raft<TypeConfig>, id: NodeId, name: &NodeName) -> Resu
         .filter(|(other, node)| **other != id && node.addr == name.to_string())
         .map(|(other, _)| *other)
         .collect();
+    let mut next: BTreeSet<NodeId> = voters.difference(&stale).copied().collect();
+    // The old id goes first: while it is a member the leader replicates to it at the new node's
+    // address, which would then receive two streams meant for two different nodes.
+    if !stale.is_empty() {
+        raft.change_membership(next.clone(), false)
+            .await
+            .map_err(leader_hint)?;
+    }
     raft.add_learner(id, BasicNode::new(name.to_string()), true)
         .await
         .map_err(leader_hint)?;
-    let mut next: BTreeSet<NodeId> = voters.difference(&stale).copied().collect();
     next.insert(id);
     raft.change_membership(next, false).await.map_err(leader_hint)?;
     info!(

@@ -1,12 +1,14 @@
 //! raft-kv as real processes: five nodes started at once with random offsets form one Raft
-//! cluster with one leader and five voters, `initialize` having run exactly once; a write through
-//! any node is readable on every node.
+//! cluster with one leader and five voters, `initialize` having run exactly once, and a write
+//! through any node is readable on every node; a node whose disk is wiped comes back as a new
+//! voter in place of its old id; killing the leader elects another and loses no acknowledged
+//! write; a full stop and a restart in another order bring back the same Raft cluster and data.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use muster_cli::launch::Ports;
-use muster_tests::{Layout, LocalCluster, http_get};
+use muster_tests::{Layout, LocalCluster, http_get, try_http_get};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,7 +37,7 @@ fn kv_cluster(n: usize) -> (tempfile::TempDir, LocalCluster, Vec<SocketAddr>) {
 fn settled(apis: &[SocketAddr], voters: usize) -> Option<(u64, Vec<u64>)> {
     let mut seen = None;
     for api in apis {
-        let (code, body) = std::panic::catch_unwind(|| http_get(*api, "/cluster")).ok()?;
+        let (code, body) = try_http_get(*api, "/cluster", Duration::from_secs(5)).ok()?;
         if code != 200 {
             return None;
         }
@@ -53,6 +55,40 @@ fn settled(apis: &[SocketAddr], voters: usize) -> Option<(u64, Vec<u64>)> {
         seen = Some((leader, ids));
     }
     seen
+}
+
+/// Waits until every node in `apis` agrees on one leader and `voters` voters.
+async fn wait_settled(apis: &[SocketAddr], voters: usize, what: &str, c: &LocalCluster) -> (u64, Vec<u64>) {
+    let started = Instant::now();
+    while started.elapsed() < WAIT {
+        if let Some(v) = settled(apis, voters) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs: String = (0..c.nodes.len()).map(|i| c.log_tail(i, 30)).collect();
+    panic!("{what}: no single leader with {voters} voters within {WAIT:?}\n{logs}");
+}
+
+/// Node `api`'s own Raft id.
+fn id_of(api: SocketAddr) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&http_get(api, "/cluster").1).unwrap();
+    v["id"].as_u64().unwrap()
+}
+
+/// Reads `key` on `api` until it equals `want` (replication takes a moment on followers).
+async fn read_until(api: SocketAddr, key: &str, want: &str) -> String {
+    let mut got = String::new();
+    for _ in 0..100 {
+        got = try_http_get(api, &format!("/kv/{key}"), Duration::from_secs(5))
+            .map(|r| r.1)
+            .unwrap_or_default();
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got
 }
 
 fn put(api: SocketAddr, key: &str, value: &str) -> u16 {
@@ -122,4 +158,115 @@ async fn five_nodes_started_at_once_form_one_raft_cluster_initialized_once() {
         );
         c.stop_all(Duration::from_secs(5)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_wiped_rejoins_as_a_new_voter_and_its_old_id_leaves() {
+    let (_dir, mut c, apis) = kv_cluster(3);
+    c.start_all().unwrap();
+    let (_, before) = wait_settled(&apis, 3, "formation", &c).await;
+    let old = id_of(apis[2]);
+    c.kill(2).unwrap();
+    std::fs::remove_dir_all(&c.nodes[2].data_dir).unwrap();
+    c.start(2).unwrap();
+    let started = Instant::now();
+    let after = loop {
+        if let Some((_, voters)) = settled(&apis, 3)
+            && !voters.contains(&old)
+        {
+            break voters;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the wiped node never replaced its old id\n{}",
+            c.log_tail(2, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let new = id_of(apis[2]);
+    assert_ne!(new, old, "a wiped node comes back under a new id");
+    assert!(
+        after.contains(&new) && before.contains(&old),
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(put(apis[0], "after-wipe", "yes"), 200);
+    assert_eq!(read_until(apis[2], "after-wipe", "yes").await, "yes");
+    c.stop_all(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let (_dir, mut c, apis) = kv_cluster(3);
+    c.start_all().unwrap();
+    let (leader, _) = wait_settled(&apis, 3, "formation", &c).await;
+    let mut acknowledged = Vec::new();
+    for k in 0..20 {
+        if put(apis[k % 3], &format!("k{k}"), &format!("v{k}")) == 200 {
+            acknowledged.push(k);
+        }
+    }
+    assert_eq!(
+        acknowledged.len(),
+        20,
+        "every write is acknowledged while the cluster is whole"
+    );
+    let victim = (0..3).find(|i| id_of(apis[*i]) == leader).unwrap();
+    c.kill(victim).unwrap();
+    let rest: Vec<SocketAddr> = (0..3).filter(|i| *i != victim).map(|i| apis[i]).collect();
+    let started = Instant::now();
+    let new_leader = loop {
+        if let Some((l, _)) = settled(&rest, 3)
+            && l != leader
+        {
+            break l;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no new leader after the leader was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let to = (0..3)
+        .find(|i| *i != victim && id_of(apis[*i]) == new_leader)
+        .unwrap();
+    for k in acknowledged {
+        assert_eq!(
+            read_until(apis[to], &format!("k{k}"), &format!("v{k}")).await,
+            format!("v{k}")
+        );
+    }
+    c.stop_all(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stop_and_a_restart_in_another_order_bring_back_the_same_raft_cluster() {
+    let (_dir, mut c, apis) = kv_cluster(3);
+    c.start_all().unwrap();
+    let (_, voters) = wait_settled(&apis, 3, "formation", &c).await;
+    assert_eq!(put(apis[1], "kept", "across the restart"), 200);
+    for i in 0..3 {
+        assert_eq!(
+            read_until(apis[i], "kept", "across the restart").await,
+            "across the restart"
+        );
+    }
+    c.stop_all(Duration::from_secs(5)).await;
+    for i in [2, 0, 1] {
+        c.start(i).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, again) = wait_settled(&apis, 3, "the restart", &c).await;
+    assert_eq!(again, voters, "the same voters after the restart");
+    for api in &apis {
+        assert_eq!(
+            read_until(*api, "kept", "across the restart").await,
+            "across the restart"
+        );
+    }
+    let logs: String = (0..3).map(|i| c.log_since_start(i)).collect();
+    assert!(
+        !logs.contains("initialized Raft for cluster"),
+        "no second initialize at the restart\n{logs}"
+    );
+    c.stop_all(Duration::from_secs(5)).await;
 }
