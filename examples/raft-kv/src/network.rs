@@ -107,12 +107,11 @@ impl Peer {
         };
         let call = Call::Raft { to: self.target, rpc };
         let body = serde_json::to_vec(&call).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if body.len() > muster_node::apps::MAX_BODY {
-            if entries > 0 {
-                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
-                    entries,
-                )));
-            }
+        // Too large for one request: openraft sends fewer entries next time.
+        if body.len() > muster_node::apps::MAX_BODY && entries > 0 {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                entries,
+            )));
         }
         let answer = match cluster.request(&to, body, option.hard_ttl()).await {
             Ok(answer) => answer,
