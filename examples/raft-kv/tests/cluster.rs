@@ -244,9 +244,9 @@ async fn a_full_stop_and_a_restart_in_another_order_bring_back_the_same_raft_clu
     c.start_all().unwrap();
     let (_, voters) = wait_settled(&apis, 3, "formation", &c).await;
     assert_eq!(put(apis[1], "kept", "across the restart"), 200);
-    for i in 0..3 {
+    for api in &apis {
         assert_eq!(
-            read_until(apis[i], "kept", "across the restart").await,
+            read_until(*api, "kept", "across the restart").await,
             "across the restart"
         );
     }
