@@ -59,9 +59,20 @@ fn settled(apis: &[SocketAddr], voters: usize) -> Option<(u64, Vec<u64>)> {
 
 /// Waits until every node in `apis` agrees on one leader and `voters` voters.
 async fn wait_settled(apis: &[SocketAddr], voters: usize, what: &str, c: &LocalCluster) -> (u64, Vec<u64>) {
+    wait_settled_with(apis, voters, what, c, |_, _| true).await
+}
+
+/// Like [`wait_settled`], until the leader and voters also satisfy `ok`.
+async fn wait_settled_with(
+    apis: &[SocketAddr],
+    voters: usize,
+    what: &str,
+    c: &LocalCluster,
+    ok: impl Fn(u64, &[u64]) -> bool,
+) -> (u64, Vec<u64>) {
     let started = Instant::now();
     while started.elapsed() < WAIT {
-        if let Some(v) = settled(apis, voters) {
+        if let Some(v) = settled(apis, voters).filter(|(l, ids)| ok(*l, ids)) {
             return v;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -117,22 +128,18 @@ async fn five_nodes_started_at_once_form_one_raft_cluster_initialized_once() {
         .unwrap_or(2);
     for round in 1..=rounds {
         let (_dir, mut c, apis) = kv_cluster(5);
-        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (round as u64 * 7919);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (round as u64 * 7919);
         for i in 0..5 {
             c.start(i).unwrap();
             let offset = (seed.wrapping_mul(i as u64 + 1).wrapping_mul(2654435761)) % 300;
             tokio::time::sleep(Duration::from_millis(offset)).await;
         }
         let started = Instant::now();
-        let mut view = None;
-        while view.is_none() && started.elapsed() < WAIT {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            view = settled(&apis, 5);
-        }
+        let (leader, voters) = wait_settled(&apis, 5, &format!("round {round}"), &c).await;
         let logs: String = (0..5).map(|i| c.log_since_start(i)).collect();
-        let Some((leader, voters)) = view else {
-            panic!("round {round}: no single leader with five voters within {WAIT:?}\n{logs}");
-        };
         let inits = logs.matches("initialized Raft for cluster").count();
         assert_eq!(inits, 1, "round {round}: initialize ran {inits} times\n{logs}");
         assert!(voters.contains(&leader));
@@ -169,20 +176,10 @@ async fn a_node_whose_disk_is_wiped_rejoins_as_a_new_voter_and_its_old_id_leaves
     c.kill(2).unwrap();
     std::fs::remove_dir_all(&c.nodes[2].data_dir).unwrap();
     c.start(2).unwrap();
-    let started = Instant::now();
-    let after = loop {
-        if let Some((_, voters)) = settled(&apis, 3)
-            && !voters.contains(&old)
-        {
-            break voters;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "the wiped node never replaced its old id\n{}",
-            c.log_tail(2, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (_, after) = wait_settled_with(&apis, 3, "the wiped node replacing its old id", &c, |_, v| {
+        !v.contains(&old)
+    })
+    .await;
     let new = id_of(apis[2]);
     assert_ne!(new, old, "a wiped node comes back under a new id");
     assert!(
@@ -213,19 +210,7 @@ async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
     let victim = (0..3).find(|i| id_of(apis[*i]) == leader).unwrap();
     c.kill(victim).unwrap();
     let rest: Vec<SocketAddr> = (0..3).filter(|i| *i != victim).map(|i| apis[i]).collect();
-    let started = Instant::now();
-    let new_leader = loop {
-        if let Some((l, _)) = settled(&rest, 3)
-            && l != leader
-        {
-            break l;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "no new leader after the leader was killed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (new_leader, _) = wait_settled_with(&rest, 3, "a new leader", &c, |l, _| l != leader).await;
     let to = (0..3)
         .find(|i| *i != victim && id_of(apis[*i]) == new_leader)
         .unwrap();
