@@ -33,6 +33,15 @@ fn kv_cluster(n: usize) -> (tempfile::TempDir, LocalCluster, Vec<SocketAddr>) {
     (dir, c, apis)
 }
 
+/// `n` raft-kv nodes started at once and settled: the cluster, the client addresses, the leader
+/// and the voters.
+async fn formed_kv_cluster(n: usize) -> (tempfile::TempDir, LocalCluster, Vec<SocketAddr>, (u64, Vec<u64>)) {
+    let (dir, mut c, apis) = kv_cluster(n);
+    c.start_all().unwrap();
+    let settled = wait_settled(&apis, n, "formation", &c).await;
+    (dir, c, apis, settled)
+}
+
 /// `GET /cluster` of every node, once each reports `voters` voters and the same leader.
 fn settled(apis: &[SocketAddr], voters: usize) -> Option<(u64, Vec<u64>)> {
     let mut seen = None;
@@ -169,9 +178,7 @@ async fn five_nodes_started_at_once_form_one_raft_cluster_initialized_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_is_wiped_rejoins_as_a_new_voter_and_its_old_id_leaves() {
-    let (_dir, mut c, apis) = kv_cluster(3);
-    c.start_all().unwrap();
-    let (_, before) = wait_settled(&apis, 3, "formation", &c).await;
+    let (_dir, mut c, apis, (_, before)) = formed_kv_cluster(3).await;
     let old = id_of(apis[2]);
     c.kill(2).unwrap();
     std::fs::remove_dir_all(&c.nodes[2].data_dir).unwrap();
@@ -193,9 +200,7 @@ async fn a_node_whose_disk_is_wiped_rejoins_as_a_new_voter_and_its_old_id_leaves
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
-    let (_dir, mut c, apis) = kv_cluster(3);
-    c.start_all().unwrap();
-    let (leader, _) = wait_settled(&apis, 3, "formation", &c).await;
+    let (_dir, mut c, apis, (leader, _)) = formed_kv_cluster(3).await;
     let mut acknowledged = Vec::new();
     for k in 0..20 {
         if put(apis[k % 3], &format!("k{k}"), &format!("v{k}")) == 200 {
@@ -225,9 +230,7 @@ async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stop_and_a_restart_in_another_order_bring_back_the_same_raft_cluster() {
-    let (_dir, mut c, apis) = kv_cluster(3);
-    c.start_all().unwrap();
-    let (_, voters) = wait_settled(&apis, 3, "formation", &c).await;
+    let (_dir, mut c, apis, (_, voters)) = formed_kv_cluster(3).await;
     assert_eq!(put(apis[1], "kept", "across the restart"), 200);
     for api in &apis {
         assert_eq!(
