@@ -14,13 +14,17 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// `n` raft-kv nodes on loopback (classic backend, tuned formation), each with a client port.
 fn kv_cluster(n: usize) -> (tempfile::TempDir, LocalCluster, Vec<SocketAddr>) {
-    let layout = Layout {
+    kv_cluster_of(&Layout {
         nodes: n,
         prefix: "kv".into(),
         ..Layout::default()
-    };
+    })
+}
+
+/// raft-kv nodes laid out as `layout` says (any backend), each with a client port.
+fn kv_cluster_of(layout: &Layout) -> (tempfile::TempDir, LocalCluster, Vec<SocketAddr>) {
     let (dir, c) =
-        muster_tests::local_cluster_of(std::path::Path::new(env!("CARGO_BIN_EXE_raft-kv")), &layout);
+        muster_tests::local_cluster_of(std::path::Path::new(env!("CARGO_BIN_EXE_raft-kv")), layout);
     let mut ports = Ports::new();
     let mut apis = Vec::new();
     for node in &c.nodes {
@@ -257,4 +261,73 @@ async fn a_full_stop_and_a_restart_in_another_order_bring_back_the_same_raft_clu
         "no second initialize at the restart\n{logs}"
     );
     c.stop_all(Duration::from_secs(5)).await;
+}
+
+/// Starts `c` at once and checks one Raft cluster: one leader, every node a voter, `initialize`
+/// run once, a write through the last node readable on every node.
+async fn forms_one_raft_cluster(c: &mut LocalCluster, apis: &[SocketAddr], what: &str) {
+    let n = apis.len();
+    c.start_all().unwrap();
+    let (leader, voters) = wait_settled(apis, n, what, c).await;
+    assert!(voters.contains(&leader), "{what}");
+    let logs: String = (0..n).map(|i| c.log_since_start(i)).collect();
+    let inits = logs.matches("initialized Raft for cluster").count();
+    assert_eq!(inits, 1, "{what}: initialize ran {inits} times\n{logs}");
+    assert_eq!(put(apis[n - 1], "backend", what), 200, "{what}: a write");
+    for api in apis {
+        assert_eq!(
+            read_until(*api, "backend", what).await,
+            what,
+            "{what}: read on {api}"
+        );
+    }
+    c.stop_all(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_through_etcd_form_one_raft_cluster() {
+    let server = muster_tests::etcd::EtcdServer::start().await;
+    let tables = format!(
+        "[cluster_formation.etcd]\nendpoints = [\"{}\"]\nnode_ttl = \"5s\"\nlock_timeout = \"5s\"\nconnect_timeout = \"1s\"\n",
+        server.endpoint
+    );
+    let (_dir, mut c, apis) = kv_cluster_of(&Layout {
+        nodes: 3,
+        prefix: "kv".into(),
+        backend: Some(("etcd".into(), tables)),
+        ..Layout::default()
+    });
+    forms_one_raft_cluster(&mut c, &apis, "etcd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pods_of_a_statefulset_through_the_kubernetes_api_form_one_raft_cluster() {
+    const NS: &str = "prod";
+    let fake = muster_tests::k8s::FakeApi::start("kv-token").await;
+    fake.endpoint_controller(NS, "muster-nodes", "app=muster", true);
+    fake.statefulset(NS, "muster", 3, 0);
+    let port = Ports::new().take().unwrap();
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let ip = format!("127.0.21.{}", i + 1);
+        fake.pod(NS, &format!("muster-{i}"), &ip);
+        let name = format!("muster@muster-{i}.muster-nodes.{NS}.svc.cluster.local:{port}");
+        names.push((name.parse().unwrap(), format!("{ip}:{port}").parse().unwrap()));
+    }
+    let tables = format!(
+        "[cluster_formation.k8s]\nmode = \"statefulset\"\napi = \"kubeconfig\"\nkubeconfig = \"{}\"\n\
+         namespace = \"{NS}\"\nrequest_timeout = \"1s\"\nlease_duration = \"3s\"\n",
+        fake.kubeconfig("kv-token").display()
+    );
+    let (_dir, mut c, apis) = kv_cluster_of(&Layout {
+        nodes: 3,
+        names: Some(names),
+        backend: Some(("k8s".into(), tables)),
+        formation:
+            "discovery_retry_interval = \"100ms\"\nprobe_timeout = \"250ms\"\nstable_margin = \"1s\"\n\
+                    target_cluster_size_hint = 3\n"
+                .into(),
+        ..Layout::default()
+    });
+    forms_one_raft_cluster(&mut c, &apis, "kubernetes").await;
 }
