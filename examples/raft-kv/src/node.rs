@@ -137,6 +137,7 @@ pub async fn start(cfg: &Resolved) -> Result<KvNode, StartError> {
     let _ = cell.set(cluster.clone());
     info!(node = %me, "raft-kv node {id} started");
     tokio::spawn(become_voter(raft.clone(), cluster.clone(), id, me.clone()));
+    tokio::spawn(publish_role(raft.clone(), cluster.clone(), id));
     tokio::spawn(remove_departed(raft.clone(), cluster.clone()));
     Ok(KvNode {
         id,
@@ -276,7 +277,27 @@ fn leader_hint(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Str
     }
 }
 
-/// Until this node is a voter: asks the members, each in turn, to add it (only the leader can).
+/// Publishes in this node's Muster metadata whether it leads (`raft_role = leader`), so that a
+/// joiner finds the leader in the members' metadata.
+async fn publish_role(raft: Raft<TypeConfig>, cluster: Arc<Cluster>, id: NodeId) {
+    let mut metrics = raft.metrics();
+    let mut leading = None;
+    loop {
+        let now = metrics.borrow_and_update().current_leader == Some(id);
+        if leading != Some(now) {
+            let role = if now { "leader" } else { "follower" };
+            if cluster.set_metadata("raft_role", Some(role)).is_ok() {
+                leading = Some(now);
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Until this node is a voter: asks the leader its metadata names (the others in turn when none
+/// does yet) to add it.
 async fn become_voter(raft: Raft<TypeConfig>, cluster: Arc<Cluster>, id: NodeId, me: NodeName) {
     if cluster.formed(Duration::from_secs(24 * 3600)).await.is_err() {
         return;
@@ -293,12 +314,20 @@ async fn become_voter(raft: Raft<TypeConfig>, cluster: Arc<Cluster>, id: NodeId,
             info!(node = %me, "node {id} is a voter");
             return;
         }
-        let others: Vec<NodeName> = members
+        // The leader first, as the members' metadata says.
+        let mut others: Vec<(bool, NodeName)> = members
             .borrow_and_update()
             .up()
-            .map(|m| m.name.clone())
-            .filter(|n| *n != me)
+            .filter(|m| m.name != me)
+            .map(|m| {
+                (
+                    m.metadata.get("raft_role").map(String::as_str) != Some("leader"),
+                    m.name.clone(),
+                )
+            })
             .collect();
+        others.sort();
+        let others = others.into_iter().map(|(_, n)| n);
         for other in others {
             let body = match serde_json::to_vec(&Call::Join { id, name: me.clone() }) {
                 Ok(b) => b,

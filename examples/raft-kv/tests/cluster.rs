@@ -70,6 +70,23 @@ fn settled(apis: &[SocketAddr], voters: usize) -> Option<(u64, Vec<u64>)> {
     seen
 }
 
+/// A number from the clock, for offsets and victims.
+fn dice() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        .wrapping_mul(2654435761)
+}
+
+/// Starts every node, each 0–300 ms after the previous one.
+async fn start_with_offsets(c: &mut LocalCluster, seed: u64) {
+    for i in 0..c.nodes.len() {
+        c.start(i).unwrap();
+        let offset = (seed.wrapping_mul(i as u64 + 1).wrapping_mul(2654435761)) % 300;
+        tokio::time::sleep(Duration::from_millis(offset)).await;
+    }
+}
+
 /// Waits until every node in `apis` agrees on one leader and `voters` voters.
 async fn wait_settled(apis: &[SocketAddr], voters: usize, what: &str, c: &LocalCluster) -> (u64, Vec<u64>) {
     wait_settled_with(apis, voters, what, c, |_, _| true).await
@@ -138,18 +155,11 @@ async fn five_nodes_started_at_once_form_one_raft_cluster_initialized_once() {
     let rounds: usize = std::env::var("RAFT_KV_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(20);
     for round in 1..=rounds {
         let (_dir, mut c, apis) = kv_cluster(5);
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            ^ (round as u64 * 7919);
-        for i in 0..5 {
-            c.start(i).unwrap();
-            let offset = (seed.wrapping_mul(i as u64 + 1).wrapping_mul(2654435761)) % 300;
-            tokio::time::sleep(Duration::from_millis(offset)).await;
-        }
+        let seed = dice() ^ (round as u64 * 7919);
+        start_with_offsets(&mut c, seed).await;
         let started = Instant::now();
         let (leader, voters) = wait_settled(&apis, 5, &format!("round {round}"), &c).await;
         let logs: String = (0..5).map(|i| c.log_since_start(i)).collect();
@@ -330,4 +340,43 @@ async fn three_pods_of_a_statefulset_through_the_kubernetes_api_form_one_raft_cl
         ..Layout::default()
     });
     forms_one_raft_cluster(&mut c, &apis, "kubernetes").await;
+}
+
+/// A random node SIGKILLed at a random moment of formation (0–1 s after the last start, which
+/// formation takes about) and
+/// restarted 0–500 ms later: one Raft cluster of five every time, `initialize` run once (a seed
+/// killed inside its bootstrap completes it at the restart, where Raft answers "already
+/// initialized"). One round by default, 50 with `RAFT_KV_KILL_ROUNDS=50`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_at_a_random_moment_of_formation_still_ends_in_one_raft_cluster() {
+    let rounds: usize = std::env::var("RAFT_KV_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for round in 1..=rounds {
+        let (_dir, mut c, apis) = kv_cluster(5);
+        let seed = dice();
+        let kill_at = Duration::from_millis(seed % 1000);
+        let victim = (seed / 1000 % 5) as usize;
+        let down = Duration::from_millis(seed / 5000 % 500);
+        start_with_offsets(&mut c, seed).await;
+        tokio::time::sleep(kill_at).await;
+        c.kill(victim).unwrap();
+        tokio::time::sleep(down).await;
+        c.start(victim).unwrap();
+        let what = format!(
+            "round {round} (node {victim} killed {} ms after the last start, down {} ms)",
+            kill_at.as_millis(),
+            down.as_millis()
+        );
+        let (leader, voters) = wait_settled(&apis, 5, &what, &c).await;
+        assert!(voters.contains(&leader), "{what}");
+        let logs: String = (0..5)
+            .map(|i| std::fs::read_to_string(&c.nodes[i].log).unwrap_or_default())
+            .collect();
+        let inits = logs.matches("initialized Raft for cluster").count();
+        assert_eq!(inits, 1, "{what}: initialize ran {inits} times\n{logs}");
+        eprintln!("{what}: one Raft cluster, leader {leader}");
+        c.stop_all(Duration::from_secs(5)).await;
+    }
 }
