@@ -392,12 +392,13 @@ impl MemberTable {
     /// excluded). Newcomers are joined, the missing left (if they said so) or forgotten.
     pub fn set_membership(&self, members: &[NodeName]) {
         let next = self.lock().applied + 1;
-        self.set_membership_at(next, members);
+        self.set_membership_at(next, members, &[]);
     }
 
     /// Like [`MemberTable::set_membership`], for the list numbered `seq`; a list numbered at or
     /// below the last one applied is older and ignored.
-    pub fn set_membership_at(&self, seq: u64, members: &[NodeName]) {
+    /// `departed` names the removed nodes that left on their own (the others were forgotten).
+    pub fn set_membership_at(&self, seq: u64, members: &[NodeName], departed: &[NodeName]) {
         let mut t = self.lock();
         if seq <= t.applied {
             return;
@@ -416,7 +417,7 @@ impl MemberTable {
             t.members.remove(&name);
             t.unreachable.remove(&name);
             t.stopped.remove(&name);
-            if t.leaving.remove(&name) {
+            if t.leaving.remove(&name) || departed.contains(&name) {
                 events.push(Event::Left { name });
             } else {
                 events.push(Event::Forgotten { name });
@@ -632,6 +633,20 @@ mod tests {
         t.set_membership(&[n("a")]);
         assert!(matches!(events.next().await, Some(Event::Left { name }) if name == n("b")));
         assert_eq!(watch.borrow().members.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_removal_that_says_the_node_left_is_reported_left_whoever_relayed_it() {
+        let t = MemberTable::new(n("a"));
+        t.set_membership(&[n("a"), n("b"), n("c")]);
+        let mut events = t.events();
+        t.set_membership_at(10, &[n("a"), n("c")], &[n("b")]);
+        assert!(matches!(events.next().await, Some(Event::Left { name }) if name == n("b")));
+        t.set_membership_at(11, &[n("a")], &[n("b")]);
+        assert!(matches!(events.next().await, Some(Event::Forgotten { name }) if name == n("c")));
+        // An older list told late changes nothing.
+        t.set_membership_at(9, &[n("a"), n("b"), n("c")], &[]);
+        assert_eq!(t.watch().borrow().members.len(), 1);
     }
 
     #[tokio::test]

@@ -135,15 +135,15 @@ impl Drop for Guard<'_> {
                     .membership_seq
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                     + 1;
-                (seq, published.members.clone())
+                (seq, published.members.clone(), inner.p.state.departed())
             })
         };
         // The service's watch is told outside the state lock (a receiver that holds a borrow
         // must never hold up the node); the sequence number keeps a later change from being
         // overwritten by an earlier one told late.
         drop(inner);
-        if let Some((seq, members)) = changed {
-            self.node.members.set_membership_at(seq, &members);
+        if let Some((seq, members, departed)) = changed {
+            self.node.members.set_membership_at(seq, &members, &departed);
         }
     }
 }
@@ -1324,7 +1324,7 @@ impl Node {
         // blank state is on disk, so a probe never sees a state that is not persisted.
         let state = {
             let mut state = self.state();
-            state.remove(&self.name);
+            state.leave(&self.name);
             state
         };
         let peers: Vec<NodeName> = state.alive();

@@ -27,6 +27,9 @@ pub struct Member {
     pub incarnation: u64,
     /// Forgotten.
     pub removed: bool,
+    /// Removed because the node itself left (see `ClusterState::leave`), not forgotten.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
 }
 
 /// A cluster's membership as one node knows it.
@@ -77,6 +80,7 @@ impl ClusterState {
                 Member {
                     incarnation,
                     removed: false,
+                    left: false,
                 },
             )]),
             version: 1,
@@ -113,6 +117,7 @@ impl ClusterState {
                     Member {
                         incarnation,
                         removed: false,
+                        left: false,
                     },
                 );
                 self.version = self.version.saturating_add(1);
@@ -129,6 +134,25 @@ impl ClusterState {
             Some(m) => now_ms.max(m.incarnation.saturating_add(1)),
             None => now_ms,
         }
+    }
+
+    /// Marks `node` removed because it left on its own (its members report it left, not
+    /// forgotten). Returns whether anything changed.
+    pub fn leave(&mut self, node: &NodeName) -> bool {
+        let changed = self.remove(node);
+        if let Some(m) = self.members.get_mut(node) {
+            m.left = true;
+        }
+        changed
+    }
+
+    /// The nodes that left on their own (tombstones of `leave`).
+    pub fn departed(&self) -> Vec<NodeName> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.removed && m.left)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Marks `node` removed at its current incarnation. Returns whether anything changed.
@@ -716,6 +740,7 @@ mod tests {
             Member {
                 incarnation: u64::MAX,
                 removed: true,
+                left: false,
             },
         );
         pushed.add(&n("c"), now + 10).unwrap();
@@ -731,6 +756,7 @@ mod tests {
             Member {
                 incarnation: skewed,
                 removed: true,
+                left: false,
             },
         );
         assert!(s.merge_from_peer(&pushed, now).unwrap());
@@ -969,8 +995,14 @@ mod tests {
                     ..ClusterState::default()
                 };
                 for (i, incarnation, removed) in entries {
-                    s.members
-                        .insert(n(&format!("h{i}")), Member { incarnation, removed });
+                    s.members.insert(
+                        n(&format!("h{i}")),
+                        Member {
+                            incarnation,
+                            removed,
+                            left: false,
+                        },
+                    );
                 }
                 s
             })
