@@ -75,6 +75,15 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
+    /// The `[cluster_formation.etcd]` table of a node using this server, with the short TTL and
+    /// timeouts the process tests run.
+    pub fn formation_table(&self) -> String {
+        format!(
+            "[cluster_formation.etcd]\nendpoints = [\"{}\"]\nnode_ttl = \"5s\"\nlock_timeout = \"5s\"\nconnect_timeout = \"1s\"\n",
+            self.endpoint
+        )
+    }
+
     /// Starts a plain-HTTP etcd and waits until it answers.
     pub async fn start() -> EtcdServer {
         Self::start_with(None, std::net::Ipv4Addr::LOCALHOST, Vec::new()).await

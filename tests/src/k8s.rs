@@ -984,3 +984,68 @@ impl FakeApi {
         );
     }
 }
+
+/// A StatefulSet `muster` behind the headless Service `muster-nodes` in namespace `ns`, its pod
+/// `i` at loopback address `{ip_prefix}.{i + 1}`: what the process tests run against the fake.
+#[derive(Debug, Clone, Copy)]
+pub struct StatefulSetPods {
+    /// The namespace.
+    pub ns: &'static str,
+    /// The first three octets of the pods' addresses (`127.0.20`).
+    pub ip_prefix: &'static str,
+}
+
+impl StatefulSetPods {
+    /// Pod `i`'s address.
+    pub fn ip(&self, i: usize) -> String {
+        format!("{}.{}", self.ip_prefix, i + 1)
+    }
+
+    /// The API objects of the StatefulSet with `replicas` running pods; the fake's EndpointSlice
+    /// controller keeps the headless Service's slices in step with the pods.
+    pub fn scale(&self, fake: &FakeApi, replicas: usize) {
+        fake.endpoint_controller(self.ns, "muster-nodes", "app=muster", true);
+        fake.statefulset(self.ns, "muster", i32::try_from(replicas).unwrap_or(i32::MAX), 0);
+        for i in 0..replicas {
+            fake.pod(self.ns, &format!("muster-{i}"), &self.ip(i));
+        }
+    }
+
+    /// `pods` nodes named as the pods (`muster@muster-<i>.muster-nodes.<ns>.svc.cluster.local`,
+    /// one free port for all), each listening on its pod's address, with the Kubernetes backend
+    /// in `mode` through `kubeconfig` and fast formation settings.
+    pub fn layout(&self, kubeconfig: &Path, pods: usize, mode: &str) -> crate::Layout {
+        let ns = self.ns;
+        let port = muster_cli::launch::Ports::new().take().expect("a free port");
+        let names = (0..pods)
+            .map(|i| {
+                let name = format!("muster@muster-{i}.muster-nodes.{ns}.svc.cluster.local:{port}");
+                let listen = format!("{}:{port}", self.ip(i));
+                (
+                    name.parse().expect("a node name"),
+                    listen.parse().expect("an address"),
+                )
+            })
+            .collect();
+        let mut tables = format!(
+            "[cluster_formation.k8s]\nmode = \"{mode}\"\napi = \"kubeconfig\"\nkubeconfig = \"{}\"\nnamespace = \"{ns}\"\n\
+             request_timeout = \"1s\"\nlease_duration = \"3s\"\n",
+            kubeconfig.display()
+        );
+        if mode == "endpoints" {
+            tables.push_str(&format!(
+                "service = \"muster-nodes\"\naddress_type = \"hostname\"\nhostname_suffix = \".muster-nodes.{ns}.svc.cluster.local\"\n"
+            ));
+        }
+        crate::Layout {
+            nodes: pods,
+            names: Some(names),
+            backend: Some(("k8s".into(), tables)),
+            formation:
+                "discovery_retry_interval = \"100ms\"\nprobe_timeout = \"250ms\"\nstable_margin = \"1s\"\n\
+                        target_cluster_size_hint = 3\n"
+                    .into(),
+            ..crate::Layout::default()
+        }
+    }
+}

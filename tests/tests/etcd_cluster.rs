@@ -11,10 +11,7 @@ const FORM: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(5);
 
 fn etcd_layout(server: &EtcdServer, nodes: usize, formation: &str, extra: &str) -> Layout {
-    let tables = format!(
-        "[cluster_formation.etcd]\nendpoints = [\"{}\"]\nnode_ttl = \"5s\"\nlock_timeout = \"5s\"\nconnect_timeout = \"1s\"\n",
-        server.endpoint
-    );
+    let tables = server.formation_table();
     Layout {
         nodes,
         backend: Some(("etcd".into(), tables)),

@@ -241,9 +241,8 @@ async fn a_member_cut_off_from_etcd_and_one_peer_is_never_forgotten_while_anothe
     let hosts = Hosts::new(4);
     let etcd = EtcdServer::start_in(&hosts.hosts[3]).await;
     let tables = format!(
-        "[cluster_formation.etcd]\nendpoints = [\"{}\"]\nnode_ttl = \"5s\"\nlock_timeout = \"5s\"\nconnect_timeout = \"1s\"\n\n\
-         [cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n",
-        etcd.endpoint
+        "{}\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n",
+        etcd.formation_table()
     );
     let (_dir, mut c) = host_cluster(&hosts, 3, FAST, Some(("etcd".into(), tables)));
     c.start_all().unwrap();
@@ -319,10 +318,7 @@ async fn etcd_partitioned_from_one_node_during_formation_still_one_cluster() {
     for round in 1..=n {
         let hosts = Hosts::new(4);
         let etcd = EtcdServer::start_in(&hosts.hosts[3]).await;
-        let tables = format!(
-            "[cluster_formation.etcd]\nendpoints = [\"{}\"]\nnode_ttl = \"5s\"\nlock_timeout = \"5s\"\nconnect_timeout = \"1s\"\n",
-            etcd.endpoint
-        );
+        let tables = etcd.formation_table();
         let (_dir, mut c) = host_cluster(&hosts, 3, FAST, Some(("etcd".into(), tables)));
         hosts.set_rules(2, &[hosts.hosts[3].ip], 0);
         hosts.set_rules(3, &[hosts.hosts[2].ip], 0);

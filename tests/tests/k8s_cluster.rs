@@ -6,74 +6,41 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use muster::NodeName;
-use muster_cli::launch::{Layout, LocalCluster, Ports};
-use muster_tests::k8s::FakeApi;
+use muster_cli::launch::{Layout, LocalCluster};
+use muster_tests::k8s::{FakeApi, StatefulSetPods};
 use muster_tests::{cluster_ids, cluster_status, ctl, eventually, local_cluster_of, node_exe, text};
 
 const NS: &str = "prod";
 const TOKEN: &str = "e2e-token";
 const FORM: Duration = Duration::from_secs(30);
 
-fn ip(i: usize) -> String {
-    format!("127.0.20.{}", i + 1)
-}
-
-fn name(i: usize, port: u16) -> NodeName {
-    format!("muster@muster-{i}.muster-nodes.{NS}.svc.cluster.local:{port}")
-        .parse()
-        .unwrap()
-}
+/// The pods of these tests.
+const PODS: StatefulSetPods = StatefulSetPods {
+    ns: NS,
+    ip_prefix: "127.0.20",
+};
 
 /// `pods` pod processes (all created, none started), in `mode`, against `fake`.
 fn pods(fake: &FakeApi, pods: usize, mode: &str, extra: &str) -> (tempfile::TempDir, LocalCluster) {
-    pods_with(fake, &fake.kubeconfig(TOKEN), pods, mode, extra)
+    pods_with(&fake.kubeconfig(TOKEN), pods, mode, extra)
 }
 
 fn pods_with(
-    fake: &FakeApi,
     kubeconfig: &std::path::Path,
     pods: usize,
     mode: &str,
     extra: &str,
 ) -> (tempfile::TempDir, LocalCluster) {
-    let _ = fake;
-    let port = Ports::new().take().unwrap();
-    let names = (0..pods)
-        .map(|i| (name(i, port), format!("{}:{port}", ip(i)).parse().unwrap()))
-        .collect();
-    let mut tables = format!(
-        "[cluster_formation.k8s]\nmode = \"{mode}\"\napi = \"kubeconfig\"\nkubeconfig = \"{}\"\nnamespace = \"{NS}\"\n\
-         request_timeout = \"1s\"\nlease_duration = \"3s\"\n",
-        kubeconfig.display()
-    );
-    if mode == "endpoints" {
-        tables.push_str(&format!(
-            "service = \"muster-nodes\"\naddress_type = \"hostname\"\nhostname_suffix = \".muster-nodes.{NS}.svc.cluster.local\"\n"
-        ));
-    }
     let layout = Layout {
-        nodes: pods,
-        names: Some(names),
-        backend: Some(("k8s".into(), tables)),
-        formation:
-            "discovery_retry_interval = \"100ms\"\nprobe_timeout = \"250ms\"\nstable_margin = \"1s\"\n\
-                    target_cluster_size_hint = 3\n"
-                .into(),
         extra: extra.into(),
-        ..Layout::default()
+        ..PODS.layout(kubeconfig, pods, mode)
     };
     local_cluster_of(&node_exe!(), &layout)
 }
 
-/// The API objects of a StatefulSet with `replicas` running pods; the fake's EndpointSlice
-/// controller keeps the headless Service's slices in step with the pods.
+/// The API objects of a StatefulSet with `replicas` running pods.
 fn scale(fake: &FakeApi, replicas: usize) {
-    fake.endpoint_controller(NS, "muster-nodes", "app=muster", true);
-    fake.statefulset(NS, "muster", i32::try_from(replicas).unwrap(), 0);
-    for i in 0..replicas {
-        fake.pod(NS, &format!("muster-{i}"), &ip(i));
-    }
+    PODS.scale(fake, replicas);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +235,7 @@ async fn a_rotated_token_is_picked_up_without_an_error() {
     std::fs::write(&token_file, TOKEN).unwrap();
     let kubeconfig = fake.kubeconfig_with_token_file(&token_file);
     let cleanup = "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\n";
-    let (_dir, mut c) = pods_with(&fake, &kubeconfig, 4, "statefulset", cleanup);
+    let (_dir, mut c) = pods_with(&kubeconfig, 4, "statefulset", cleanup);
     for i in 0..3 {
         c.start(i).unwrap();
     }

@@ -297,10 +297,7 @@ async fn forms_one_raft_cluster(c: &mut LocalCluster, apis: &[SocketAddr], what:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_through_etcd_form_one_raft_cluster() {
     let server = muster_tests::etcd::EtcdServer::start().await;
-    let tables = format!(
-        "[cluster_formation.etcd]\nendpoints = [\"{}\"]\nnode_ttl = \"5s\"\nlock_timeout = \"5s\"\nconnect_timeout = \"1s\"\n",
-        server.endpoint
-    );
+    let tables = server.formation_table();
     let (_dir, mut c, apis) = kv_cluster_of(&Layout {
         nodes: 3,
         prefix: "kv".into(),
@@ -312,33 +309,13 @@ async fn three_nodes_through_etcd_form_one_raft_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_of_a_statefulset_through_the_kubernetes_api_form_one_raft_cluster() {
-    const NS: &str = "prod";
+    let pods = muster_tests::k8s::StatefulSetPods {
+        ns: "prod",
+        ip_prefix: "127.0.21",
+    };
     let fake = muster_tests::k8s::FakeApi::start("kv-token").await;
-    fake.endpoint_controller(NS, "muster-nodes", "app=muster", true);
-    fake.statefulset(NS, "muster", 3, 0);
-    let port = Ports::new().take().unwrap();
-    let mut names = Vec::new();
-    for i in 0..3 {
-        let ip = format!("127.0.21.{}", i + 1);
-        fake.pod(NS, &format!("muster-{i}"), &ip);
-        let name = format!("muster@muster-{i}.muster-nodes.{NS}.svc.cluster.local:{port}");
-        names.push((name.parse().unwrap(), format!("{ip}:{port}").parse().unwrap()));
-    }
-    let tables = format!(
-        "[cluster_formation.k8s]\nmode = \"statefulset\"\napi = \"kubeconfig\"\nkubeconfig = \"{}\"\n\
-         namespace = \"{NS}\"\nrequest_timeout = \"1s\"\nlease_duration = \"3s\"\n",
-        fake.kubeconfig("kv-token").display()
-    );
-    let (_dir, mut c, apis) = kv_cluster_of(&Layout {
-        nodes: 3,
-        names: Some(names),
-        backend: Some(("k8s".into(), tables)),
-        formation:
-            "discovery_retry_interval = \"100ms\"\nprobe_timeout = \"250ms\"\nstable_margin = \"1s\"\n\
-                    target_cluster_size_hint = 3\n"
-                .into(),
-        ..Layout::default()
-    });
+    pods.scale(&fake, 3);
+    let (_dir, mut c, apis) = kv_cluster_of(&pods.layout(&fake.kubeconfig("kv-token"), 3, "statefulset"));
     forms_one_raft_cluster(&mut c, &apis, "kubernetes").await;
 }
 
