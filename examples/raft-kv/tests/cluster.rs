@@ -70,6 +70,14 @@ fn settled(apis: &[SocketAddr], voters: usize) -> Option<(u64, Vec<u64>)> {
     seen
 }
 
+/// The rounds a test runs: the number in environment variable `var`, else `default`.
+fn rounds(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A number from the clock, for offsets and victims.
 fn dice() -> u64 {
     std::time::SystemTime::now()
@@ -152,10 +160,7 @@ fn put(api: SocketAddr, key: &str, value: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_started_at_once_form_one_raft_cluster_initialized_once() {
-    let rounds: usize = std::env::var("RAFT_KV_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let rounds = rounds("RAFT_KV_ROUNDS", 20);
     for round in 1..=rounds {
         let (_dir, mut c, apis) = kv_cluster(5);
         let seed = dice() ^ (round as u64 * 7919);
@@ -319,17 +324,13 @@ async fn three_pods_of_a_statefulset_through_the_kubernetes_api_form_one_raft_cl
     forms_one_raft_cluster(&mut c, &apis, "kubernetes").await;
 }
 
-/// A random node SIGKILLed at a random moment of formation (0–1 s after the last start, which
-/// formation takes about) and
-/// restarted 0–500 ms later: one Raft cluster of five every time, `initialize` run once (a seed
+/// A random node SIGKILLed at a random moment of formation (0–1 s after the last start, about
+/// as long as formation takes) and restarted 0–500 ms later: one Raft cluster of five every time, `initialize` run once (a seed
 /// killed inside its bootstrap completes it at the restart, where Raft answers "already
 /// initialized"). One round by default, 50 with `RAFT_KV_KILL_ROUNDS=50`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_at_a_random_moment_of_formation_still_ends_in_one_raft_cluster() {
-    let rounds: usize = std::env::var("RAFT_KV_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let rounds = rounds("RAFT_KV_KILL_ROUNDS", 1);
     for round in 1..=rounds {
         let (_dir, mut c, apis) = kv_cluster(5);
         let seed = dice();
