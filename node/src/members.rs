@@ -298,10 +298,13 @@ impl MemberTable {
         self.watch.subscribe()
     }
 
-    /// The members once their version is above `after`, or as they are after `max`.
-    pub async fn after(&self, after: u64, max: std::time::Duration) -> Members {
+    /// The members now, or with `after`, once their version is above it (a watcher's long
+    /// poll), or as they are after [`LONG_POLL`].
+    pub async fn after(&self, after: Option<u64>) -> Members {
         let mut rx = self.watch.subscribe();
-        let _ = tokio::time::timeout(max, rx.wait_for(|m| m.version > after)).await;
+        if let Some(seen) = after {
+            let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|m| m.version > seen)).await;
+        }
         Members::clone(&rx.borrow())
     }
 

@@ -367,15 +367,9 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
                 message: e.to_string(),
             },
         },
-        Request::Members { after } => {
-            let members = match after {
-                Some(v) => node.members.after(v, crate::members::LONG_POLL).await,
-                None => node.members.watch().borrow().clone(),
-            };
-            Response::Members {
-                members: Box::new(members),
-            }
-        }
+        Request::Members { after } => Response::Members {
+            members: Box::new(node.members.after(after).await),
+        },
         Request::Heard { node: member } => match peer {
             Some(_) => Response::Heard {
                 ago_ms: node.contacts.ago(&member).map(|d| d.as_millis() as u64),

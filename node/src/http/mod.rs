@@ -130,8 +130,7 @@ async fn summary(State(node): State<Arc<Node>>) -> Response {
 /// polling for services that run beside the node.
 async fn members(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
     let members = match after(query.as_deref()) {
-        Ok(Some(v)) => node.members.after(v, crate::members::LONG_POLL).await,
-        Ok(None) => node.members.watch().borrow().clone(),
+        Ok(v) => node.members.after(v).await,
         Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
     json(&serde_json::json!({ "node": node.name(), "version": members.version, "members": members.members }))
@@ -140,8 +139,7 @@ async fn members(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Re
 /// `/members` without detail: how many members have each status, nothing about who they are.
 async fn members_summary(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
     let members = match after(query.as_deref()) {
-        Ok(Some(v)) => node.members.after(v, crate::members::LONG_POLL).await,
-        Ok(None) => node.members.watch().borrow().clone(),
+        Ok(v) => node.members.after(v).await,
         Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
