@@ -22,7 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use muster_discovery_core::{
     ClaimError, ClusterId, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing, FormationConfig,
-    FormationLock, LockGuard, NodeName, Registration, RegistrationStatus,
+    FormationLock, LockGuard, LockWait, NodeName, Registration, RegistrationStatus,
 };
 use reqwest::Method;
 
@@ -228,15 +228,13 @@ impl Registration for ConsulBackend {
 
 #[async_trait]
 impl FormationLock for ConsulBackend {
-    async fn lock(
-        &self,
-        owner: &NodeName,
-        timeout: std::time::Duration,
-    ) -> Result<Box<dyn LockGuard>, DiscoveryError> {
+    async fn lock(&self, owner: &NodeName, wait: &LockWait) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         let key = self.key("formation-lock");
         // The engine's wait, bounded by this backend's own `lock_timeout`.
-        let wait = timeout.min(self.inner.r.settings.lock_timeout);
-        Ok(Box::new(lock::acquire(&self.inner, owner, &key, wait).await?))
+        let cap = self.inner.r.settings.lock_timeout;
+        Ok(Box::new(
+            lock::acquire(&self.inner, owner, &key, wait, cap).await?,
+        ))
     }
 }
 

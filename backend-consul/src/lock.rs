@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, NodeName};
+use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, LockWait, NodeName};
 use reqwest::Method;
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
@@ -141,14 +141,27 @@ async fn destroy(consul: &Consul, session: &str) {
         .await;
 }
 
-/// Takes the lock on `key` for `owner`, waiting at most `wait`.
+/// The error of an acquisition that stopped waiting (its session is destroyed: nothing held).
+fn not_free(key: &str, wait: &LockWait) -> DiscoveryError {
+    DiscoveryError::new(
+        NAME,
+        ErrorKind::Unavailable,
+        format!(
+            "the formation lock {key} was not free; stopped waiting after at most {:?}",
+            wait.timeout()
+        ),
+    )
+}
+
+/// Takes the lock on `key` for `owner`, waiting until `wait` is over or `cap` has passed.
 pub async fn acquire(
     inner: &Inner,
     owner: &NodeName,
     key: &str,
-    wait: Duration,
+    wait: &LockWait,
+    cap: Duration,
 ) -> Result<ConsulLock, DiscoveryError> {
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now() + cap;
     let session = create_session(inner, owner).await?;
     // Renewed from the start: a long wait must not outlive the session.
     let (stop, stopped) = oneshot::channel();
@@ -180,22 +193,24 @@ pub async fn acquire(
             if truth(&r) {
                 return Ok(());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(wait.remaining());
             if left.is_zero() {
-                return Err(DiscoveryError::new(
-                    NAME,
-                    ErrorKind::Unavailable,
-                    format!("the formation lock {key} was not free within {wait:?}"),
-                ));
+                return Err(not_free(key, wait));
             }
             match read(inner, key, None).await? {
-                // Held: wait for the key to change (a blocking read), not a poll.
+                // Held: wait for the key to change (a blocking read), not a poll; the release
+                // ends it at once.
                 (index, Some(_)) => {
                     let block = Block {
                         index,
                         wait: left.min(Duration::from_secs(15)),
                     };
-                    let _ = read(inner, key, Some(block)).await?;
+                    match wait.bound(read(inner, key, Some(block))).await {
+                        Some(read) => drop(read?),
+                        None => return Err(not_free(key, wait)),
+                    }
                 }
                 // Free but refused: a lock-delay after a dead holder. Sleep; never spin.
                 (_, None) => {
@@ -205,7 +220,9 @@ pub async fn acquire(
                         .lock_delay
                         .max(Duration::from_millis(500))
                         .min(Duration::from_secs(5));
-                    tokio::time::sleep(nap.min(left)).await;
+                    if wait.bound(tokio::time::sleep(nap.min(left))).await.is_none() {
+                        return Err(not_free(key, wait));
+                    }
                 }
             }
         }

@@ -23,7 +23,7 @@ mod registration;
 pub mod settings;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -32,7 +32,7 @@ use etcd_client::{
 };
 use muster_discovery_core::{
     ClaimError, ClusterId, ConfigError, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing,
-    FormationConfig, FormationLock, LockGuard, NodeName, Registration, RegistrationStatus,
+    FormationConfig, FormationLock, LockGuard, LockWait, NodeName, Registration, RegistrationStatus,
 };
 use tokio::sync::{OnceCell, watch};
 use tracing::warn;
@@ -319,18 +319,11 @@ impl Registration for EtcdBackend {
 
 #[async_trait]
 impl FormationLock for EtcdBackend {
-    async fn lock(&self, _owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
+    async fn lock(&self, _owner: &NodeName, wait: &LockWait) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         let client = self.inner.client().await?;
         let s = &self.inner.settings;
         Ok(Box::new(
-            lock::acquire(
-                &client,
-                &s.lock_name(),
-                s.lock_timeout,
-                timeout,
-                s.connect_timeout,
-            )
-            .await?,
+            lock::acquire(&client, &s.lock_name(), s.lock_timeout, wait, s.connect_timeout).await?,
         ))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, LockOptions};
 use futures::future::BoxFuture;
-use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard};
+use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, LockWait};
 use tokio::sync::{oneshot, watch};
 use tracing::warn;
 
@@ -60,12 +60,13 @@ async fn keep_alive(
     }
 }
 
-/// Takes the lock `name`, waiting at most `wait`; single calls are bounded by `limit`.
+/// Takes the lock `name`, waiting until `wait` is over; single calls are bounded by `limit`.
+/// etcd's lock call returns when the key ahead of ours is deleted, so a release is seen at once.
 pub async fn acquire(
     client: &Client,
     name: &str,
     ttl: Duration,
-    wait: Duration,
+    wait: &LockWait,
     limit: Duration,
 ) -> Result<EtcdLock, DiscoveryError> {
     let mut c = client.clone();
@@ -75,8 +76,9 @@ pub async fn acquire(
     let (lost_tx, lost) = watch::channel(false);
     tokio::spawn(keep_alive(client.clone(), lease, ttl, stopped, lost_tx));
     let opts = LockOptions::new().with_lease(lease);
-    match tokio::time::timeout(wait, c.lock(name, Some(opts))).await {
-        Ok(Ok(resp)) => Ok(EtcdLock {
+    // Giving up revokes the lease, which deletes our waiting (or just granted) key with it.
+    match wait.bound(c.lock(name, Some(opts))).await {
+        Some(Ok(resp)) => Ok(EtcdLock {
             client: client.clone(),
             limit,
             key: resp.key().to_vec(),
@@ -84,16 +86,21 @@ pub async fn acquire(
             stop: Some(stop),
             lost,
         }),
-        Ok(Err(e)) => {
+        Some(Err(e)) => {
+            let _ = stop.send(());
             let _ = bounded("revoking the lock lease", limit, c.lease_revoke(lease)).await;
             Err(map("taking the formation lock", e))
         }
-        Err(_) => {
+        None => {
+            let _ = stop.send(());
             let _ = bounded("revoking the lock lease", limit, c.lease_revoke(lease)).await;
             Err(DiscoveryError::new(
                 NAME,
                 ErrorKind::Unavailable,
-                format!("the formation lock {name} is held by another node; not free within {wait:?}"),
+                format!(
+                    "the formation lock {name} is held by another node; stopped waiting after at most {:?}",
+                    wait.timeout()
+                ),
             ))
         }
     }

@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
-use kube::api::PostParams;
-use muster_discovery_core::retry::{Jitter, Retry};
-use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, NodeName};
+use kube::api::{PostParams, WatchParams};
+use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, LockWait, NodeName};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -97,35 +97,38 @@ enum Step {
     Wait(String),
 }
 
-/// Takes the Lease for `identity`, waiting at most `wait`.
-pub async fn acquire(spot: &LeaseSpot, identity: &str, wait: Duration) -> Result<LeaseGuard, DiscoveryError> {
+/// Takes the Lease for `identity`, waiting until `wait` is over. Between two reads it watches
+/// the Lease, so a release (or any change) is seen when it happens; the pause bounds the watch,
+/// because a silent holder's expiry is a change nobody writes. Giving up happens only between
+/// two reads: a read that took the Lease always completes, so nothing is held afterwards.
+pub async fn acquire(
+    spot: &LeaseSpot,
+    identity: &str,
+    wait: &LockWait,
+) -> Result<LeaseGuard, DiscoveryError> {
     let pause = (spot.duration / 5).clamp(Duration::from_millis(100), Duration::from_secs(2));
-    let retry = Retry::every(pause).within(wait).jitter(Jitter::Random);
     // The record last seen and when it was first seen (local monotonic time).
     let seen: Mutex<Option<(String, Instant)>> = Mutex::new(None);
-    let result = retry
-        .run(|_| {
-            let seen = &seen;
-            async move {
-                match step(spot, identity, seen).await {
-                    Ok(Step::Held(lease)) => std::ops::ControlFlow::Break(Ok(*lease)),
-                    Ok(Step::Wait(why)) => std::ops::ControlFlow::Continue(why),
-                    Err(e) if e.is_temporary() => std::ops::ControlFlow::Continue(e.to_string()),
-                    Err(e) => std::ops::ControlFlow::Break(Err(e)),
-                }
-            }
-        })
-        .await;
-    let lease = match result {
-        Ok(lease) => lease,
-        Err(muster_discovery_core::retry::RetryError::Stopped(e)) => return Err(e),
-        Err(muster_discovery_core::retry::RetryError::Exhausted { last, .. }) => {
+    let lease = loop {
+        let why = match step(spot, identity, &seen).await {
+            Ok(Step::Held(lease)) => break *lease,
+            Ok(Step::Wait(why)) => why,
+            Err(e) if e.is_temporary() => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        let version = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(v, _)| v.clone());
+        if wait.bound(changed_within(spot, version, pause)).await.is_none() {
             return Err(DiscoveryError::new(
                 NAME,
                 ErrorKind::Unavailable,
                 format!(
-                    "the formation Lease {} was not free within {wait:?}: {last}",
-                    spot.label
+                    "the formation Lease {} was not free; stopped waiting after at most {:?}: {why}",
+                    spot.label,
+                    wait.timeout()
                 ),
             ));
         }
@@ -143,6 +146,36 @@ pub async fn acquire(spot: &LeaseSpot, identity: &str, wait: Duration) -> Result
         lost,
     })
 }
+
+/// Returns when the Lease changes after `version` (a watch on it by name), or after `pause`.
+/// Without a watch (not allowed by the Role, or failed) it sleeps out the pause.
+async fn changed_within(spot: &LeaseSpot, version: Option<String>, pause: Duration) {
+    let begun = Instant::now();
+    let watched = async {
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={}", spot.name))
+            .timeout(u32::try_from(pause.as_secs().max(1)).unwrap_or(u32::MAX));
+        let version = version.unwrap_or_else(|| "0".into());
+        let stream = spot.api.watch(&params, &version).await.ok()?;
+        futures::pin_mut!(stream);
+        stream.next().await
+    };
+    let changed = tokio::time::timeout(pause, watched)
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    // A floor, so that a watch ending at once (an error event, an expired version) never spins.
+    let rest = if changed {
+        WATCH_FLOOR.saturating_sub(begun.elapsed())
+    } else {
+        pause.saturating_sub(begun.elapsed())
+    };
+    tokio::time::sleep(rest).await;
+}
+
+/// The least time between two reads of the Lease when a watch reports changes.
+const WATCH_FLOOR: Duration = Duration::from_millis(10);
 
 async fn step(
     spot: &LeaseSpot,

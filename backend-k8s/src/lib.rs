@@ -42,7 +42,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use muster_discovery_core::{
     ClaimError, ClusterId, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing, FormationConfig,
-    FormationLock, Host, LockGuard, Milestone, NodeName,
+    FormationLock, Host, LockGuard, LockWait, Milestone, NodeName,
 };
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
@@ -614,15 +614,11 @@ impl Discovery for K8sBackend {
 
 #[async_trait]
 impl FormationLock for K8sBackend {
-    async fn lock(
-        &self,
-        owner: &NodeName,
-        timeout: std::time::Duration,
-    ) -> Result<Box<dyn LockGuard>, DiscoveryError> {
+    async fn lock(&self, owner: &NodeName, wait: &LockWait) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         let client = self.client().await?;
         let spot = self.lease_spot(&client);
         let identity = lease::identity(owner);
-        Ok(Box::new(lease::acquire(&spot, &identity, timeout).await?))
+        Ok(Box::new(lease::acquire(&spot, &identity, wait).await?))
     }
 }
 

@@ -458,8 +458,11 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
         Ok(Some((cluster, ready, reachable))) => {
             // Rule 1: a visible cluster is always joined, never competed with. The commitment
             // stays until the join lands (a restart before it must not free this node to vouch).
+            // The recorded cluster is joined without the lock: no holder can form another one
+            // (docs/formation.md, "Joins of the recorded cluster take no lock").
+            let recorded = input.discovery.recorded_cluster.as_ref() == Some(&cluster);
             let decision = match ready.first() {
-                Some(_) if input.lock == LockState::Available => Decision::Lock,
+                Some(_) if input.lock == LockState::Available && !recorded => Decision::Lock,
                 Some(via) => Decision::Join {
                     via: via.clone(),
                     cluster: cluster.clone(),

@@ -3,12 +3,11 @@
 //! One small, object-safe async trait, in the style of `object_store`: list the candidates, and
 //! optionally hand out extension traits to register, lock and claim the cluster's identity.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use crate::error::DiscoveryError;
+use crate::lock_wait::LockWait;
 use crate::membership::ClusterId;
 use crate::node_name::NodeName;
 
@@ -191,8 +190,9 @@ pub trait Registration: Send + Sync {
 /// A formation lock: linearizable, lease-backed, at most one holder at a time.
 #[async_trait]
 pub trait FormationLock: Send + Sync {
-    /// Takes the backend's formation lock for `owner`, waiting at most `timeout`.
-    async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError>;
+    /// Takes the backend's formation lock for `owner`, waiting until `wait` is over (then an
+    /// error, and nothing held).
+    async fn lock(&self, owner: &NodeName, wait: &LockWait) -> Result<Box<dyn LockGuard>, DiscoveryError>;
 }
 
 /// Why a [`Fencing::claim`] did not make the caller the cluster's former.

@@ -15,6 +15,7 @@ use crate::decision::{Decision, DecisionInput, LockState, Probe, Verdict, WaitRe
 use crate::discovery::{ClaimError, LockGuard, Milestone};
 use crate::discovery::{Discovery, DiscoveryResult};
 use crate::error::{DiscoveryError, ErrorKind, FormationError};
+use crate::lock_wait::LockWait;
 use crate::membership::{ClusterId, FormationView, Membership, Vouch};
 use crate::node_name::NodeName;
 use crate::probe::probe_all;
@@ -425,8 +426,18 @@ impl FormationEngine {
         let Some(lock) = self.discovery.formation_lock() else {
             return Err(None);
         };
-        let guard = match lock.lock(&self.local, self.config.lock_acquire_timeout).await {
+        // Fires before the wait are covered by the round the lock's holder runs under it; a fire
+        // during the wait ends it (docs/formation.md, "Waiting for the lock").
+        self.trigger.clear();
+        let wait = LockWait::within(self.config.lock_acquire_timeout).or_until(self.trigger.clone());
+        let guard = match lock.lock(&self.local, &wait).await {
             Ok(g) => g,
+            Err(_) if wait.woken() => {
+                debug!(node = %self.local, "stopped waiting for the formation lock: woken, deciding again");
+                // The wait took the fire: the next attempt runs now, not at the interval.
+                self.trigger.fire();
+                return Err(None);
+            }
             Err(e) => {
                 let decision = Decision::Wait(WaitReason::LockFailed {
                     message: e.to_string(),

@@ -18,6 +18,7 @@ pub mod decision;
 pub mod discovery;
 pub mod engine;
 pub mod error;
+pub mod lock_wait;
 pub mod membership;
 pub mod node_name;
 pub mod probe;
@@ -36,6 +37,7 @@ pub use discovery::{
 };
 pub use engine::{AwaitError, FormationEngine, FormationHandle};
 pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retry as RetryClass};
+pub use lock_wait::LockWait;
 pub use membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState, Vouch};
 pub use node_name::{Host, NodeName, NodeNameError};
 pub use status::{FormationOutcome, FormationStatus, Phase};

@@ -4,12 +4,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use muster_discovery_core::Milestone;
 use muster_discovery_core::testing::{BackendMode, Directory, Network, NetworkFaults};
 use muster_discovery_core::{
     Discovery, DiscoveryError, DiscoveryResult, ErrorKind, FormationConfig, FormationEngine, FormationError,
     FormationLock, FormationOutcome, NodeName, OnExhausted, Phase, Registration, RegistrationStatus,
 };
+use muster_discovery_core::{LockWait, Milestone};
 
 fn n(i: u32) -> NodeName {
     format!("m@n{i}").parse().unwrap()
@@ -381,20 +381,81 @@ async fn a_dead_lock_holder_loses_the_lock_when_its_lease_expires() {
     let dir = Directory::new(BackendMode::Locking, 1);
     dir.set_lock_lease(Duration::from_secs(2));
     let backend = dir.backend_for(&n(1));
-    let guard = backend.lock(&n(1), Duration::from_millis(100)).await.unwrap();
+    let guard = backend
+        .lock(&n(1), &LockWait::within(Duration::from_millis(100)))
+        .await
+        .unwrap();
     std::mem::forget(guard); // the holder dies without releasing
     let other = dir.backend_for(&n(2));
     assert!(
-        other.lock(&n(2), Duration::from_millis(500)).await.is_err(),
+        other
+            .lock(&n(2), &LockWait::within(Duration::from_millis(500)))
+            .await
+            .is_err(),
         "still held within the lease"
     );
     let start = tokio::time::Instant::now();
     other
-        .lock(&n(2), Duration::from_secs(5))
+        .lock(&n(2), &LockWait::within(Duration::from_secs(5)))
         .await
         .expect("free after the lease");
     assert!(start.elapsed() <= Duration::from_secs(2));
     assert_eq!(dir.lock_holder(), Some(n(2)));
+}
+
+/// Nodes queued for the formation lock stop waiting when woken (a former's notice) and join the
+/// recorded cluster without the lock; a node that starts later joins it without queueing.
+#[tokio::test(start_paused = true)]
+async fn joiners_of_the_recorded_cluster_neither_queue_for_nor_take_the_lock() {
+    let net = Network::new(NetworkFaults::default(), 3);
+    let dir = Directory::new(BackendMode::Locking, 3);
+    dir.set_lock_lease(Duration::from_secs(600));
+    // Someone else holds the formation lock throughout (a former slow to release it).
+    let outsider = dir.backend_for(&n(9));
+    let _held = outsider
+        .lock(&n(9), &LockWait::within(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let mut cfg = config();
+    cfg.lock_acquire_timeout = Duration::from_secs(300);
+    let queued: Vec<FormationEngine> = [n(2), n(3)].iter().map(|x| engine(&net, &dir, x, &cfg)).collect();
+    let triggers: Vec<_> = queued.iter().map(FormationEngine::trigger).collect();
+    let tasks: Vec<_> = queued
+        .into_iter()
+        .map(|e| tokio::spawn(async move { e.run().await }))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(tasks.iter().all(|t| !t.is_finished()), "nothing to join yet");
+    // The cluster now exists and is recorded; its member n1 is up and ready.
+    let cluster = net.preform(&[n(1)]);
+    dir.set_recorded_cluster(cluster.clone());
+    let member = engine(&net, &dir, &n(1), &cfg);
+    member.run().await.expect("n1 resumes its cluster");
+    let woken = tokio::time::Instant::now();
+    for t in &triggers {
+        t.fire();
+    }
+    for t in tasks {
+        let outcome = tokio::time::timeout(Duration::from_secs(2), t)
+            .await
+            .expect("a woken node stops waiting for the lock")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(outcome, FormationOutcome::JoinedExisting { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.cluster(), &cluster);
+    }
+    assert!(
+        woken.elapsed() < cfg.discovery_retry_interval,
+        "joined at the fire, not at a later interval: {:?}",
+        woken.elapsed()
+    );
+    let late = engine(&net, &dir, &n(4), &cfg).run().await.unwrap();
+    assert_eq!(late.cluster(), &cluster);
+    assert_eq!(dir.lock_holder(), Some(n(9)), "no joiner took the lock");
+    assert_eq!(net.clusters().len(), 1);
 }
 
 // ---- restart window ----

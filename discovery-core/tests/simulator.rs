@@ -91,6 +91,8 @@ struct Coverage {
     prewiped: u64,
     split_stops: u64,
     completed_at_restart: u64,
+    joins_without_lock: u64,
+    woken_lock_waits: u64,
 }
 
 impl Coverage {
@@ -122,6 +124,10 @@ impl Coverage {
         self.departures += any(&|f| matches!(f, Fault::Depart));
         self.prewiped += u64::from(!s.prewiped.is_empty());
         self.completed_at_restart += u64::from(r.completed_at_restart > 0);
+        if s.family == Family::Locking {
+            self.joins_without_lock += u64::from(r.joins_without_lock > 0);
+            self.woken_lock_waits += u64::from(r.woken_lock_waits > 0);
+        }
         self.split_stops += u64::from(
             s.events.iter().any(|e| matches!(e.fault, Fault::Stop { .. }))
                 && s.partitions
@@ -162,7 +168,9 @@ impl std::fmt::Display for Coverage {
              rest gave the budget no room, or {} left nodes waiting for an operator on a seed \
              that lost its disk or left); staggered crowds of 10-100 nodes {}, departures {}, \
              pre-formed clusters with wiped members {}, full stops split by a partition {}, \
-             formations interrupted during the bootstrap hook and completed at restart {}",
+             formations interrupted during the bootstrap hook and completed at restart {}; \
+             lock-capable seeds with joins of the recorded cluster without the lock {}, with lock \
+             waits ended by a notice {}",
             self.shipped_settings,
             self.drawn_settings,
             self.liveness_checked,
@@ -171,7 +179,9 @@ impl std::fmt::Display for Coverage {
             self.departures,
             self.prewiped,
             self.split_stops,
-            self.completed_at_restart
+            self.completed_at_restart,
+            self.joins_without_lock,
+            self.woken_lock_waits
         )
     }
 }

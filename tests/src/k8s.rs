@@ -605,9 +605,19 @@ impl State {
             .next()
             .unwrap_or_default()
             .to_string();
-        if let Some(denied) = self.forbidden("watch", resource, &ns, None) {
+        // A watch of one object by name (`fieldSelector=metadata.name=…`), as client-go's
+        // single-object watches send it; RBAC authorizes it against the Role's resourceNames.
+        let name = q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .map(String::from);
+        if let Some(denied) = self.forbidden("watch", resource, &ns, name.as_deref()) {
             return respond(denied.0, &denied.1);
         }
+        let named = move |o: &Value| {
+            name.as_deref()
+                .is_none_or(|n| o.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
+        };
         let labels = q.get("labelSelector").cloned().unwrap_or_default();
         let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
         let timeout = q
@@ -622,8 +632,11 @@ impl State {
             .and_then(|v| v.parse().ok());
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
         let matches = {
-            let (resource, ns, labels) = (resource.to_string(), ns.clone(), labels.clone());
-            move |c: &Change| c.resource == resource && c.ns == ns && labels_match(&c.obj, &labels)
+            let (resource, ns, labels, named) =
+                (resource.to_string(), ns.clone(), labels.clone(), named.clone());
+            move |c: &Change| {
+                c.resource == resource && c.ns == ns && labels_match(&c.obj, &labels) && named(&c.obj)
+            }
         };
         match start {
             Some(v) if v < self.floor => {
@@ -648,7 +661,9 @@ impl State {
                     None => self
                         .objects
                         .iter()
-                        .filter(|((r, n, _), o)| r == resource && *n == ns && labels_match(o, &labels))
+                        .filter(|((r, n, _), o)| {
+                            r == resource && *n == ns && labels_match(o, &labels) && named(o)
+                        })
                         .map(|(_, o)| line("ADDED", o))
                         .collect(),
                 };

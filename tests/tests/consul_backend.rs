@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use muster::{
-    ClaimError, ClusterId, Discovery, ErrorKind, Fencing, FormationConfig, FormationLock, NodeName,
+    ClaimError, ClusterId, Discovery, ErrorKind, Fencing, FormationConfig, FormationLock, LockWait, NodeName,
     Registration,
 };
 use muster_backend_consul::ConsulBackend;
@@ -214,17 +214,27 @@ async fn real_agent_the_lock_is_exclusive_and_a_dead_holders_lock_delay_is_appli
         backend_at(&agent.addr(), &n(2), "lock_delay = \"4s\""),
     );
     let key = "muster/default/formation-lock";
-    let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
+    let held = a
+        .lock(&n(1), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let first = String::from_utf8_lossy(held.token()).into_owned();
     assert_eq!(agent.key(key).await, Some((Some(first), n(1).to_string())));
     assert!(
-        b.lock(&n(2), Duration::from_millis(500)).await.is_err(),
+        b.lock(&n(2), &LockWait::within(Duration::from_millis(500)))
+            .await
+            .is_err(),
         "a second holder is refused while the first holds"
     );
     // lock_timeout bounds the engine's longer wait.
     let short = backend_at(&agent.addr(), &n(3), "lock_timeout = \"1s\"");
     let t = Instant::now();
-    assert!(short.lock(&n(3), Duration::from_secs(30)).await.is_err());
+    assert!(
+        short
+            .lock(&n(3), &LockWait::within(Duration::from_secs(30)))
+            .await
+            .is_err()
+    );
     assert!(
         t.elapsed() < Duration::from_secs(4),
         "lock_timeout = 1s: {:?}",
@@ -240,7 +250,7 @@ async fn real_agent_the_lock_is_exclusive_and_a_dead_holders_lock_delay_is_appli
     // is tied to its service check.
     b.register().await.unwrap();
     let g = b
-        .lock(&n(2), Duration::from_secs(2))
+        .lock(&n(2), &LockWait::within(Duration::from_secs(2)))
         .await
         .expect("free at once after a release");
     let second = String::from_utf8_lossy(g.token()).into_owned();
@@ -285,7 +295,10 @@ async fn real_agent_the_lock_is_exclusive_and_a_dead_holders_lock_delay_is_appli
         .put(&format!("/v1/session/destroy/{probe}"), "")
         .await
         .unwrap();
-    let taken = a.lock(&n(1), Duration::from_secs(20)).await.unwrap();
+    let taken = a
+        .lock(&n(1), &LockWait::within(Duration::from_secs(20)))
+        .await
+        .unwrap();
     let waited = invalidated.elapsed();
     assert!(
         waited >= Duration::from_secs(3),
@@ -302,7 +315,10 @@ async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_
         backend_at(&agent.addr(), &n(1), ""),
         backend_at(&agent.addr(), &n(2), ""),
     );
-    let guard = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
+    let guard = a
+        .lock(&n(1), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     a.claim(&ClusterId("aaaa".into()), Some(guard.as_ref()))
         .await
         .unwrap();
@@ -328,7 +344,10 @@ async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_
             .contains("consul kv delete muster/default/cluster-id")
     );
     // Under a lock that is no longer held (the dev agent restarted: sessions and keys gone).
-    let guard = b.lock(&n(2), Duration::from_secs(5)).await.unwrap();
+    let guard = b
+        .lock(&n(2), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     agent.restart().await;
     let r = b.claim(&ClusterId("cccc".into()), Some(guard.as_ref())).await;
     assert!(matches!(r, Err(ClaimError::LockLost)), "{r:?}");
@@ -347,10 +366,13 @@ async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_
 /// `b` waits for the lock `a` holds, longer than its request timeout (1 s), and gets it within a
 /// second of the release: its blocking read returns on the release, not at a poll.
 async fn waiter_is_woken_by_the_release(a: ConsulBackend, b: ConsulBackend) {
-    let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
+    let held = a
+        .lock(&n(1), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let waiter = tokio::spawn(async move {
         let t = Instant::now();
-        let g = b.lock(&n(2), Duration::from_secs(10)).await;
+        let g = b.lock(&n(2), &LockWait::within(Duration::from_secs(10))).await;
         (g.map(|_| ()), t.elapsed())
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -489,12 +511,24 @@ async fn fake_the_lock_is_freed_after_a_dead_holders_session_ttl_and_lock_delay_
         backend(&fake, &n(1), "lock_timeout = \"20s\""),
         backend(&fake, &n(2), "lock_delay = \"4s\""),
     );
-    let held = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
-    assert!(b.lock(&n(2), Duration::from_millis(500)).await.is_err());
+    let held = a
+        .lock(&n(1), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(
+        b.lock(&n(2), &LockWait::within(Duration::from_millis(500)))
+            .await
+            .is_err()
+    );
     // lock_timeout bounds the engine's longer wait.
     let short = backend(&fake, &n(3), "lock_timeout = \"1s\"");
     let t = Instant::now();
-    assert!(short.lock(&n(3), Duration::from_secs(30)).await.is_err());
+    assert!(
+        short
+            .lock(&n(3), &LockWait::within(Duration::from_secs(30)))
+            .await
+            .is_err()
+    );
     assert!(
         t.elapsed() < Duration::from_secs(4),
         "lock_timeout = 1s: {:?}",
@@ -516,7 +550,7 @@ async fn fake_the_lock_is_freed_after_a_dead_holders_session_ttl_and_lock_delay_
         "release first, then destroy (no lock-delay): {after:?}"
     );
     let g = b
-        .lock(&n(2), Duration::from_secs(2))
+        .lock(&n(2), &LockWait::within(Duration::from_secs(2)))
         .await
         .expect("free at once after a release");
     // The holder dies (dropped, its renewals stop): the session expires at up to 2 × TTL, and
@@ -524,7 +558,10 @@ async fn fake_the_lock_is_freed_after_a_dead_holders_session_ttl_and_lock_delay_
     drop(g);
     let before = fake.requests().len();
     let t = Instant::now();
-    let taken = a.lock(&n(1), Duration::from_secs(20)).await.unwrap();
+    let taken = a
+        .lock(&n(1), &LockWait::within(Duration::from_secs(20)))
+        .await
+        .unwrap();
     let waited = t.elapsed();
     assert!(
         waited >= Duration::from_secs(2),
@@ -545,7 +582,10 @@ async fn fake_the_lock_is_freed_after_a_dead_holders_session_ttl_and_lock_delay_
 async fn fake_a_client_agent_restart_keeps_the_cluster_id_and_loses_the_lock() {
     let fake = FakeConsul::start(1.0).await;
     let (a, b) = (backend(&fake, &n(1), ""), backend(&fake, &n(2), ""));
-    let guard = a.lock(&n(1), Duration::from_secs(5)).await.unwrap();
+    let guard = a
+        .lock(&n(1), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     a.claim(&ClusterId("aaaa".into()), Some(guard.as_ref()))
         .await
         .unwrap();
@@ -565,7 +605,10 @@ async fn fake_a_client_agent_restart_keeps_the_cluster_id_and_loses_the_lock() {
             .contains("consul kv delete muster/default/cluster-id")
     );
     // Under a lock that is no longer held: refused.
-    let guard = b.lock(&n(2), Duration::from_secs(5)).await.unwrap();
+    let guard = b
+        .lock(&n(2), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     fake.agent_restart(); // sessions gone, the key released
     let r = b.claim(&ClusterId("cccc".into()), Some(guard.as_ref())).await;
     assert!(matches!(r, Err(ClaimError::LockLost)), "{r:?}");
@@ -595,7 +638,7 @@ async fn fake_acl_denials_say_which_rule_is_missing_and_never_show_the_token() {
     right.register().await.unwrap();
     fake.deny("/v1/kv/", true);
     let e = right
-        .lock(&n(1), Duration::from_secs(1))
+        .lock(&n(1), &LockWait::within(Duration::from_secs(1)))
         .await
         .err()
         .expect("denied")

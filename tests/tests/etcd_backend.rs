@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use muster::{Discovery, ErrorKind, FormationLock, NodeName, Registration};
+use muster::{Discovery, ErrorKind, FormationLock, LockWait, NodeName, Registration};
 use muster_backend_etcd::{EtcdBackend, EtcdSettings};
 use muster_tests::etcd::{EtcdServer, Tls};
 use muster_tests::eventually;
@@ -135,9 +135,12 @@ async fn the_lock_is_exclusive_and_released() {
     let server = EtcdServer::start().await;
     let a = EtcdBackend::new(settings(&server), &n("a"));
     let b = EtcdBackend::new(settings(&server), &n("b"));
-    let held = a.lock(&n("a"), Duration::from_secs(2)).await.unwrap();
+    let held = a
+        .lock(&n("a"), &LockWait::within(Duration::from_secs(2)))
+        .await
+        .unwrap();
     let err = b
-        .lock(&n("b"), Duration::from_millis(800))
+        .lock(&n("b"), &LockWait::within(Duration::from_millis(800)))
         .await
         .err()
         .expect("b must wait");
@@ -145,7 +148,7 @@ async fn the_lock_is_exclusive_and_released() {
     assert!(err.to_string().contains("held by another node"), "{err}");
     held.release().await.unwrap();
     let got = b
-        .lock(&n("b"), Duration::from_secs(2))
+        .lock(&n("b"), &LockWait::within(Duration::from_secs(2)))
         .await
         .expect("free after release");
     got.release().await.unwrap();
@@ -167,14 +170,16 @@ async fn lock_timeout_frees_the_lock_of_a_sigkilled_holder_process() {
     assert_eq!(line.trim(), "locked");
     let b = EtcdBackend::new(settings(&server), &n("b"));
     assert!(
-        b.lock(&n("b"), Duration::from_secs(3)).await.is_err(),
+        b.lock(&n("b"), &LockWait::within(Duration::from_secs(3)))
+            .await
+            .is_err(),
         "held while the holder lives (lease kept alive)"
     );
     holder.kill().unwrap();
     holder.wait().unwrap();
     let killed = Instant::now();
     let got = b
-        .lock(&n("b"), Duration::from_secs(15))
+        .lock(&n("b"), &LockWait::within(Duration::from_secs(15)))
         .await
         .expect("free after the lease expires");
     let waited = killed.elapsed();
@@ -313,7 +318,10 @@ async fn a_claim_under_a_lapsed_lock_is_refused_and_lost_resolves() {
     use muster::{ClaimError, ClusterId, Fencing};
     let server = EtcdServer::start().await;
     let a = EtcdBackend::new(settings(&server), &n("a"));
-    let guard = a.lock(&n("a"), Duration::from_secs(5)).await.unwrap();
+    let guard = a
+        .lock(&n("a"), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let lost = guard.lost();
     // The lease lapses behind the holder's back (what a long pause does): revoke every lease.
     let mut c = server.client().await;

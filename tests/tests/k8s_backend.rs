@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster::{ClaimError, ClusterId, Discovery, ErrorKind, FormationConfig, Milestone, NodeName};
+use muster::{ClaimError, ClusterId, Discovery, ErrorKind, FormationConfig, LockWait, Milestone, NodeName};
 use muster_backend_k8s::K8sBackend;
 use muster_discovery_core::testing::conformance;
 use muster_tests::k8s::FakeApi;
@@ -369,13 +369,20 @@ async fn the_lease_is_exclusive_expires_when_its_holder_dies_and_is_lost_when_ta
     let fake = cluster(3).await;
     let (a, b) = (backend(&fake, &pod_name(0), ""), backend(&fake, &pod_name(1), ""));
     let (la, lb) = (a.formation_lock().unwrap(), b.formation_lock().unwrap());
-    let held = la.lock(&pod_name(0), Duration::from_secs(5)).await.unwrap();
+    let held = la
+        .lock(&pod_name(0), &LockWait::within(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let lease = fake
         .get("leases", NS, "muster-muster-formation")
         .expect("the Lease exists");
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
     assert!(holder.starts_with(&format!("{}#", pod_name(0))), "{holder}");
-    assert!(lb.lock(&pod_name(1), Duration::from_millis(500)).await.is_err());
+    assert!(
+        lb.lock(&pod_name(1), &LockWait::within(Duration::from_millis(500)))
+            .await
+            .is_err()
+    );
     // Renewed while held: the record changes every third of the 3 s duration.
     let rv = lease["metadata"]["resourceVersion"].clone();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -384,7 +391,10 @@ async fn the_lease_is_exclusive_expires_when_its_holder_dies_and_is_lost_when_ta
     // The holder dies (dropped without release): b takes it once the record stood still 3 s.
     drop(held);
     let t = Instant::now();
-    let taken = lb.lock(&pod_name(1), Duration::from_secs(10)).await.unwrap();
+    let taken = lb
+        .lock(&pod_name(1), &LockWait::within(Duration::from_secs(10)))
+        .await
+        .unwrap();
     let waited = t.elapsed();
     assert!(
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(8),
@@ -405,7 +415,7 @@ async fn the_lease_is_exclusive_expires_when_its_holder_dies_and_is_lost_when_ta
     let g = c
         .formation_lock()
         .unwrap()
-        .lock(&pod_name(2), Duration::from_secs(2))
+        .lock(&pod_name(2), &LockWait::within(Duration::from_secs(2)))
         .await
         .unwrap();
     g.release().await.unwrap();
@@ -413,7 +423,7 @@ async fn the_lease_is_exclusive_expires_when_its_holder_dies_and_is_lost_when_ta
     let g = a
         .formation_lock()
         .unwrap()
-        .lock(&pod_name(0), Duration::from_secs(2))
+        .lock(&pod_name(0), &LockWait::within(Duration::from_secs(2)))
         .await
         .unwrap();
     assert!(
@@ -431,7 +441,7 @@ async fn the_cluster_id_is_claimed_once_and_listed_with_the_command_that_re_boot
     let guard = a
         .formation_lock()
         .unwrap()
-        .lock(&pod_name(0), Duration::from_secs(5))
+        .lock(&pod_name(0), &LockWait::within(Duration::from_secs(5)))
         .await
         .unwrap();
     a.fencing()
@@ -460,7 +470,7 @@ async fn the_cluster_id_is_claimed_once_and_listed_with_the_command_that_re_boot
     let guard = b
         .formation_lock()
         .unwrap()
-        .lock(&pod_name(1), Duration::from_secs(5))
+        .lock(&pod_name(1), &LockWait::within(Duration::from_secs(5)))
         .await
         .unwrap();
     fake.delete("leases", NS, "muster-muster-formation");
@@ -495,7 +505,7 @@ async fn lock_auto_falls_back_without_lease_rights_and_true_reports_them() {
     let e = on
         .formation_lock()
         .expect("lock = true keeps the lock")
-        .lock(&pod_name(0), Duration::from_secs(2))
+        .lock(&pod_name(0), &LockWait::within(Duration::from_secs(2)))
         .await;
     let e = e.err().expect("forbidden").to_string();
     assert!(

@@ -376,6 +376,8 @@ fn the_role_grants_exactly_what_the_backend_uses() {
         // Pod names change with the replicas: not pinned.
         ("", "pods", "get", "*"),
         ("coordination.k8s.io", "leases", "get", lease.as_str()),
+        // A node waiting for the formation lock watches the Lease by name.
+        ("coordination.k8s.io", "leases", "watch", lease.as_str()),
         ("coordination.k8s.io", "leases", "update", lease.as_str()),
         ("coordination.k8s.io", "leases", "create", "*"),
         ("", "configmaps", "get", configmap.as_str()),

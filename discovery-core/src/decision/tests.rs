@@ -416,10 +416,44 @@ fn decision_table() {
             ..Case::default()
         },
         Case {
-            name: "lock available: joining also goes through the lock",
+            name: "lock available, nothing recorded: joining goes through the lock",
             peers: vec![member(2, "c1", &[2], true), blank(3, None, 0)],
             lock: LockState::Available,
             expect: Decision::Lock,
+            ..Case::default()
+        },
+        Case {
+            name: "lock available, the visible cluster is the recorded one: join it without the lock",
+            recorded: Some("c1"),
+            peers: vec![member(2, "c1", &[2], true), blank(3, None, 0)],
+            lock: LockState::Available,
+            expect: Decision::Join {
+                via: n(2),
+                cluster: c("c1"),
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "lock available, the recorded cluster's only member is not ready: wait, no lock",
+            recorded: Some("c1"),
+            peers: vec![member(2, "c1", &[2], false), blank(3, None, 0)],
+            lock: LockState::Available,
+            expect: Decision::Wait(WaitReason::ClusterNotReady {
+                cluster: c("c1"),
+                members: vec![n(2)],
+            }),
+            ..Case::default()
+        },
+        Case {
+            name: "lock available, another cluster than the recorded one: refuse, no lock",
+            recorded: Some("c1"),
+            peers: vec![member(2, "c2", &[2], true), blank(3, None, 0)],
+            lock: LockState::Available,
+            expect: Decision::Refuse(WaitReason::ForeignCluster {
+                recorded: c("c1"),
+                found: c("c2"),
+                members: vec![n(2)],
+            }),
             ..Case::default()
         },
         Case {

@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::discovery::{ClaimError, Discovery};
+use crate::lock_wait::LockWait;
 use crate::membership::ClusterId;
 use crate::node_name::NodeName;
+use crate::trigger::Trigger;
 
 /// Builds the backend as one node sees it; every call shares the same server or store.
 pub type BackendFactory = Box<dyn Fn(&NodeName) -> Arc<dyn Discovery> + Send + Sync>;
@@ -214,7 +216,7 @@ pub async fn lock_is_exclusive_and_released(subject: &Subject) {
     let name = a.name();
     let (na, nb) = (&subject.nodes[0], &subject.nodes[1]);
     let held = la
-        .lock(na, Duration::from_secs(5))
+        .lock(na, &LockWait::within(Duration::from_secs(5)))
         .await
         .unwrap_or_else(|e| panic!("{name}: lock failed: {e}"));
     assert!(
@@ -222,15 +224,34 @@ pub async fn lock_is_exclusive_and_released(subject: &Subject) {
         "{name}: a held lock has an empty fencing token"
     );
     assert!(
-        lb.lock(nb, Duration::from_millis(300)).await.is_err(),
+        lb.lock(nb, &LockWait::within(Duration::from_millis(300)))
+            .await
+            .is_err(),
         "{name}: a second holder got the lock while it was held"
     );
+    // A waiter whose engine is woken stops waiting long before its deadline.
+    let trigger = Trigger::new();
+    let woken = LockWait::within(Duration::from_secs(60)).or_until(trigger.clone());
+    let fire = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        trigger.fire();
+    };
+    let (gave_up, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(30), lb.lock(nb, &woken)),
+        fire
+    );
+    match gave_up {
+        Ok(Err(_)) => assert!(woken.woken(), "{name}: the woken wait does not say it was woken"),
+        Ok(Ok(_)) => panic!("{name}: a second holder got the lock while it was held"),
+        Err(_) => panic!("{name}: a waiter woken after 200 ms was still waiting 30 s later"),
+    }
     let lost = held.lost();
     held.release()
         .await
         .unwrap_or_else(|e| panic!("{name}: release failed: {e}"));
+    // Also checks that the woken waiter left nothing behind that would block the lock.
     let second = lb
-        .lock(nb, Duration::from_secs(5))
+        .lock(nb, &LockWait::within(Duration::from_secs(5)))
         .await
         .unwrap_or_else(|e| panic!("{name}: lock not free after release: {e}"));
     drop(lost);
@@ -285,7 +306,7 @@ pub async fn claim_has_one_winner_and_a_different_id_is_an_error(subject: &Subje
     if let Some(lock) = a.formation_lock() {
         // Under a hold, a different identity is still Taken.
         let guard = lock
-            .lock(&subject.nodes[0], Duration::from_secs(5))
+            .lock(&subject.nodes[0], &LockWait::within(Duration::from_secs(5)))
             .await
             .unwrap_or_else(|e| panic!("{name}: lock failed: {e}"));
         let other = ClusterId("conformance-c".into());

@@ -19,6 +19,7 @@ use crate::discovery::{
     RegistrationStatus,
 };
 use crate::error::{DiscoveryError, ErrorKind};
+use crate::lock_wait::LockWait;
 use crate::membership::ClusterId;
 use crate::node_name::NodeName;
 use crate::testing::SimRng;
@@ -65,6 +66,8 @@ struct DirInner {
     rng: SimRng,
     fail_all: bool,
     lists: u64,
+    /// Lock waits that ended because the waiter's engine was woken.
+    woken_waits: u64,
 }
 
 /// The shared state behind every node's `MemoryBackend`.
@@ -95,6 +98,7 @@ impl Directory {
                 rng: SimRng::new(seed),
                 fail_all: false,
                 lists: 0,
+                woken_waits: 0,
             })),
         }
     }
@@ -186,6 +190,11 @@ impl Directory {
     /// The recorded cluster identity (fencing).
     pub fn recorded_cluster(&self) -> Option<ClusterId> {
         self.lock().recorded.clone()
+    }
+
+    /// How many lock waits ended because the waiter's engine was woken.
+    pub fn woken_lock_waits(&self) -> u64 {
+        self.lock().woken_waits
     }
 
     /// Who holds the lock now, if anyone (an expired lease counts as free).
@@ -341,8 +350,7 @@ impl Registration for MemoryBackend {
 
 #[async_trait]
 impl FormationLock for MemoryBackend {
-    async fn lock(&self, owner: &NodeName, timeout: Duration) -> Result<Box<dyn LockGuard>, DiscoveryError> {
-        let deadline = Instant::now() + timeout;
+    async fn lock(&self, owner: &NodeName, wait: &LockWait) -> Result<Box<dyn LockGuard>, DiscoveryError> {
         loop {
             {
                 let mut g = self.dir.lock();
@@ -364,14 +372,22 @@ impl FormationLock for MemoryBackend {
                     }));
                 }
             }
-            if Instant::now() >= deadline {
+            // Nothing is held while waiting: giving up leaves nothing behind.
+            if wait
+                .bound(tokio::time::sleep(Duration::from_millis(10)))
+                .await
+                .is_none()
+            {
+                self.dir.lock().woken_waits += u64::from(wait.woken());
                 return Err(DiscoveryError::new(
                     NAME,
                     ErrorKind::Unavailable,
-                    format!("lock still held by another node after {timeout:?}"),
+                    format!(
+                        "lock still held by another node; stopped waiting after at most {:?}",
+                        wait.timeout()
+                    ),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{FormationConfig, OnExhausted};
-use crate::decision::{DecisionInput, Verdict};
+use crate::decision::{Decision, DecisionInput, Verdict};
 use crate::engine::FormationEngine;
 use crate::error::FormationError;
 use crate::membership::ClusterId;
@@ -176,6 +176,10 @@ pub struct SimReport {
     /// Formations interrupted between the bootstrap hook and the persisted cluster (a crash
     /// while the hook ran), completed at the node's next start.
     pub completed_at_restart: u64,
+    /// Nodes whose last engine joined the recorded cluster without taking the lock.
+    pub joins_without_lock: u64,
+    /// Lock waits that ended because the waiting engine was woken.
+    pub woken_lock_waits: u64,
 }
 
 impl SimReport {
@@ -742,8 +746,25 @@ async fn simulate(scenario: Scenario, rule: Rule) -> SimReport {
     let report = check(&s, &net, formed_at, &statuses, &errors);
     SimReport {
         scenario: (*s).clone(),
+        joins_without_lock: joins_without_lock(&statuses),
+        woken_lock_waits: dir.woken_lock_waits(),
         ..report
     }
+}
+
+/// Nodes whose last engine's final join was not decided under the lock (no `Lock` just before
+/// it in its trace): on a lock-capable backend, joins of the recorded cluster.
+fn joins_without_lock(statuses: &Mutex<BTreeMap<NodeName, StatusRx>>) -> u64 {
+    let statuses = statuses.lock().expect("status map");
+    let unlocked = |rx: &StatusRx| {
+        let status = rx.borrow();
+        let trace = &status.trace;
+        trace
+            .iter()
+            .rposition(|e| matches!(e.decision, Decision::Join { .. }))
+            .is_some_and(|i| i == 0 || !matches!(trace[i - 1].decision, Decision::Lock))
+    };
+    statuses.values().filter(|rx| unlocked(rx)).count() as u64
 }
 
 fn check(
@@ -829,5 +850,7 @@ fn check(
         liveness_checked: allowed && !stranded,
         stranded,
         completed_at_restart: net.hook_runs().1,
+        joins_without_lock: 0,
+        woken_lock_waits: 0,
     }
 }

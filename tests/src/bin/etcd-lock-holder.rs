@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use muster::{FormationLock, NodeName};
+use muster::{FormationLock, LockWait, NodeName};
 use muster_backend_etcd::{EtcdBackend, EtcdSettings};
 
 #[tokio::main(flavor = "current_thread")]
@@ -21,7 +21,10 @@ async fn main() {
     };
     let me: NodeName = "holder@127.0.0.1".parse().expect("name");
     let backend = EtcdBackend::new(settings, &me);
-    let guard = backend.lock(&me, Duration::from_secs(30)).await.expect("lock");
+    let guard = backend
+        .lock(&me, &LockWait::within(Duration::from_secs(30)))
+        .await
+        .expect("lock");
     println!("locked");
     std::io::stdout().flush().expect("stdout");
     std::mem::forget(guard);

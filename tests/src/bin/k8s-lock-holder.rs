@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use muster::{FormationConfig, FormationLock, NodeName};
+use muster::{FormationConfig, FormationLock, LockWait, NodeName};
 use muster_backend_k8s::K8sBackend;
 
 #[tokio::main(flavor = "current_thread")]
@@ -22,7 +22,10 @@ async fn main() {
         .expect("name");
     let backend =
         K8sBackend::from_config(&FormationConfig::from_toml(&text).expect("config"), &me).expect("backend");
-    let guard = backend.lock(&me, Duration::from_secs(30)).await.expect("lock");
+    let guard = backend
+        .lock(&me, &LockWait::within(Duration::from_secs(30)))
+        .await
+        .expect("lock");
     println!("locked");
     std::io::stdout().flush().expect("stdout");
     std::mem::forget(guard);
