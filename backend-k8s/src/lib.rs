@@ -14,7 +14,8 @@
 //!   records the cluster id, created once (409 = someone claimed first) as fencing: a pod-0 that
 //!   lost its volume then joins the recorded cluster instead of forming a second one.
 //! - Peers resolved through the API (pod → `status.podIP`) when the Role allows it, so a
-//!   restarted pod's new address is used at once rather than a cached DNS answer.
+//!   restarted pod's new address is used within a second ([`addresses`]) rather than after a
+//!   DNS answer's TTL.
 
 // No panics on input from the network, a file or the environment.
 #![cfg_attr(
@@ -22,6 +23,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod addresses;
 pub mod client;
 pub mod errors;
 pub mod lease;
@@ -74,6 +76,8 @@ pub struct K8sBackend {
     lock_probed: AtomicBool,
     /// `resolve_peers_via_api = "auto"` found the Role without `pods get`.
     resolve_denied: AtomicBool,
+    /// Pod addresses read through the API, reused for a second.
+    addresses: addresses::PodAddresses,
     /// The Role does not allow `events create`: warned once, not tried again.
     events_denied: AtomicBool,
     /// Endpoints mode: `true` once the StatefulSet was read (every later listing needs its
@@ -104,6 +108,7 @@ impl K8sBackend {
             lock_denied: AtomicBool::new(false),
             lock_probed: AtomicBool::new(false),
             resolve_denied: AtomicBool::new(false),
+            addresses: addresses::PodAddresses::default(),
             events_denied: AtomicBool::new(false),
             sts_sized: OnceLock::new(),
         })
@@ -562,6 +567,13 @@ impl Discovery for K8sBackend {
         if ns != self.ns() {
             return None;
         }
+        if let Some(ips) = self.addresses.fresh(pod) {
+            return Some(Ok(ips));
+        }
+        let _turn = self.addresses.turn().await;
+        if let Some(ips) = self.addresses.fresh(pod) {
+            return Some(Ok(ips));
+        }
         let client = match self.client().await {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
@@ -594,6 +606,7 @@ impl Discovery for K8sBackend {
                         format!("pod {}/{pod} has no IP yet", self.ns()),
                     )))
                 } else {
+                    self.addresses.keep(pod, &ips);
                     Some(Ok(ips))
                 }
             }

@@ -91,6 +91,8 @@ struct RunState {
     /// Why the candidates that do not answer now did not (a wrong cookie, TLS, a closed port),
     /// for the error that ends formation (see [`note_failures`]).
     failures: BTreeMap<NodeName, String>,
+    /// The timer that runs the next attempt when a view will have been stable long enough.
+    wake: Option<tokio::task::AbortHandle>,
 }
 
 /// A candidate missing from the listings of a non-authoritative backend, counted towards leaving
@@ -253,6 +255,7 @@ impl FormationEngine {
             began: Instant::now(),
             told_waiting_long: false,
             failures: BTreeMap::new(),
+            wake: None,
         };
         // Register before anything else, on every boot, so that peers (and this node) see it.
         self.try_register(&mut st).await;
@@ -383,7 +386,11 @@ impl FormationEngine {
             LockState::NotSupported
         };
         let verdict = match self.round(st, attempt).await {
-            Ok(round) => self.judge(st, &round, lock, attempt).await,
+            Ok(round) => {
+                let verdict = self.judge(st, &round, lock, attempt).await;
+                self.wake_when_stable(st, &round, &verdict.decision);
+                verdict
+            }
             Err(e) if e.kind == ErrorKind::Misconfigured => return ControlFlow::Break(Err(e.into())),
             Err(e) => {
                 let message = e.to_string();
@@ -415,6 +422,42 @@ impl FormationEngine {
         }
     }
 
+    /// When the rule waits only until views have been unchanged for `stable_margin`, runs the
+    /// next attempt when the last of them (this node's and its answering candidates') will have
+    /// been, rather than at the next interval: a timer fires the trigger, and like any fire it
+    /// only moves an attempt earlier (the attempt lists and probes afresh).
+    fn wake_when_stable(&self, st: &mut RunState, round: &Round, decision: &Decision) {
+        if !matches!(
+            decision,
+            Decision::Wait(WaitReason::ViewChanging { .. } | WaitReason::PeerViewChanging { .. })
+        ) {
+            return;
+        }
+        let margin = self.config.stable_margin;
+        let peers = round.probes.iter().filter_map(|(n, p)| match p {
+            Probe::Answered(info) if st.view.contains(n) => info.view.as_ref().map(|v| v.unchanged_for),
+            _ => None,
+        });
+        let remaining = peers
+            .chain([st.view_changed_at.elapsed()])
+            .map(|unchanged_for| margin.saturating_sub(unchanged_for))
+            .max()
+            .unwrap_or_default();
+        // Later than the next interval: that attempt sees it and sets the timer then.
+        if remaining >= self.config.discovery_retry_interval {
+            return;
+        }
+        if let Some(previous) = st.wake.take() {
+            previous.abort();
+        }
+        let trigger = self.trigger.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(remaining + Duration::from_millis(1)).await;
+            trigger.fire();
+        });
+        st.wake = Some(timer.abort_handle());
+    }
+
     /// Takes the lock, runs a round under it, claims the identity, acts, releases the lock.
     /// Everything up to the claim races the lock's `lost()`: a lapsed hold cancels it.
     /// `Err(None)`: try again next attempt; `Err(Some(e))`: stop.
@@ -426,9 +469,9 @@ impl FormationEngine {
         let Some(lock) = self.discovery.formation_lock() else {
             return Err(None);
         };
-        // Fires before the wait are covered by the round the lock's holder runs under it; a fire
-        // during the wait ends it (docs/formation.md, "Waiting for the lock").
-        self.trigger.clear();
+        // A fire during the wait, or one that arrived during this attempt's round (a former's
+        // notice, typically), ends the wait: the node decides again instead of queueing
+        // (docs/formation.md, "Waiting for the lock").
         let wait = LockWait::within(self.config.lock_acquire_timeout).or_until(self.trigger.clone());
         let guard = match lock.lock(&self.local, &wait).await {
             Ok(g) => g,

@@ -38,7 +38,7 @@ pub use discovery::{
 pub use engine::{AwaitError, FormationEngine, FormationHandle};
 pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retry as RetryClass};
 pub use lock_wait::LockWait;
-pub use membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState, Vouch};
+pub use membership::{ClusterId, FormationView, Membership, PeerInfo, PublishedView, RestartState, Vouch};
 pub use node_name::{Host, NodeName, NodeNameError};
 pub use status::{FormationOutcome, FormationStatus, Phase};
 pub use trigger::Trigger;

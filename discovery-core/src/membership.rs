@@ -69,6 +69,33 @@ pub struct FormationView {
     pub disowned: Vec<ClusterId>,
 }
 
+/// A view as a member keeps it for probes: the view and when it was published. An answer gives
+/// the view's age at the moment it answers, not at its last publication: the engine publishes
+/// at once whenever its view changes, so the view stays unchanged until the next publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedView {
+    view: FormationView,
+    at: tokio::time::Instant,
+}
+
+impl PublishedView {
+    /// `view`, published now.
+    pub fn new(view: FormationView) -> Self {
+        PublishedView {
+            view,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The view with its age as of now.
+    pub fn current(&self) -> FormationView {
+        FormationView {
+            unchanged_for: self.view.unchanged_for + self.at.elapsed(),
+            ..self.view.clone()
+        }
+    }
+}
+
 /// A persisted commitment to one seed's intent. While it stands, the node vouches for no other
 /// seed; it is dropped only when the seed, answering from the same disk, is blank and no longer
 /// announces that intent, when the seed disowns it, or when the node joins a cluster.
@@ -198,5 +225,36 @@ pub trait Membership: Send + Sync {
     /// costs time. The default does nothing: peers then notice at their interval.
     fn notify(&self, peers: &[NodeName]) {
         let _ = peers;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_published_view_answers_with_its_age_at_the_answer() {
+        let view = FormationView {
+            seed: None,
+            sees_cluster: None,
+            candidates: 3,
+            unchanged_for: Duration::from_secs(2),
+            intent: None,
+            committed: None,
+            disk: None,
+            disowned: Vec::new(),
+        };
+        let published = PublishedView::new(view.clone());
+        assert_eq!(published.current(), view);
+        tokio::time::advance(Duration::from_millis(700)).await;
+        let now = published.current();
+        assert_eq!(now.unchanged_for, Duration::from_millis(2700));
+        assert_eq!(
+            FormationView {
+                unchanged_for: view.unchanged_for,
+                ..now
+            },
+            view
+        );
     }
 }

@@ -458,6 +458,48 @@ async fn joiners_of_the_recorded_cluster_neither_queue_for_nor_take_the_lock() {
     assert_eq!(net.clusters().len(), 1);
 }
 
+/// On a listing that is not authoritative the seed forms once every view has been unchanged for
+/// `stable_margin`, not at the first retry interval after that.
+#[tokio::test(start_paused = true)]
+async fn a_listing_that_is_not_authoritative_forms_when_views_are_stable_not_at_the_next_interval() {
+    let net = Network::new(NetworkFaults::default(), 11);
+    let dir = Directory::new(BackendMode::Eventual, 11);
+    let mut cfg = config();
+    cfg.discovery_retry_interval = Duration::from_secs(5);
+    cfg.stable_margin = Duration::from_secs(3);
+    cfg.target_cluster_size_hint = 3;
+    let nodes = [n(1), n(2), n(3)];
+    for x in &nodes {
+        dir.backend_for(x).register().await.unwrap();
+    }
+    let mut seed_status = None;
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|x| {
+            let e = engine(&net, &dir, x, &cfg);
+            net.set_trigger(x, e.trigger());
+            if *x == n(1) {
+                seed_status = Some(e.status());
+            }
+            tokio::spawn(async move { e.run().await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("formed");
+    }
+    // The seed's views were all unchanged since the start: it decides again when they have
+    // been for the margin (retry intervals are 5 s apart, and jittered).
+    let trace = seed_status.expect("the seed's status").borrow().trace.clone();
+    let at: Vec<Duration> = trace.iter().map(|e| e.at).collect();
+    let margin = cfg.stable_margin;
+    assert!(
+        at.iter()
+            .any(|t| *t >= margin && *t < margin + Duration::from_millis(20)),
+        "no attempt within 20 ms of the views becoming stable ({margin:?}); attempts at {at:?}"
+    );
+    assert_eq!(net.clusters().len(), 1);
+}
+
 // ---- restart window ----
 
 async fn formed_then_stopped(order: &[u32]) -> (Network, Directory, Vec<NodeName>) {

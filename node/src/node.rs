@@ -12,7 +12,7 @@ use futures::future::join_all;
 use muster::status::FormationStatus;
 use muster::{
     ClusterId, Discovery, FormationView, Host, Membership, MembershipError, NodeName, PeerInfo, Phase,
-    RegistrationStatus, RestartState, Vouch,
+    PublishedView, RegistrationStatus, RestartState, Vouch,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -32,7 +32,7 @@ struct Inner {
     /// A known member answered from another cluster while this node served its own: it stops
     /// serving until the member is out of that cluster, is forgotten, or this node is reset.
     split: Option<Split>,
-    view: Option<FormationView>,
+    view: Option<PublishedView>,
     removed_logged: bool,
 }
 
@@ -80,7 +80,7 @@ struct Facts {
     ready: bool,
     /// Why the node does not serve although formation finished (see `Inner::split`).
     split: Option<String>,
-    view: Option<FormationView>,
+    view: Option<PublishedView>,
 }
 
 /// The state lock; dropping it publishes the new [`Facts`], and then, with the lock released,
@@ -833,7 +833,7 @@ impl Node {
             members: f.members.clone(),
             ready: f.ready,
             start_time_ms: self.start_ms,
-            view: f.view.clone(),
+            view: f.view.as_ref().map(PublishedView::current),
             in_contact: self.contacts.recent(&f.members),
         }
     }
@@ -1643,7 +1643,7 @@ impl Membership for NodeMembership {
     }
 
     fn publish_view(&self, view: Option<FormationView>) {
-        self.0.lock().view = view;
+        self.0.lock().view = view.map(PublishedView::new);
     }
 
     /// Sends a notice to each peer in the background, each bounded by the probe timeout; a lost

@@ -254,7 +254,7 @@ impl Setup {
                     .build(),
             )
             .min_size(0)
-            .max_size(20)
+            .max_size(desired.max(20))
             .desired_capacity(desired)
             .vpc_zone_identifier(subnet)
             .send()

@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 pub mod aws;
 pub mod bench;
+pub mod bench_rig;
 pub mod certs;
 pub mod consul;
 pub mod consul_agent;
@@ -213,37 +214,47 @@ pub fn raise_open_files() {
     }
 }
 
-/// The node binary as deployed: `muster` built with the `dist` profile (`target/dist/muster`,
-/// the classic backend, as `cargo build --profile dist -p muster-cli` makes it), built first
-/// when this runs under cargo.
+/// The node as deployed: `target/dist/muster`, the classic-only binary of
+/// `cargo build --profile dist -p muster-cli`, built first when run under cargo.
 pub fn dist_node_exe() -> Result<std::path::PathBuf, String> {
+    built_exe(
+        "dist",
+        "muster",
+        &["--profile", "dist", "-p", "muster-cli", "--bin", "muster"],
+    )
+}
+
+/// Every backend compiled in: `target/release/muster-test-node`, built first when run under
+/// cargo (`cargo build --release -p muster-tests --bin muster-test-node`).
+pub fn all_backends_node_exe() -> Result<std::path::PathBuf, String> {
+    built_exe(
+        "release",
+        "muster-test-node",
+        &["--release", "-p", "muster-tests", "--bin", "muster-test-node"],
+    )
+}
+
+/// `target/<profile_dir>/<name>` beside the running benchmark, built with `cargo build <args>`
+/// first when run under cargo.
+fn built_exe(profile_dir: &str, name: &str, args: &[&str]) -> Result<std::path::PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    // target/<profile>/<benchmark> → target/dist/muster
+    // target/<profile>/<benchmark> → target/<profile_dir>/<name>
     let target = me.parent().and_then(|d| d.parent()).ok_or("no target dir")?;
-    let exe = target.join("dist").join("muster");
+    let exe = target.join(profile_dir).join(name);
+    let command = format!("cargo build {}", args.join(" "));
     if let Ok(cargo) = std::env::var("CARGO") {
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "--profile",
-                "dist",
-                "-p",
-                "muster-cli",
-                "--bin",
-                "muster",
-            ])
+            .arg("build")
+            .arg("-q")
+            .args(args)
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() {
-            return Err("building the node (cargo build --profile dist -p muster-cli) failed".into());
+            return Err(format!("building the node ({command}) failed"));
         }
     }
     if !exe.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --profile dist -p muster-cli` first",
-            exe.display()
-        ));
+        return Err(format!("{} is missing: run `{command}` first", exe.display()));
     }
     Ok(exe)
 }

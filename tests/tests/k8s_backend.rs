@@ -541,8 +541,15 @@ async fn peers_resolve_to_their_pod_ip_through_the_api() {
         .expect("resolved through the API")
         .unwrap();
     assert_eq!(ips, vec!["127.0.20.2".parse::<std::net::IpAddr>().unwrap()]);
-    // The pod restarted with a new IP: used at once (no DNS cache in the way).
+    // The pod restarted with a new IP: the address read is reused for at most a second, then
+    // the new one is used (no DNS cache in the way).
     fake.pod(NS, "muster-1", "127.0.20.7");
+    assert_eq!(
+        b.resolve_host(&host).await.unwrap().unwrap(),
+        vec!["127.0.20.2".parse::<std::net::IpAddr>().unwrap()],
+        "read again within a second"
+    );
+    tokio::time::sleep(muster_backend_k8s::addresses::FRESH_FOR).await;
     assert_eq!(
         b.resolve_host(&host).await.unwrap().unwrap(),
         vec!["127.0.20.7".parse::<std::net::IpAddr>().unwrap()]

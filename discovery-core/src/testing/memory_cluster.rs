@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use crate::error::MembershipError;
 use tokio::time::Instant;
 
-use crate::membership::{ClusterId, FormationView, Membership, PeerInfo, RestartState, Vouch};
+use crate::membership::{ClusterId, FormationView, Membership, PeerInfo, PublishedView, RestartState, Vouch};
 use crate::node_name::NodeName;
 use crate::testing::SimRng;
 
@@ -55,7 +55,7 @@ struct NodeState {
     cluster: Option<ClusterId>,
     last_to_stop: bool,
     force_boot: bool,
-    view: Option<FormationView>,
+    view: Option<PublishedView>,
     vouch: Option<Vouch>,
     /// The disk's id (`Membership::disk_id`); 0 until first started, new after a wipe.
     disk: u64,
@@ -297,7 +297,10 @@ impl Network {
 
     /// The formation view a node publishes now.
     pub fn published_view(&self, node: &NodeName) -> Option<FormationView> {
-        self.lock().nodes.get(node).and_then(|s| s.view.clone())
+        self.lock()
+            .nodes
+            .get(node)
+            .and_then(|s| s.view.as_ref().map(PublishedView::current))
     }
 
     /// The commitment (or own intent) a node has persisted.
@@ -519,7 +522,7 @@ impl Membership for MemoryMember {
                 members,
                 ready: st.ready,
                 start_time_ms: st.start_ms,
-                view: st.view.clone(),
+                view: st.view.as_ref().map(PublishedView::current),
                 in_contact,
             }
         };
@@ -672,7 +675,7 @@ impl Membership for MemoryMember {
 
     fn publish_view(&self, view: Option<FormationView>) {
         if let Some(st) = self.net.lock().nodes.get_mut(&self.local) {
-            st.view = view;
+            st.view = view.map(PublishedView::new);
         }
     }
 
