@@ -163,7 +163,11 @@ async fn watch_once(
         .await
         .map_err(|e| crate::errors::map("watching the cluster's keys", e))?
     {
-        if !resp.events().is_empty() {
+        // The formation lock's keys change while nodes queue for it: that is no change to the
+        // listing (and each waiter's own key would wake it).
+        let lock = inner.settings.lock_name();
+        let listed = |e: &etcd_client::Event| e.kv().is_some_and(|kv| !kv.key().starts_with(lock.as_bytes()));
+        if resp.events().iter().any(listed) {
             trigger.fire();
         }
     }

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
-use kube::api::{PostParams, WatchParams};
+use kube::api::{PostParams, WatchEvent, WatchParams};
 use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, LockWait, NodeName};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -50,12 +50,14 @@ pub struct LeaseSpot {
     pub limit: Duration,
 }
 
-/// This process's holder identity for `owner`.
+/// This process's holder identity for `owner`: the same for every acquisition of the process,
+/// so a Lease it took in an acquisition that then gave up (a reply lost) is its own next time.
 pub fn identity(owner: &NodeName) -> String {
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let uid = std::env::var("POD_UID").ok().filter(|v| !v.is_empty());
     // Any random id differing between processes will do: the core's (OS randomness, with a
     // clock fallback).
-    let boot = muster_discovery_core::ClusterId::random().0;
+    let boot = BOOT.get_or_init(|| muster_discovery_core::ClusterId::random().0);
     match uid {
         Some(uid) => format!("{owner}#{uid}#{boot}"),
         None => format!("{owner}#{boot}"),
@@ -154,18 +156,24 @@ async fn changed_within(spot: &LeaseSpot, version: Option<String>, pause: Durati
     let watched = async {
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", spot.name))
+            .disable_bookmarks()
             .timeout(u32::try_from(pause.as_secs().max(1)).unwrap_or(u32::MAX));
         let version = version.unwrap_or_else(|| "0".into());
         let stream = spot.api.watch(&params, &version).await.ok()?;
         futures::pin_mut!(stream);
-        stream.next().await
+        // Only a change to the Lease counts; an error event (an expired version, 410) does not,
+        // or a waiter would read and watch again every few milliseconds.
+        match stream.next().await? {
+            Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => Some(()),
+            _ => None,
+        }
     };
     let changed = tokio::time::timeout(pause, watched)
         .await
         .ok()
         .flatten()
         .is_some();
-    // A floor, so that a watch ending at once (an error event, an expired version) never spins.
+    // A floor between reads even when changes come fast.
     let rest = if changed {
         WATCH_FLOOR.saturating_sub(begun.elapsed())
     } else {

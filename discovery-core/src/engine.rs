@@ -298,13 +298,17 @@ impl FormationEngine {
                 async move { self.attempt(&mut *st.lock().await, attempt).await }
             })
             .await;
+        let mut st = st.into_inner();
+        if let Some(timer) = st.wake.take() {
+            timer.abort();
+        }
         match result {
             Ok(outcome) => {
                 // The former tells every candidate: they join it now. A joiner tells nobody: the
                 // member that accepted it pushes the new membership, and a notice from each of N
                 // joiners to N candidates would cost N² rounds.
                 if matches!(outcome, FormationOutcome::NewCluster { .. }) {
-                    let peers = st.into_inner().peers(&self.local);
+                    let peers = st.peers(&self.local);
                     if !peers.is_empty() {
                         self.membership.notify(&peers);
                     }
@@ -371,6 +375,10 @@ impl FormationEngine {
         attempt: u32,
     ) -> ControlFlow<Result<FormationOutcome, FormationError>, ()> {
         self.try_register(st).await;
+        // A timer set by the previous attempt has done its work (or is overtaken by this one).
+        if let Some(timer) = st.wake.take() {
+            timer.abort();
+        }
         // The budget is time, not rounds: rounds woken early by notices do not spend it.
         let attempt = self.paced_attempt(st, attempt);
         // Halfway through the budget: say so once, with what the node is waiting for.
@@ -447,9 +455,6 @@ impl FormationEngine {
         if remaining >= self.config.discovery_retry_interval {
             return;
         }
-        if let Some(previous) = st.wake.take() {
-            previous.abort();
-        }
         let trigger = self.trigger.clone();
         let timer = tokio::spawn(async move {
             tokio::time::sleep(remaining + Duration::from_millis(1)).await;
@@ -469,15 +474,23 @@ impl FormationEngine {
         let Some(lock) = self.discovery.formation_lock() else {
             return Err(None);
         };
-        // A fire during the wait, or one that arrived during this attempt's round (a former's
-        // notice, typically), ends the wait: the node decides again instead of queueing
-        // (docs/formation.md, "Waiting for the lock").
-        let wait = LockWait::within(self.config.lock_acquire_timeout).or_until(self.trigger.clone());
-        let guard = match lock.lock(&self.local, &wait).await {
+        // The wait ends early once the backend records a cluster: then this node joins it
+        // without the lock (docs/formation.md, "Waiting for the lock").
+        let recorded = Trigger::new();
+        let wait = LockWait::within(self.config.lock_acquire_timeout).or_until(recorded.clone());
+        let acquired = tokio::select! {
+            biased;
+            r = lock.lock(&self.local, &wait) => r,
+            never = self.until_recorded(&recorded) => match never {},
+        };
+        let guard = match acquired {
             Ok(g) => g,
             Err(_) if wait.woken() => {
-                debug!(node = %self.local, "stopped waiting for the formation lock: woken, deciding again");
-                // The wait took the fire: the next attempt runs now, not at the interval.
+                let d = Decision::Wait(WaitReason::LockFailed {
+                    message: "stopped waiting: the backend now records a cluster".into(),
+                });
+                self.record(st, attempt, 0, &d);
+                // The wait took the fires: the next attempt runs now, not at the interval.
                 self.trigger.fire();
                 return Err(None);
             }
@@ -556,6 +569,21 @@ impl FormationEngine {
             warn!(node = %self.local, "releasing the formation lock failed (its lease will expire): {e}");
         }
         result
+    }
+
+    /// While this node waits for the formation lock: at each fire of its trigger (a notice, a
+    /// backend watch), lists again, and fires `recorded` once the listing records a cluster.
+    /// Other fires keep the node's place in the lock's queue. Never returns.
+    async fn until_recorded(&self, recorded: &Trigger) -> std::convert::Infallible {
+        loop {
+            self.trigger.fired().await;
+            if let Ok(listing) = self.discovery.list().await
+                && listing.recorded_cluster.is_some()
+            {
+                recorded.fire();
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Persists this seed's intent before it is announced: after a restart on the same disk the

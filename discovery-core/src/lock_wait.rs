@@ -1,7 +1,7 @@
 //! How long a [`FormationLock`](crate::FormationLock) acquisition waits: until a deadline, and,
-//! when the engine asks for it, until the engine is woken. A node queued for the lock behind a
-//! former is woken by the former's notice and decides again (it then joins the recorded cluster
-//! without the lock) instead of waiting its turn: docs/formation.md, "Waiting for the lock".
+//! when the engine asks for it, until a trigger fires. The engine fires it once the backend
+//! records a cluster: a node queued for the lock behind a former then joins that cluster without
+//! the lock instead of waiting its turn (docs/formation.md, "Waiting for the lock").
 //!
 //! Backends wait on [`LockWait::over`] wherever they would have slept or blocked, and an
 //! acquisition that gives up must hold nothing afterwards.

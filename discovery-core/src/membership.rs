@@ -72,6 +72,8 @@ pub struct FormationView {
 /// A view as a member keeps it for probes: the view and when it was published. An answer gives
 /// the view's age at the moment it answers, not at its last publication: the engine publishes
 /// at once whenever its view changes, so the view stays unchanged until the next publication.
+/// The age grows by at most [`PublishedView::AGES_FOR`]: an engine stuck in a slow listing, or
+/// a paused process, has not looked since, and its age then waits for its next round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedView {
     view: FormationView,
@@ -79,6 +81,10 @@ pub struct PublishedView {
 }
 
 impl PublishedView {
+    /// How long after its publication a view's age keeps growing: longer than a round at the
+    /// shipped settings (a 500 ms interval, the probes of the round).
+    pub const AGES_FOR: Duration = Duration::from_secs(2);
+
     /// `view`, published now.
     pub fn new(view: FormationView) -> Self {
         PublishedView {
@@ -90,7 +96,7 @@ impl PublishedView {
     /// The view with its age as of now.
     pub fn current(&self) -> FormationView {
         FormationView {
-            unchanged_for: self.view.unchanged_for + self.at.elapsed(),
+            unchanged_for: self.view.unchanged_for + self.at.elapsed().min(Self::AGES_FOR),
             ..self.view.clone()
         }
     }
@@ -255,6 +261,12 @@ mod tests {
                 ..now
             },
             view
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            published.current().unchanged_for,
+            view.unchanged_for + PublishedView::AGES_FOR,
+            "a view not published again stops ageing"
         );
     }
 }

@@ -426,6 +426,13 @@ async fn joiners_of_the_recorded_cluster_neither_queue_for_nor_take_the_lock() {
         .collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(tasks.iter().all(|t| !t.is_finished()), "nothing to join yet");
+    // A wake while nothing is recorded keeps them waiting in their places.
+    for t in &triggers {
+        t.fire();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(tasks.iter().all(|t| !t.is_finished()), "still nothing to join");
+    assert_eq!(dir.woken_lock_waits(), 0, "an unrelated wake ended a lock wait");
     // The cluster now exists and is recorded; its member n1 is up and ready.
     let cluster = net.preform(&[n(1)]);
     dir.set_recorded_cluster(cluster.clone());
