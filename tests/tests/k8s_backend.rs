@@ -568,6 +568,8 @@ async fn peers_resolve_to_their_pod_ip_through_the_api() {
     let strict = backend(&fake, &pod_name(0), "resolve_peers_via_api = true");
     let e = strict.resolve_host(&host).await.unwrap().unwrap_err();
     assert!(e.to_string().contains("cannot get pods"), "{e}");
+    // Once the address it read is no longer fresh, `auto` asks again and falls back.
+    tokio::time::sleep(muster_backend_k8s::addresses::FRESH_FOR).await;
     assert!(b.resolve_host(&host).await.is_none());
     let off = backend(&fake, &pod_name(0), "resolve_peers_via_api = false");
     fake.forbid("get", "pods", false);
