@@ -170,7 +170,7 @@ impl std::fmt::Display for Coverage {
              pre-formed clusters with wiped members {}, full stops split by a partition {}, \
              formations interrupted during the bootstrap hook and completed at restart {}; \
              lock-capable seeds with joins of the recorded cluster without the lock {}, with lock \
-             waits ended by a notice {}",
+             waits ended because the backend came to record a cluster {}",
             self.shipped_settings,
             self.drawn_settings,
             self.liveness_checked,
