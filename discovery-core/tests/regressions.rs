@@ -1,8 +1,10 @@
-//! Deterministic regression tests: every split recipe of the safety review
-//! (`../shared/reference/safety-review.md` §1 and appendix A) and the five-step real-process
-//! recipe of issue 8, replayed in paused time against the in-memory backend and cluster. Each
+//! Deterministic split recipes, replayed in paused time against the in-memory backend and
+//! cluster: seeds and vouchers that crash, restart or are cut off, slow forms and lock holders
+//! paused past their lease, failed claims, standalone formation, wiped seeds and grown lists,
+//! and the five-step recipe that `tests/tests/split_brain.rs` runs with real processes. Each
 //! test fails if a second cluster is ever formed while another is held, and checks how the run
-//! ends (one cluster, or a refusal that names both clusters).
+//! ends (one cluster, or a refusal that names both clusters). The argument these recipes probe is
+//! docs/formation.md, "Why only one node forms".
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -145,8 +147,8 @@ impl Membership for Hooked {
 
 const NEVER: Duration = Duration::from_secs(100_000);
 
-/// Review A.1's DNS-like views: seeds a < c and a voucher x; c and a never see each other, x
-/// sees c at once and a after 3 s.
+/// DNS-like views for the seed-and-voucher recipes: seeds a < c and a voucher x; c and a never
+/// see each other, x sees c at once and a after 3 s.
 fn f1_views() -> (NodeName, NodeName, NodeName, Directory, Network, FormationConfig) {
     let (a, c, x) = (n(1), n(2), n(3));
     let dir = Directory::new(BackendMode::Eventual, 1);
@@ -156,9 +158,9 @@ fn f1_views() -> (NodeName, NodeName, NodeName, Directory, Network, FormationCon
     (a, c, x, dir, Network::new(NetworkFaults::default(), 1), config())
 }
 
-/// Review A.1 (F1, crash variant), DNS-like views: c forms with x's agreement and dies before
-/// x sees its cluster; x then learns a lower seed a. Before: a formed, c rebooted alone → two
-/// clusters. Now x's commitment to c is persisted and sticky: it never vouches for a while c
+/// Crash variant, DNS-like views: c forms with x's agreement and dies before x sees its
+/// cluster; x then learns a lower seed a. If a formed, c would reboot its own cluster alone →
+/// two clusters. x's commitment to c is persisted and sticky: it never vouches for a while c
 /// does not answer, and c's return brings everyone into c's cluster.
 #[tokio::test(start_paused = true)]
 async fn f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form() {
@@ -184,11 +186,11 @@ async fn f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form() {
     assert_one_cluster(&net, &[a, c, x]);
 }
 
-/// Review A.1, partition variant: x cannot reach c (asymmetric: c reaches x). Before: c formed
-/// on x's agreement, x switched to a, a formed → {c} and {a, x}. Now c needs x's commitment,
-/// which x can only give after seeing c's intent, so c never forms; and x commits to a only
-/// once it hears from every candidate it lists, c included, so nothing forms until the link
-/// heals; then a forms and c joins it.
+/// Partition variant: x cannot reach c (asymmetric: c reaches x). If c formed on x's agreement
+/// and x then switched to a, a would form too → {c} and {a, x}. c needs x's commitment, which x
+/// can only give after seeing c's intent, so c never forms; and x commits to a only once it
+/// hears from every candidate it lists, c included, so nothing forms until the link heals; then
+/// a forms and c joins it.
 #[tokio::test(start_paused = true)]
 async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
     let (a, c, x, dir, net, cfg) = f1_views();
@@ -208,7 +210,7 @@ async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
     assert_eq!(net.cluster_of(&a), Some(cluster));
 }
 
-/// Review §1.1, third variant: the voucher itself restarts, and the listing no longer shows the
+/// Restart variant: the voucher itself restarts, and the listing no longer shows the
 /// seed it vouched for. The commitment was persisted, so after its restart x still probes c and
 /// still refuses to vouch for a.
 #[tokio::test(start_paused = true)]
@@ -241,10 +243,11 @@ async fn f1_a_voucher_that_restarts_keeps_its_commitment() {
     assert_one_cluster(&net, &[a, c, x]);
 }
 
-/// Issue 8's five-step recipe and review §1.3 (F3), in memory: {1,2} of the list {1,2,3} hold
-/// cluster X; 1 is killed, 2 stops gracefully (last to stop), 1's disk is wiped, then 1 and 3
-/// start. Before: 1 and 3 were a majority and formed Y; 2 then booted X alone. Now every listed
-/// node must answer for a first formation, so 1 and 3 wait until 2 is back, and join X.
+/// The five-step recipe of `tests/tests/split_brain.rs`, in memory: {1,2} of the list {1,2,3}
+/// hold cluster X; 1 is killed, 2 stops gracefully (last to stop), 1's disk is wiped, then 1 and
+/// 3 start. 1 and 3 are a majority of the list, but if they formed Y, 2 would then boot X alone.
+/// Every listed node must answer for a first formation, so 1 and 3 wait until 2 is back, and
+/// join X (docs/formation.md, "Why only one node forms": why every candidate must answer).
 #[tokio::test(start_paused = true)]
 async fn f3_a_wiped_seed_and_a_blank_newcomer_do_not_form_a_second_cluster() {
     let nodes = vec![n(1), n(2), n(3)];
@@ -278,8 +281,9 @@ async fn f3_a_wiped_seed_and_a_blank_newcomer_do_not_form_a_second_cluster() {
     assert_eq!(assert_one_cluster(&net, &nodes), x);
 }
 
-/// Review §1.3, list growth: X = {3,4} formed from the list {3,4}; the list grows to {1..5} and
-/// 1, 2, 5 start while 3 and 4 are down. Before: 1, 2, 5 were a majority of the new list → Y.
+/// List growth: X = {3,4} formed from the list {3,4}; the list grows to {1..5} and 1, 2, 5
+/// start while 3 and 4 are down. 1, 2, 5 are a majority of the new list, yet they must not form
+/// a Y: they wait for every listed node, and once 3 and 4 are back all five end in X.
 #[tokio::test(start_paused = true)]
 async fn f3_a_list_that_grew_while_old_members_were_down_does_not_form_a_second_cluster() {
     let nodes: Vec<NodeName> = (1..=5).map(n).collect();
@@ -304,9 +308,9 @@ async fn f3_a_list_that_grew_while_old_members_were_down_does_not_form_a_second_
     assert_eq!(assert_one_cluster(&net, &nodes), x);
 }
 
-/// Review §1.5: a backend-preferred seed (StatefulSet ordinal 0) lost its disk while the other
-/// members are merely unreachable. Before: with hint 1 it formed at once. Now it waits for every
-/// listed node; the old members come back, the lowest holder boots, and the seed joins.
+/// A backend-preferred seed (StatefulSet ordinal 0) lost its disk while the other members are
+/// merely unreachable. Even with hint 1 it does not form at once: it waits for every listed
+/// node; the old members come back, the lowest holder boots, and the seed joins.
 #[tokio::test(start_paused = true)]
 async fn a_wiped_preferred_seed_does_not_form_while_members_are_unreachable() {
     let nodes = vec![n(1), n(2), n(3)];
@@ -330,9 +334,10 @@ async fn a_wiped_preferred_seed_does_not_form_while_members_are_unreachable() {
     assert_eq!(assert_one_cluster(&net, &nodes), x);
 }
 
-/// Review A.3 (F2-A): the holder's `form` takes longer than the lock's lease while its probes
-/// keep answering "blank". Before: n2 took the lapsed lock, formed and recorded; n1 formed too.
-/// Now n1 claimed the identity before forming, so n2 sees it recorded and waits, then joins.
+/// The holder's `form` takes longer than the lock's lease while its probes keep answering
+/// "blank": n2 takes the lapsed lock, but n1 claimed the identity before forming, so n2 finds it
+/// recorded, waits, and joins (a claim before every form: docs/formation.md, "Why only one node
+/// forms").
 #[tokio::test(start_paused = true)]
 async fn f2_a_slow_form_past_the_lock_lease_does_not_form_twice() {
     let dir = Directory::new(BackendMode::Locking, 1);
@@ -357,9 +362,10 @@ async fn f2_a_slow_form_past_the_lock_lease_does_not_form_twice() {
     assert_eq!(dir.recorded_cluster(), Some(c));
 }
 
-/// Review §1.6 (F2-B): the holder pauses between its decision under the lock and forming, for
-/// longer than the lease. Before: it resumed and formed a second cluster. Now the lapsed lease
-/// cancels its action (and a claim under it would fail), so only one node forms.
+/// The holder n1 pauses between its decision under the lock and forming, for longer than the
+/// lease, while n2 takes the lapsed lock and forms. Were n1 to resume and form, that would be a
+/// second cluster; the lapsed lease cancels its action (and a claim under it would fail), so
+/// only n2 forms and n1 joins it.
 #[tokio::test(start_paused = true)]
 async fn f2_a_holder_paused_past_its_lease_does_not_form_after_it_resumes() {
     let dir = Directory::new(BackendMode::Locking, 1);
@@ -379,10 +385,10 @@ async fn f2_a_holder_paused_past_its_lease_does_not_form_after_it_resumes() {
     assert_eq!(dir.recorded_cluster(), Some(c));
 }
 
-/// Review §1.6 (F2-C): the claim fails (a backend blip). Before: the node formed anyway and the
-/// record was lost, so a later blank node formed a second cluster once the first was down. Now
-/// a failed claim means no formation; once the claim lands, a crashed member's cluster fences
-/// every blank node until the member returns.
+/// The claim fails (a backend blip). Forming anyway would leave no record, so a later blank
+/// node would form a second cluster once the first was down. A failed claim means no
+/// formation; once the claim lands, a crashed member's cluster fences every blank node until the
+/// member returns (docs/formation.md, "Rule 2 — fencing").
 #[tokio::test(start_paused = true)]
 async fn f2_a_failed_claim_never_forms_and_a_landed_claim_fences_blank_nodes() {
     let dir = Directory::new(BackendMode::Locking, 1);
@@ -410,9 +416,9 @@ async fn f2_a_failed_claim_never_forms_and_a_landed_claim_fences_blank_nodes() {
     assert_one_cluster(&net, &[n(1), n(2)]);
 }
 
-/// Review §1.7 (F6): `on_exhausted = "standalone"` with a lock-capable backend. Before: nodes
-/// that exhausted together each formed without the lock. Now standalone goes through the lock
-/// and the claim: one forms, the others join it.
+/// `on_exhausted = "standalone"` with a lock-capable backend: nodes that exhaust their retries
+/// together must not each form. Standalone goes through the lock and the claim: one forms, the
+/// others join it (docs/formation.md, "Rule 4 — when attempts run out").
 #[tokio::test(start_paused = true)]
 async fn f6_standalone_goes_through_the_lock_and_forms_once() {
     let dir = Directory::new(BackendMode::Locking, 1);
@@ -447,8 +453,9 @@ async fn f6_standalone_goes_through_the_lock_and_forms_once() {
     assert_one_cluster(&net, &[n(1), n(2), n(3)]);
 }
 
-/// Review §1.8: with a recorded identity, a blank node joins that cluster, never another one; if
-/// only another cluster is reachable it refuses, naming both.
+/// With a recorded identity, a blank node joins that cluster, never another one; if only
+/// another cluster is reachable it refuses, naming both (docs/formation.md, "Rule 1 — a visible
+/// cluster is joined, never competed with").
 #[tokio::test(start_paused = true)]
 async fn a_blank_node_refuses_to_join_a_cluster_other_than_the_recorded_one() {
     use muster_discovery_core::Discovery;
@@ -500,8 +507,9 @@ async fn a_restarting_member_whose_peer_is_in_another_cluster_refuses() {
     assert!(!net.is_ready(&n(1)));
 }
 
-/// Review §1.9: a lone former ("no other members") boots at once only after checking its
-/// backend: a candidate in another cluster means its cluster is not the cluster.
+/// A lone former ("no other members") boots at once only after checking its backend: a
+/// candidate in another cluster means its cluster is not the cluster (docs/formation.md,
+/// "Inconsistent clusters").
 #[tokio::test(start_paused = true)]
 async fn a_lone_member_refuses_when_its_candidates_are_in_another_cluster() {
     let nodes = vec![n(1), n(2), n(3)];
@@ -543,9 +551,10 @@ async fn a_restarting_member_boots_when_its_only_peer_came_back_blank() {
     assert_eq!(assert_one_cluster(&net, &nodes), x);
 }
 
-/// Review §1.2: listings slower than `stable_margin` (a silent nameserver) used to void the
-/// timing argument for non-authoritative backends. The commitment rule uses no clocks: with
-/// every listing taking 2 s (four times the margin) the crash recipe of A.1 still cannot split.
+/// Listings slower than `stable_margin` (a silent nameserver) would void any timing argument
+/// for non-authoritative backends. The commitment rule uses no clocks: with every listing taking
+/// 2 s (four times the margin) the crash recipe of
+/// `f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form` still cannot split.
 #[tokio::test(start_paused = true)]
 async fn slow_listings_do_not_reopen_the_non_authoritative_hole() {
     let (a, c, x, dir, net, cfg) = f1_views();
@@ -589,13 +598,13 @@ fn start_woken(cfg: &FormationConfig, dir: &Directory, net: &Network, node: &Nod
     tokio::spawn(async move { e.run().await })
 }
 
-/// A blank non-seed that probed only its seed committed to it without hearing from a
-/// candidate the seed does not list. Cluster C = {c, x, y} exists; c and x lost their disks; a
-/// new node a is the seed in every view, and a's listing never shows y. Before, c and x
-/// committed to a on a's answer alone and a formed beside y's C whenever `stable_margin` was
-/// below ten retry intervals (here the shipped interval with a 3 s margin, and the shipped
-/// settings themselves). Now a commitment needs a round in which every candidate answered, so
-/// c and x see y's cluster first and everyone ends in C.
+/// A blank non-seed must hear from every candidate before it commits, not only from its seed,
+/// whose listing may miss some. Cluster C = {c, x, y} exists; c and x lost their disks; a new
+/// node a is the seed in every view, and a's listing never shows y. Were c and x to commit to a
+/// on a's answer alone, a would form beside y's C whenever `stable_margin` is below ten retry
+/// intervals (here the shipped interval with a 3 s margin, and the shipped settings
+/// themselves). A commitment needs a round in which every candidate answered, so c and x see
+/// y's cluster first and everyone ends in C.
 #[tokio::test(start_paused = true)]
 async fn s1_a_blank_follower_hears_every_candidate_before_it_commits() {
     for margin in [Duration::from_secs(3), Duration::from_secs(5)] {
@@ -623,10 +632,10 @@ async fn s1_a_blank_follower_hears_every_candidate_before_it_commits() {
 
 /// A seed that formed, then lost its disk, must not release the commitments given to it. c
 /// formed C with x and y committed; y joined; x was cut off from c and y; c lost its disk and
-/// came back blank, still cut off from y; x reached c. Before, x saw c blank without the intent,
-/// released, and a (whose listing never shows y) formed with c and x beside y's C. Now c answers
-/// from another disk, which cannot say it never formed, so x stays committed until the partition
-/// heals and it sees C.
+/// came back blank, still cut off from y; x reached c. If x released on seeing c blank without
+/// the intent, a (whose listing never shows y) would form with c and x beside y's C. But c
+/// answers from another disk, which cannot say it never formed, so x stays committed until the
+/// partition heals and it sees C.
 #[tokio::test(start_paused = true)]
 async fn s2_a_wiped_seed_does_not_release_the_commitments_to_its_cluster() {
     let (a, c, x, y) = (n(1), n(2), n(3), n(4));
@@ -670,10 +679,11 @@ async fn s2_a_wiped_seed_does_not_release_the_commitments_to_its_cluster() {
     assert_eq!(assert_one_cluster(&net, &[a, c, x, y]), formed);
 }
 
-/// Rounds woken by notices spent the retry budget: a seed that many peers notify burned its 60
-/// attempts in seconds, and 80 nodes started 100 ms apart all gave up. The budget is now time
-/// (`limit × interval`): 100 static-list nodes one every 100 ms, and 30 nodes of a listing that
-/// is not authoritative over 3 s, form one cluster with the shipped settings.
+/// Rounds woken by notices do not spend the retry budget: if they did, a seed that many peers
+/// notify would burn its 60 attempts in seconds, and 80 nodes started 100 ms apart would all
+/// give up. The budget is time (`limit × interval`, docs/formation.md, "Rule 4 — when attempts
+/// run out"): 100 static-list nodes one every 100 ms, and 30 nodes of a listing that is not
+/// authoritative over 3 s, form one cluster with the shipped settings.
 #[tokio::test(start_paused = true)]
 async fn l1_notices_do_not_spend_the_retry_budget() {
     for (mode, count, every) in [
@@ -696,9 +706,10 @@ async fn l1_notices_do_not_spend_the_retry_budget() {
     }
 }
 
-/// A seed announced its intent in its first round whatever blocked it, so blank nodes committed
-/// (and persisted it) while most candidates were still down, and a seed that died then stranded
-/// them. Now an intent needs every candidate's answer first.
+/// An intent needs every candidate's answer first. A seed that announced in its first round
+/// whatever blocked it would let blank nodes commit (and persist it) while most candidates are
+/// still down, and a seed that died then would strand them. Here 2 of 5 nodes run for 10 s:
+/// neither announces nor commits; once the rest start, all five form one cluster.
 #[tokio::test(start_paused = true)]
 async fn l2_no_intent_while_candidates_are_missing() {
     let nodes: Vec<NodeName> = (1..=5).map(n).collect();
@@ -728,9 +739,9 @@ async fn l2_no_intent_while_candidates_are_missing() {
     assert_one_cluster(&net, &nodes);
 }
 
-/// `on_exhausted = "standalone"` with a short budget formed beside a reachable, ready cluster,
-/// because a blank non-seed probed only its (unreachable) seed. Now the round that may form
-/// standalone probes every candidate, and the node joins the cluster it finds.
+/// `on_exhausted = "standalone"` with a short budget never forms beside a reachable, ready
+/// cluster, as a blank non-seed that probed only its (unreachable) seed would. The round that
+/// may form standalone probes every candidate, and the node joins the cluster it finds.
 #[tokio::test(start_paused = true)]
 async fn l3_standalone_never_forms_beside_a_reachable_cluster() {
     let (s, m, z) = (n(1), n(2), n(3));
@@ -751,10 +762,10 @@ async fn l3_standalone_never_forms_beside_a_reachable_cluster() {
     assert!(net.splits().is_empty(), "split: {:?}", net.splits());
 }
 
-/// On a listing that is not authoritative the view was the union of every listing, so a
-/// candidate that left (a terminated instance, a pod rescheduled under a new address) blocked
-/// formation until retries ran out. Now it leaves the view once it has been missing from several
-/// listings and unreachable.
+/// On a listing that is not authoritative, a candidate that left (a terminated instance, a pod
+/// rescheduled under a new address) must not block formation until retries run out, as it
+/// would if the view were the union of every listing. It leaves the view once it has been
+/// missing from several listings and unreachable.
 #[tokio::test(start_paused = true)]
 async fn l4_a_departed_candidate_leaves_the_view() {
     let (a, b, d) = (n(1), n(2), n(3));
@@ -783,7 +794,8 @@ async fn l4_a_departed_candidate_leaves_the_view() {
 /// it never answered, so it may hold a cluster, and it stays for `stable_margin` (a listing is
 /// trusted to miss a node that holds data for less than that). Cluster C = {c, x, y}; c and x
 /// lost their disks; y is frozen for 6.5 s and de-listed from 2 s on; a new node a is the seed.
-/// Before, y left every view after three listings, nobody probed it again, and a formed beside C.
+/// Were y to leave every view after three listings, nobody would probe it again and a would form
+/// beside C; it stays, answers once it wakes, and everyone ends in C.
 #[tokio::test(start_paused = true)]
 async fn a_silent_cluster_member_dropped_from_the_listing_stays_in_the_view() {
     let (a, c, x, y) = (n(1), n(2), n(3), n(4));

@@ -1,7 +1,7 @@
 //! AWS test harness: the moto server (EC2, Auto Scaling, SSM, CloudFormation, IAM emulator, from
 //! PyPI), a fake IMDSv2 per simulated instance, and a fault proxy in front of moto for what moto
 //! cannot model (throttling, 5xx, missing permissions, `pending`, listing lag).
-//! See `shared/reference/aws.md` §4–§6.
+//! The backend these fakes serve is described in docs/backends/aws.md.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

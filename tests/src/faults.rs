@@ -1,7 +1,7 @@
 //! What every fault scenario checks, and how it reports: the one-cluster invariant sampled
 //! during a round, the end state (one cluster id over every node that is up, every node a
 //! member, every node's persisted state holding the cluster and all members), the round counts
-//! (short by default, the counts with `MUSTER_FAULT_ROUNDS=full`), and the report lines
+//! (short by default, the full counts with `MUSTER_FAULT_ROUNDS=full`), and the report lines
 //! `docs/reliability.md` quotes (appended to `$MUSTER_FAULT_REPORT` when set).
 
 // Test harness: the indices and values are its own.
@@ -15,7 +15,7 @@ use muster_cli::launch::LocalCluster;
 use muster_node::proto::{Request, Response};
 use muster_node::state::{Persisted, Store};
 
-/// Rounds for a scenario: `quick` by default, `full` (the count) when
+/// Rounds for a scenario: `quick` by default, `full` (the full count) when
 /// `MUSTER_FAULT_ROUNDS=full`, or the number `MUSTER_FAULT_ROUNDS` gives.
 pub fn rounds(quick: usize, full: usize) -> usize {
     match std::env::var("MUSTER_FAULT_ROUNDS").as_deref() {

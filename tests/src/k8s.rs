@@ -1,5 +1,5 @@
 //! A faithful in-process fake of the Kubernetes API server, for the k8s backend's tests (no real
-//! kube-apiserver can be installed on these machines; see `shared/reference/kubernetes.md` §2).
+//! kube-apiserver can be installed on these machines).
 //!
 //! What it does like the real one:
 //! - HTTPS with a throwaway CA (openssl), a bearer token checked against a rotatable set

@@ -1,13 +1,13 @@
-//! Fault injection against real `muster` processes (issue 14): partitions and random loss with
+//! Fault injection against real `muster` processes: partitions and random loss with
 //! nftables in test hosts (network namespaces on a bridge), latency and jitter through a delaying
 //! TCP proxy, SIGKILL and SIGSTOP at random moments of formation, a full disk (a small tmpfs as
 //! the data dir), corrupted and truncated state files, and etcd partitioned from one node.
 //!
-//! Each scenario states its bound and its check, runs a few rounds by default and the issue's
-//! counts with `MUSTER_FAULT_ROUNDS=full`, and ends every round with the invariant check of
-//! `muster_tests::faults::check_end`: one cluster id over every node that is up, every node a
-//! member, nothing persisted lost. The test hosts need root and a private network namespace
-//! (scripts/test.sh runs the tests under `unshare -n`).
+//! Each scenario states its bound and its check, runs a few rounds by default and the full
+//! counts of docs/reliability.md with `MUSTER_FAULT_ROUNDS=full`, and ends every round with the
+//! invariant check of `muster_tests::faults::check_end`: one cluster id over every node that is
+//! up, every node a member, nothing persisted lost. The test hosts need root and a private
+//! network namespace (scripts/test.sh runs the tests under `unshare -n`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
-//! Split-brain recipes with real `muster` processes on loopback (issue 8): the five-step recipe
-//! that used to end with two ready clusters, and RabbitMQ's inconsistent-cluster check.
+//! Split-brain recipes with real `muster` processes on loopback: the five-step recipe (a killed,
+//! wiped member and a blank newcomer start while the last member of the old cluster is down),
+//! which must never end with two ready clusters, and RabbitMQ's inconsistent-cluster check.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -46,9 +47,10 @@ async fn watch_for(c: &LocalCluster, which: &[usize], d: Duration, none_ready: b
     }
 }
 
-/// The recipe from issue 8, run as written with the README quick-start layout (three nodes,
-/// classic list): it used to end with node 2 ready in the old cluster and nodes 1 and 3 ready in
-/// a new one. Now a first formation needs every listed node, so the run ends with one cluster.
+/// The five-step recipe, run as written with the README quick-start layout (three nodes,
+/// classic list). If nodes 1 and 3 formed while node 2 was down, the run would end with node 2
+/// ready in the old cluster and nodes 1 and 3 ready in a new one. A first formation needs every
+/// listed node, so the run ends with one cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_five_step_recipe_never_ends_in_two_ready_clusters() {
     let (_dir, mut c) = local_cluster(3);
@@ -175,8 +177,9 @@ async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_t
     c.stop_all(GRACE).await;
 }
 
-/// Review §1.9: a node stopped while it still waits in its restart window never ran, so it must
-/// not record itself as the last to stop (and then boot first, alone, on stale data next time).
+/// A node stopped while it still waits in its restart window never ran, so it must not record
+/// itself as the last to stop (and then boot first, alone, on stale data next time):
+/// docs/formation.md, "Restarts".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_in_its_restart_window_is_not_the_last_to_stop() {
     let (_dir, mut c) = local_cluster(3);

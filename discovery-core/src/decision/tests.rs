@@ -903,7 +903,7 @@ fn a_follower_commits_only_after_every_candidate_it_lists_answered() {
 
 #[test]
 fn a_seed_announces_only_when_nothing_blocks_and_forms_only_under_an_announced_intent() {
-    // Too few candidates reachable: no intent (before: announced in the first round).
+    // Too few candidates reachable: no intent, not even in the first round.
     let v = run(&Case {
         intending: false,
         peers: vec![blank(2, Some(1), 0), down(3)],

@@ -23,7 +23,7 @@ pub enum Handshake {
         version: u32,
         /// The cluster name the client belongs to.
         cluster_name: String,
-        /// Protocol 1 only (sent empty): the node travels inside the Noise handshake now.
+        /// Protocol 1 only (sent empty): later protocols carry the node inside the Noise handshake.
         #[serde(default)]
         node: Option<NodeName>,
         /// Protocol 1 only (sent empty).
