@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use muster_discovery_core::lease_keeper::{LeaseKeeper, Renewal};
 use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, LockWait, NodeName};
 use reqwest::Method;
 use serde_json::json;
-use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
-use tracing::warn;
 
 use crate::client::{Block, Consul, failure, go_duration, json, truth};
 use crate::{Inner, NAME};
@@ -40,8 +39,7 @@ pub struct ConsulLock {
     consul: Consul,
     key: String,
     session: String,
-    stop: Option<oneshot::Sender<()>>,
-    lost: watch::Receiver<bool>,
+    keeper: LeaseKeeper,
 }
 
 /// The session holding `key`, if any.
@@ -164,15 +162,7 @@ pub async fn acquire(
     let deadline = Instant::now() + cap;
     let session = create_session(inner, owner).await?;
     // Renewed from the start: a long wait must not outlive the session.
-    let (stop, stopped) = oneshot::channel();
-    let (lost_tx, lost) = watch::channel(false);
-    tokio::spawn(renew(
-        inner.consul.clone(),
-        session.clone(),
-        inner.r.settings.lock_ttl,
-        stopped,
-        lost_tx,
-    ));
+    let mut keeper = keep_alive(inner.consul.clone(), session.clone(), inner.r.settings.lock_ttl);
     let outcome: Result<(), DiscoveryError> = async {
         loop {
             let what = format!("acquiring {key}");
@@ -229,7 +219,7 @@ pub async fn acquire(
     }
     .await;
     if let Err(e) = outcome {
-        let _ = stop.send(());
+        keeper.stop();
         destroy(&inner.consul, &session).await;
         return Err(e);
     }
@@ -237,80 +227,64 @@ pub async fn acquire(
         consul: inner.consul.clone(),
         key: key.to_string(),
         session,
-        stop: Some(stop),
-        lost,
+        keeper,
     })
 }
 
-async fn renew(
-    consul: Consul,
-    session: String,
-    ttl: Duration,
-    mut stopped: oneshot::Receiver<()>,
-    lost: watch::Sender<bool>,
-) {
-    let mut ttl = ttl;
-    let mut last_ok = Instant::now();
-    let mut failing = false;
-    loop {
-        // Every half TTL; every second while renewals fail.
-        let pause = if failing { Duration::from_secs(1) } else { ttl / 2 };
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        match consul
-            .call(
-                "renewing the lock session",
-                Method::PUT,
-                &format!("/v1/session/renew/{session}"),
-                &[],
-                None,
-                None,
-            )
-            .await
-        {
-            Ok(r) if r.status.is_success() => {
-                last_ok = Instant::now();
-                failing = false;
-                // Consul may lengthen the TTL under load: adopt it.
-                if let Some(t) = serde_json::from_str::<serde_json::Value>(&r.body)
-                    .ok()
-                    .and_then(|v| {
-                        v.pointer("/0/TTL")
-                            .cloned()
-                            .unwrap_or_default()
-                            .as_str()
-                            .and_then(|t| t.strip_suffix('s'))
-                            .and_then(|t| t.parse::<u64>().ok())
-                    })
-                {
-                    ttl = Duration::from_secs(t.max(1));
+/// Renews the session every half TTL (every second while renewals fail), adopting the TTL
+/// Consul returns; the hold is lost on a 404 (the session expired) or when no renewal succeeded
+/// within the TTL.
+fn keep_alive(consul: Consul, session: String, ttl: Duration) -> LeaseKeeper {
+    let what = format!("the lock session {session}");
+    let renew = move || {
+        let (consul, session) = (consul.clone(), session.clone());
+        async move {
+            let path = format!("/v1/session/renew/{session}");
+            match consul
+                .call("renewing the lock session", Method::PUT, &path, &[], None, None)
+                .await
+            {
+                Ok(r) if r.status.is_success() => {
+                    // Consul may lengthen the TTL under load: adopt it.
+                    let ttl = returned_ttl(&r.body).unwrap_or(ttl);
+                    Renewal::Renewed {
+                        next: ttl / 2,
+                        grace: ttl,
+                    }
                 }
+                Ok(r) if r.status.as_u16() == 404 => Renewal::Lost {
+                    why: "the session expired".into(),
+                },
+                Ok(r) => Renewal::Failed {
+                    why: format!("HTTP {}", r.status),
+                    retry: Duration::from_secs(1),
+                },
+                Err(e) => Renewal::Failed {
+                    why: e.to_string(),
+                    retry: Duration::from_secs(1),
+                },
             }
-            Ok(r) if r.status.as_u16() == 404 => {
-                warn!("the lock session {session} expired; the formation lock is lost");
-                let _ = lost.send(true);
-                return;
-            }
-            _ if last_ok.elapsed() > ttl => {
-                warn!(
-                    "the lock session {session} could not be renewed within its TTL; the formation lock is lost"
-                );
-                let _ = lost.send(true);
-                return;
-            }
-            _ => failing = true,
         }
-    }
+    };
+    LeaseKeeper::start(what, ttl / 2, ttl, renew)
+}
+
+/// The TTL in a session renew answer (`[{"TTL": "30s", …}]`).
+fn returned_ttl(body: &str) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let secs = v
+        .pointer("/0/TTL")?
+        .as_str()?
+        .strip_suffix('s')?
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(secs.max(1)))
 }
 
 #[async_trait]
 impl LockGuard for ConsulLock {
     async fn release(mut self: Box<Self>) -> Result<(), DiscoveryError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.keeper.stop();
         // Release first: destroying a session that holds the key would start a lock-delay.
         let what = format!("releasing {}", self.key);
         let r = self
@@ -337,11 +311,6 @@ impl LockGuard for ConsulLock {
     }
 
     fn lost(&self) -> BoxFuture<'static, ()> {
-        let mut rx = self.lost.clone();
-        Box::pin(async move {
-            if rx.wait_for(|lost| *lost).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
+        self.keeper.lost()
     }
 }

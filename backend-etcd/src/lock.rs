@@ -3,14 +3,14 @@
 //! failed renewal is not silent: the guard's `lost()` resolves, which cancels the action under
 //! the lock, and the fencing claim checks the lock key in the same transaction.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, LockOptions};
 use futures::future::BoxFuture;
+use muster_discovery_core::lease_keeper::{LeaseKeeper, Renewal};
 use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, LockWait};
-use tokio::sync::{oneshot, watch};
-use tracing::warn;
 
 use crate::NAME;
 use crate::errors::{bounded, map};
@@ -21,43 +21,59 @@ pub struct EtcdLock {
     limit: Duration,
     key: Vec<u8>,
     lease: i64,
-    stop: Option<oneshot::Sender<()>>,
-    lost: watch::Receiver<bool>,
+    keeper: LeaseKeeper,
 }
 
-/// Keeps the lock lease alive every `period`; flags `lost` when a renewal fails or the lease is
-/// gone (TTL 0), or when no renewal succeeded within the lease's TTL.
-async fn keep_alive(
-    mut client: Client,
-    lease: i64,
-    ttl: Duration,
-    mut stopped: oneshot::Receiver<()>,
-    lost: watch::Sender<bool>,
-) {
+/// Keeps the lock lease alive every third of its TTL; the hold is lost when the lease is gone
+/// (TTL 0) or when no renewal succeeded within two thirds of the TTL.
+fn keep_alive(client: Client, lease: i64, ttl: Duration) -> LeaseKeeper {
     let period = ttl / 3;
-    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
-        let _ = lost.send(true);
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = tokio::time::sleep(period) => {}
-        }
-        let renewed = tokio::time::timeout(ttl.saturating_sub(period), async {
-            keeper.keep_alive().await.ok()?;
-            stream.message().await.ok().flatten()
-        })
-        .await;
-        match renewed {
-            Ok(Some(resp)) if resp.ttl() > 0 => {}
-            _ => {
-                warn!("the formation lock's lease {lease:x} could not be renewed; the lock is lost");
-                let _ = lost.send(true);
-                return;
+    let grace = ttl * 2 / 3;
+    // The keep-alive stream, opened at the first renewal and again after it broke.
+    let stream = Arc::new(tokio::sync::Mutex::new(None));
+    let renew = move || {
+        let (mut client, stream) = (client.clone(), stream.clone());
+        async move {
+            let mut open = stream.lock().await;
+            if open.is_none() {
+                match client.lease_keep_alive(lease).await {
+                    Ok(pair) => *open = Some(pair),
+                    Err(e) => return failed(e.to_string(), period),
+                }
+            }
+            let Some((keeper, answers)) = open.as_mut() else {
+                return failed("no keep-alive stream".into(), period);
+            };
+            let answer = match keeper.keep_alive().await {
+                Ok(()) => answers.message().await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Some(resp)) if resp.ttl() > 0 => Renewal::Renewed { next: period, grace },
+                Ok(Some(_)) => Renewal::Lost {
+                    why: "the lease expired".into(),
+                },
+                Ok(None) => {
+                    *open = None;
+                    failed("the keep-alive stream ended".into(), period)
+                }
+                Err(e) => {
+                    *open = None;
+                    failed(e.to_string(), period)
+                }
             }
         }
-    }
+    };
+    LeaseKeeper::start(
+        format!("the formation lock's lease {lease:x}"),
+        period,
+        grace,
+        renew,
+    )
+}
+
+fn failed(why: String, retry: Duration) -> Renewal {
+    Renewal::Failed { why, retry }
 }
 
 /// Takes the lock `name`, waiting until `wait` is over; single calls are bounded by `limit`.
@@ -72,9 +88,7 @@ pub async fn acquire(
     let mut c = client.clone();
     let grant = c.lease_grant(ttl.as_secs().max(1) as i64, None);
     let lease = bounded("granting the lock lease", limit, grant).await?.id();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (lost_tx, lost) = watch::channel(false);
-    tokio::spawn(keep_alive(client.clone(), lease, ttl, stopped, lost_tx));
+    let mut keeper = keep_alive(client.clone(), lease, ttl);
     let opts = LockOptions::new().with_lease(lease);
     // Giving up revokes the lease, which deletes our waiting (or just granted) key with it.
     match wait.bound(c.lock(name, Some(opts))).await {
@@ -83,16 +97,15 @@ pub async fn acquire(
             limit,
             key: resp.key().to_vec(),
             lease,
-            stop: Some(stop),
-            lost,
+            keeper,
         }),
         Some(Err(e)) => {
-            let _ = stop.send(());
+            keeper.stop();
             let _ = bounded("revoking the lock lease", limit, c.lease_revoke(lease)).await;
             Err(map("taking the formation lock", e))
         }
         None => {
-            let _ = stop.send(());
+            keeper.stop();
             let _ = bounded("revoking the lock lease", limit, c.lease_revoke(lease)).await;
             Err(DiscoveryError::new(
                 NAME,
@@ -109,9 +122,7 @@ pub async fn acquire(
 #[async_trait]
 impl LockGuard for EtcdLock {
     async fn release(mut self: Box<Self>) -> Result<(), DiscoveryError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.keeper.stop();
         let key = std::mem::take(&mut self.key);
         let (limit, lease) = (self.limit, self.lease);
         bounded("releasing the formation lock", limit, self.client.unlock(key)).await?;
@@ -124,12 +135,6 @@ impl LockGuard for EtcdLock {
     }
 
     fn lost(&self) -> BoxFuture<'static, ()> {
-        let mut rx = self.lost.clone();
-        Box::pin(async move {
-            // A dropped sender without a loss (released) never resolves.
-            if rx.wait_for(|lost| *lost).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
+        self.keeper.lost()
     }
 }

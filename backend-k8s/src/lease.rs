@@ -23,8 +23,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
 use kube::api::{PostParams, WatchEvent, WatchParams};
+use muster_discovery_core::lease_keeper::{LeaseKeeper, Renewal};
 use muster_discovery_core::{DiscoveryError, ErrorKind, LockGuard, LockWait, NodeName};
-use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -89,8 +89,7 @@ pub struct LeaseGuard {
     spot: LeaseSpot,
     identity: String,
     latest: Arc<Mutex<Lease>>,
-    stop: Option<oneshot::Sender<()>>,
-    lost: watch::Receiver<bool>,
+    keeper: LeaseKeeper,
 }
 
 /// What one look at the Lease decided.
@@ -137,15 +136,12 @@ pub async fn acquire(
     };
     info!("holding the formation Lease {} as {identity}", spot.label);
     let latest = Arc::new(Mutex::new(lease));
-    let (stop, stopped) = oneshot::channel();
-    let (lost_tx, lost) = watch::channel(false);
-    tokio::spawn(renew(spot.clone(), latest.clone(), stopped, lost_tx));
+    let keeper = keep_alive(spot.clone(), latest.clone());
     Ok(LeaseGuard {
         spot: spot.clone(),
         identity: identity.to_string(),
         latest,
-        stop: Some(stop),
-        lost,
+        keeper,
     })
 }
 
@@ -275,76 +271,48 @@ async fn step(
     }
 }
 
-/// Renews every third of the duration; flags `lost` on a 409 or when no renewal succeeded
-/// within two thirds of it.
-async fn renew(
-    spot: LeaseSpot,
-    latest: Arc<Mutex<Lease>>,
-    mut stopped: oneshot::Receiver<()>,
-    lost: watch::Sender<bool>,
-) {
+/// Renews every third of the duration; the hold is lost on a 409 or 404 (someone else changed
+/// or removed the Lease) or when no renewal succeeded within two thirds of it.
+fn keep_alive(spot: LeaseSpot, latest: Arc<Mutex<Lease>>) -> LeaseKeeper {
     let period = spot.duration / 3;
-    let deadline = spot.duration * 2 / 3;
-    let mut last_ok = Instant::now();
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = tokio::time::sleep(period) => {}
-        }
-        let mut lease = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.renew_time = Some(now());
-        }
-        let what = format!("renewing the formation Lease {}", spot.label);
-        let limit = spot.limit.min(
-            deadline
-                .saturating_sub(last_ok.elapsed())
-                .max(Duration::from_millis(50)),
-        );
-        match raw(
-            &what,
-            limit,
-            spot.api.replace(&spot.name, &PostParams::default(), &lease),
-        )
-        .await
-        {
-            Ok(Ok(renewed)) => {
-                *latest.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
-                last_ok = Instant::now();
+    let grace = spot.duration * 2 / 3;
+    let what = format!("the formation Lease {}", spot.label);
+    let renew = move || {
+        let (spot, latest) = (spot.clone(), latest.clone());
+        async move {
+            let mut lease = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(now());
             }
-            Ok(Err(e)) if status_code(&e) == Some(409) || status_code(&e) == Some(404) => {
-                warn!(
-                    "the formation Lease {} was changed by someone else; it is lost",
-                    spot.label
-                );
-                let _ = lost.send(true);
-                return;
-            }
-            other => {
-                if last_ok.elapsed() >= deadline {
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                        Ok(Ok(_)) => String::new(),
-                    };
-                    warn!(
-                        "the formation Lease {} could not be renewed within {deadline:?} ({why}); it is lost",
-                        spot.label
-                    );
-                    let _ = lost.send(true);
-                    return;
+            let what = format!("renewing the formation Lease {}", spot.label);
+            let params = PostParams::default();
+            let replace = spot.api.replace(&spot.name, &params, &lease);
+            match raw(&what, spot.limit, replace).await {
+                Ok(Ok(renewed)) => {
+                    *latest.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
+                    Renewal::Renewed { next: period, grace }
                 }
+                Ok(Err(e)) if matches!(status_code(&e), Some(409 | 404)) => Renewal::Lost {
+                    why: "someone else changed it".into(),
+                },
+                Ok(Err(e)) => Renewal::Failed {
+                    why: e.to_string(),
+                    retry: period,
+                },
+                Err(e) => Renewal::Failed {
+                    why: e.to_string(),
+                    retry: period,
+                },
             }
         }
-    }
+    };
+    LeaseKeeper::start(what, period, grace, renew)
 }
 
 #[async_trait]
 impl LockGuard for LeaseGuard {
     async fn release(mut self: Box<Self>) -> Result<(), DiscoveryError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.keeper.stop();
         let mut lease = self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(spec) = lease.spec.as_mut() {
             spec.holder_identity = None;
@@ -371,12 +339,7 @@ impl LockGuard for LeaseGuard {
     }
 
     fn lost(&self) -> BoxFuture<'static, ()> {
-        let mut rx = self.lost.clone();
-        Box::pin(async move {
-            if rx.wait_for(|lost| *lost).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
+        self.keeper.lost()
     }
 }
 
