@@ -112,6 +112,13 @@ impl RunState {
     fn peers(&self, local: &NodeName) -> Vec<NodeName> {
         self.view.iter().filter(|n| *n != local).cloned().collect()
     }
+
+    /// Cancels the stable-margin timer, if one is set.
+    fn cancel_wake(&mut self) {
+        if let Some(timer) = self.wake.take() {
+            timer.abort();
+        }
+    }
 }
 
 impl FormationEngine {
@@ -299,9 +306,7 @@ impl FormationEngine {
             })
             .await;
         let mut st = st.into_inner();
-        if let Some(timer) = st.wake.take() {
-            timer.abort();
-        }
+        st.cancel_wake();
         match result {
             Ok(outcome) => {
                 // The former tells every candidate: they join it now. A joiner tells nobody: the
@@ -376,9 +381,7 @@ impl FormationEngine {
     ) -> ControlFlow<Result<FormationOutcome, FormationError>, ()> {
         self.try_register(st).await;
         // A timer set by the previous attempt has done its work (or is overtaken by this one).
-        if let Some(timer) = st.wake.take() {
-            timer.abort();
-        }
+        st.cancel_wake();
         // The budget is time, not rounds: rounds woken early by notices do not spend it.
         let attempt = self.paced_attempt(st, attempt);
         // Halfway through the budget: say so once, with what the node is waiting for.
