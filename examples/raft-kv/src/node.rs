@@ -13,7 +13,7 @@ use muster_node::config::Resolved;
 use muster_node::muster::NodeName;
 use muster_node::{Cluster, Event, apps};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Raft};
+use openraft::{BasicNode, ChangeMembers, Membership, Raft};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -112,11 +112,12 @@ pub async fn start(cfg: &Resolved) -> Result<KvNode, StartError> {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
     let me = cfg.name.clone();
+    let changes = Changes::default();
     let handler = {
-        let (raft, cell) = (raft.clone(), cell.clone());
+        let (raft, cell, changes) = (raft.clone(), cell.clone(), changes.clone());
         apps::handler(move |from, body| {
-            let (raft, cell) = (raft.clone(), cell.clone());
-            async move { answer(&raft, &cell, &from, &body).await }
+            let (raft, cell, changes) = (raft.clone(), cell.clone(), changes.clone());
+            async move { answer(&raft, &cell, &changes, &from, &body).await }
         })
     };
     let bootstrap = {
@@ -138,7 +139,7 @@ pub async fn start(cfg: &Resolved) -> Result<KvNode, StartError> {
     info!(node = %me, "raft-kv node {id} started");
     tokio::spawn(become_voter(raft.clone(), cluster.clone(), id, me.clone()));
     tokio::spawn(publish_role(raft.clone(), cluster.clone(), id));
-    tokio::spawn(remove_departed(raft.clone(), cluster.clone()));
+    tokio::spawn(remove_departed(raft.clone(), cluster.clone(), changes));
     Ok(KvNode {
         id,
         raft,
@@ -171,10 +172,23 @@ async fn initialize(
     }
 }
 
+/// The membership changes this node makes when it leads, one at a time. Each change is also
+/// stated relative to the configuration it changes (add these voters, remove those), never as a
+/// whole voter set read beforehand: two joins at once then never drop one another.
+#[derive(Clone, Default)]
+struct Changes(Arc<tokio::sync::Mutex<()>>);
+
+/// True when `id` is a voter of `membership` and no change is half done (a joint configuration
+/// whose second step failed may still lose it).
+fn settled_voter(membership: &Membership<NodeId, BasicNode>, id: NodeId) -> bool {
+    membership.get_joint_config().len() == 1 && membership.voter_ids().any(|v| v == id)
+}
+
 /// Answers another node's call.
 async fn answer(
     raft: &Raft<TypeConfig>,
     cell: &ClusterCell,
+    changes: &Changes,
     from: &NodeName,
     body: &[u8],
 ) -> apps::HandlerResult {
@@ -195,7 +209,7 @@ async fn answer(
             if name != *from {
                 return Err(format!("{from} cannot ask to add {name}"));
             }
-            add_voter(raft, id, &name).await?;
+            add_voter(raft, changes, id, &name).await?;
             serde_json::to_vec(&())
         }
         Call::Write(req) => {
@@ -208,10 +222,15 @@ async fn answer(
 
 /// On the leader: adds node `id` at `name` as a learner, then makes it a voter in place of any
 /// older id under the same name (a node that lost its disk comes back under a new id).
-async fn add_voter(raft: &Raft<TypeConfig>, id: NodeId, name: &NodeName) -> Result<(), String> {
+async fn add_voter(
+    raft: &Raft<TypeConfig>,
+    changes: &Changes,
+    id: NodeId,
+    name: &NodeName,
+) -> Result<(), String> {
+    let _one_at_a_time = changes.0.lock().await;
     let membership = raft.metrics().borrow().membership_config.clone();
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    if voters.contains(&id) {
+    if settled_voter(membership.membership(), id) {
         return Ok(());
     }
     let stale: BTreeSet<NodeId> = membership
@@ -219,19 +238,19 @@ async fn add_voter(raft: &Raft<TypeConfig>, id: NodeId, name: &NodeName) -> Resu
         .filter(|(other, node)| **other != id && node.addr == name.to_string())
         .map(|(other, _)| *other)
         .collect();
-    let mut next: BTreeSet<NodeId> = voters.difference(&stale).copied().collect();
     // The old id goes first: while it is a member the leader replicates to it at the new node's
     // address, which would then receive two streams meant for two different nodes.
     if !stale.is_empty() {
-        raft.change_membership(next.clone(), false)
+        raft.change_membership(ChangeMembers::RemoveVoters(stale.clone()), false)
             .await
             .map_err(leader_hint)?;
     }
     raft.add_learner(id, BasicNode::new(name.to_string()), true)
         .await
         .map_err(leader_hint)?;
-    next.insert(id);
-    raft.change_membership(next, false).await.map_err(leader_hint)?;
+    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        .await
+        .map_err(leader_hint)?;
     info!(
         "node {id} ({name}) is a voter{}",
         if stale.is_empty() {
@@ -304,13 +323,7 @@ async fn become_voter(raft: Raft<TypeConfig>, cluster: Arc<Cluster>, id: NodeId,
     }
     let mut members = cluster.members();
     loop {
-        if raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .any(|v| v == id)
-        {
+        if settled_voter(raft.metrics().borrow().membership_config.membership(), id) {
             info!(node = %me, "node {id} is a voter");
             return;
         }
@@ -344,13 +357,14 @@ async fn become_voter(raft: Raft<TypeConfig>, cluster: Arc<Cluster>, id: NodeId,
 
 /// On the leader: removes from the voters every node whose member left Muster's cluster or was
 /// forgotten.
-async fn remove_departed(raft: Raft<TypeConfig>, cluster: Arc<Cluster>) {
+async fn remove_departed(raft: Raft<TypeConfig>, cluster: Arc<Cluster>, changes: Changes) {
     let mut events = cluster.events();
     while let Some(event) = events.next().await {
         let gone = match event {
             Event::Left { name } | Event::Forgotten { name } => name,
             _ => continue,
         };
+        let _one_at_a_time = changes.0.lock().await;
         let membership = raft.metrics().borrow().membership_config.clone();
         let ids: BTreeSet<NodeId> = membership
             .nodes()
@@ -360,8 +374,10 @@ async fn remove_departed(raft: Raft<TypeConfig>, cluster: Arc<Cluster>) {
         if ids.is_empty() {
             continue;
         }
-        let voters: BTreeSet<NodeId> = membership.voter_ids().filter(|v| !ids.contains(v)).collect();
-        match raft.change_membership(voters, false).await {
+        match raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+        {
             Ok(_) => info!("removed node(s) {ids:?} of {gone} from the voters"),
             Err(e) => warn!("could not remove {gone} from the voters: {}", leader_hint(e)),
         }

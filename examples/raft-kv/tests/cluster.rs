@@ -115,8 +115,29 @@ async fn wait_settled_with(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let views: Vec<String> = apis
+        .iter()
+        .map(|api| {
+            try_http_get(*api, "/cluster", Duration::from_secs(5)).map_or_else(|e| e.to_string(), |r| r.1)
+        })
+        .collect();
+    let kept = keep_logs(c);
     let logs: String = (0..c.nodes.len()).map(|i| c.log_tail(i, 30)).collect();
-    panic!("{what}: no single leader with {voters} voters within {WAIT:?}\n{logs}");
+    panic!(
+        "{what}: no single leader with {voters} voters within {WAIT:?}\nviews: {views:#?}\nwhole logs in {}\n{logs}",
+        kept.display()
+    );
+}
+
+/// Copies every node's whole log to a directory that outlives the test, for a failure's reader.
+fn keep_logs(c: &LocalCluster) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("raft-kv-failure-{}", dice() % 1_000_000));
+    let _ = std::fs::create_dir_all(&dir);
+    for (i, node) in c.nodes.iter().enumerate() {
+        let _ = std::fs::copy(&node.log, dir.join(format!("node{i}.log")));
+    }
+    dir
 }
 
 /// Node `api`'s own Raft id.
