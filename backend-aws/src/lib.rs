@@ -38,6 +38,15 @@ use crate::settings::{AwsSettings, Resolved};
 /// The backend's name in errors and logs.
 pub const NAME: &str = "aws";
 
+/// How the facade checks `[cluster_formation.aws]` and builds this backend.
+pub const FACTORY: muster_discovery_core::BackendFactory = muster_discovery_core::BackendFactory {
+    name: NAME,
+    aliases: &[],
+    table: "aws",
+    check: |config| config.backend_settings::<settings::AwsSettings>("aws").map(drop),
+    build: |config, local| Ok(std::sync::Arc::new(AwsBackend::from_config(config, local)?)),
+};
+
 /// The AWS backend.
 pub struct AwsBackend {
     r: Resolved,
@@ -64,12 +73,11 @@ impl AwsBackend {
     /// yet: the region, the credentials and the instance's identity are read at the first
     /// listing.
     pub fn from_config(config: &FormationConfig, local: &NodeName) -> Result<Self, ConfigError> {
-        let r = AwsSettings::resolve(config, local)?;
-        Self::new(r, local).map_err(|e| ConfigError::new(Some("cluster_formation.aws".into()), e.to_string()))
+        Self::new(AwsSettings::resolve(config, local)?, local)
     }
 
     /// Builds the backend from resolved settings.
-    pub fn new(r: Resolved, local: &NodeName) -> Result<Self, DiscoveryError> {
+    pub fn new(r: Resolved, local: &NodeName) -> Result<Self, ConfigError> {
         let imds = sdk::imds_client(&r.settings)?;
         Ok(AwsBackend {
             r,

@@ -16,7 +16,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use muster_discovery_core::{DiscoveryError, ErrorKind};
+use muster_discovery_core::{ConfigError, DiscoveryError, ErrorKind};
 
 use crate::NAME;
 use crate::settings::{AwsSettings, valid_region};
@@ -55,7 +55,7 @@ pub const HOP_LIMIT_HINT: &str = "inside a container on EC2 the IMDSv2 token nee
      [cluster_formation.aws]";
 
 /// This node's metadata client: short timeouts, so a missing IMDS is reported in seconds.
-pub fn imds_client(s: &AwsSettings) -> Result<imds::Client, DiscoveryError> {
+pub fn imds_client(s: &AwsSettings) -> Result<imds::Client, ConfigError> {
     let mut b = imds::Client::builder()
         .connect_timeout(Duration::from_secs(1))
         .read_timeout(Duration::from_secs(1))
@@ -63,9 +63,8 @@ pub fn imds_client(s: &AwsSettings) -> Result<imds::Client, DiscoveryError> {
         .max_attempts(2);
     if let Some(url) = &s.imds_endpoint {
         b = b.endpoint(url).map_err(|e| {
-            DiscoveryError::new(
-                NAME,
-                ErrorKind::Misconfigured,
+            ConfigError::new(
+                Some("cluster_formation.aws.imds_endpoint".into()),
                 format!("cluster_formation.aws.imds_endpoint {url:?}: {e}"),
             )
         })?;

@@ -30,6 +30,19 @@ use tracing::warn;
 /// The backend's name in config and logs.
 pub const NAME: &str = "classic";
 
+/// How the facade checks `[cluster_formation.classic_config]` and builds this backend.
+pub const FACTORY: muster_discovery_core::BackendFactory = muster_discovery_core::BackendFactory {
+    name: NAME,
+    aliases: &["classic_config", "config"],
+    table: "classic_config",
+    check: |config| {
+        config
+            .backend_settings::<ClassicSettings>("classic_config")
+            .map(drop)
+    },
+    build: |config, local| Ok(std::sync::Arc::new(ClassicBackend::from_config(config, local)?)),
+};
+
 /// `[cluster_formation.classic_config]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use muster_discovery_core::{DiscoveryError, ErrorKind, RetryClass};
+use muster_discovery_core::{ConfigError, DiscoveryError, ErrorKind, RetryClass};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -58,13 +58,14 @@ impl std::fmt::Debug for Consul {
     }
 }
 
-fn misconfigured(message: String) -> DiscoveryError {
-    DiscoveryError::new(NAME, ErrorKind::Misconfigured, message)
+/// A TLS file or client setting that cannot be used, naming its key.
+fn misconfigured(key: &str, message: String) -> ConfigError {
+    ConfigError::new(Some(format!("cluster_formation.consul.{key}")), message)
 }
 
 impl Consul {
     /// A client for the resolved settings (reads the TLS files).
-    pub fn new(r: &Resolved) -> Result<Consul, DiscoveryError> {
+    pub fn new(r: &Resolved) -> Result<Consul, ConfigError> {
         // No redirects: one would resend X-Consul-Token to wherever it points, and the agent's
         // API never redirects.
         let mut b = reqwest::Client::builder()
@@ -72,39 +73,43 @@ impl Consul {
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &r.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
-                misconfigured(format!(
-                    "cluster_formation.consul.ca_file = {}: {e}",
-                    ca.display()
-                ))
+                misconfigured(
+                    "ca_file",
+                    format!("cluster_formation.consul.ca_file = {}: {e}", ca.display()),
+                )
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                misconfigured(format!(
-                    "cluster_formation.consul.ca_file = {}: {e}",
-                    ca.display()
-                ))
+                misconfigured(
+                    "ca_file",
+                    format!("cluster_formation.consul.ca_file = {}: {e}", ca.display()),
+                )
             })?;
             b = b.tls_certs_only(certs);
         }
         if let (Some(cert), Some(key)) = (&r.cert_file, &r.key_file) {
             let mut pem = std::fs::read(cert).map_err(|e| {
-                misconfigured(format!(
-                    "cluster_formation.consul.cert_file = {}: {e}",
-                    cert.display()
-                ))
+                misconfigured(
+                    "cert_file",
+                    format!("cluster_formation.consul.cert_file = {}: {e}", cert.display()),
+                )
             })?;
             pem.extend(std::fs::read(key).map_err(|e| {
-                misconfigured(format!(
-                    "cluster_formation.consul.key_file = {}: {e}",
-                    key.display()
-                ))
+                misconfigured(
+                    "key_file",
+                    format!("cluster_formation.consul.key_file = {}: {e}", key.display()),
+                )
             })?);
-            let id = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| misconfigured(format!("cluster_formation.consul.cert_file/key_file: {e}")))?;
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                misconfigured(
+                    "cert_file",
+                    format!("cluster_formation.consul.cert_file/key_file: {e}"),
+                )
+            })?;
             b = b.identity(id);
         }
         let http = b
             .build()
-            .map_err(|e| misconfigured(format!("cannot build the Consul client: {e}")))?;
+            .map_err(|e| ConfigError::new(None, format!("cannot build the Consul client: {e}")))?;
         Ok(Consul {
             http,
             base: r.address.clone(),

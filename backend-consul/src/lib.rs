@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use muster_discovery_core::{
-    ClaimError, ClusterId, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing, FormationConfig,
-    FormationLock, LockGuard, LockWait, NodeName, Registration, RegistrationStatus,
+    ClaimError, ClusterId, ConfigError, Discovery, DiscoveryError, DiscoveryResult, ErrorKind, Fencing,
+    FormationConfig, FormationLock, LockGuard, LockWait, NodeName, Registration, RegistrationStatus,
 };
 use reqwest::Method;
 
@@ -31,6 +31,19 @@ use crate::settings::{Consistency, ConsulSettings, Resolved};
 
 /// The backend's name in errors and logs.
 pub const NAME: &str = "consul";
+
+/// How the facade checks `[cluster_formation.consul]` and builds this backend.
+pub const FACTORY: muster_discovery_core::BackendFactory = muster_discovery_core::BackendFactory {
+    name: NAME,
+    aliases: &[],
+    table: "consul",
+    check: |config| {
+        config
+            .backend_settings::<settings::ConsulSettings>("consul")
+            .map(drop)
+    },
+    build: |config, local| Ok(std::sync::Arc::new(ConsulBackend::from_config(config, local)?)),
+};
 /// The service metadata key holding the node's name.
 pub const META_NODE: &str = "muster-node";
 
@@ -60,15 +73,13 @@ impl Drop for ConsulBackend {
 
 impl ConsulBackend {
     /// Builds the backend from `[cluster_formation.consul]` for node `local`.
-    pub fn from_config(config: &FormationConfig, local: &NodeName) -> Result<Self, DiscoveryError> {
+    pub fn from_config(config: &FormationConfig, local: &NodeName) -> Result<Self, ConfigError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let r = ConsulSettings::resolve(config, local, &env)
-            .map_err(|e| DiscoveryError::new(NAME, ErrorKind::Misconfigured, e.to_string()))?;
-        Self::new(r, local)
+        Self::new(ConsulSettings::resolve(config, local, &env)?, local)
     }
 
-    /// Builds the backend from resolved settings.
-    pub fn new(r: Resolved, local: &NodeName) -> Result<Self, DiscoveryError> {
+    /// Builds the backend from resolved settings (reads the TLS files it names).
+    pub fn new(r: Resolved, local: &NodeName) -> Result<Self, ConfigError> {
         let consul = Consul::new(&r)?;
         Ok(ConsulBackend {
             inner: Arc::new(Inner {

@@ -31,6 +31,15 @@ pub use settings::{AddressType, DnsSettings, NameForm};
 /// The backend's name in config and logs.
 pub const NAME: &str = "dns";
 
+/// How the facade checks `[cluster_formation.dns]` and builds this backend.
+pub const FACTORY: muster_discovery_core::BackendFactory = muster_discovery_core::BackendFactory {
+    name: NAME,
+    aliases: &[],
+    table: "dns",
+    check: |config| config.backend_settings::<DnsSettings>("dns").map(drop),
+    build: |config, local| Ok(std::sync::Arc::new(DnsBackend::from_config(config, local)?)),
+};
+
 /// The DNS backend for one node.
 pub struct DnsBackend {
     settings: DnsSettings,

@@ -42,6 +42,15 @@ pub use settings::EtcdSettings;
 /// The backend's name in config and logs.
 pub const NAME: &str = "etcd";
 
+/// How the facade checks `[cluster_formation.etcd]` and builds this backend.
+pub const FACTORY: muster_discovery_core::BackendFactory = muster_discovery_core::BackendFactory {
+    name: NAME,
+    aliases: &[],
+    table: "etcd",
+    check: |config| config.backend_settings::<EtcdSettings>("etcd").map(drop),
+    build: |config, local| Ok(std::sync::Arc::new(EtcdBackend::from_config(config, local)?)),
+};
+
 /// State shared with the registration keeper.
 pub(crate) struct Inner {
     pub(crate) settings: EtcdSettings,

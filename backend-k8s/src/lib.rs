@@ -56,6 +56,15 @@ use crate::settings::{AddressType, K8sSettings, Mode, NAMESPACE_FILE, Resolved, 
 /// The backend's name in errors and logs.
 pub const NAME: &str = "k8s";
 
+/// How the facade checks `[cluster_formation.k8s]` and builds this backend.
+pub const FACTORY: muster_discovery_core::BackendFactory = muster_discovery_core::BackendFactory {
+    name: NAME,
+    aliases: &["kubernetes"],
+    table: "k8s",
+    check: |config| config.backend_settings::<settings::K8sSettings>("k8s").map(drop),
+    build: |config, local| Ok(std::sync::Arc::new(K8sBackend::from_config(config, local)?)),
+};
+
 const STS_GET: Rule = Rule::new("apps", "statefulsets", "get");
 const SLICES_LIST: Rule = Rule::new("discovery.k8s.io", "endpointslices", "list");
 const ENDPOINTS_GET: Rule = Rule::new("", "endpoints", "get");

@@ -23,6 +23,7 @@ pub mod lock_wait;
 pub mod membership;
 pub mod node_name;
 pub mod probe;
+pub mod registry;
 pub mod retry;
 pub mod status;
 #[cfg(feature = "testing")]
@@ -41,5 +42,6 @@ pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retr
 pub use lock_wait::LockWait;
 pub use membership::{ClusterId, FormationView, Membership, PeerInfo, PublishedView, RestartState, Vouch};
 pub use node_name::{Host, NodeName, NodeNameError};
+pub use registry::BackendFactory;
 pub use status::{FormationOutcome, FormationStatus, Phase};
 pub use trigger::Trigger;

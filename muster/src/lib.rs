@@ -36,21 +36,43 @@ use std::sync::Arc;
 
 pub use muster_discovery_core::*;
 
-#[cfg(feature = "aws")]
-pub use muster_backend_aws as aws;
-#[cfg(feature = "classic")]
-pub use muster_backend_classic as classic;
-#[cfg(feature = "consul")]
-pub use muster_backend_consul as consul;
-#[cfg(feature = "dns")]
-pub use muster_backend_dns as dns;
-#[cfg(feature = "etcd")]
-pub use muster_backend_etcd as etcd;
-#[cfg(feature = "k8s")]
-pub use muster_backend_k8s as k8s;
+/// Lists every backend Muster knows, one line each: `"name" => module: crate`. The backend's
+/// cargo feature is its name; when it is on, the crate is re-exported as `module` and its
+/// factory registered.
+macro_rules! backends {
+    ($($name:literal => $module:ident: $krate:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = $name)]
+            pub use $krate as $module;
+        )*
 
-/// Every backend Muster knows, compiled in or not.
-pub const BACKENDS: &[&str] = &["classic", "dns", "k8s", "aws", "consul", "etcd"];
+        /// Every backend Muster knows, compiled in or not.
+        pub const BACKENDS: &[&str] = &[$($name),*];
+
+        /// Every backend by name, with its factory when compiled in.
+        const REGISTRY: &[(&str, Option<BackendFactory>)] = &[$(
+            ($name, {
+                #[cfg(feature = $name)]
+                {
+                    Some($module::FACTORY)
+                }
+                #[cfg(not(feature = $name))]
+                {
+                    None
+                }
+            }),
+        )*];
+    };
+}
+
+backends! {
+    "classic" => classic: muster_backend_classic,
+    "dns" => dns: muster_backend_dns,
+    "k8s" => k8s: muster_backend_k8s,
+    "aws" => aws: muster_backend_aws,
+    "consul" => consul: muster_backend_consul,
+    "etcd" => etcd: muster_backend_etcd,
+}
 
 /// Why no backend could be built.
 #[derive(Debug)]
@@ -101,107 +123,67 @@ impl From<ConfigError> for BuildError {
     }
 }
 
-/// The backends this build can construct.
-pub fn compiled_backends() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if cfg!(feature = "classic") {
-        v.push("classic");
-    }
-    if cfg!(feature = "dns") {
-        v.push("dns");
-    }
-    if cfg!(feature = "etcd") {
-        v.push("etcd");
-    }
-    if cfg!(feature = "k8s") {
-        v.push("k8s");
-    }
-    if cfg!(feature = "aws") {
-        v.push("aws");
-    }
-    if cfg!(feature = "consul") {
-        v.push("consul");
-    }
-    v
+/// The factories of the backends compiled into this build.
+fn factories() -> impl Iterator<Item = &'static BackendFactory> {
+    REGISTRY.iter().filter_map(|(_, f)| f.as_ref())
 }
 
-/// Checks the keys of every backend table in `config`, the selected backend's and the others':
-/// a typo in `[cluster_formation.dns]` is named even while the classic backend runs, so that a
-/// later switch of backend does not meet it first. Returns the tables this build cannot check
-/// (their backend is not compiled in), for the caller to mention.
+/// The backends this build can construct.
+pub fn compiled_backends() -> Vec<&'static str> {
+    factories().map(|f| f.name).collect()
+}
+
+/// Checks every backend table in `config`, the selected backend's and the others': a typo in
+/// `[cluster_formation.dns]` is named even while the classic backend runs, so that a later
+/// switch of backend does not meet it first, and a table no backend reads is refused with the
+/// closest table name. Returns the tables this build cannot check (their backend is known but
+/// not compiled in; a backend's table is its name, or its name with `_config`), for the caller
+/// to mention.
 pub fn check_backend_tables(config: &FormationConfig) -> Result<Vec<&'static str>, ConfigError> {
     let mut unchecked = Vec::new();
-    let tables: [(&'static str, &str, bool); 6] = [
-        ("classic", "classic_config", config.classic_config.is_some()),
-        ("dns", "dns", config.dns.is_some()),
-        ("k8s", "k8s", config.k8s.is_some()),
-        ("aws", "aws", config.aws.is_some()),
-        ("consul", "consul", config.consul.is_some()),
-        ("etcd", "etcd", config.etcd.is_some()),
-    ];
-    for (backend, table, present) in tables {
-        if !present {
-            continue;
-        }
-        match backend {
-            #[cfg(feature = "classic")]
-            "classic" => drop(config.backend_settings::<classic::ClassicSettings>(table)?),
-            #[cfg(feature = "dns")]
-            "dns" => drop(config.backend_settings::<dns::DnsSettings>(table)?),
-            #[cfg(feature = "k8s")]
-            "k8s" => drop(config.backend_settings::<k8s::settings::K8sSettings>(table)?),
-            #[cfg(feature = "aws")]
-            "aws" => drop(config.backend_settings::<aws::settings::AwsSettings>(table)?),
-            #[cfg(feature = "consul")]
-            "consul" => drop(config.backend_settings::<consul::settings::ConsulSettings>(table)?),
-            #[cfg(feature = "etcd")]
-            "etcd" => drop(config.backend_settings::<etcd::EtcdSettings>(table)?),
-            other => unchecked.push(other),
+    for table in config.backend_tables.keys() {
+        if let Some(f) = factories().find(|f| f.table == table.as_str()) {
+            (f.check)(config)?;
+        } else if let Some(known) = BACKENDS
+            .iter()
+            .find(|b| table.strip_suffix("_config").unwrap_or(table) == **b)
+        {
+            unchecked.push(*known);
+        } else {
+            return Err(unknown_table(table));
         }
     }
     Ok(unchecked)
 }
 
-/// Maps RabbitMQ's aliases (`classic_config`, `config`, `kubernetes`) to Muster's names.
-fn canonical(name: &str) -> Option<&'static str> {
-    let lower = name.trim().to_ascii_lowercase();
-    let name = match lower.as_str() {
-        "classic_config" | "config" => "classic",
-        "kubernetes" => "k8s",
-        other => other,
-    };
-    BACKENDS.iter().copied().find(|b| *b == name)
+/// A table under `[cluster_formation]` that neither the core nor a backend reads.
+fn unknown_table(table: &str) -> ConfigError {
+    let key = format!("cluster_formation.{table}");
+    let tables: Vec<&str> = factories()
+        .map(|f| f.table)
+        .chain(BACKENDS.iter().copied())
+        .collect();
+    let mut message = format!("unknown table `[{key}]`");
+    if let Some(best) = config::closest(table, tables.iter().copied()) {
+        message.push_str(&format!("; did you mean `[cluster_formation.{best}]`?"));
+    }
+    message.push_str(&format!(" (backend tables: {})", tables.join(", ")));
+    ConfigError::new(Some(key), message)
 }
 
 /// Builds the backend named by `cluster_formation.peer_discovery_backend` for node `local`.
 pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<dyn Discovery>, BuildError> {
     let name = &config.peer_discovery_backend;
-    let Some(backend) = canonical(name) else {
-        return Err(BuildError::Unknown {
+    if let Some(f) = factories().find(|f| f.answers_to(name)) {
+        return Ok((f.build)(config, local)?);
+    }
+    let lower = name.trim().to_ascii_lowercase();
+    match BACKENDS.iter().find(|b| **b == lower) {
+        Some(known) => Err(BuildError::NotCompiled(known)),
+        None => Err(BuildError::Unknown {
             name: name.clone(),
-            suggestion: config::closest(&name.to_ascii_lowercase(), BACKENDS.iter().copied()),
-        });
-    };
-    match backend {
-        #[cfg(feature = "classic")]
-        "classic" => Ok(Arc::new(classic::ClassicBackend::from_config(config, local)?)),
-        #[cfg(feature = "dns")]
-        "dns" => Ok(Arc::new(dns::DnsBackend::from_config(config, local)?)),
-        #[cfg(feature = "k8s")]
-        "k8s" => Ok(Arc::new(k8s::K8sBackend::from_config(config, local)?)),
-        #[cfg(feature = "aws")]
-        "aws" => Ok(Arc::new(aws::AwsBackend::from_config(config, local)?)),
-        #[cfg(feature = "consul")]
-        "consul" => Ok(Arc::new(
-            consul::ConsulBackend::from_config(config, local)
-                .map_err(|e| BuildError::Config(ConfigError::new(None, e.to_string())))?,
-        )),
-        #[cfg(feature = "etcd")]
-        "etcd" => Ok(Arc::new(etcd::EtcdBackend::from_config(config, local)?)),
-        other => {
-            let _ = local;
-            Err(BuildError::NotCompiled(other))
-        }
+            suggestion: config::closest(&lower, BACKENDS.iter().copied()),
+        }),
     }
 }
 
@@ -235,10 +217,7 @@ mod tests {
     #[test]
     #[cfg(not(feature = "k8s"))]
     fn a_known_backend_not_compiled_in_says_how_to_get_it() {
-        let e = build_backend(&cfg("kubernetes"), &local())
-            .err()
-            .unwrap()
-            .to_string();
+        let e = build_backend(&cfg("k8s"), &local()).err().unwrap().to_string();
         assert_eq!(e, "backend 'k8s' is not compiled in; rebuild with --features k8s");
         if !cfg!(feature = "etcd") {
             let e = build_backend(&cfg("etcd"), &local()).err().unwrap().to_string();
@@ -261,6 +240,40 @@ mod tests {
         assert!(b.capabilities().locking && b.capabilities().fencing && b.capabilities().full_membership);
         let e = build_backend(&cfg("etcd"), &local()).err().unwrap().to_string();
         assert!(e.contains("cluster_formation.etcd.endpoints is required"), "{e}");
+    }
+
+    #[test]
+    fn each_registered_factory_answers_to_its_registry_name_and_reads_its_own_table() {
+        for (name, factory) in REGISTRY {
+            let Some(f) = factory else { continue };
+            assert_eq!(f.name, *name);
+            assert!(f.answers_to(&name.to_uppercase()), "{name}");
+            let c =
+                FormationConfig::from_toml(&format!("[cluster_formation.{}]\nno_such_key = 1\n", f.table))
+                    .unwrap();
+            let e = check_backend_tables(&c).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("cluster_formation.{}.no_such_key", f.table)),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "etcd"))]
+    fn the_table_of_a_backend_not_compiled_in_is_returned_unchecked() {
+        let c = FormationConfig::from_toml("[cluster_formation.etcd]\nendpoints = []\n").unwrap();
+        assert_eq!(check_backend_tables(&c).unwrap(), ["etcd"]);
+    }
+
+    #[test]
+    fn a_table_no_backend_reads_is_refused_with_the_closest_table() {
+        let c = FormationConfig::from_toml("[cluster_formation.etdc]\nendpoints = []\n").unwrap();
+        let e = check_backend_tables(&c).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("cluster_formation.etdc"));
+        let e = e.to_string();
+        assert!(e.contains("unknown table `[cluster_formation.etdc]`"), "{e}");
+        assert!(e.contains("did you mean `[cluster_formation.etcd]`?"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,9 @@ mod accepted;
 pub mod duration;
 mod errors;
 mod secret;
+mod tables;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -90,9 +92,11 @@ impl Default for RestartConfig {
     }
 }
 
-/// The `[cluster_formation]` table.
+/// The `[cluster_formation]` table. Its keys are checked here; a sub-table this struct does not
+/// name is a backend's (`[cluster_formation.dns]`, …), kept whole in
+/// [`backend_tables`](Self::backend_tables) for that backend to read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(remote = "Self", deny_unknown_fields, default)]
 pub struct FormationConfig {
     /// Which backend to use: `classic`, `dns`, `k8s`, `aws`, `consul`, `etcd`.
     pub peer_discovery_backend: String,
@@ -125,24 +129,10 @@ pub struct FormationConfig {
     pub node_cleanup: CleanupConfig,
     /// The restart window.
     pub restart: RestartConfig,
-    /// `[cluster_formation.classic_config]`, read by the classic backend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub classic_config: Option<toml::Table>,
-    /// `[cluster_formation.dns]`, read by the DNS backend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<toml::Table>,
-    /// `[cluster_formation.k8s]`, read by the Kubernetes backend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub k8s: Option<toml::Table>,
-    /// `[cluster_formation.aws]`, read by the AWS backend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aws: Option<toml::Table>,
-    /// `[cluster_formation.consul]`, read by the Consul backend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub consul: Option<toml::Table>,
-    /// `[cluster_formation.etcd]`, read by the etcd backend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub etcd: Option<toml::Table>,
+    /// The backends' tables by name (`classic_config`, `dns`, …), unparsed: each backend parses
+    /// its own (see [`FormationConfig::backend_settings`]).
+    #[serde(skip)]
+    pub backend_tables: BTreeMap<String, toml::Table>,
 }
 
 impl Default for FormationConfig {
@@ -159,12 +149,7 @@ impl Default for FormationConfig {
             registration: RegistrationConfig::default(),
             node_cleanup: CleanupConfig::default(),
             restart: RestartConfig::default(),
-            classic_config: None,
-            dns: None,
-            k8s: None,
-            aws: None,
-            consul: None,
-            etcd: None,
+            backend_tables: BTreeMap::new(),
         }
     }
 }
@@ -307,15 +292,7 @@ impl FormationConfig {
 
     /// The raw table of a backend (`"classic_config"`, `"dns"`, …), if present.
     pub fn backend_table(&self, name: &str) -> Option<&toml::Table> {
-        match name {
-            "classic_config" => self.classic_config.as_ref(),
-            "dns" => self.dns.as_ref(),
-            "k8s" => self.k8s.as_ref(),
-            "aws" => self.aws.as_ref(),
-            "consul" => self.consul.as_ref(),
-            "etcd" => self.etcd.as_ref(),
-            _ => None,
-        }
+        self.backend_tables.get(name)
     }
 
     /// Parses a backend's table into its typed settings, with the same error quality as the

@@ -162,3 +162,29 @@ fn effective_config_serializes_with_units() {
     let back: FormationConfig = toml::from_str(&text).unwrap();
     assert_eq!(back, FormationConfig::default());
 }
+
+#[test]
+fn a_table_the_core_does_not_name_is_kept_whole_for_its_backend() {
+    let text = "[cluster_formation]\npeer_discovery_backend = \"dns\"\n\
+                [cluster_formation.dns]\nquery = \"peers.local\"\n[cluster_formation.dns.more]\nx = 1\n\
+                [cluster_formation.restart]\nretry_limit = 3\n";
+    let cfg = FormationConfig::from_toml(text).unwrap();
+    assert_eq!(cfg.restart.retry_limit, 3, "a core table is still the core's");
+    assert_eq!(cfg.backend_tables.keys().collect::<Vec<_>>(), ["dns"]);
+    let dns = cfg.backend_table("dns").unwrap();
+    assert_eq!(dns["query"].as_str(), Some("peers.local"));
+    assert_eq!(dns["more"]["x"].as_integer(), Some(1));
+    assert!(cfg.backend_table("etcd").is_none());
+
+    let written = toml::to_string(&cfg).unwrap();
+    let back: FormationConfig = toml::from_str(&written).unwrap();
+    assert_eq!(back, cfg, "{written}");
+}
+
+#[test]
+fn an_unknown_key_that_is_not_a_table_is_still_refused_with_its_line() {
+    let e = err("[cluster_formation]\npeer_discovery_backend = \"dns\"\ndns = \"peers.local\"\n");
+    assert!(e.contains("unknown key `cluster_formation.dns`"), "{e}");
+    assert!(e.contains("line 3"), "{e}");
+    assert!(e.contains("valid keys:"), "{e}");
+}
