@@ -64,6 +64,19 @@ pub struct DecisionInput<'a> {
     pub attempt: u32,
     /// The configuration.
     pub config: &'a FormationConfig,
+    /// The cluster this node saw in earlier rounds of this run, if it may still exist.
+    pub seen: Option<&'a SeenCluster>,
+}
+
+/// A cluster this node has seen among its peers during a run, with its members as they reported
+/// them. While it may exist this node vouches for no seed (its published view names it); it is
+/// forgotten once every known member answers blank or has left the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenCluster {
+    /// Its identity.
+    pub id: ClusterId,
+    /// Its members, as its members reported them.
+    pub members: BTreeSet<NodeName>,
 }
 
 /// Why a node waits. Each variant reads as one line of the decision trace.
@@ -365,8 +378,8 @@ pub struct Verdict {
     pub decision: Decision,
     /// The node this one believes is entitled to form (`None` once a cluster is visible).
     pub seed: Option<NodeName>,
-    /// The cluster this node has seen among its peers.
-    pub sees_cluster: Option<ClusterId>,
+    /// The cluster this node has seen among its peers and remembers after this round.
+    pub seen: Option<SeenCluster>,
     /// This node is the seed and announces [`DecisionInput::proposal`] as its intent.
     pub intend: bool,
     /// The node's commitment after this round (persisted by the engine when it changed).
@@ -445,16 +458,21 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
     // A commitment is kept on the lock path too (it is not consulted there): a lock that turns
     // out to be unavailable later in the run must find it still persisted.
     let commitment = input.commitment.cloned();
-    let verdict = |decision, seed, sees_cluster, intend, commitment| Verdict {
+    let chosen = choose_cluster(input.probes, input.discovery.recorded_cluster.as_ref());
+    let seen = remember(
+        input,
+        chosen.as_ref().ok().and_then(Option::as_ref).map(|(id, ..)| id),
+    );
+    let verdict = |decision, seed, intend, commitment| Verdict {
         decision,
         seed,
-        sees_cluster,
+        seen: seen.clone(),
         intend,
         commitment,
         disown: Vec::new(),
     };
-    match choose_cluster(input.probes, input.discovery.recorded_cluster.as_ref()) {
-        Err(reason) => return verdict(Decision::Refuse(*reason), None, None, false, commitment),
+    match chosen {
+        Err(reason) => return verdict(Decision::Refuse(*reason), None, false, commitment),
         Ok(Some((cluster, ready, reachable))) => {
             // Rule 1: a visible cluster is always joined, never competed with. The commitment
             // stays until the join lands (a restart before it must not free this node to vouch).
@@ -476,7 +494,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
                     false,
                 ),
             };
-            return verdict(decision, None, Some(cluster), false, commitment);
+            return verdict(decision, None, false, commitment);
         }
         Ok(None) => {}
     }
@@ -491,9 +509,45 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
                 other => other,
             },
         };
-        return verdict(decision, seed, None, false, commitment);
+        return verdict(decision, seed, false, commitment);
     }
-    lockless(input, commitment)
+    Verdict {
+        seen,
+        ..lockless(input, commitment)
+    }
+}
+
+/// What this node remembers after a round that shows `visible` (the cluster it would join): a
+/// visible cluster is remembered (the first one seen keeps its id) with the members its members
+/// report; a remembered one is forgotten once every known member other than this node answers
+/// blank (a wiped disk, a reset node) or has left the view (unlisted by an authoritative
+/// backend, or departed), since a cluster nobody lists never blocked a formation either.
+fn remember(input: &DecisionInput<'_>, visible: Option<&ClusterId>) -> Option<SeenCluster> {
+    match (visible, input.seen) {
+        (Some(id), previous) => {
+            let mut seen = previous.cloned().unwrap_or_else(|| SeenCluster {
+                id: id.clone(),
+                members: BTreeSet::new(),
+            });
+            for probe in input.probes.values() {
+                if let Probe::Answered(info) = probe
+                    && info.cluster.as_ref() == Some(id)
+                {
+                    seen.members.insert(info.node.clone());
+                    seen.members.extend(info.members.iter().cloned());
+                }
+            }
+            Some(seen)
+        }
+        (None, Some(previous)) => {
+            let gone = previous.members.iter().filter(|m| *m != input.local).all(|m| {
+                !input.view.contains(m)
+                    || matches!(input.probes.get(m), Some(Probe::Answered(info)) if info.cluster.is_none())
+            });
+            (!gone).then(|| previous.clone())
+        }
+        (None, None) => None,
+    }
 }
 
 /// The seed every node derives the same way: the backend-preferred one, else the lowest name.
@@ -528,7 +582,7 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
         return Verdict {
             decision: exhausted(input, reason, false),
             seed: Some(c.seed.clone()),
-            sees_cluster: None,
+            seen: None,
             intend: false,
             commitment: Some(c),
             disown: Vec::new(),
@@ -578,7 +632,7 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
     Verdict {
         decision,
         seed: Some(seed),
-        sees_cluster: None,
+        seen: None,
         intend,
         commitment: None,
         disown,
@@ -614,7 +668,7 @@ fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<W
     let wait = |decision| Verdict {
         decision,
         seed: seed.clone(),
-        sees_cluster: None,
+        seen: None,
         intend: false,
         commitment: None,
         disown: Vec::new(),

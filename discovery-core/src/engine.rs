@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::FormationConfig;
-use crate::decision::{Decision, DecisionInput, LockState, Probe, Verdict, WaitReason, decide};
+use crate::decision::{Decision, DecisionInput, LockState, Probe, SeenCluster, Verdict, WaitReason, decide};
 use crate::discovery::{ClaimError, LockGuard, Milestone};
 use crate::discovery::{Discovery, DiscoveryResult};
 use crate::error::{DiscoveryError, ErrorKind, FormationError};
@@ -44,10 +44,31 @@ struct Round {
     probes: BTreeMap<NodeName, Probe>,
 }
 
-/// What the part of a locked attempt that races the lock's loss produced.
+/// How an attempt, or a part of one, ends.
 enum Step {
-    /// Joined (or formed without fencing).
+    /// Try again at the next attempt.
+    Again,
+    /// Formation is done.
     Done(FormationOutcome),
+    /// Formation stops with this error.
+    Stop(FormationError),
+}
+
+impl Step {
+    /// The step as the retry loop takes it.
+    fn flow(self) -> ControlFlow<Result<FormationOutcome, FormationError>> {
+        match self {
+            Step::Again => ControlFlow::Continue(()),
+            Step::Done(outcome) => ControlFlow::Break(Ok(outcome)),
+            Step::Stop(e) => ControlFlow::Break(Err(e)),
+        }
+    }
+}
+
+/// What the part of a locked attempt that races the lock's loss produced.
+enum Held {
+    /// Ended as a step (joined, formed without fencing, waits or stops).
+    Ended(Step),
     /// The identity is claimed; forming it must not be cancelled.
     Claimed(ClusterId, bool),
 }
@@ -60,9 +81,9 @@ pub const PROBE_ALL_EVERY: u32 = 10;
 struct RunState {
     view: BTreeSet<NodeName>,
     view_changed_at: Instant,
-    sees_cluster: Option<ClusterId>,
-    /// The members of `sees_cluster` as its members reported them.
-    seen_members: BTreeSet<NodeName>,
+    /// The cluster seen among the peers while it may exist (kept by the rule: see
+    /// [`Verdict::seen`]).
+    seen: Option<SeenCluster>,
     seed: Option<NodeName>,
     registered: bool,
     /// The standing commitment to a seed's intent (persisted through `Membership`).
@@ -236,8 +257,7 @@ impl FormationEngine {
         let mut st = RunState {
             view: BTreeSet::from([self.local.clone()]),
             view_changed_at: Instant::now(),
-            sees_cluster: None,
-            seen_members: BTreeSet::new(),
+            seen: None,
             seed: None,
             registered: false,
             // A record of this disk's own intent is no commitment, whatever name the node had
@@ -302,7 +322,7 @@ impl FormationEngine {
         let result = retry
             .run_woken(&self.trigger, |attempt| {
                 let st = &st;
-                async move { self.attempt(&mut *st.lock().await, attempt).await }
+                async move { self.attempt(&mut *st.lock().await, attempt).await.flow() }
             })
             .await;
         let mut st = st.into_inner();
@@ -374,11 +394,7 @@ impl FormationEngine {
     }
 
     /// One attempt: a round, a decision, maybe an action.
-    async fn attempt(
-        &self,
-        st: &mut RunState,
-        attempt: u32,
-    ) -> ControlFlow<Result<FormationOutcome, FormationError>, ()> {
+    async fn attempt(&self, st: &mut RunState, attempt: u32) -> Step {
         self.try_register(st).await;
         // A timer set by the previous attempt has done its work (or is overtaken by this one).
         st.cancel_wake();
@@ -402,34 +418,19 @@ impl FormationEngine {
                 self.wake_when_stable(st, &round, &verdict.decision);
                 verdict
             }
-            Err(e) if e.kind == ErrorKind::Misconfigured => return ControlFlow::Break(Err(e.into())),
+            Err(e) if e.kind == ErrorKind::Misconfigured => return Step::Stop(e.into()),
             Err(e) => {
                 let message = e.to_string();
                 self.status
                     .send_modify(|s| s.last_backend_error = Some(message.clone()));
                 let decision = Decision::Wait(WaitReason::BackendError { message });
                 self.record(st, attempt, 0, &decision);
-                return ControlFlow::Continue(());
+                return Step::Again;
             }
         };
-        let decision = match verdict.decision {
-            Decision::Lock => match self.under_lock(st, attempt).await {
-                Ok(outcome) => return ControlFlow::Break(Ok(outcome)),
-                Err(Some(stop)) => return ControlFlow::Break(Err(stop)),
-                Err(None) => return ControlFlow::Continue(()),
-            },
-            other => other,
-        };
-        match self.act(st, &decision, None).await {
-            Some(Ok(outcome)) => ControlFlow::Break(Ok(outcome)),
-            Some(Err(e)) => {
-                self.record_failure(attempt, st, &e);
-                ControlFlow::Continue(())
-            }
-            None => match stop_for(&decision, attempt, &st.failures) {
-                Some(e) => ControlFlow::Break(Err(e)),
-                None => ControlFlow::Continue(()),
-            },
+        match verdict.decision {
+            Decision::Lock => self.under_lock(st, attempt).await,
+            other => self.act(st, &other, None, attempt).await,
         }
     }
 
@@ -468,14 +469,9 @@ impl FormationEngine {
 
     /// Takes the lock, runs a round under it, claims the identity, acts, releases the lock.
     /// Everything up to the claim races the lock's `lost()`: a lapsed hold cancels it.
-    /// `Err(None)`: try again next attempt; `Err(Some(e))`: stop.
-    async fn under_lock(
-        &self,
-        st: &mut RunState,
-        attempt: u32,
-    ) -> Result<FormationOutcome, Option<FormationError>> {
+    async fn under_lock(&self, st: &mut RunState, attempt: u32) -> Step {
         let Some(lock) = self.discovery.formation_lock() else {
-            return Err(None);
+            return Step::Again;
         };
         // The wait ends early once the backend records a cluster: then this node joins it
         // without the lock (docs/formation.md, "Waiting for the lock").
@@ -495,14 +491,14 @@ impl FormationEngine {
                 self.record(st, attempt, 0, &d);
                 // The wait took the fires: the next attempt runs now, not at the interval.
                 self.trigger.fire();
-                return Err(None);
+                return Step::Again;
             }
             Err(e) => {
                 let decision = Decision::Wait(WaitReason::LockFailed {
                     message: e.to_string(),
                 });
                 self.record(st, attempt, 0, &decision);
-                return Err(None);
+                return Step::Again;
             }
         };
         let lost = guard.lost();
@@ -514,7 +510,7 @@ impl FormationEngine {
                         message: e.to_string(),
                     });
                     self.record(st, attempt, 0, &d);
-                    return Err(None);
+                    return Held::Ended(Step::Again);
                 }
             };
             let verdict = self.judge(st, &round, LockState::Held, attempt).await;
@@ -523,21 +519,17 @@ impl FormationEngine {
                 // (the identity is recorded), so it runs after the race.
                 let id = self.form_id(st, *standalone);
                 return match self.claim(&id, Some(guard.as_ref())).await {
-                    Ok(()) => Ok(Step::Claimed(id, *standalone)),
+                    Ok(()) => Held::Claimed(id, *standalone),
                     Err(e) => {
                         self.record_failure(attempt, st, &e);
-                        Err(None)
+                        Held::Ended(Step::Again)
                     }
                 };
             }
-            match self.act(st, &verdict.decision, Some(guard.as_ref())).await {
-                Some(Ok(outcome)) => Ok(Step::Done(outcome)),
-                Some(Err(e)) => {
-                    self.record_failure(attempt, st, &e);
-                    Err(None)
-                }
-                None => Err(stop_for(&verdict.decision, attempt, &st.failures)),
-            }
+            Held::Ended(
+                self.act(st, &verdict.decision, Some(guard.as_ref()), attempt)
+                    .await,
+            )
         };
         let result = tokio::select! {
             biased;
@@ -548,25 +540,21 @@ impl FormationEngine {
                               was cancelled".into(),
                 });
                 self.record(st, attempt, 0, &d);
-                Err(None)
+                Held::Ended(Step::Again)
             }
         };
         let result = match result {
-            Ok(Step::Claimed(id, standalone)) => self
-                .membership
-                .form(&id)
-                .await
-                .map(|()| FormationOutcome::NewCluster {
+            Held::Claimed(id, standalone) => match self.membership.form(&id).await {
+                Ok(()) => Step::Done(FormationOutcome::NewCluster {
                     cluster: id,
                     standalone,
-                })
-                .map_err(|e| {
-                    let e = FormationError::from(e);
-                    self.record_failure(attempt, st, &e);
-                    None
                 }),
-            Ok(Step::Done(outcome)) => Ok(outcome),
-            Err(e) => Err(e),
+                Err(e) => {
+                    self.record_failure(attempt, st, &e.into());
+                    Step::Again
+                }
+            },
+            Held::Ended(step) => step,
         };
         if let Err(e) = guard.release().await {
             warn!(node = %self.local, "releasing the formation lock failed (its lease will expire): {e}");
@@ -811,7 +799,7 @@ impl FormationEngine {
             .saturating_mul(PROBE_ALL_EVERY);
         // A cluster seen through the seed is joined through the seed; one seen elsewhere needs
         // every candidate's answer (to join it, or to learn that it is gone).
-        let seed_side = st.sees_cluster.is_none() || st.seen_members.contains(&seed);
+        let seed_side = st.seen.as_ref().is_none_or(|c| c.members.contains(&seed));
         (lockless && seed != self.local && seed_side && st.probed_all_at.elapsed() < due).then_some(seed)
     }
 
@@ -821,12 +809,12 @@ impl FormationEngine {
     fn publish(&self, st: &mut RunState) {
         let view = FormationView {
             // A committed node names the seed it committed to, whatever its own view says.
-            seed: match (&st.sees_cluster, &st.commitment) {
+            seed: match (&st.seen, &st.commitment) {
                 (Some(_), _) => None,
                 (None, Some(v)) => Some(v.seed.clone()),
                 (None, None) => st.seed.clone(),
             },
-            sees_cluster: st.sees_cluster.clone(),
+            sees_cluster: st.seen.as_ref().map(|c| c.id.clone()),
             candidates: st.view.len(),
             unchanged_for: st.view_changed_at.elapsed(),
             intent: st.intending.then(|| st.proposal.clone()),
@@ -874,38 +862,17 @@ impl FormationEngine {
             disk: st.disk,
             attempt,
             config: &self.config,
+            seen: st.seen.as_ref(),
         };
         let mut verdict = (self.rule)(&input);
         let mut changed = false;
-        if let Some(seen) = &verdict.sees_cluster {
-            // Once a cluster has been seen, this node vouches for no seed while it may exist.
-            if st.sees_cluster.is_none() {
-                st.sees_cluster = Some(seen.clone());
-                changed = true;
-            }
-            for probe in round.probes.values() {
-                if let Probe::Answered(info) = probe
-                    && info.cluster.as_ref() == Some(seen)
-                {
-                    st.seen_members.insert(info.node.clone());
-                    st.seen_members.extend(info.members.iter().cloned());
-                }
-            }
-        } else if let Some(seen) = &st.sees_cluster {
-            // Every member it knew of answered blank (wiped disks, reset nodes) or left the view
-            // (unlisted by an authoritative backend, or departed: see `departed`): that cluster no
-            // longer blocks a formation, as a cluster nobody lists never did.
-            let gone = st.seen_members.iter().filter(|m| **m != self.local).all(|m| {
-                !st.view.contains(m)
-                    || matches!(round.probes.get(m), Some(Probe::Answered(info)) if info.cluster.is_none())
-            });
-            if gone {
-                info!(node = %self.local, "every known member of cluster {seen} answers blank; it no longer exists");
-                st.sees_cluster = None;
-                st.seen_members.clear();
-                changed = true;
-            }
+        if let (Some(forgotten), None) = (&st.seen, &verdict.seen) {
+            info!(node = %self.local, "every known member of cluster {} answers blank; it no longer exists", forgotten.id);
         }
+        if st.seen.as_ref().map(|c| &c.id) != verdict.seen.as_ref().map(|c| &c.id) {
+            changed = true;
+        }
+        st.seen = verdict.seen.clone();
         if verdict.commitment != st.commitment {
             match self.membership.persist_vouch(verdict.commitment.as_ref()).await {
                 Ok(()) => {
@@ -1005,15 +972,16 @@ impl FormationEngine {
         });
     }
 
-    /// Carries out a join or a form (claiming the identity first with a fencing backend);
-    /// `None` for decisions that are not actions.
+    /// Carries out a join or a form (claiming the identity first with a fencing backend), or
+    /// stops on a decision that ends formation; a failed action is recorded and tried again.
     async fn act(
         &self,
         st: &mut RunState,
         decision: &Decision,
         guard: Option<&dyn LockGuard>,
-    ) -> Option<Result<FormationOutcome, FormationError>> {
-        Some(match decision {
+        attempt: u32,
+    ) -> Step {
+        let acted = match decision {
             Decision::Join { via, cluster } => self
                 .membership
                 .join(via, cluster)
@@ -1032,20 +1000,33 @@ impl FormationEngine {
                     );
                 }
                 let id = self.form_id(st, *standalone);
-                if let Err(e) = self.claim(&id, guard).await {
-                    return Some(Err(e));
+                match self.claim(&id, guard).await {
+                    Ok(()) => self
+                        .membership
+                        .form(&id)
+                        .await
+                        .map(|()| FormationOutcome::NewCluster {
+                            cluster: id,
+                            standalone: *standalone,
+                        })
+                        .map_err(Into::into),
+                    Err(e) => Err(e),
                 }
-                self.membership
-                    .form(&id)
-                    .await
-                    .map(|()| FormationOutcome::NewCluster {
-                        cluster: id,
-                        standalone: *standalone,
-                    })
-                    .map_err(Into::into)
             }
-            _ => return None,
-        })
+            other => {
+                return match stop_for(other, attempt, &st.failures) {
+                    Some(e) => Step::Stop(e),
+                    None => Step::Again,
+                };
+            }
+        };
+        match acted {
+            Ok(outcome) => Step::Done(outcome),
+            Err(e) => {
+                self.record_failure(attempt, st, &e);
+                Step::Again
+            }
+        }
     }
 
     /// The restart path: no discovery; wait for a known peer within the restart window.

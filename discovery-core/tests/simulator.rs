@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use muster_discovery_core::decision::{Decision, DecisionInput, Probe, Verdict};
+use muster_discovery_core::decision::{Decision, DecisionInput, Probe, SeenCluster, Verdict};
 use muster_discovery_core::testing::sim::{Family, Scenario, run_scenario, run_seed};
 
 const DEFAULT_SEEDS: u64 = 2_000;
@@ -216,7 +216,10 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
                     cluster: cluster.clone(),
                 },
                 seed: None,
-                sees_cluster: Some(cluster.clone()),
+                seen: Some(SeenCluster {
+                    id: cluster.clone(),
+                    members: [node.clone()].into(),
+                }),
                 intend: false,
                 commitment: None,
                 disown: Vec::new(),
@@ -226,7 +229,7 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
     Verdict {
         decision: Decision::Form { standalone: false },
         seed: None,
-        sees_cluster: None,
+        seen: None,
         intend: false,
         commitment: None,
         disown: Vec::new(),

@@ -103,6 +103,8 @@ struct Case {
     commitment: Option<(u32, &'static str)>,
     /// The local node's proposal was announced during the round.
     intending: bool,
+    /// The cluster remembered from earlier rounds, and its members.
+    seen: Option<(&'static str, Vec<u32>)>,
     expect: Decision,
 }
 
@@ -118,6 +120,7 @@ impl Default for Case {
             peers: vec![],
             commitment: None,
             intending: true,
+            seen: None,
             lock: LockState::NotSupported,
             attempt: 1,
             on_exhausted: OnExhausted::Fail,
@@ -151,6 +154,10 @@ fn run(case: &Case) -> Verdict {
         intent: c(id),
         disk: Some(disk(s)),
     });
+    let seen = case.seen.as_ref().map(|(id, members)| SeenCluster {
+        id: c(id),
+        members: members.iter().map(|m| n(*m)).collect(),
+    });
     decide(&DecisionInput {
         local: &local,
         discovery: &listing,
@@ -164,6 +171,7 @@ fn run(case: &Case) -> Verdict {
         disk: disk(case.local),
         attempt: case.attempt,
         config: &config,
+        seen: seen.as_ref(),
     })
 }
 
@@ -662,13 +670,120 @@ fn verdict_publishes_the_seed_or_the_cluster_seen() {
         ..Case::default()
     });
     assert_eq!(v.seed, Some(n(1)));
-    assert_eq!(v.sees_cluster, None);
+    assert_eq!(v.seen, None);
     let v = run(&Case {
         peers: vec![member(2, "c1", &[2], true)],
         ..Case::default()
     });
     assert_eq!(v.seed, None);
-    assert_eq!(v.sees_cluster, Some(c("c1")));
+    assert_eq!(v.seen.map(|s| s.id), Some(c("c1")));
+}
+
+/// The cluster a node remembers across rounds: seen with the members its members report, kept
+/// while any known member may still hold it, forgotten once every one answers blank or has left
+/// the view.
+#[test]
+fn a_seen_cluster_is_remembered_until_every_known_member_answers_blank_or_left() {
+    let cases: Vec<(&str, Case, Option<(&str, Vec<u32>)>)> = vec![
+        (
+            "a visible cluster is remembered with its reported members",
+            Case {
+                listed: vec![1, 2, 3, 4],
+                peers: vec![member(2, "c1", &[2, 3], true), down(3), blank(4, None, 0)],
+                ..Case::default()
+            },
+            Some(("c1", vec![2, 3])),
+        ),
+        (
+            "a remembered cluster grows with what its members report",
+            Case {
+                listed: vec![1, 2, 3, 4],
+                seen: Some(("c1", vec![2, 3])),
+                peers: vec![member(2, "c1", &[2, 3, 4], true), down(3), down(4)],
+                ..Case::default()
+            },
+            Some(("c1", vec![2, 3, 4])),
+        ),
+        (
+            "the first cluster seen keeps its id",
+            Case {
+                seen: Some(("c1", vec![2, 3])),
+                peers: vec![member(2, "c2", &[2], true), down(3)],
+                ..Case::default()
+            },
+            Some(("c1", vec![2, 3])),
+        ),
+        (
+            "every known member answers blank: forgotten",
+            Case {
+                seen: Some(("c1", vec![2, 3])),
+                peers: vec![blank(2, None, 0), blank(3, None, 0)],
+                ..Case::default()
+            },
+            None,
+        ),
+        (
+            "a known member that does not answer may still hold it: kept",
+            Case {
+                seen: Some(("c1", vec![2, 3])),
+                peers: vec![blank(2, None, 0), down(3)],
+                ..Case::default()
+            },
+            Some(("c1", vec![2, 3])),
+        ),
+        (
+            "a known member that left the view counts as gone",
+            Case {
+                listed: vec![1, 2],
+                seen: Some(("c1", vec![2, 3])),
+                peers: vec![blank(2, None, 0)],
+                ..Case::default()
+            },
+            None,
+        ),
+        (
+            "this node among the known members does not keep it",
+            Case {
+                seen: Some(("c1", vec![1, 2])),
+                peers: vec![blank(2, None, 0), blank(3, None, 0)],
+                ..Case::default()
+            },
+            None,
+        ),
+        (
+            "a refused foreign cluster is not remembered",
+            Case {
+                recorded: Some("c9"),
+                lock: LockState::Available,
+                peers: vec![member(2, "c2", &[2], true), blank(3, None, 0)],
+                ..Case::default()
+            },
+            None,
+        ),
+        (
+            "a known member answering with a foreign cluster is not blank: kept",
+            Case {
+                recorded: Some("c9"),
+                lock: LockState::Available,
+                seen: Some(("c1", vec![2])),
+                peers: vec![member(2, "c2", &[2], true), blank(3, None, 0)],
+                ..Case::default()
+            },
+            Some(("c1", vec![2])),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, case, want) in &cases {
+        let want = want.as_ref().map(|(id, members)| SeenCluster {
+            id: c(id),
+            members: members.iter().map(|m| n(*m)).collect(),
+        });
+        let got = run(case).seen;
+        if got != want {
+            failures.push(format!("{name}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
