@@ -684,7 +684,9 @@ fn verdict_publishes_the_seed_or_the_cluster_seen() {
 /// the view.
 #[test]
 fn a_seen_cluster_is_remembered_until_every_known_member_answers_blank_or_left() {
-    let cases: Vec<(&str, Case, Option<(&str, Vec<u32>)>)> = vec![
+    /// A remembered cluster: its id and members.
+    type Seen = Option<(&'static str, Vec<u32>)>;
+    let cases: Vec<(&str, Case, Seen)> = vec![
         (
             "a visible cluster is remembered with its reported members",
             Case {
