@@ -151,56 +151,6 @@ pub enum MembershipError {
     Invalid(String),
 }
 
-/// Why formation did not complete.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FormationError {
-    /// Discovery retries ran out with `on_exhausted = "fail"`.
-    #[error(
-        "gave up forming a cluster after {attempts} discovery attempts: {reason}; \
-         check that the peers are running and listed by the backend, raise \
-         cluster_formation.discovery_retry_limit, or set on_exhausted = \"wait\""
-    )]
-    Exhausted {
-        /// Attempts made.
-        attempts: u32,
-        /// The last wait reason.
-        reason: String,
-    },
-    /// A restarting node never reached any of its known peers within the restart window.
-    #[error(
-        "this node was clustered before and none of its peers [{}] became available within \
-         {attempts} attempts of {per_attempt:?}; start the last node that stopped first, or run \
-         force-boot on this node to start it without its peers (changes made after it went down \
-         are lost)",
-        .peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-    )]
-    RestartTimeout {
-        /// The peers waited for.
-        peers: Vec<NodeName>,
-        /// Attempts made.
-        attempts: u32,
-        /// Time per attempt.
-        per_attempt: std::time::Duration,
-    },
-    /// Going on could split the cluster (an inconsistent cluster was found): an operator must
-    /// decide. The reason names both clusters and the commands that resolve it.
-    #[error("refusing to start: {reason}")]
-    Refused {
-        /// What was found and what to do.
-        reason: String,
-    },
-    /// A fencing claim did not make this node the former (it waits and decides again).
-    #[error("not forming: {0}")]
-    ClaimLost(String),
-    /// The backend failed permanently.
-    #[error("discovery failed: {0}")]
-    Discovery(#[from] DiscoveryError),
-    /// The broker failed to form, join or resume.
-    #[error("membership: {0}")]
-    Membership(#[from] MembershipError),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,17 +170,5 @@ mod tests {
         );
         assert!(!e.is_temporary());
         assert!(DiscoveryError::new("dns", ErrorKind::Unavailable, "timeout").is_temporary());
-    }
-
-    #[test]
-    fn restart_timeout_names_peers_and_force_boot() {
-        let e = FormationError::RestartTimeout {
-            peers: vec!["m@a".parse().unwrap(), "m@b".parse().unwrap()],
-            attempts: 10,
-            per_attempt: std::time::Duration::from_secs(30),
-        };
-        let text = e.to_string();
-        assert!(text.contains("[m@a, m@b]"), "{text}");
-        assert!(text.contains("force-boot"), "{text}");
     }
 }

@@ -37,8 +37,8 @@ pub use discovery::{
     Capabilities, ClaimError, Discovery, DiscoveryResult, Fencing, FormationLock, LockGuard, Milestone,
     Registration, RegistrationStatus,
 };
-pub use engine::{AwaitError, FormationEngine, FormationHandle};
-pub use error::{DiscoveryError, ErrorKind, FormationError, MembershipError, Retry as RetryClass};
+pub use engine::{AwaitError, FormationEngine, FormationError, FormationHandle, Refusal, Unanswered};
+pub use error::{DiscoveryError, ErrorKind, MembershipError, Retry as RetryClass};
 pub use lock_wait::LockWait;
 pub use membership::{ClusterId, FormationView, Membership, PeerInfo, PublishedView, RestartState, Vouch};
 pub use node_name::{Host, NodeName, NodeNameError};

@@ -5,20 +5,42 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-/// Parses a duration with a unit; the error says what is accepted.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim()).map_err(|e| {
-        let why = match e {
+/// A duration the config does not accept; its message says what is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Not a number followed by a unit.
+    #[error(
+        "invalid duration {text:?} ({why}): expected a number followed by a unit such as ms, s, \
+         m or h (e.g. \"500ms\", \"30s\", \"2m\", \"1m 30s\")"
+    )]
+    Malformed {
+        /// What was written.
+        text: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Longer than any setting could use.
+    #[error("invalid duration {text:?}: too large")]
+    TooLarge {
+        /// What was written.
+        text: String,
+    },
+}
+
+/// Parses a duration with a unit.
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| DurationError::Malformed {
+        text: text.to_string(),
+        why: match e {
             humantime::DurationError::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
             other => other.to_string(),
-        };
-        format!(
-            "invalid duration {text:?} ({why}): expected a number followed by a unit such as ms, s, \
-             m or h (e.g. \"500ms\", \"30s\", \"2m\", \"1m 30s\")"
-        )
+        },
     })?;
     if d > Duration::from_secs(1_000_000_000_000) {
-        return Err(format!("invalid duration {text:?}: too large"));
+        return Err(DurationError::TooLarge {
+            text: text.to_string(),
+        });
     }
     Ok(d)
 }
@@ -78,7 +100,7 @@ mod tests {
             "é",
             "99999999999999999999h",
         ] {
-            let e = parse(bad).unwrap_err();
+            let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("invalid duration"), "{bad}: {e}");
         }
     }

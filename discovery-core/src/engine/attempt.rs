@@ -311,11 +311,10 @@ pub(super) fn stop_for(
     match decision {
         Decision::GiveUp(reason) => Some(FormationError::Exhausted {
             attempts: attempt,
-            reason: format!("{reason}{}", failure_causes(failures)),
+            waiting: reason.clone(),
+            unanswered: Unanswered(failures.clone()),
         }),
-        Decision::Refuse(reason) => Some(FormationError::Refused {
-            reason: reason.to_string(),
-        }),
+        Decision::Refuse(reason) => Some(FormationError::Refused(Refusal::Rule(reason.clone()))),
         _ => None,
     }
 }

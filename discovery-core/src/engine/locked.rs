@@ -138,15 +138,7 @@ impl FormationEngine {
                 info!(node = %self.local, "claimed cluster identity {id} in the {} backend", self.discovery.name());
                 Ok(())
             }
-            Err(ClaimError::Taken(other)) => Err(FormationError::ClaimLost(format!(
-                "the backend already records cluster {other}; joining or waiting instead of forming"
-            ))),
-            Err(ClaimError::LockLost) => Err(FormationError::ClaimLost(
-                "the formation lock was lost before the claim; not forming".into(),
-            )),
-            Err(ClaimError::Backend(e)) => Err(FormationError::ClaimLost(format!(
-                "claiming cluster identity {id} failed ({e}); not forming"
-            ))),
+            Err(why) => Err(FormationError::ClaimLost { id: id.clone(), why }),
         }
     }
 }

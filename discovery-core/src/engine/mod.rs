@@ -12,9 +12,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::FormationConfig;
 use crate::decision::{Decision, DecisionInput, LockState, Probe, SeenCluster, Verdict, WaitReason, decide};
-use crate::discovery::{ClaimError, LockGuard, Milestone};
 use crate::discovery::{Discovery, DiscoveryResult};
-use crate::error::{DiscoveryError, ErrorKind, FormationError};
+use crate::discovery::{LockGuard, Milestone};
+use crate::error::{DiscoveryError, ErrorKind};
 use crate::lock_wait::LockWait;
 use crate::membership::{ClusterId, FormationView, Membership, Vouch};
 use crate::node_name::NodeName;
@@ -24,12 +24,14 @@ use crate::status::{FormationOutcome, FormationStatus, Phase, TraceEntry, summar
 use crate::trigger::Trigger;
 
 mod attempt;
+mod error;
 mod locked;
 mod restart;
 mod round;
 mod words;
 
-use words::{describe_answers, failure_causes, note_failures};
+pub use error::{FormationError, Refusal, Unanswered};
+use words::{describe_answers, note_failures};
 
 /// Runs formation for one node.
 pub struct FormationEngine {
@@ -224,7 +226,7 @@ impl FormationEngine {
                 cluster: cluster.clone(),
                 via: via.clone(),
             },
-            Err(e @ FormationError::Refused { .. }) => Milestone::Refused {
+            Err(e @ FormationError::Refused(_)) => Milestone::Refused {
                 reason: e.to_string(),
             },
             Err(e) => Milestone::Failed {

@@ -162,15 +162,11 @@ impl FormationEngine {
             }
         };
         if let Some(recorded) = listing.recorded_cluster.as_ref().filter(|r| *r != ours) {
-            return Err(FormationError::Refused {
-                reason: format!(
-                    "inconsistent cluster: this node is the only member of cluster {ours}, but the \
-                     {} backend records cluster {recorded}; reset this node (`muster ctl reset`) \
-                     so it joins {recorded}, or replace the backend's record if {ours} is the one \
-                     to keep",
-                    self.discovery.name()
-                ),
-            });
+            return Err(FormationError::Refused(Refusal::BackendRecordsAnother {
+                ours: ours.clone(),
+                recorded: recorded.clone(),
+                backend: self.discovery.name(),
+            }));
         }
         let candidates: Vec<NodeName> = listing.nodes.into_iter().filter(|n| *n != self.local).collect();
         let answers = probe_all(self.membership.as_ref(), &candidates, self.config.probe_timeout).await;
@@ -239,12 +235,10 @@ pub(super) fn inconsistent(
     peer: &NodeName,
     theirs: &ClusterId,
 ) -> FormationError {
-    FormationError::Refused {
-        reason: format!(
-            "inconsistent cluster: {local} was a member of cluster {ours}, but its peer {peer} is \
-             now a member of cluster {theirs}. To keep {theirs}: reset this node (`muster ctl \
-             reset`, its data from {ours} is discarded) and it joins {theirs}. To keep {ours}: \
-             stop {peer}, reset it, and start it again so that it rejoins {ours}"
-        ),
-    }
+    FormationError::Refused(Refusal::PeerInAnotherCluster {
+        local: local.clone(),
+        ours: ours.clone(),
+        peer: peer.clone(),
+        theirs: theirs.clone(),
+    })
 }

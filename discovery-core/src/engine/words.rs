@@ -55,23 +55,3 @@ pub(super) fn note_failures(failures: &mut BTreeMap<NodeName, String>, probes: &
         }
     }
 }
-
-/// Why candidates did not answer, for an error that gives up: "; why they did not answer: a: …"
-/// (at most three), so that a wrong cookie or a TLS refusal is named where the node stops, not
-/// only in earlier warnings.
-pub(super) fn failure_causes(failures: &BTreeMap<NodeName, String>) -> String {
-    if failures.is_empty() {
-        return String::new();
-    }
-    let shown: Vec<&str> = failures.values().take(3).map(String::as_str).collect();
-    let more = failures.len().saturating_sub(3);
-    format!(
-        "; why they did not answer: {}{}",
-        shown.join("; "),
-        if more > 0 {
-            format!(" (and {more} more)")
-        } else {
-            String::new()
-        }
-    )
-}

@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::config::{FormationConfig, OnExhausted};
 use crate::decision::{Decision, DecisionInput, Verdict};
 use crate::engine::FormationEngine;
-use crate::error::FormationError;
+use crate::engine::FormationError;
 use crate::membership::ClusterId;
 use crate::node_name::NodeName;
 use crate::testing::{BackendMode, Directory, Network, NetworkFaults, SimRng};
@@ -803,9 +803,7 @@ fn check(
     let mut refusals = Vec::new();
     for (node, e) in errors.lock().expect("errors").iter() {
         match e {
-            FormationError::Refused { reason } if reason.contains("cluster") && !reason.is_empty() => {
-                refusals.push(format!("{node}: {reason}"));
-            }
+            FormationError::Refused(refusal) => refusals.push(format!("{node}: {refusal}")),
             // Gave up: a liveness failure only when the budget left room to form.
             FormationError::Exhausted { .. } if !allowed || stranded => {}
             other => violations.push(format!("{node}'s engine failed: {other}")),

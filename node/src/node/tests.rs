@@ -130,7 +130,7 @@ async fn engine_refusal(node: &Arc<Node>, nodes: Vec<NodeName>) -> String {
     let membership = Arc::new(NodeMembership(node.clone()));
     let engine = muster::FormationEngine::new(Default::default(), Arc::new(backend), membership);
     match engine.run().await {
-        Err(muster::FormationError::Refused { reason }) => reason,
+        Err(muster::FormationError::Refused(refusal)) => refusal.to_string(),
         other => panic!("the engine did not refuse: {other:?}"),
     }
 }
