@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FormationConfig, OnExhausted};
 use crate::discovery::DiscoveryResult;
-use crate::membership::{ClusterId, PeerInfo, Vouch};
+use crate::membership::{ClusterId, Commitment, PeerInfo};
 use crate::node_name::NodeName;
 
 /// What a probe of one candidate produced.
@@ -50,12 +50,12 @@ pub struct DecisionInput<'a> {
     /// The lock.
     pub lock: LockState,
     /// This node's standing commitment to a seed's intent (lockless backends), if any.
-    pub commitment: Option<&'a Vouch>,
+    pub commitment: Option<&'a Commitment>,
     /// The identity this node announces as its intent when it is the seed, and forms under.
-    pub proposal: &'a ClusterId,
-    /// `proposal` was published as this node's intent throughout this round's probes: only then
+    pub intent: &'a ClusterId,
+    /// `intent` was published throughout this round's probes: only then
     /// may the commitments the probes show count for a formation.
-    pub intending: bool,
+    pub intent_announced: bool,
     /// This node's [`Membership::disk_id`](crate::Membership::disk_id).
     pub disk: u64,
     /// The attempt number paced by the interval (time since the run began divided by
@@ -69,7 +69,7 @@ pub struct DecisionInput<'a> {
 }
 
 /// A cluster this node has seen among its peers during a run, with its members as they reported
-/// them. While it may exist this node vouches for no seed (its published view names it); it is
+/// them. While it may exist this node commits to no seed (its published view names it); it is
 /// forgotten once every known member answers blank or has left the view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenCluster {
@@ -380,10 +380,10 @@ pub struct Verdict {
     pub seed: Option<NodeName>,
     /// The cluster this node has seen among its peers and remembers after this round.
     pub seen: Option<SeenCluster>,
-    /// This node is the seed and announces [`DecisionInput::proposal`] as its intent.
-    pub intend: bool,
+    /// This node is the seed and announces [`DecisionInput::intent`] as its intent.
+    pub announce_intent: bool,
     /// The node's commitment after this round (persisted by the engine when it changed).
-    pub commitment: Option<Vouch>,
+    pub commitment: Option<Commitment>,
     /// Intents of this seed's lost disk that no candidate holds (see
     /// [`FormationView::disowned`](crate::FormationView::disowned)).
     pub disown: Vec<ClusterId>,
@@ -463,11 +463,11 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
         input,
         chosen.as_ref().ok().and_then(Option::as_ref).map(|(id, ..)| id),
     );
-    let verdict = |decision, seed, intend, commitment| Verdict {
+    let verdict = |decision, seed, announce_intent, commitment| Verdict {
         decision,
         seed,
         seen: seen.clone(),
-        intend,
+        announce_intent,
         commitment,
         disown: Vec::new(),
     };
@@ -475,7 +475,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Verdict {
         Err(reason) => return verdict(Decision::Refuse(*reason), None, false, commitment),
         Ok(Some((cluster, ready, reachable))) => {
             // Rule 1: a visible cluster is always joined, never competed with. The commitment
-            // stays until the join lands (a restart before it must not free this node to vouch).
+            // stays until the join lands (a restart before it must not free this node to commit elsewhere).
             // The recorded cluster is joined without the lock: no holder can form another one
             // (docs/formation.md, "Joins of the recorded cluster take no lock").
             let recorded = input.discovery.recorded_cluster.as_ref() == Some(&cluster);
@@ -561,7 +561,7 @@ fn seed_of(input: &DecisionInput<'_>) -> Option<NodeName> {
 
 /// Rule 3 for lockless backends: the seed announces an intent, every candidate commits to it
 /// (persisted, sticky), and only then does the seed form.
-fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
+fn lockless(input: &DecisionInput<'_>, commitment: Option<Commitment>) -> Verdict {
     let local = input.local;
     if let Some(c) = commitment.filter(|c| !released(input, c)) {
         let seed_view = match input.probes.get(&c.seed) {
@@ -583,7 +583,7 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
             decision: exhausted(input, reason, false),
             seed: Some(c.seed.clone()),
             seen: None,
-            intend: false,
+            announce_intent: false,
             commitment: Some(c),
             disown: Vec::new(),
         };
@@ -593,15 +593,15 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
     let Some(seed) = seed.clone().filter(|s| s == local) else {
         return follower(input, seed, blocker);
     };
-    let (decision, intend, disown) = match blocker {
+    let (decision, announce_intent, disown) = match blocker {
         None => {
             let (missing, disown) = commitments(input);
             // Commitments count only for an intent that was published while they were read.
-            if missing.is_empty() && input.intending {
+            if missing.is_empty() && input.intent_announced {
                 (Decision::Form { standalone: false }, true, disown)
             } else {
                 let reason = WaitReason::CollectingCommitments {
-                    intent: input.proposal.clone(),
+                    intent: input.intent.clone(),
                     missing,
                 };
                 (Decision::Wait(reason), true, disown)
@@ -612,7 +612,7 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
             // passing trouble (a probe lost, a view still settling), so commitments already given
             // stay valid. It is withdrawn when another seed must win: a peer believes in, or
             // committed to, a lower seed, or has seen a cluster.
-            let keep = input.intending
+            let keep = input.intent_announced
                 && match &reason {
                     WaitReason::PeerCommitted { seed, .. } => seed > local,
                     WaitReason::PeerDisagrees {
@@ -633,7 +633,7 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
         decision,
         seed: Some(seed),
         seen: None,
-        intend,
+        announce_intent,
         commitment: None,
         disown,
     }
@@ -643,7 +643,7 @@ fn lockless(input: &DecisionInput<'_>, commitment: Option<Vouch>) -> Verdict {
 /// no longer announces the intent (that disk remembers it did not form under it), or the seed
 /// disowns the intent of a disk it lost. A seed that answers from another disk may have formed
 /// under the intent before it lost its data, so that is no release.
-fn released(input: &DecisionInput<'_>, c: &Vouch) -> bool {
+fn released(input: &DecisionInput<'_>, c: &Commitment) -> bool {
     if c.seed == *input.local {
         return true;
     }
@@ -669,7 +669,7 @@ fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<W
         decision,
         seed: seed.clone(),
         seen: None,
-        intend: false,
+        announce_intent: false,
         commitment: None,
         disown: Vec::new(),
     };
@@ -688,7 +688,7 @@ fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<W
         {
             return wait(exhausted(input, reason, false));
         }
-        let vouch = Vouch {
+        let commitment = Commitment {
             seed: s.clone(),
             intent: intent.clone(),
             disk: view.disk,
@@ -699,7 +699,7 @@ fn follower(input: &DecisionInput<'_>, seed: Option<NodeName>, blocker: Option<W
                 intent: intent.clone(),
                 reachable: true,
             }),
-            commitment: Some(vouch),
+            commitment: Some(commitment),
             ..wait(Decision::Wait(WaitReason::NoCandidates))
         };
     }
@@ -755,7 +755,7 @@ fn commitments(input: &DecisionInput<'_>) -> (Vec<NodeName>, Vec<ClusterId>) {
             _ => None,
         };
         match committed {
-            Some(c) if c.seed == *local && c.intent == *input.proposal => {}
+            Some(c) if c.seed == *local && c.intent == *input.intent => {}
             Some(c) => {
                 if c.seed == *local && c.disk != Some(input.disk) && input.discovery.authoritative {
                     disown.insert(c.intent.clone());
@@ -795,7 +795,7 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
     let cfg = input.config;
     let d = input.discovery;
     // The recorded identity is this node's own unfinished claim: it may complete it.
-    if let Some(cluster) = d.recorded_cluster.as_ref().filter(|c| *c != input.proposal) {
+    if let Some(cluster) = d.recorded_cluster.as_ref().filter(|c| *c != input.intent) {
         return Some(WaitReason::RecordedCluster {
             cluster: cluster.clone(),
             hint: d.fencing_hint.clone(),

@@ -38,7 +38,7 @@ impl fmt::Display for ErrorKind {
 
 /// Whether repeating the same call can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Retry {
+pub enum RetryClass {
     /// A passing condition (timeout, server restart): try again.
     Temporary,
     /// Trying again without a change of configuration or permissions will fail the same way.
@@ -54,7 +54,7 @@ pub struct DiscoveryError {
     /// What kind of failure.
     pub kind: ErrorKind,
     /// Temporary or permanent.
-    pub retry: Retry,
+    pub retry: RetryClass,
     /// What happened, for the log.
     pub message: String,
     /// What the operator can do, when the backend knows.
@@ -69,8 +69,8 @@ impl DiscoveryError {
     /// temporary).
     pub fn new(backend: &'static str, kind: ErrorKind, message: impl Into<String>) -> Self {
         let retry = match kind {
-            ErrorKind::Unavailable | ErrorKind::Other => Retry::Temporary,
-            _ => Retry::Permanent,
+            ErrorKind::Unavailable | ErrorKind::Other => RetryClass::Temporary,
+            _ => RetryClass::Permanent,
         };
         DiscoveryError {
             backend,
@@ -89,7 +89,7 @@ impl DiscoveryError {
     }
 
     /// Overrides the retry class.
-    pub fn with_retry(mut self, retry: Retry) -> Self {
+    pub fn with_retry(mut self, retry: RetryClass) -> Self {
         self.retry = retry;
         self
     }
@@ -102,7 +102,7 @@ impl DiscoveryError {
 
     /// Whether trying again can help.
     pub fn is_temporary(&self) -> bool {
-        self.retry == Retry::Temporary
+        self.retry == RetryClass::Temporary
     }
 
     /// The error every backend returns for an operation it does not offer.
@@ -118,8 +118,8 @@ impl DiscoveryError {
 impl fmt::Display for DiscoveryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let class = match self.retry {
-            Retry::Temporary => "temporary",
-            Retry::Permanent => "permanent",
+            RetryClass::Temporary => "temporary",
+            RetryClass::Permanent => "permanent",
         };
         write!(
             f,

@@ -38,9 +38,11 @@ pub use discovery::{
     Registration, RegistrationStatus,
 };
 pub use engine::{AwaitError, FormationEngine, FormationError, FormationHandle, Refusal, Unanswered};
-pub use error::{DiscoveryError, ErrorKind, MembershipError, Retry as RetryClass};
+pub use error::{DiscoveryError, ErrorKind, MembershipError, RetryClass};
 pub use lock_wait::LockWait;
-pub use membership::{ClusterId, FormationView, Membership, PeerInfo, PublishedView, RestartState, Vouch};
+pub use membership::{
+    ClusterId, Commitment, FormationView, Membership, PeerInfo, PublishedView, RestartState,
+};
 pub use node_name::{Host, NodeName, NodeNameError};
 pub use registry::BackendFactory;
 pub use status::{FormationOutcome, FormationStatus, Phase};

@@ -56,9 +56,9 @@ pub struct FormationView {
     /// candidate has committed to it. A new intent always carries a new identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<ClusterId>,
-    /// The seed intent this node has committed to (persisted, sticky: see [`Vouch`]).
+    /// The seed intent this node has committed to (persisted, sticky: see [`Commitment`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub committed: Option<Vouch>,
+    pub committed: Option<Commitment>,
     /// This node's [`Membership::disk_id`]: a committed peer releases its commitment to this
     /// seed only on an answer from the same disk, which remembers whether it formed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,11 +102,11 @@ impl PublishedView {
     }
 }
 
-/// A persisted commitment to one seed's intent. While it stands, the node vouches for no other
+/// A persisted commitment to one seed's intent. While it stands, the node commits to no other
 /// seed; it is dropped only when the seed, answering from the same disk, is blank and no longer
 /// announces that intent, when the seed disowns it, or when the node joins a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Vouch {
+pub struct Commitment {
     /// The seed.
     pub seed: NodeName,
     /// The identity the seed announced.
@@ -149,9 +149,9 @@ pub struct RestartState {
     pub last_to_stop: bool,
     /// An operator marked the node to boot without waiting for its peers.
     pub force_boot: bool,
-    /// A blank node's standing commitment to a seed (see [`Vouch`]), kept across restarts.
+    /// A blank node's standing commitment to a seed (see [`Commitment`]), kept across restarts.
     #[serde(default)]
-    pub vouch: Option<Vouch>,
+    pub commitment: Option<Commitment>,
 }
 
 impl RestartState {
@@ -173,7 +173,7 @@ impl RestartState {
 ///   [`Membership::publish_view`] (which still carries the intent), from then on the new cluster;
 ///   never "blank without a view" in between;
 /// - report `ready` only when the peer is a current member that accepts joins now;
-/// - persist [`Membership::persist_vouch`] before returning, and report it in
+/// - persist [`Membership::persist_commitment`] before returning, and report it in
 ///   [`Membership::restart_state`] after a restart;
 /// - keep [`Membership::disk_id`] for as long as the persisted state survives, and only so long.
 #[async_trait]
@@ -217,12 +217,12 @@ pub trait Membership: Send + Sync {
 
     /// Identifies this node's persisted state: drawn once when the data dir is first written,
     /// kept across restarts, new after the data is lost. It must be durable before the first
-    /// [`Membership::persist_vouch`] returns, so that a seed that announced an intent answers
+    /// [`Membership::persist_commitment`] returns, so that a seed that announced an intent answers
     /// with the same id until its disk is lost.
     fn disk_id(&self) -> u64;
 
     /// Persists (or clears) this blank node's commitment to a seed, before the engine publishes it.
-    async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError>;
+    async fn persist_commitment(&self, commitment: Option<&Commitment>) -> Result<(), MembershipError>;
 
     /// Tells `peers`, best effort and without waiting, that this node's formation state changed
     /// (its view, intent or commitment; or it formed, joined or resumed), so that each decides

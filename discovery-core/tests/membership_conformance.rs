@@ -32,7 +32,7 @@ async fn the_in_memory_member_conforms() {
     run(&mut h).await;
 }
 
-/// A member that forgets its vouch at a crash: the suite must catch it.
+/// A member that forgets its commitment at a crash: the suite must catch it.
 struct Forgetful {
     net: Network,
 }
@@ -81,9 +81,9 @@ impl Membership for NoVouch {
     fn disk_id(&self) -> u64 {
         self.0.disk_id()
     }
-    async fn persist_vouch(
+    async fn persist_commitment(
         &self,
-        _vouch: Option<&muster_discovery_core::Vouch>,
+        _commitment: Option<&muster_discovery_core::Commitment>,
     ) -> Result<(), muster_discovery_core::MembershipError> {
         Ok(())
     }
@@ -103,7 +103,7 @@ impl Harness for Forgetful {
 }
 
 #[tokio::test]
-async fn a_member_that_does_not_persist_its_vouch_fails_the_suite() {
+async fn a_member_that_does_not_persist_its_commitment_fails_the_suite() {
     let failed = tokio::spawn(async {
         let mut h = Forgetful {
             net: Network::new(NetworkFaults::default(), 1),
@@ -117,5 +117,5 @@ async fn a_member_that_does_not_persist_its_vouch_fails_the_suite() {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default();
-    assert!(message.contains("vouch survives a crash"), "{message}");
+    assert!(message.contains("commitment survives a crash"), "{message}");
 }

@@ -1,5 +1,5 @@
 //! Deterministic split recipes, replayed in paused time against the in-memory backend and
-//! cluster: seeds and vouchers that crash, restart or are cut off, slow forms and lock holders
+//! cluster: seeds and committed nodes that crash, restart or are cut off, slow forms and lock holders
 //! paused past their lease, failed claims, standalone formation, wiped seeds and grown lists,
 //! and the five-step recipe that `tests/tests/split_brain.rs` runs with real processes. Each
 //! test fails if a second cluster is ever formed while another is held, and checks how the run
@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use muster_discovery_core::testing::{BackendMode, Directory, MemoryMember, Network, NetworkFaults};
 use muster_discovery_core::{
-    ClusterId, FormationConfig, FormationEngine, FormationError, FormationOutcome, FormationView, Membership,
-    MembershipError, NodeName, OnExhausted, PeerInfo, RestartState, Vouch,
+    ClusterId, Commitment, FormationConfig, FormationEngine, FormationError, FormationOutcome, FormationView,
+    Membership, MembershipError, NodeName, OnExhausted, PeerInfo, RestartState,
 };
 use tokio::task::JoinHandle;
 
@@ -135,19 +135,19 @@ impl Membership for Hooked {
     fn disk_id(&self) -> u64 {
         self.inner.disk_id()
     }
-    async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {
+    async fn persist_commitment(&self, commitment: Option<&Commitment>) -> Result<(), MembershipError> {
         // The engine persists its own claim right before claiming: a stall here is a pause
         // between the decision under the lock and the claim.
-        if vouch.is_some_and(|v| v.seed == self.inner.local_node()) {
+        if commitment.is_some_and(|v| v.seed == self.inner.local_node()) {
             tokio::time::sleep(self.stall_before_claim).await;
         }
-        self.inner.persist_vouch(vouch).await
+        self.inner.persist_commitment(commitment).await
     }
 }
 
 const NEVER: Duration = Duration::from_secs(100_000);
 
-/// DNS-like views for the seed-and-voucher recipes: seeds a < c and a voucher x; c and a never
+/// DNS-like views for the seed-and-commitment recipes: seeds a < c and a node x that commits; c and a never
 /// see each other, x sees c at once and a after 3 s.
 fn f1_views() -> (NodeName, NodeName, NodeName, Directory, Network, FormationConfig) {
     let (a, c, x) = (n(1), n(2), n(3));
@@ -160,7 +160,7 @@ fn f1_views() -> (NodeName, NodeName, NodeName, Directory, Network, FormationCon
 
 /// Crash variant, DNS-like views: c forms with x's agreement and dies before x sees its
 /// cluster; x then learns a lower seed a. If a formed, c would reboot its own cluster alone →
-/// two clusters. x's commitment to c is persisted and sticky: it never vouches for a while c
+/// two clusters. x's commitment to c is persisted and sticky: it never commits to a while c
 /// does not answer, and c's return brings everyone into c's cluster.
 #[tokio::test(start_paused = true)]
 async fn f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form() {
@@ -192,7 +192,7 @@ async fn f1_a_seed_that_formed_and_crashed_does_not_let_a_lower_seed_form() {
 /// hears from every candidate it lists, c included, so nothing forms until the link heals; then
 /// a forms and c joins it.
 #[tokio::test(start_paused = true)]
-async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
+async fn f1_a_committed_node_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
     let (a, c, x, dir, net, cfg) = f1_views();
     let tc = start_plain(&cfg, &dir, &net, &c);
     let ta = start_plain(&cfg, &dir, &net, &a);
@@ -210,11 +210,11 @@ async fn f1_a_voucher_that_cannot_reach_the_seed_never_lets_two_seeds_form() {
     assert_eq!(net.cluster_of(&a), Some(cluster));
 }
 
-/// Restart variant: the voucher itself restarts, and the listing no longer shows the
-/// seed it vouched for. The commitment was persisted, so after its restart x still probes c and
-/// still refuses to vouch for a.
+/// Restart variant: the committed node itself restarts, and the listing no longer shows the
+/// seed it committed to. The commitment was persisted, so after its restart x still probes c and
+/// still refuses to commit to a.
 #[tokio::test(start_paused = true)]
-async fn f1_a_voucher_that_restarts_keeps_its_commitment() {
+async fn f1_a_committed_node_that_restarts_keeps_its_commitment() {
     let (a, c, x, dir, net, cfg) = f1_views();
     let mut hooked = Hooked::new(&net, &c);
     hooked.crash_after_form = true;
@@ -226,9 +226,9 @@ async fn f1_a_voucher_that_restarts_keeps_its_commitment() {
     tx.abort();
     net.crash(&x);
     dir.deregister(&c);
-    let vouch = net.start(&x).restart_state().vouch;
+    let commitment = net.start(&x).restart_state().commitment;
     assert_eq!(
-        vouch.as_ref().map(|v| &v.seed),
+        commitment.as_ref().map(|v| &v.seed),
         Some(&c),
         "x's commitment survives its restart"
     );
@@ -727,7 +727,11 @@ async fn l2_no_intent_while_candidates_are_missing() {
             None,
             "{node} announced"
         );
-        assert_eq!(net.persisted_vouch(node), None, "{node} committed with 2 of 5 up");
+        assert_eq!(
+            net.persisted_commitment(node),
+            None,
+            "{node} committed with 2 of 5 up"
+        );
     }
     let rest: Vec<Run> = nodes[2..]
         .iter()

@@ -220,7 +220,7 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
                     id: cluster.clone(),
                     members: [node.clone()].into(),
                 }),
-                intend: false,
+                announce_intent: false,
                 commitment: None,
                 disown: Vec::new(),
             };
@@ -230,7 +230,7 @@ fn unsafe_rule(input: &DecisionInput<'_>) -> Verdict {
         decision: Decision::Form { standalone: false },
         seed: None,
         seen: None,
-        intend: false,
+        announce_intent: false,
         commitment: None,
         disown: Vec::new(),
     }

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use futures::future::join_all;
 use muster::status::FormationStatus;
 use muster::{
-    ClusterId, Discovery, FormationView, Host, Membership, MembershipError, NodeName, PeerInfo, Phase,
-    PublishedView, RegistrationStatus, RestartState, Vouch,
+    ClusterId, Commitment, Discovery, FormationView, Host, Membership, MembershipError, NodeName, PeerInfo,
+    Phase, PublishedView, RegistrationStatus, RestartState,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -695,7 +695,7 @@ impl Node {
         let mut next = g.p.clone();
         next.incarnation = now_ms();
         next.state = ClusterState::formed(id.clone(), &self.name, next.incarnation);
-        next.vouch = None;
+        next.commitment = None;
         next.forming = None;
         self.save(&next)?;
         g.p = next;
@@ -1571,7 +1571,7 @@ impl Membership for NodeMembership {
             // The accepting member assigned this node's incarnation.
             next.incarnation = state.members.get(&n.name).map_or(incarnation, |m| m.incarnation);
             next.state = state;
-            next.vouch = None;
+            next.commitment = None;
             n.save(&next)?;
             g.p = next;
             g.ready = true;
@@ -1599,7 +1599,7 @@ impl Membership for NodeMembership {
             known_peers: g.p.state.alive().into_iter().filter(|p| *p != n.name).collect(),
             last_to_stop: g.p.last_to_stop,
             force_boot: n.store.force_boot(),
-            vouch: g.p.vouch.clone(),
+            commitment: g.p.commitment.clone(),
         }
     }
 
@@ -1665,16 +1665,18 @@ impl Membership for NodeMembership {
         self.0.lock().p.disk
     }
 
-    async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {
+    async fn persist_commitment(&self, commitment: Option<&Commitment>) -> Result<(), MembershipError> {
         let n = &self.0;
         let mut g = n.lock();
         if g.p.state.cluster.is_some() {
-            return Err(MembershipError::Invalid("a clustered node does not vouch".into()));
+            return Err(MembershipError::Invalid(
+                "a clustered node makes no commitment".into(),
+            ));
         }
         if let Some(c) = &g.p.forming {
             return Err(forming_refusal(c));
         }
-        g.p.vouch = vouch.cloned();
+        g.p.commitment = commitment.cloned();
         n.save(&g.p)
     }
 }

@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use muster::{ClusterId, NodeName, Vouch};
+use muster::{ClusterId, Commitment, NodeName};
 use serde::{Deserialize, Serialize};
 
 /// One member's entry.
@@ -239,9 +239,9 @@ pub struct Persisted {
     /// No other member was running when this node stopped.
     pub last_to_stop: bool,
     /// A blank node's standing commitment to a seed's intent (or its own claim); see
-    /// `muster::Vouch`. Cleared when the node forms, joins or resets.
+    /// `muster::Commitment`. Cleared when the node forms, joins or resets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vouch: Option<Vouch>,
+    pub commitment: Option<Commitment>,
     /// This data dir's id (`Membership::disk_id`): drawn when first loaded without one, new after
     /// a reset, so that peers can tell a seed that restarted from one that lost its data.
     #[serde(default)]

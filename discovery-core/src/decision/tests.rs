@@ -46,7 +46,7 @@ fn with_view(
                 candidates: 3,
                 unchanged_for: Duration::from_millis(stable_ms),
                 intent: intent.map(c),
-                committed: committed.map(|(s, id)| Vouch {
+                committed: committed.map(|(s, id)| Commitment {
                     seed: n(s),
                     intent: c(id),
                     disk: Some(disk(s)),
@@ -64,8 +64,8 @@ fn committed(i: u32, seed: u32, intent: &str, stable_ms: u64) -> (NodeName, Prob
     with_view(i, Some(seed), stable_ms, None, Some((seed, intent)))
 }
 
-/// The proposal every test node announces.
-const PROPOSAL: &str = "p1";
+/// The intent every test node announces.
+const OWN_INTENT: &str = "p1";
 
 fn member(i: u32, cluster: &str, members: &[u32], ready: bool) -> (NodeName, Probe) {
     (
@@ -101,8 +101,8 @@ struct Case {
     expected_size: Option<usize>,
     unchanged_ms: u64,
     commitment: Option<(u32, &'static str)>,
-    /// The local node's proposal was announced during the round.
-    intending: bool,
+    /// The local node's intent was announced during the round.
+    intent_announced: bool,
     /// The cluster remembered from earlier rounds, and its members.
     seen: Option<(&'static str, Vec<u32>)>,
     expect: Decision,
@@ -119,7 +119,7 @@ impl Default for Case {
             recorded: None,
             peers: vec![],
             commitment: None,
-            intending: true,
+            intent_announced: true,
             seen: None,
             lock: LockState::NotSupported,
             attempt: 1,
@@ -149,7 +149,7 @@ fn run(case: &Case) -> Verdict {
         ..FormationConfig::default()
     };
     let local = n(case.local);
-    let commitment = case.commitment.map(|(s, id)| Vouch {
+    let commitment = case.commitment.map(|(s, id)| Commitment {
         seed: n(s),
         intent: c(id),
         disk: Some(disk(s)),
@@ -166,8 +166,8 @@ fn run(case: &Case) -> Verdict {
         probes: &probes,
         lock: case.lock,
         commitment: commitment.as_ref(),
-        proposal: &c(PROPOSAL),
-        intending: case.intending,
+        intent: &c(OWN_INTENT),
+        intent_announced: case.intent_announced,
         disk: disk(case.local),
         attempt: case.attempt,
         config: &config,
@@ -282,22 +282,22 @@ fn decision_table() {
             name: "every listed node agrees: the seed announces its intent and collects commitments",
             peers: vec![blank(2, Some(1), 0), blank(3, Some(1), 0)],
             expect: Decision::Wait(WaitReason::CollectingCommitments {
-                intent: c(PROPOSAL),
+                intent: c(OWN_INTENT),
                 missing: vec![n(2), n(3)],
             }),
             ..Case::default()
         },
         Case {
             name: "every candidate committed to this intent: the seed forms",
-            peers: vec![committed(2, 1, PROPOSAL, 0), committed(3, 1, PROPOSAL, 0)],
+            peers: vec![committed(2, 1, OWN_INTENT, 0), committed(3, 1, OWN_INTENT, 0)],
             expect: Decision::Form { standalone: false },
             ..Case::default()
         },
         Case {
             name: "a commitment to a withdrawn intent does not count",
-            peers: vec![committed(2, 1, "older", 0), committed(3, 1, PROPOSAL, 0)],
+            peers: vec![committed(2, 1, "older", 0), committed(3, 1, OWN_INTENT, 0)],
             expect: Decision::Wait(WaitReason::CollectingCommitments {
-                intent: c(PROPOSAL),
+                intent: c(OWN_INTENT),
                 missing: vec![n(2)],
             }),
             ..Case::default()
@@ -379,7 +379,7 @@ fn decision_table() {
         },
         Case {
             name: "this node's own recorded claim does not block it under the lock",
-            recorded: Some(PROPOSAL),
+            recorded: Some(OWN_INTENT),
             peers: vec![blank(2, None, 0), blank(3, None, 0)],
             lock: LockState::Held,
             expect: Decision::Form { standalone: false },
@@ -500,7 +500,7 @@ fn decision_table() {
             name: "backend-preferred seed forms even though it is not the lowest",
             local: 3,
             preferred: Some(3),
-            peers: vec![committed(1, 3, PROPOSAL, 0), committed(2, 3, PROPOSAL, 0)],
+            peers: vec![committed(1, 3, OWN_INTENT, 0), committed(2, 3, OWN_INTENT, 0)],
             expect: Decision::Form { standalone: false },
             ..Case::default()
         },
@@ -570,7 +570,10 @@ fn decision_table() {
         Case {
             name: "non-authoritative, settled, agreed and committed: the seed forms",
             authoritative: false,
-            peers: vec![committed(2, 1, PROPOSAL, 9000), committed(3, 1, PROPOSAL, 9000)],
+            peers: vec![
+                committed(2, 1, OWN_INTENT, 9000),
+                committed(3, 1, OWN_INTENT, 9000),
+            ],
             expect: Decision::Form { standalone: false },
             ..Case::default()
         },
@@ -841,14 +844,14 @@ fn verdict_carries_the_intent_and_the_commitment() {
         peers: vec![blank(2, Some(1), 0), blank(3, Some(1), 0)],
         ..Case::default()
     });
-    assert!(v.intend);
+    assert!(v.announce_intent);
     assert_eq!(v.commitment, None);
     // A passing probe failure keeps the intent (commitments already given stay valid) ...
     let v = run(&Case {
-        peers: vec![committed(2, 1, PROPOSAL, 0), down(3)],
+        peers: vec![committed(2, 1, OWN_INTENT, 0), down(3)],
         ..Case::default()
     });
-    assert!(v.intend, "{v:?}");
+    assert!(v.announce_intent, "{v:?}");
     // ... a peer committed to a lower seed withdraws it (no deadlock between two seeds) ...
     let v = run(&Case {
         local: 2,
@@ -856,13 +859,13 @@ fn verdict_carries_the_intent_and_the_commitment() {
         peers: vec![committed(3, 1, "x", 0), blank(4, Some(2), 0)],
         ..Case::default()
     });
-    assert!(!v.intend, "{v:?}");
+    assert!(!v.announce_intent, "{v:?}");
     // ... one committed to a higher seed does not (that seed withdraws instead).
     let v = run(&Case {
         peers: vec![committed(2, 5, "x", 0), blank(3, Some(1), 0)],
         ..Case::default()
     });
-    assert!(v.intend, "{v:?}");
+    assert!(v.announce_intent, "{v:?}");
     // A non-seed that commits reports the commitment for the engine to persist.
     let v = run(&Case {
         local: 2,
@@ -871,7 +874,7 @@ fn verdict_carries_the_intent_and_the_commitment() {
     });
     assert_eq!(
         v.commitment,
-        Some(Vouch {
+        Some(Commitment {
             seed: n(1),
             intent: c("x"),
             disk: Some(disk(1)),
@@ -1022,27 +1025,30 @@ fn a_follower_commits_only_after_every_candidate_it_lists_answered() {
 fn a_seed_announces_only_when_nothing_blocks_and_forms_only_under_an_announced_intent() {
     // Too few candidates reachable: no intent, not even in the first round.
     let v = run(&Case {
-        intending: false,
+        intent_announced: false,
         peers: vec![blank(2, Some(1), 0), down(3)],
         ..Case::default()
     });
-    assert!(!v.intend, "{v:?}");
+    assert!(!v.announce_intent, "{v:?}");
     // Once announced, passing trouble keeps it.
     let v = run(&Case {
         peers: vec![blank(2, Some(1), 0), down(3)],
         ..Case::default()
     });
-    assert!(v.intend, "{v:?}");
-    // Every peer committed to the proposal, but it was not announced during the round (a
+    assert!(v.announce_intent, "{v:?}");
+    // Every peer committed to the intent, but it was not announced during the round (a
     // restarted seed): announce first, form in a later round.
     let v = run(&Case {
-        intending: false,
-        peers: vec![committed(2, 1, PROPOSAL, 0), committed(3, 1, PROPOSAL, 0)],
+        intent_announced: false,
+        peers: vec![committed(2, 1, OWN_INTENT, 0), committed(3, 1, OWN_INTENT, 0)],
         ..Case::default()
     });
-    assert!(v.intend && matches!(v.decision, Decision::Wait(_)), "{v:?}");
+    assert!(
+        v.announce_intent && matches!(v.decision, Decision::Wait(_)),
+        "{v:?}"
+    );
     let v = run(&Case {
-        peers: vec![committed(2, 1, PROPOSAL, 0), committed(3, 1, PROPOSAL, 0)],
+        peers: vec![committed(2, 1, OWN_INTENT, 0), committed(3, 1, OWN_INTENT, 0)],
         ..Case::default()
     });
     assert_eq!(v.decision, Decision::Form { standalone: false });

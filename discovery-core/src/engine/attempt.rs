@@ -81,12 +81,12 @@ impl FormationEngine {
     /// Persists this seed's intent before it is announced: after a restart on the same disk the
     /// seed resumes it, and peers committed to it can tell a restart from a lost disk.
     pub(super) async fn persist_intent(&self, st: &RunState) -> Result<(), crate::MembershipError> {
-        let own = Vouch {
+        let own = Commitment {
             seed: self.local.clone(),
-            intent: st.proposal.clone(),
+            intent: st.intent.clone(),
             disk: Some(st.disk),
         };
-        self.membership.persist_vouch(Some(&own)).await
+        self.membership.persist_commitment(Some(&own)).await
     }
 
     pub(super) fn record_failure(&self, attempt: u32, st: &RunState, e: &FormationError) {
@@ -96,12 +96,12 @@ impl FormationEngine {
         self.record(st, attempt, 0, &d);
     }
 
-    /// The identity a formation uses: the announced proposal, or a fresh one for standalone.
+    /// The identity a formation uses: the announced intent, or a fresh one for standalone.
     pub(super) fn form_id(&self, st: &RunState, standalone: bool) -> ClusterId {
         if standalone {
             self.membership.new_cluster_id()
         } else {
-            st.proposal.clone()
+            st.intent.clone()
         }
     }
 
@@ -122,8 +122,8 @@ impl FormationEngine {
             probes: &round.probes,
             lock,
             commitment: st.commitment.as_ref(),
-            proposal: &st.proposal,
-            intending: st.intending,
+            intent: &st.intent,
+            intent_announced: st.intent_announced,
             disk: st.disk,
             attempt,
             config: &self.config,
@@ -161,11 +161,15 @@ impl FormationEngine {
         if verdict.commitment == st.commitment {
             return false;
         }
-        if let Err(e) = self.membership.persist_vouch(verdict.commitment.as_ref()).await {
+        if let Err(e) = self
+            .membership
+            .persist_commitment(verdict.commitment.as_ref())
+            .await
+        {
             verdict.decision = Decision::Wait(WaitReason::ActionFailed {
                 message: format!("could not persist the commitment: {e}"),
             });
-            verdict.intend = st.intending;
+            verdict.announce_intent = st.intent_announced;
             return false;
         }
         match &verdict.commitment {
@@ -187,16 +191,16 @@ impl FormationEngine {
     /// allows: a form needs the intent published throughout its round); stale commitments are
     /// released by their holders, who see this disk answer without it.
     async fn apply_intent(&self, st: &mut RunState, verdict: &mut Verdict) -> bool {
-        if verdict.intend == st.intending {
+        if verdict.announce_intent == st.intent_announced {
             return false;
         }
-        if st.intending {
-            st.proposal = self.membership.new_cluster_id();
-            st.intending = false;
+        if st.intent_announced {
+            st.intent = self.membership.new_cluster_id();
+            st.intent_announced = false;
             // The withdrawn intent's record is no longer needed: its holders release on this
             // disk's answer. A failed clear only leaves a record that a restart would resume.
             if st.commitment.is_none()
-                && let Err(e) = self.membership.persist_vouch(None).await
+                && let Err(e) = self.membership.persist_commitment(None).await
             {
                 warn!(node = %self.local, "could not clear the withdrawn intent's record: {e}");
             }
@@ -208,7 +212,7 @@ impl FormationEngine {
             });
             return false;
         }
-        st.intending = true;
+        st.intent_announced = true;
         true
     }
 

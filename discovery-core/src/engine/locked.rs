@@ -127,12 +127,12 @@ impl FormationEngine {
         let Some(fencing) = self.discovery.fencing() else {
             return Ok(());
         };
-        let own = Vouch {
+        let own = Commitment {
             seed: self.local.clone(),
             intent: id.clone(),
             disk: Some(self.membership.disk_id()),
         };
-        self.membership.persist_vouch(Some(&own)).await?;
+        self.membership.persist_commitment(Some(&own)).await?;
         match fencing.claim(id, guard).await {
             Ok(()) => {
                 info!(node = %self.local, "claimed cluster identity {id} in the {} backend", self.discovery.name());

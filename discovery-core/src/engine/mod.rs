@@ -16,7 +16,7 @@ use crate::discovery::{Discovery, DiscoveryResult};
 use crate::discovery::{LockGuard, Milestone};
 use crate::error::{DiscoveryError, ErrorKind};
 use crate::lock_wait::LockWait;
-use crate::membership::{ClusterId, FormationView, Membership, Vouch};
+use crate::membership::{ClusterId, Commitment, FormationView, Membership};
 use crate::node_name::NodeName;
 use crate::probe::probe_all;
 use crate::retry::{Jitter, Retry, RetryError};
@@ -89,11 +89,11 @@ struct RunState {
     seed: Option<NodeName>,
     registered: bool,
     /// The standing commitment to a seed's intent (persisted through `Membership`).
-    commitment: Option<Vouch>,
+    commitment: Option<Commitment>,
     /// The identity this node announces when it is the seed, and forms under.
-    proposal: ClusterId,
-    /// Whether `proposal` is announced as this node's intent.
-    intending: bool,
+    intent: ClusterId,
+    /// Whether `intent` is announced as this node's intent.
+    intent_announced: bool,
     /// The view the last notice told peers of, without its age (which changes every round and
     /// is nothing a peer acts on).
     noticed: Option<FormationView>,
@@ -265,16 +265,16 @@ impl FormationEngine {
             // A record of this disk's own intent is no commitment, whatever name the node had
             // when it wrote it (an address-based name may have changed since).
             commitment: restart
-                .vouch
+                .commitment
                 .clone()
                 .filter(|v| v.seed != self.local && v.disk != Some(disk)),
             // A claim this node made before it restarted is resumed, not abandoned: the backend
             // records that identity, and only this node can complete its formation.
-            proposal: match &restart.vouch {
+            intent: match &restart.commitment {
                 Some(v) if v.seed == self.local => v.intent.clone(),
                 _ => self.membership.new_cluster_id(),
             },
-            intending: false,
+            intent_announced: false,
             noticed: None,
             probed_all_at: Instant::now(),
             disk,
@@ -307,7 +307,7 @@ impl FormationEngine {
         if let Some(v) = &st.commitment {
             info!(
                 node = %self.local,
-                "this node committed to seed {} (intent {}) before it restarted; it vouches for no \
+                "this node committed to seed {} (intent {}) before it restarted; it commits to no \
                  other seed until {} forms or withdraws",
                 v.seed, v.intent, v.seed
             );

@@ -187,7 +187,7 @@ impl FormationEngine {
             sees_cluster: st.seen.as_ref().map(|c| c.id.clone()),
             candidates: st.view.len(),
             unchanged_for: st.view_changed_at.elapsed(),
-            intent: st.intending.then(|| st.proposal.clone()),
+            intent: st.intent_announced.then(|| st.intent.clone()),
             committed: st.commitment.clone(),
             disk: Some(st.disk),
             disowned: st.disowned.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::membership::{ClusterId, FormationView, Membership, Vouch};
+use crate::membership::{ClusterId, Commitment, FormationView, Membership};
 use crate::node_name::NodeName;
 
 /// Starts and crashes the nodes of one implementation; nodes reach each other by name.
@@ -31,7 +31,7 @@ pub trait Harness: Send {
 pub async fn run(h: &mut dyn Harness) {
     blank_probes_are_read_only(h).await;
     views_are_published_and_withdrawn(h).await;
-    vouches_and_the_disk_id_survive_a_crash(h).await;
+    commitments_and_the_disk_id_survive_a_crash(h).await;
     form_is_persisted_atomically_for_probes(h).await;
     joins_check_the_cluster_and_restart_state_is_faithful(h).await;
 }
@@ -101,33 +101,39 @@ async fn views_are_published_and_withdrawn(h: &mut dyn Harness) {
     h.crash(1).await;
 }
 
-/// A vouch is on disk when `persist_vouch` returns, and the disk id stays with the disk.
-async fn vouches_and_the_disk_id_survive_a_crash(h: &mut dyn Harness) {
+/// A commitment is on disk when `persist_commitment` returns, and the disk id stays with the disk.
+async fn commitments_and_the_disk_id_survive_a_crash(h: &mut dyn Harness) {
     let a = h.start(2).await;
     let disk = a.disk_id();
     assert_ne!(disk, 0, "a disk id is never 0");
-    let vouch = Vouch {
+    let commitment = Commitment {
         seed: h.name(0),
         intent: ClusterId("intent-2".into()),
         disk: Some(7),
     };
-    a.persist_vouch(Some(&vouch)).await.expect("persist_vouch");
+    a.persist_commitment(Some(&commitment))
+        .await
+        .expect("persist_commitment");
     h.crash(2).await;
     let a = h.start(2).await;
     assert_eq!(
-        a.restart_state().vouch,
-        Some(vouch),
-        "a persisted vouch survives a crash"
+        a.restart_state().commitment,
+        Some(commitment),
+        "a persisted commitment survives a crash"
     );
     assert_eq!(
         a.disk_id(),
         disk,
         "the disk id survives a restart on the same disk"
     );
-    a.persist_vouch(None).await.expect("clearing the vouch");
+    a.persist_commitment(None).await.expect("clearing the commitment");
     h.crash(2).await;
     let a = h.start(2).await;
-    assert_eq!(a.restart_state().vouch, None, "a cleared vouch stays cleared");
+    assert_eq!(
+        a.restart_state().commitment,
+        None,
+        "a cleared commitment stays cleared"
+    );
     h.crash(2).await;
 }
 

@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use crate::error::MembershipError;
 use tokio::time::Instant;
 
-use crate::membership::{ClusterId, FormationView, Membership, PeerInfo, PublishedView, RestartState, Vouch};
+use crate::membership::{
+    ClusterId, Commitment, FormationView, Membership, PeerInfo, PublishedView, RestartState,
+};
 use crate::node_name::NodeName;
 use crate::testing::SimRng;
 
@@ -56,7 +58,7 @@ struct NodeState {
     last_to_stop: bool,
     force_boot: bool,
     view: Option<PublishedView>,
-    vouch: Option<Vouch>,
+    commitment: Option<Commitment>,
     /// The disk's id (`Membership::disk_id`); 0 until first started, new after a wipe.
     disk: u64,
     /// Members that told this running node they stopped (in memory: lost at a restart).
@@ -206,14 +208,14 @@ impl Network {
         let announced = g
             .nodes
             .get(node)
-            .and_then(|st| st.vouch.as_ref())
+            .and_then(|st| st.commitment.as_ref())
             .is_some_and(|v| v.seed == *node);
         g.lost_intents += u64::from(announced);
         if let Some(st) = g.nodes.get_mut(node) {
             st.cluster = None;
             st.last_to_stop = false;
             st.force_boot = false;
-            st.vouch = None;
+            st.commitment = None;
             st.disk = 0;
             st.joined.clear();
             st.forming = None;
@@ -261,7 +263,7 @@ impl Network {
         st.cluster = Some(id.clone());
         st.forming = None;
         st.ready = true;
-        st.vouch = None;
+        st.commitment = None;
         st.joined.push(id.clone());
     }
 
@@ -289,7 +291,7 @@ impl Network {
     pub fn committed_to_a_lost_disk(&self) -> bool {
         let g = self.lock();
         g.nodes.iter().any(|(node, st)| {
-            st.vouch.as_ref().is_some_and(|v| {
+            st.commitment.as_ref().is_some_and(|v| {
                 v.seed != *node && g.nodes.get(&v.seed).map(|s| s.disk) != Some(v.disk.unwrap_or(0))
             })
         })
@@ -304,8 +306,8 @@ impl Network {
     }
 
     /// The commitment (or own intent) a node has persisted.
-    pub fn persisted_vouch(&self, node: &NodeName) -> Option<Vouch> {
-        self.lock().nodes.get(node).and_then(|s| s.vouch.clone())
+    pub fn persisted_commitment(&self, node: &NodeName) -> Option<Commitment> {
+        self.lock().nodes.get(node).and_then(|s| s.commitment.clone())
     }
 
     /// Freezes a running node until `until`: its calls wait, its probe answers stop.
@@ -606,7 +608,7 @@ impl Membership for MemoryMember {
             let st = g.nodes.entry(self.local.clone()).or_default();
             st.cluster = Some(cluster.clone());
             st.ready = true;
-            st.vouch = None;
+            st.commitment = None;
             st.joined.push(cluster.clone());
         }
         tokio::time::sleep(latency).await;
@@ -655,7 +657,7 @@ impl Membership for MemoryMember {
             known_peers,
             last_to_stop: st.last_to_stop,
             force_boot: st.force_boot,
-            vouch: st.vouch.clone(),
+            commitment: st.commitment.clone(),
         }
     }
 
@@ -683,10 +685,10 @@ impl Membership for MemoryMember {
         self.net.lock().nodes.get(&self.local).map_or(0, |st| st.disk)
     }
 
-    async fn persist_vouch(&self, vouch: Option<&Vouch>) -> Result<(), MembershipError> {
+    async fn persist_commitment(&self, commitment: Option<&Commitment>) -> Result<(), MembershipError> {
         self.net.wait_unpaused(&self.local).await;
         if let Some(st) = self.net.lock().nodes.get_mut(&self.local) {
-            st.vouch = vouch.cloned();
+            st.commitment = commitment.cloned();
         }
         Ok(())
     }

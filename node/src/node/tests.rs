@@ -442,7 +442,7 @@ async fn a_node_that_began_forming_does_nothing_else_until_it_has_formed() {
     let e = t.reset().await.unwrap_err().to_string();
     assert!(e.contains("forming cluster c1"), "{e}");
     let m = NodeMembership(t.node.clone());
-    assert!(m.persist_vouch(None).await.is_err());
+    assert!(m.persist_commitment(None).await.is_err());
     assert!(m.join(&a, &cluster("c2")).await.is_err());
     assert!(m.form(&cluster("c2")).await.is_err());
     m.form(&cluster("c1")).await.unwrap();
