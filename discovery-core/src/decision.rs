@@ -243,6 +243,61 @@ impl fmt::Display for WaitReason {
             WaitReason::TooFewCandidates { discovered, required } => {
                 write!(f, "{discovered} of {required} expected candidates discovered")
             }
+            WaitReason::TooFewReachable { .. }
+            | WaitReason::ViewChanging { .. }
+            | WaitReason::PeerViewChanging { .. } => self.fmt_views(f),
+            WaitReason::PeerDisagrees {
+                peer,
+                peer_seed,
+                peer_sees,
+            } => match (peer_sees, peer_seed) {
+                (Some(c), _) => write!(f, "peer {peer} has seen cluster {c}"),
+                (None, Some(s)) => write!(f, "peer {peer} believes the seed is {s}"),
+                (None, None) => write!(f, "peer {peer} has not settled on a seed yet"),
+            },
+            WaitReason::RecordedCluster { cluster, hint } => {
+                write!(
+                    f,
+                    "cluster {cluster} exists (recorded in the backend) but none of its members is \
+                     reachable; refusing to form another"
+                )?;
+                if let Some(hint) = hint {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
+            WaitReason::PeerCommitted { peer, seed } => {
+                write!(f, "peer {peer} is committed to seed {seed}'s formation")
+            }
+            WaitReason::CollectingCommitments { intent, missing } => write!(
+                f,
+                "this node is the seed and announced cluster {intent}; waiting for {} to commit",
+                names(missing)
+            ),
+            WaitReason::CommittedToSeed { .. } | WaitReason::SeedLostData { .. } => self.fmt_committed(f),
+            WaitReason::ForeignCluster {
+                recorded,
+                found,
+                members,
+            } => write!(
+                f,
+                "inconsistent cluster: the backend records cluster {recorded}, but the reachable \
+                 members ({}) belong to cluster {found}; refusing to join or form. Start a member \
+                 of {recorded}, or, if {found} is the one to keep, replace the backend's record \
+                 with {found} (see the backend's docs on re-bootstrapping)",
+                names(members)
+            ),
+            WaitReason::BackendError { message } => write!(f, "backend error: {message}"),
+            WaitReason::LockFailed { message } => write!(f, "could not take the lock: {message}"),
+            WaitReason::ActionFailed { message } => write!(f, "last action failed: {message}"),
+        }
+    }
+}
+
+impl WaitReason {
+    /// The waits on candidates that do not answer and on views that are still changing.
+    fn fmt_views(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             WaitReason::TooFewReachable {
                 reachable,
                 required,
@@ -263,23 +318,6 @@ impl fmt::Display for WaitReason {
                 secs(*unchanged_for),
                 secs(*required)
             ),
-            WaitReason::PeerDisagrees {
-                peer,
-                peer_sees: Some(c),
-                ..
-            } => {
-                write!(f, "peer {peer} has seen cluster {c}")
-            }
-            WaitReason::PeerDisagrees {
-                peer,
-                peer_seed: Some(s),
-                ..
-            } => {
-                write!(f, "peer {peer} believes the seed is {s}")
-            }
-            WaitReason::PeerDisagrees { peer, .. } => {
-                write!(f, "peer {peer} has not settled on a seed yet")
-            }
             WaitReason::PeerViewChanging {
                 peer,
                 unchanged_for,
@@ -290,25 +328,13 @@ impl fmt::Display for WaitReason {
                 secs(*unchanged_for),
                 secs(*required)
             ),
-            WaitReason::RecordedCluster { cluster, hint } => {
-                write!(
-                    f,
-                    "cluster {cluster} exists (recorded in the backend) but none of its members is \
-                     reachable; refusing to form another"
-                )?;
-                if let Some(hint) = hint {
-                    write!(f, "; {hint}")?;
-                }
-                Ok(())
-            }
-            WaitReason::PeerCommitted { peer, seed } => {
-                write!(f, "peer {peer} is committed to seed {seed}'s formation")
-            }
-            WaitReason::CollectingCommitments { intent, missing } => write!(
-                f,
-                "this node is the seed and announced cluster {intent}; waiting for {} to commit",
-                names(missing)
-            ),
+            other => fmt::Display::fmt(other, f),
+        }
+    }
+
+    /// The waits of a node committed to a seed's intent, with what an operator can do.
+    fn fmt_committed(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             WaitReason::CommittedToSeed {
                 seed,
                 intent,
@@ -326,21 +352,7 @@ impl fmt::Display for WaitReason {
                  data and cannot say whether it formed {intent}; waiting to see that cluster (if no \
                  node holds {intent}, stop this blank node, delete its data dir and start it again)"
             ),
-            WaitReason::ForeignCluster {
-                recorded,
-                found,
-                members,
-            } => write!(
-                f,
-                "inconsistent cluster: the backend records cluster {recorded}, but the reachable \
-                 members ({}) belong to cluster {found}; refusing to join or form. Start a member \
-                 of {recorded}, or, if {found} is the one to keep, replace the backend's record \
-                 with {found} (see the backend's docs on re-bootstrapping)",
-                names(members)
-            ),
-            WaitReason::BackendError { message } => write!(f, "backend error: {message}"),
-            WaitReason::LockFailed { message } => write!(f, "could not take the lock: {message}"),
-            WaitReason::ActionFailed { message } => write!(f, "last action failed: {message}"),
+            other => fmt::Display::fmt(other, f),
         }
     }
 }
@@ -855,7 +867,14 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
     if lock_path {
         return None;
     }
-    // Every candidate must agree that this node is the seed and have seen no cluster.
+    peers_blocker(input)
+}
+
+/// Without a lock, the seed forms only once every candidate in the view agrees that it is the
+/// seed, has seen no cluster, is committed to no other seed and (for listings that are not
+/// authoritative) has had a stable view for `stable_margin`.
+fn peers_blocker(input: &DecisionInput<'_>) -> Option<WaitReason> {
+    let margin = input.config.stable_margin;
     for (peer, probe) in input.probes {
         let Probe::Answered(info) = probe else { continue };
         if !input.view.contains(peer) {
@@ -879,11 +898,11 @@ fn formation_blocker(input: &DecisionInput<'_>, seed: Option<&NodeName>) -> Opti
             });
         }
         let unchanged_for = view.map(|v| v.unchanged_for).unwrap_or_default();
-        if !d.authoritative && unchanged_for < cfg.stable_margin {
+        if !input.discovery.authoritative && unchanged_for < margin {
             return Some(WaitReason::PeerViewChanging {
                 peer: peer.clone(),
                 unchanged_for,
-                required: cfg.stable_margin,
+                required: margin,
             });
         }
     }
