@@ -18,6 +18,7 @@ pub mod decision;
 pub mod discovery;
 pub mod engine;
 pub mod error;
+pub mod layers;
 pub mod lease_keeper;
 pub mod lock_wait;
 pub mod membership;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster::cleanup::Cleanup;
+use muster::layers::{Layer, MetricsLayer, TimeoutLayer};
 use muster::{FormationConfig, FormationEngine, FormationOutcome, Host, NodeName, Phase};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,10 +20,14 @@ use tracing::{error, info};
 use crate::config::Resolved;
 use crate::cookie::Cookie;
 use crate::members::{Events, Members, Metadata, MetadataError};
-use crate::metrics::Counting;
+use crate::metrics::ListingCounts;
 use crate::node::{Node, NodeMembership};
 use crate::state::Store;
 use crate::tls::PeerTls;
+
+/// The longest a backend's listing may take before the attempt counts it as unavailable and
+/// tries again: the backends bound their own calls; this is the backstop for a client that hangs.
+const LISTING_LIMIT: Duration = Duration::from_secs(30);
 
 pub use crate::apps::{AppError, AppHandler};
 
@@ -333,7 +338,8 @@ impl ClusterBuilder {
             }
             None => None,
         };
-        let backend: Arc<dyn muster::Discovery> = Arc::new(Counting::new(backend, node.metrics.clone()));
+        let backend = MetricsLayer::new(ListingCounts(node.metrics.clone()))
+            .layer(TimeoutLayer::new(LISTING_LIMIT).layer(backend));
         let membership = Arc::new(NodeMembership(node.clone()));
         let engine = Arc::new(FormationEngine::new(
             cf.clone(),

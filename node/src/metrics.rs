@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_trait::async_trait;
-use muster::{Discovery, DiscoveryError, DiscoveryResult, Fencing, FormationLock, Milestone, Registration};
+use muster::layers::ListingObserver;
+use muster::{DiscoveryError, DiscoveryResult};
 
 /// A counter that only goes up.
 #[derive(Debug, Default)]
@@ -65,51 +65,16 @@ pub struct Metrics {
     pub membership_changed: Gauge,
 }
 
-/// Wraps a backend and counts its listings and errors.
-pub struct Counting {
-    inner: Arc<dyn Discovery>,
-    metrics: Arc<Metrics>,
-}
+/// Counts the backend's listings and their errors (the runtime's [`MetricsLayer`] observer).
+///
+/// [`MetricsLayer`]: muster::layers::MetricsLayer
+pub struct ListingCounts(pub Arc<Metrics>);
 
-impl Counting {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Discovery>, metrics: Arc<Metrics>) -> Self {
-        Counting { inner, metrics }
-    }
-}
-
-#[async_trait]
-impl Discovery for Counting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn full_membership(&self) -> bool {
-        self.inner.full_membership()
-    }
-    async fn list(&self) -> Result<DiscoveryResult, DiscoveryError> {
-        self.metrics.discovery_calls.inc();
-        let r = self.inner.list().await;
-        if r.is_err() {
-            self.metrics.discovery_errors.inc();
+impl ListingObserver for ListingCounts {
+    fn listed(&self, result: Result<&DiscoveryResult, &DiscoveryError>, _took: std::time::Duration) {
+        self.0.discovery_calls.inc();
+        if result.is_err() {
+            self.0.discovery_errors.inc();
         }
-        r
-    }
-    fn registration(&self) -> Option<&dyn Registration> {
-        self.inner.registration()
-    }
-    fn formation_lock(&self) -> Option<&dyn FormationLock> {
-        self.inner.formation_lock()
-    }
-    fn fencing(&self) -> Option<&dyn Fencing> {
-        self.inner.fencing()
-    }
-    async fn milestone(&self, milestone: &Milestone) {
-        self.inner.milestone(milestone).await
-    }
-    fn watch(&self, trigger: muster::Trigger) {
-        self.inner.watch(trigger)
-    }
-    async fn resolve_host(&self, host: &str) -> Option<Result<Vec<std::net::IpAddr>, DiscoveryError>> {
-        self.inner.resolve_host(host).await
     }
 }
