@@ -240,7 +240,8 @@ pub struct Persisted {
     pub last_to_stop: bool,
     /// A blank node's standing commitment to a seed's intent (or its own claim); see
     /// `muster::Commitment`. Cleared when the node forms, joins or resets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Stored under the key `vouch`: the on-disk format does not change with the name.
+    #[serde(rename = "vouch", default, skip_serializing_if = "Option::is_none")]
     pub commitment: Option<Commitment>,
     /// This data dir's id (`Membership::disk_id`): drawn when first loaded without one, new after
     /// a reset, so that peers can tell a seed that restarted from one that lost its data.
@@ -952,6 +953,19 @@ mod tests {
         assert_eq!(p.running_at_shutdown.len(), 1);
         let torn = std::fs::read(path.with_file_name("slot_torn")).unwrap();
         assert_eq!(slot::decode(&torn), Err(slot::SlotError::Checksum));
+    }
+
+    #[test]
+    fn a_persisted_commitment_is_read_from_its_on_disk_key() {
+        // Committed bytes (the fuzzer's seed): a node restarted on this file keeps its
+        // commitment, whatever the field is called in the code.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/state_file/vouch");
+        let p: Persisted = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let c = p.commitment.clone().expect("the commitment in the file");
+        assert_eq!(c.seed.to_string(), "node1@127.0.0.1:4000");
+        assert_eq!(c.intent.0, "c-99");
+        let written = serde_json::to_value(&p).unwrap();
+        assert_eq!(written["vouch"]["intent"], "c-99", "{written}");
     }
 
     #[test]
