@@ -264,29 +264,44 @@ fn done_message(cmd: &CtlCommand, node: &NodeName) -> String {
 /// Runs a `ctl` command; `Ok(code)` is the exit code, `Err` one line for stderr.
 pub async fn run(args: CtlArgs) -> Result<i32, String> {
     if let CtlCommand::ForceBoot { data_dir: Some(dir) } = &args.command {
-        // A typo must not create a directory and report success: the node's data dir exists.
-        if !dir.is_dir() {
-            return Err(format!(
-                "{} is not a node's data dir (no such directory); give the data_dir of the node's config",
-                dir.display()
-            ));
-        }
-        let store = Store::unlocked(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
-        store
-            .set_force_boot(true)
-            .map_err(|e| format!("cannot write the force-boot marker: {e}"))?;
-        println!(
-            "force-boot set in {}: the node will boot without waiting for its peers",
-            dir.display()
-        );
-        return Ok(0);
+        return force_boot_offline(dir);
     }
     let (creds, node) = credentials(&args)?;
     if let CtlCommand::Members { watch, json } = args.command {
         return members(&creds, &node, &args, watch, json).await;
     }
     let timeout = Duration::from_secs(args.timeout);
-    let req = match &args.command {
+    let req = request_for(&args.command)?;
+    let addrs = args.address.map(|a| vec![a]);
+    let resp = call_at(&creds, &node, addrs, &req, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    report(&args.command, &node, resp)
+}
+
+/// `force-boot --data-dir DIR`: sets the marker in a stopped node's data dir.
+fn force_boot_offline(dir: &std::path::Path) -> Result<i32, String> {
+    // A typo must not create a directory and report success: the node's data dir exists.
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} is not a node's data dir (no such directory); give the data_dir of the node's config",
+            dir.display()
+        ));
+    }
+    let store = Store::unlocked(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    store
+        .set_force_boot(true)
+        .map_err(|e| format!("cannot write the force-boot marker: {e}"))?;
+    println!(
+        "force-boot set in {}: the node will boot without waiting for its peers",
+        dir.display()
+    );
+    Ok(0)
+}
+
+/// The request a command sends.
+fn request_for(command: &CtlCommand) -> Result<Request, String> {
+    Ok(match command {
         CtlCommand::Members { .. } => Request::Members { after: None },
         CtlCommand::ClusterStatus { .. } | CtlCommand::CheckRunning => Request::Status,
         CtlCommand::JoinCluster { peer } => Request::JoinCluster { peer: peer.clone() },
@@ -305,12 +320,12 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
                 value: value.clone(),
             }
         }
-    };
-    let addrs = args.address.map(|a| vec![a]);
-    let resp = call_at(&creds, &node, addrs, &req, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    match (&args.command, resp) {
+    })
+}
+
+/// Prints the node's answer to `command`; the exit code, or one line for stderr.
+fn report(command: &CtlCommand, node: &NodeName, resp: Response) -> Result<i32, String> {
+    match (command, resp) {
         (_, Response::Error { message }) => Err(format!("{node}: {message}")),
         (CtlCommand::ClusterStatus { json }, Response::Status { status }) => {
             if *json {
@@ -337,25 +352,7 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
             }
         }
         (CtlCommand::FormationStatus { json }, Response::Formation { status }) => {
-            if *json {
-                let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
-                println!("{text}");
-            } else {
-                println!(
-                    "Formation on {node}: {:?}, attempt {} — {}",
-                    status.phase, status.attempt, status.detail
-                );
-                for t in &status.trace {
-                    println!(
-                        "  {:>8.3}s  #{:<3} {}/{} reachable  {}",
-                        t.at.as_secs_f64(),
-                        t.attempt,
-                        t.reachable,
-                        t.discovered,
-                        t.summary
-                    );
-                }
-            }
+            print_formation(node, &status, *json)?;
             Ok(0)
         }
         (CtlCommand::Ping, Response::Pong { node }) => {
@@ -363,9 +360,37 @@ pub async fn run(args: CtlArgs) -> Result<i32, String> {
             Ok(0)
         }
         (cmd, Response::Ok) => {
-            println!("{}", done_message(cmd, &node));
+            println!("{}", done_message(cmd, node));
             Ok(0)
         }
         (_, other) => Err(format!("{node}: unexpected answer {other:?}")),
     }
+}
+
+/// `formation-status`: the phase and the decision trace, or the JSON.
+fn print_formation(
+    node: &NodeName,
+    status: &muster_node::muster::FormationStatus,
+    json: bool,
+) -> Result<(), String> {
+    if json {
+        let text = serde_json::to_string_pretty(status).map_err(|e| e.to_string())?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "Formation on {node}: {:?}, attempt {} — {}",
+        status.phase, status.attempt, status.detail
+    );
+    for t in &status.trace {
+        println!(
+            "  {:>8.3}s  #{:<3} {}/{} reachable  {}",
+            t.at.as_secs_f64(),
+            t.attempt,
+            t.reachable,
+            t.discovered,
+            t.summary
+        );
+    }
+    Ok(())
 }

@@ -45,27 +45,7 @@ pub async fn run(exe: &Path, nodes: usize, keep: bool) -> Result<i32, String> {
     let result = cluster.wait_members(&all, nodes, Duration::from_secs(30)).await;
     let code = match result {
         Ok(times) => {
-            let mut order: Vec<(usize, Instant)> = times.into_iter().enumerate().collect();
-            order.sort_by_key(|(_, t)| *t);
-            for (i, t) in &order {
-                let detail = cluster.status(*i).await.map(|s| s.detail).unwrap_or_default();
-                println!(
-                    "  +{:.3}s  {}: {detail}",
-                    (*t - t0).as_secs_f64(),
-                    cluster.nodes[*i].name
-                );
-            }
-            let formed = order.last().map(|(_, t)| *t).unwrap_or(last_start);
-            println!();
-            for i in 0..nodes {
-                if let Some(s) = cluster.status(i).await {
-                    print_status(&s);
-                }
-            }
-            println!(
-                "\nAll {nodes} nodes formed one cluster {:.3} s after the last process started.",
-                formed.saturating_duration_since(last_start).as_secs_f64()
-            );
+            print_formed(&cluster, times, t0, last_start).await;
             0
         }
         Err(e) => {
@@ -81,24 +61,56 @@ pub async fn run(exe: &Path, nodes: usize, keep: bool) -> Result<i32, String> {
         }
     };
     if keep && code == 0 {
-        println!("\n--keep: the nodes keep running. Talk to them with, for example:");
-        let n = &cluster.nodes[0];
-        println!(
-            "  muster ctl --node {} --cookie-file {} --cluster-name local cluster-status",
-            n.name,
-            cluster.cookie_file.display()
-        );
-        println!(
-            "and stop each with `... stop`. Their configs, data and logs are in {}",
-            dir.display()
-        );
-        for n in &mut cluster.nodes {
-            n.child = None; // detach: the processes outlive the demo
-        }
+        keep_running(&mut cluster, &dir);
         return Ok(0);
     }
     cluster.stop_all(Duration::from_secs(5)).await;
     println!("Stopped all nodes.");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(code)
+}
+
+/// Each node's formation in the order they formed, every node's status, and the time from the
+/// last start to one cluster.
+async fn print_formed(cluster: &LocalCluster, times: Vec<Instant>, t0: Instant, last_start: Instant) {
+    let mut order: Vec<(usize, Instant)> = times.into_iter().enumerate().collect();
+    order.sort_by_key(|(_, t)| *t);
+    for (i, t) in &order {
+        let detail = cluster.status(*i).await.map(|s| s.detail).unwrap_or_default();
+        println!(
+            "  +{:.3}s  {}: {detail}",
+            (*t - t0).as_secs_f64(),
+            cluster.nodes[*i].name
+        );
+    }
+    let formed = order.last().map(|(_, t)| *t).unwrap_or(last_start);
+    println!();
+    for i in 0..cluster.nodes.len() {
+        if let Some(s) = cluster.status(i).await {
+            print_status(&s);
+        }
+    }
+    println!(
+        "\nAll {} nodes formed one cluster {:.3} s after the last process started.",
+        cluster.nodes.len(),
+        formed.saturating_duration_since(last_start).as_secs_f64()
+    );
+}
+
+/// `--keep`: detaches the nodes (they outlive the demo) and says how to reach and stop them.
+fn keep_running(cluster: &mut LocalCluster, dir: &Path) {
+    println!("\n--keep: the nodes keep running. Talk to them with, for example:");
+    let n = &cluster.nodes[0];
+    println!(
+        "  muster ctl --node {} --cookie-file {} --cluster-name local cluster-status",
+        n.name,
+        cluster.cookie_file.display()
+    );
+    println!(
+        "and stop each with `... stop`. Their configs, data and logs are in {}",
+        dir.display()
+    );
+    for n in &mut cluster.nodes {
+        n.child = None; // detach: the processes outlive the demo
+    }
 }

@@ -178,25 +178,7 @@ impl LocalCluster {
         let cookie_file = dir.join("cookie");
         let cookie = Cookie::generate(&cookie_file)?;
         let mut ports = Ports::new();
-        let mut names = Vec::new();
-        let mut listens = Vec::new();
-        match &layout.names {
-            Some(given) => {
-                for (name, listen) in given {
-                    names.push(name.clone());
-                    listens.push(Some(*listen));
-                }
-            }
-            None => {
-                for i in 1..=layout.nodes {
-                    let name: NodeName = format!("{}{i}@127.0.0.1:{}", layout.prefix, ports.take()?)
-                        .parse()
-                        .map_err(std::io::Error::other)?;
-                    names.push(name);
-                    listens.push(None);
-                }
-            }
-        }
+        let (names, listens) = node_names(layout, &mut ports)?;
         let mut nodes = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let data_dir = dir.join(format!("data{}", i + 1));
@@ -527,4 +509,27 @@ impl Drop for LocalCluster {
             }
         }
     }
+}
+
+/// The nodes' names and fixed listen addresses: the layout's own, or `{prefix}{i}@127.0.0.1:PORT`
+/// on free ports.
+fn node_names(
+    layout: &Layout,
+    ports: &mut Ports,
+) -> std::io::Result<(Vec<NodeName>, Vec<Option<std::net::SocketAddr>>)> {
+    if let Some(given) = &layout.names {
+        return Ok(given
+            .iter()
+            .map(|(name, listen)| (name.clone(), Some(*listen)))
+            .unzip());
+    }
+    let mut names = Vec::new();
+    for i in 1..=layout.nodes {
+        let name: NodeName = format!("{}{i}@127.0.0.1:{}", layout.prefix, ports.take()?)
+            .parse()
+            .map_err(std::io::Error::other)?;
+        names.push(name);
+    }
+    let listens = vec![None; names.len()];
+    Ok((names, listens))
 }

@@ -268,6 +268,16 @@ impl ClusterBuilder {
         })
     }
 
+    /// Warns of the backend tables this binary cannot check.
+    fn warn_unchecked(&self) {
+        for backend in &self.unchecked_tables {
+            tracing::warn!(
+                node = %self.name,
+                "[cluster_formation.{backend}] is not checked: the {backend} backend is not compiled into this binary"
+            );
+        }
+    }
+
     /// Boots the node and returns once it listens; formation goes on in the background (see
     /// [`Cluster::formed`]).
     pub async fn start(self) -> Result<Cluster, StartError> {
@@ -275,12 +285,7 @@ impl ClusterBuilder {
         self.check_timings()?;
         let metadata = Metadata::new(self.metadata.clone())?;
         let listen_addr = self.listen_addr();
-        for backend in &self.unchecked_tables {
-            tracing::warn!(
-                node = %self.name,
-                "[cluster_formation.{backend}] is not checked: the {backend} backend is not compiled into this binary"
-            );
-        }
+        self.warn_unchecked();
         let backend = muster::build_backend(&self.formation, &self.name)?;
         // The channel's key is slow to derive by design: derived beside the rest of the boot, and
         // awaited before this node serves or calls anyone.
@@ -288,11 +293,9 @@ impl ClusterBuilder {
             let (cookie, name) = (self.cookie.clone(), self.cluster_name.clone());
             tokio::task::spawn_blocking(move || cookie.key(&name))
         };
-        let data_dir = |source| StartError::DataDir {
-            path: self.data_dir.clone(),
-            source,
-        };
-        let store = Store::open(&self.data_dir).map_err(data_dir)?;
+        let path = self.data_dir.clone();
+        let data_dir = |source| StartError::DataDir { path, source };
+        let store = Store::open(&self.data_dir).map_err(data_dir.clone())?;
         let cf = self.formation.clone();
         let node = Node::open(
             self.name.clone(),
@@ -304,38 +307,13 @@ impl ClusterBuilder {
         )
         .map_err(data_dir)?;
         node.members.set_own(metadata);
-        if let Some(app) = self.app {
-            node.apps.set_handler(app);
-        }
-        if let Some(hook) = self.on_form {
-            let _ = node.on_form.set(hook);
-        }
-        // A formation interrupted by a crash is completed before this node answers anyone:
-        // peers committed to it (or the fencing record) wait for exactly this cluster.
-        if let Some(id) = node.unfinished_formation() {
-            info!(node = %self.name, "completing the formation of cluster {id}, interrupted before it was persisted (the on_form hook runs again)");
-            if let Some(hook) = node.on_form.get() {
-                crate::node::run_form_hook(hook, &id)
-                    .await
-                    .map_err(StartError::Formation)?;
-            }
-            node.finish_forming(&id).map_err(StartError::Formation)?;
-        }
-        let listener = TcpListener::bind(listen_addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: listen_addr,
-                source,
-            })?;
+        install(&node, self.app, self.on_form);
+        complete_unfinished(&node).await?;
+        let listener = bind(listen_addr).await?;
         let mut tasks = Vec::new();
         #[cfg(feature = "http")]
         let http = match self.http {
-            Some((addr, detail)) => {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Listen { addr, source })?;
-                Some((l, addr, detail))
-            }
+            Some((addr, detail)) => Some((bind(addr).await?, addr, detail)),
             None => None,
         };
         let backend = MetricsLayer::new(ListingCounts(node.metrics.clone()))
@@ -350,14 +328,7 @@ impl ClusterBuilder {
         node.set_trigger(engine.trigger());
         // The key before the first handshake: the listener is bound, so peers that call meanwhile
         // wait in its backlog (a handshake must never wait for it on a runtime thread).
-        match key.await {
-            Ok(derived) => derived?,
-            Err(e) => {
-                return Err(StartError::Cookie(crate::cookie::CookieError::KeyDerivation {
-                    reason: e.to_string(),
-                }));
-            }
-        };
+        derived(key).await?;
         // Nothing is spawned before every step that can fail: a failed start leaves no task
         // holding the node (or its data dir, or a port).
         #[cfg(feature = "http")]
@@ -374,41 +345,80 @@ impl ClusterBuilder {
             self.cluster_name,
             backend.name()
         );
-        let formation = {
-            let (engine, node) = (engine.clone(), node.clone());
-            let cleanup = Cleanup::new(
-                cf.node_cleanup.clone(),
-                cf.probe_timeout,
-                backend.clone(),
-                membership.clone(),
-            );
-            tokio::spawn(async move {
-                match engine.run().await {
-                    // Forgotten members are counted by the node itself (forget_member).
-                    Ok(_) => cleanup.run(|_| {}).await,
-                    Err(e) => error!(node = %node.name(), "{e}"),
-                }
-            })
-        };
-        tasks.push(formation);
+        let cleanup = Cleanup::new(cf.node_cleanup.clone(), cf.probe_timeout, backend, membership);
+        tasks.push(tokio::spawn(formation(engine.clone(), node.clone(), cleanup)));
         // A node that failed (see `Node::fail`) stops everything that talks to peers, as a
         // crash would; the HTTP endpoints stay to say why.
         let peer_tasks: Vec<tokio::task::AbortHandle> =
             tasks.iter().rev().take(4).map(|t| t.abort_handle()).collect();
-        let mut failure = node.failure();
-        tasks.push(tokio::spawn(async move {
-            if failure.wait_for(Option::is_some).await.is_ok() {
-                for t in peer_tasks {
-                    t.abort();
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(stop_on_failure(node.clone(), peer_tasks)));
         Ok(Cluster {
             node,
             store,
             engine,
             tasks: std::sync::Mutex::new(tasks),
         })
+    }
+}
+
+/// The service's request handler and bootstrap hook, on the node.
+fn install(node: &Node, app: Option<AppHandler>, on_form: Option<FormHook>) {
+    if let Some(app) = app {
+        node.apps.set_handler(app);
+    }
+    if let Some(hook) = on_form {
+        let _ = node.on_form.set(hook);
+    }
+}
+
+/// A listener on `addr`, or the error naming it.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Completes a formation a crash interrupted, before this node answers anyone: peers committed
+/// to it (or the fencing record) wait for exactly this cluster.
+async fn complete_unfinished(node: &Arc<Node>) -> Result<(), StartError> {
+    let Some(id) = node.unfinished_formation() else {
+        return Ok(());
+    };
+    info!(node = %node.name(), "completing the formation of cluster {id}, interrupted before it was persisted (the on_form hook runs again)");
+    if let Some(hook) = node.on_form.get() {
+        crate::node::run_form_hook(hook, &id)
+            .await
+            .map_err(StartError::Formation)?;
+    }
+    node.finish_forming(&id).map_err(StartError::Formation)
+}
+
+/// Waits for the cookie's key, derived on a blocking thread.
+async fn derived<K>(key: JoinHandle<Result<K, crate::cookie::CookieError>>) -> Result<K, StartError> {
+    match key.await {
+        Ok(derived) => Ok(derived?),
+        Err(e) => Err(StartError::Cookie(crate::cookie::CookieError::KeyDerivation {
+            reason: e.to_string(),
+        })),
+    }
+}
+
+/// Runs formation, then the cleanup of members the backend no longer lists.
+async fn formation(engine: Arc<FormationEngine>, node: Arc<Node>, cleanup: Cleanup) {
+    match engine.run().await {
+        // Forgotten members are counted by the node itself (forget_member).
+        Ok(_) => cleanup.run(|_| {}).await,
+        Err(e) => error!(node = %node.name(), "{e}"),
+    }
+}
+
+/// Aborts `peer_tasks` once the node has failed.
+async fn stop_on_failure(node: Arc<Node>, peer_tasks: Vec<tokio::task::AbortHandle>) {
+    let mut failure = node.failure();
+    if failure.wait_for(Option::is_some).await.is_ok() {
+        for t in peer_tasks {
+            t.abort();
+        }
     }
 }
 

@@ -1204,19 +1204,7 @@ impl Node {
             }
         }
         if let (Some(ours), false) = (&state.cluster, foreign.is_empty()) {
-            warn!(
-                node = %self.name,
-                "members answer from outside cluster {ours}: {}",
-                foreign
-                    .iter()
-                    .map(|f| format!(
-                        "{} ({})",
-                        f.node,
-                        f.cluster.as_ref().map(|c| format!("in cluster {c}")).unwrap_or_else(|| "blank".into())
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            warn!(node = %self.name, "members answer from outside cluster {ours}: {}", outsiders(&foreign));
         }
         running.sort();
         if probe_peers {
@@ -1679,6 +1667,18 @@ impl Membership for NodeMembership {
         g.p.commitment = commitment.cloned();
         n.save(&g.p)
     }
+}
+
+/// Members answering from outside this node's cluster, in words: "b (in cluster c2), c (blank)".
+fn outsiders(foreign: &[ForeignPeer]) -> String {
+    foreign
+        .iter()
+        .map(|f| match &f.cluster {
+            Some(c) => format!("{} (in cluster {c})", f.node),
+            None => format!("{} (blank)", f.node),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::proto::channel::{AUTH_FAILED, Channel, ChannelError};
 use crate::proto::conn::{Conn, Handled, Handler};
 use crate::proto::{Request, Response};
 use crate::tls;
-use muster::{Membership, MembershipError, NodeName, PeerInfo, Phase};
+use muster::{ClusterId, Membership, MembershipError, NodeName, PeerInfo, Phase};
 
 /// Refused connections: anyone can cause most of them, so their warnings are limited per window
 /// (per process), each reason once, with one limit per kind so that one kind (whose reasons a
@@ -94,46 +94,12 @@ async fn connection(
     };
     // Authenticated: out of the unauthenticated budget, into the cap for members and the CLI.
     drop(ticket);
-    let (channel, peer) = match handshake {
-        Ok(Ok(authenticated)) => authenticated,
-        Ok(Err(Refused::Tls(why))) => {
-            node.metrics.auth_failures.inc();
-            if let Some(n) = TLS_REFUSALS.admit(&why) {
-                warn!(node = %node.name(), "TLS refused the connection from {addr}: {why}{}", more(n));
-            }
-            return;
-        }
-        Ok(Err(Refused::Channel(ChannelError::BadProof))) => {
-            node.metrics.auth_failures.inc();
-            if let Some(n) = COOKIE_REFUSALS.admit(AUTH_FAILED) {
-                warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused{}", more(n));
-            }
-            return;
-        }
-        Ok(Err(Refused::Channel(e @ ChannelError::Version(_)))) => {
-            if let Some(n) = VERSION_REFUSALS.admit("version") {
-                warn!(node = %node.name(), "connection from {addr} refused: {e}{}", more(n));
-            }
-            return;
-        }
-        Ok(Err(Refused::Channel(e))) => {
-            debug!(node = %node.name(), "handshake with {addr} failed: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!(node = %node.name(), "handshake with {addr} timed out");
-            return;
-        }
+    let Some((channel, peer)) = authenticated(&node, addr, handshake) else {
+        return;
     };
     let Some(_admitted) = established.admit() else {
         if let Some(n) = MEMBER_REFUSALS.admit("authenticated cap") {
-            warn!(
-                node = %node.name(),
-                "connection from {addr} refused: {} authenticated connections are open, the most \
-                 this node's file-descriptor limit allows (raise LimitNOFILE){}",
-                established.total(),
-                more(n)
-            );
+            warn_full(&node, addr, &established, n);
         }
         return;
     };
@@ -162,13 +128,74 @@ async fn connection(
     } else {
         drop(conn);
     }
-    match ended.await {
-        Ok(Some(e @ ChannelError::Tampered)) => {
+    if let Ok(Some(e)) = ended.await {
+        warn_ended(&node, addr, &e);
+    }
+}
+
+/// The authenticated channel and peer, or `None` once the failed handshake is logged (warnings
+/// for refusals an operator can fix, rate-limited; debug for the rest).
+fn authenticated<C>(
+    node: &Node,
+    addr: SocketAddr,
+    handshake: Result<Result<(C, Option<NodeName>), Refused>, tokio::time::error::Elapsed>,
+) -> Option<(C, Option<NodeName>)> {
+    match handshake {
+        Ok(Ok(authenticated)) => return Some(authenticated),
+        Ok(Err(Refused::Tls(why))) => {
             node.metrics.auth_failures.inc();
-            warn!(node = %node.name(), "connection from {addr}: {e}");
+            if let Some(n) = TLS_REFUSALS.admit(&why) {
+                warn!(node = %node.name(), "TLS refused the connection from {addr}: {why}{}", more(n));
+            }
         }
-        Ok(Some(e)) => warn!(node = %node.name(), "bad request from {addr}: {e}"),
-        Ok(None) | Err(_) => {}
+        Ok(Err(Refused::Channel(ChannelError::BadProof))) => {
+            node.metrics.auth_failures.inc();
+            if let Some(n) = COOKIE_REFUSALS.admit(AUTH_FAILED) {
+                warn!(node = %node.name(), "{AUTH_FAILED}: connection from {addr} refused{}", more(n));
+            }
+        }
+        Ok(Err(Refused::Channel(e @ ChannelError::Version(_)))) => {
+            if let Some(n) = VERSION_REFUSALS.admit("version") {
+                warn!(node = %node.name(), "connection from {addr} refused: {e}{}", more(n));
+            }
+        }
+        Ok(Err(Refused::Channel(e))) => debug!(node = %node.name(), "handshake with {addr} failed: {e}"),
+        Err(_) => debug!(node = %node.name(), "handshake with {addr} timed out"),
+    }
+    None
+}
+
+/// Logs a connection refused because the authenticated connections are at their cap.
+fn warn_full(node: &Node, addr: SocketAddr, established: &Limits, n: u64) {
+    warn!(
+        node = %node.name(),
+        "connection from {addr} refused: {} authenticated connections are open, the most \
+         this node's file-descriptor limit allows (raise LimitNOFILE){}",
+        established.total(),
+        more(n)
+    );
+}
+
+/// An operator request over a member's connection is refused: operator requests come from the
+/// CLI only.
+fn operator_refusal(req: &Request, peer: Option<&NodeName>) -> Option<Response> {
+    let (p, what) = (peer?, req.operator_request()?);
+    Some(Response::Error {
+        message: format!(
+            "{what} refused: it is an operator request, accepted from the CLI only, and this \
+             connection is authenticated as member {p}"
+        ),
+    })
+}
+
+/// Logs how an authenticated connection ended in error (a tampered frame counts as an
+/// authentication failure).
+fn warn_ended(node: &Node, addr: SocketAddr, e: &ChannelError) {
+    if matches!(e, ChannelError::Tampered) {
+        node.metrics.auth_failures.inc();
+        warn!(node = %node.name(), "connection from {addr}: {e}");
+    } else {
+        warn!(node = %node.name(), "bad request from {addr}: {e}");
     }
 }
 
@@ -259,13 +286,8 @@ fn done(r: Result<(), impl std::fmt::Display>) -> Response {
 
 /// Answers one request from `peer` (the node the channel authenticated; `None` for the CLI).
 pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -> Response {
-    if let (Some(p), Some(what)) = (peer, req.operator_request()) {
-        return Response::Error {
-            message: format!(
-                "{what} refused: it is an operator request, accepted from the CLI only, and this \
-                 connection is authenticated as member {p}"
-            ),
-        };
+    if let Some(refused) = operator_refusal(&req, peer) {
+        return refused;
     }
     match req {
         Request::Ping => Response::Pong {
@@ -289,23 +311,7 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             node: joiner,
             incarnation,
             cluster,
-        } => match peer {
-            Some(p) if *p == joiner => match node.accept_join(&joiner, incarnation, cluster.as_ref()).await {
-                Ok(state) => {
-                    node.peer_running(p);
-                    node.state_response(state)
-                }
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
-            },
-            Some(p) => Response::Error {
-                message: format!("join for {joiner} refused: this connection is authenticated as {p}"),
-            },
-            None => Response::Error {
-                message: format!("join for {joiner} refused: a node joins over its own connection"),
-            },
-        },
+        } => join(node, peer, &joiner, incarnation, cluster.as_ref()).await,
         Request::Sync { state, meta } => sync(node, peer, &state, &meta),
         Request::Forget { node: member } => done(node.forget_member(&member)),
         Request::Status => Response::Status {
@@ -315,48 +321,8 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             status: Box::new(node.formation()),
         },
         Request::Reset => done(node.reset().await),
-        Request::JoinCluster { peer } => {
-            if node.formation().phase != Phase::Formed {
-                return Response::Error {
-                    message: "formation is still running on this node; wait for it to finish".into(),
-                };
-            }
-            let m = NodeMembership(node.clone());
-            // The operator names a member; the join carries the cluster it is in right now.
-            let joined = match m.probe(&peer).await {
-                Ok(PeerInfo {
-                    cluster: Some(cluster),
-                    ..
-                }) => m.join(&peer, &cluster).await,
-                Ok(_) => Err(MembershipError::Refused(
-                    peer.clone(),
-                    "it is not in a cluster".into(),
-                )),
-                Err(e) => Err(e),
-            };
-            if let (Ok(()), Some(cluster)) = (&joined, node.state().cluster) {
-                node.set_operator_status(
-                    format!("joined existing cluster {cluster} via {peer} (join-cluster)"),
-                    Some(muster::FormationOutcome::JoinedExisting {
-                        cluster,
-                        via: peer.clone(),
-                    }),
-                );
-            }
-            done(joined)
-        }
-        Request::ForceBoot => {
-            let set = node.store().set_force_boot(true);
-            if set.is_ok() {
-                info!(
-                    node = %node.name(),
-                    "force-boot set by the operator: if it waits for its peers it boots now, else at its next start"
-                );
-                // A node in its restart window sees the marker at once.
-                node.noticed();
-            }
-            done(set)
-        }
+        Request::JoinCluster { peer } => join_cluster(node, &peer).await,
+        Request::ForceBoot => force_boot(node),
         Request::Stop => Response::Ok,
         Request::SetMetadata { key, value } => match node.members.set_own_entry(&key, value.as_deref()) {
             Ok(()) => {
@@ -397,4 +363,77 @@ pub async fn dispatch(node: &Arc<Node>, req: Request, peer: Option<&NodeName>) -
             },
         },
     }
+}
+
+/// A node joining: only as itself (the name in the request must be the channel's).
+async fn join(
+    node: &Arc<Node>,
+    peer: Option<&NodeName>,
+    joiner: &NodeName,
+    incarnation: u64,
+    cluster: Option<&ClusterId>,
+) -> Response {
+    match peer {
+        Some(p) if p == joiner => match node.accept_join(joiner, incarnation, cluster).await {
+            Ok(state) => {
+                node.peer_running(p);
+                node.state_response(state)
+            }
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        },
+        Some(p) => Response::Error {
+            message: format!("join for {joiner} refused: this connection is authenticated as {p}"),
+        },
+        None => Response::Error {
+            message: format!("join for {joiner} refused: a node joins over its own connection"),
+        },
+    }
+}
+
+/// The operator's `join-cluster`: joins the cluster the named member is in right now.
+async fn join_cluster(node: &Arc<Node>, peer: &NodeName) -> Response {
+    if node.formation().phase != Phase::Formed {
+        return Response::Error {
+            message: "formation is still running on this node; wait for it to finish".into(),
+        };
+    }
+    let m = NodeMembership(node.clone());
+    // The operator names a member; the join carries the cluster it is in right now.
+    let joined = match m.probe(peer).await {
+        Ok(PeerInfo {
+            cluster: Some(cluster),
+            ..
+        }) => m.join(peer, &cluster).await,
+        Ok(_) => Err(MembershipError::Refused(
+            peer.clone(),
+            "it is not in a cluster".into(),
+        )),
+        Err(e) => Err(e),
+    };
+    if let (Ok(()), Some(cluster)) = (&joined, node.state().cluster) {
+        node.set_operator_status(
+            format!("joined existing cluster {cluster} via {peer} (join-cluster)"),
+            Some(muster::FormationOutcome::JoinedExisting {
+                cluster,
+                via: peer.clone(),
+            }),
+        );
+    }
+    done(joined)
+}
+
+/// The operator's `force-boot`: a node waiting for its peers boots now, else at its next start.
+fn force_boot(node: &Arc<Node>) -> Response {
+    let set = node.store().set_force_boot(true);
+    if set.is_ok() {
+        info!(
+            node = %node.name(),
+            "force-boot set by the operator: if it waits for its peers it boots now, else at its next start"
+        );
+        // A node in its restart window sees the marker at once.
+        node.noticed();
+    }
+    done(set)
 }
