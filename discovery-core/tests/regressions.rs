@@ -885,3 +885,44 @@ async fn a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation_
 async fn a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation_eventual() {
     a_seed_that_crashed_during_its_bootstrap_hook_completes_that_formation(BackendMode::Eventual).await;
 }
+
+/// The seen-cluster memory across rounds, as peers see it: blank nodes that saw cluster X (a
+/// member in its restart window, not ready) publish it, keep publishing it while any member of X
+/// is down — it may still hold X — and forget it only once every member answers blank; then
+/// they form.
+#[tokio::test(start_paused = true)]
+async fn a_seen_cluster_is_published_while_it_may_exist_and_forgotten_when_its_members_are_blank() {
+    let nodes: Vec<NodeName> = (1..=4).map(n).collect();
+    let dir = Directory::new(BackendMode::Static(nodes.clone()), 1);
+    let net = Network::new(NetworkFaults::default(), 1);
+    let cfg = config();
+    // Nodes 3 and 4 are X; 3 is started and waits for 4 in its restart window, answering as a
+    // member of X that is not ready; 4 is down.
+    let x = net.preform(&[n(3), n(4)]);
+    net.crash(&n(4));
+    let _t3 = start_plain(&cfg, &dir, &net, &n(3));
+    let t1 = start_plain(&cfg, &dir, &net, &n(1));
+    let t2 = start_plain(&cfg, &dir, &net, &n(2));
+    let sees = |node: u32| net.published_view(&n(node)).and_then(|v| v.sees_cluster);
+    let both = |c: Option<ClusterId>| (c.clone(), c);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!((sees(1), sees(2)), both(Some(x.clone())));
+    // X's started member goes down too: X is kept.
+    net.crash(&n(3));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!((sees(1), sees(2)), both(Some(x.clone())));
+    // It comes back without its data; 4, still down, may hold X: X is kept, nobody forms.
+    net.wipe(&n(3));
+    let t3 = start_plain(&cfg, &dir, &net, &n(3));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!((sees(1), sees(2)), both(Some(x.clone())));
+    assert_eq!(net.formations(), 0);
+    // 4 comes back without its data too: X is forgotten and the four form one new cluster.
+    net.wipe(&n(4));
+    let t4 = start_plain(&cfg, &dir, &net, &n(4));
+    for t in [t1, t2, t3, t4] {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!((sees(1), sees(2)), both(None));
+    assert_ne!(assert_one_cluster(&net, &nodes), x);
+}
