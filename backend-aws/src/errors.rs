@@ -3,7 +3,7 @@
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use muster_discovery_core::RetryClass as Retry;
+use muster_discovery_core::RetryClass;
 use muster_discovery_core::{DiscoveryError, ErrorKind};
 
 use crate::NAME;
@@ -101,78 +101,22 @@ pub fn classify<E>(call: Call<'_>, e: SdkError<E, HttpResponse>) -> DiscoveryErr
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let status = e.raw_response().map(|r| r.status().as_u16());
-    let code = e.code().map(str::to_string);
     let text = DisplayErrorContext(&e).to_string();
-    let Call {
-        what, action, region, ..
-    } = call;
-    match &e {
-        SdkError::TimeoutError(_) => {
-            return DiscoveryError::new(NAME, ErrorKind::Unavailable, format!("{what}: timed out"));
-        }
-        SdkError::ConstructionFailure(_) => return construction(what, &text),
-        SdkError::DispatchFailure(d) => {
-            if text.contains("credentials") || text.contains("Credentials") {
-                return construction(what, &text);
-            }
-            let dns = text.contains("dns error") || text.contains("failed to lookup");
-            if dns && !call.custom_endpoint && !KNOWN_REGIONS.contains(&region) {
-                return DiscoveryError::new(
-                    NAME,
-                    ErrorKind::Misconfigured,
-                    format!("{what}: the endpoint of region {region:?} does not resolve: is it a region?"),
-                )
-                .with_remediation(format!("set region to one of: {}", KNOWN_REGIONS.join(", ")));
-            }
-            let kind = if d.is_timeout() {
-                "timed out"
-            } else {
-                "cannot connect"
-            };
-            return DiscoveryError::new(NAME, ErrorKind::Unavailable, format!("{what}: {kind}: {text}"));
-        }
-        _ => {}
+    if let Some(failed) = transport(&call, &e, &text) {
+        return failed;
     }
-    let code_str = code.as_deref().unwrap_or("");
-    let message = e.message().unwrap_or("").to_string();
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.code().unwrap_or("");
+    let message = e.message().unwrap_or("");
     let said = if message.is_empty() {
-        code_str.to_string()
+        code.to_string()
     } else {
-        format!("{code_str}: {message}")
+        format!("{code}: {message}")
     };
-    if THROTTLING.contains(&code_str) {
-        return DiscoveryError::new(
-            NAME,
-            ErrorKind::Unavailable,
-            format!("{what}: throttled by AWS ({said}) after the SDK's retries"),
-        )
-        .with_remediation(
-            "the API rate is shared by the whole account and region: raise \
-             discovery_retry_interval or startup_jitter if this persists",
-        );
+    if let Some(known) = by_code(&call, code, &said) {
+        return known;
     }
-    if DENIED.contains(&code_str) {
-        return DiscoveryError::new(NAME, ErrorKind::PermissionDenied, format!("{what}: {said}"))
-            .with_remediation(format!(
-                "grant {action} to the instance's role: {{\"Effect\": \"Allow\", \"Action\": \
-                 [\"{action}\"], \"Resource\": \"*\"}} (deploy/aws has the whole policy)"
-            ));
-    }
-    if BAD_CREDENTIALS.contains(&code_str) {
-        return DiscoveryError::new(
-            NAME,
-            ErrorKind::PermissionDenied,
-            format!("{what}: AWS rejected the credentials ({code_str})"),
-        )
-        .with_remediation(
-            "check the instance profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile, \
-             or the web identity role; the credentials must belong to this account",
-        );
-    }
-    if INVALID.contains(&code_str) {
-        return DiscoveryError::new(NAME, ErrorKind::Misconfigured, format!("{what}: {said}"));
-    }
+    let what = call.what;
     match status {
         Some(s) if s >= 500 => DiscoveryError::new(
             NAME,
@@ -190,9 +134,90 @@ where
                 if said.is_empty() { &text } else { &said }
             ),
         )
-        .with_retry(Retry::Temporary),
+        .with_retry(RetryClass::Temporary),
         None => DiscoveryError::new(NAME, ErrorKind::Other, format!("{what}: {text}")),
     }
+}
+
+/// A call that got no answer: timed out, not built (credentials), or not delivered (a region
+/// that does not resolve, a connection refused); `None` when AWS answered.
+fn transport<E>(call: &Call<'_>, e: &SdkError<E, HttpResponse>, text: &str) -> Option<DiscoveryError> {
+    let Call { what, region, .. } = *call;
+    Some(match e {
+        SdkError::TimeoutError(_) => {
+            DiscoveryError::new(NAME, ErrorKind::Unavailable, format!("{what}: timed out"))
+        }
+        SdkError::ConstructionFailure(_) => construction(what, text),
+        SdkError::DispatchFailure(_) if text.contains("credentials") || text.contains("Credentials") => {
+            construction(what, text)
+        }
+        SdkError::DispatchFailure(d) => {
+            let dns = text.contains("dns error") || text.contains("failed to lookup");
+            if dns && !call.custom_endpoint && !KNOWN_REGIONS.contains(&region) {
+                return Some(
+                    DiscoveryError::new(
+                        NAME,
+                        ErrorKind::Misconfigured,
+                        format!(
+                            "{what}: the endpoint of region {region:?} does not resolve: is it a region?"
+                        ),
+                    )
+                    .with_remediation(format!("set region to one of: {}", KNOWN_REGIONS.join(", "))),
+                );
+            }
+            let kind = if d.is_timeout() {
+                "timed out"
+            } else {
+                "cannot connect"
+            };
+            DiscoveryError::new(NAME, ErrorKind::Unavailable, format!("{what}: {kind}: {text}"))
+        }
+        _ => return None,
+    })
+}
+
+/// An AWS error code with a known meaning (throttled, denied, bad credentials, invalid), with
+/// what to do about it; `None` for other codes.
+fn by_code(call: &Call<'_>, code: &str, said: &str) -> Option<DiscoveryError> {
+    let Call { what, action, .. } = *call;
+    if THROTTLING.contains(&code) {
+        return Some(
+            DiscoveryError::new(
+                NAME,
+                ErrorKind::Unavailable,
+                format!("{what}: throttled by AWS ({said}) after the SDK's retries"),
+            )
+            .with_remediation(
+                "the API rate is shared by the whole account and region: raise \
+                 discovery_retry_interval or startup_jitter if this persists",
+            ),
+        );
+    }
+    if DENIED.contains(&code) {
+        return Some(
+            DiscoveryError::new(NAME, ErrorKind::PermissionDenied, format!("{what}: {said}"))
+                .with_remediation(format!(
+                    "grant {action} to the instance's role: {{\"Effect\": \"Allow\", \"Action\": \
+                     [\"{action}\"], \"Resource\": \"*\"}} (deploy/aws has the whole policy)"
+                )),
+        );
+    }
+    if BAD_CREDENTIALS.contains(&code) {
+        return Some(
+            DiscoveryError::new(
+                NAME,
+                ErrorKind::PermissionDenied,
+                format!("{what}: AWS rejected the credentials ({code})"),
+            )
+            .with_remediation(
+                "check the instance profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile, \
+                 or the web identity role; the credentials must belong to this account",
+            ),
+        );
+    }
+    INVALID
+        .contains(&code)
+        .then(|| DiscoveryError::new(NAME, ErrorKind::Misconfigured, format!("{what}: {said}")))
 }
 
 fn construction(what: &str, text: &str) -> DiscoveryError {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use muster_discovery_core::config::{ConfigError, check_duration, duration};
+use muster_discovery_core::config::{Bound, ConfigError, check_bounds, duration};
 use muster_discovery_core::{FormationConfig, NodeName};
 use serde::Deserialize;
 
@@ -133,108 +133,122 @@ impl AwsSettings {
     /// Reads and validates `[cluster_formation.aws]` for node `local`.
     pub fn resolve(config: &FormationConfig, local: &NodeName) -> Result<Resolved, ConfigError> {
         let s: AwsSettings = config.backend_settings("aws")?;
-        if !s.use_autoscaling_group && s.instance_tags.is_empty() {
-            return Err(err(
-                "instance_tags",
-                "name the peers' tags (instance_tags = { cluster = \"prod\" }) or set \
-                 use_autoscaling_group = true; listing every instance in the region is never what \
-                 you want",
-            ));
-        }
-        for (k, v) in &s.instance_tags {
-            if k.is_empty() || v.is_empty() {
-                return Err(err(
-                    "instance_tags",
-                    format!("tag keys and values must not be empty ({k:?} = {v:?})"),
-                ));
-            }
-        }
-        if s.instance_states.is_empty() {
-            return Err(err(
-                "instance_states",
-                "list at least one state, e.g. [\"pending\", \"running\"]",
-            ));
-        }
-        for state in &s.instance_states {
-            if !STATES.contains(&state.as_str()) {
-                let hint = muster_discovery_core::config::closest(state, STATES.iter().copied())
-                    .map(|c| format!("did you mean {c:?}? "))
-                    .unwrap_or_default();
-                return Err(err(
-                    "instance_states",
-                    format!(
-                        "unknown instance state {state:?}; {hint}known: {}",
-                        STATES.join(", ")
-                    ),
-                ));
-            }
-        }
-        if let Some(region) = &s.region
-            && !valid_region(region)
-        {
-            return Err(err(
-                "region",
-                format!("{region:?} is not a region name (like \"eu-west-1\" or \"us-gov-west-1\")"),
-            ));
-        }
-        for (key, url) in [
-            ("endpoint_url", &s.endpoint_url),
-            ("imds_endpoint", &s.imds_endpoint),
-        ] {
-            if let Some(url) = url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err(err(key, format!("{url:?} must be an http:// or https:// URL")));
-            }
-        }
-        if let Some(id) = &s.instance_id
-            && !id
-                .strip_prefix("i-")
-                .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
-        {
-            return Err(err(
-                "instance_id",
-                format!("{id:?} is not an instance id (i-0123abcd…)"),
-            ));
-        }
-        if s.fencing && !s.use_autoscaling_group && s.ssm_parameter.is_none() {
-            return Err(err(
-                "ssm_parameter",
-                "fencing in tags mode needs the parameter's name (ssm_parameter = \"/muster/prod/cluster-id\")",
-            ));
-        }
-        if let Some(p) = &s.ssm_parameter
-            && !valid_parameter(p)
-        {
-            return Err(err(
-                "ssm_parameter",
-                format!("{p:?} is not an SSM parameter name (letters, digits, _.-/, up to 1011 characters)"),
-            ));
-        }
-        check_duration(
-            &format!("{T}.startup_jitter"),
-            s.startup_jitter,
-            Duration::ZERO,
-            Duration::from_secs(60),
-        )?;
-        check_duration(
-            &format!("{T}.request_timeout"),
-            s.request_timeout,
-            Duration::from_millis(100),
-            Duration::from_secs(300),
-        )?;
-        if !(1..=10).contains(&s.max_attempts) {
-            return Err(err(
-                "max_attempts",
-                format!("{} is not in 1..=10", s.max_attempts),
-            ));
-        }
+        check_selection(&s)?;
+        check_names(&s)?;
+        check_bounds(T, &s, BOUNDS)?;
         Ok(Resolved {
             prefix: local.prefix().to_string(),
             port: local.port(),
             settings: s,
         })
     }
+}
+
+/// The allowed range of every numeric and duration key.
+const BOUNDS: &[Bound<AwsSettings>] = &[
+    Bound::duration(
+        "startup_jitter",
+        |s| s.startup_jitter,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    ),
+    Bound::duration(
+        "request_timeout",
+        |s| s.request_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    ),
+    Bound::count("max_attempts", |s| u64::from(s.max_attempts), 1, 10),
+];
+
+/// Which instances are peers: a group, or tags (never every instance in the region), in known
+/// states.
+fn check_selection(s: &AwsSettings) -> Result<(), ConfigError> {
+    if !s.use_autoscaling_group && s.instance_tags.is_empty() {
+        return Err(err(
+            "instance_tags",
+            "name the peers' tags (instance_tags = { cluster = \"prod\" }) or set \
+             use_autoscaling_group = true; listing every instance in the region is never what \
+             you want",
+        ));
+    }
+    for (k, v) in &s.instance_tags {
+        if k.is_empty() || v.is_empty() {
+            return Err(err(
+                "instance_tags",
+                format!("tag keys and values must not be empty ({k:?} = {v:?})"),
+            ));
+        }
+    }
+    if s.instance_states.is_empty() {
+        return Err(err(
+            "instance_states",
+            "list at least one state, e.g. [\"pending\", \"running\"]",
+        ));
+    }
+    for state in &s.instance_states {
+        if !STATES.contains(&state.as_str()) {
+            let hint = muster_discovery_core::config::closest(state, STATES.iter().copied())
+                .map(|c| format!("did you mean {c:?}? "))
+                .unwrap_or_default();
+            return Err(err(
+                "instance_states",
+                format!(
+                    "unknown instance state {state:?}; {hint}known: {}",
+                    STATES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The region, endpoints, instance id and SSM parameter, each well-formed; fencing in tags mode
+/// names its parameter.
+fn check_names(s: &AwsSettings) -> Result<(), ConfigError> {
+    if let Some(region) = &s.region
+        && !valid_region(region)
+    {
+        return Err(err(
+            "region",
+            format!("{region:?} is not a region name (like \"eu-west-1\" or \"us-gov-west-1\")"),
+        ));
+    }
+    for (key, url) in [
+        ("endpoint_url", &s.endpoint_url),
+        ("imds_endpoint", &s.imds_endpoint),
+    ] {
+        if let Some(url) = url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(err(key, format!("{url:?} must be an http:// or https:// URL")));
+        }
+    }
+    if let Some(id) = &s.instance_id
+        && !id
+            .strip_prefix("i-")
+            .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(err(
+            "instance_id",
+            format!("{id:?} is not an instance id (i-0123abcd…)"),
+        ));
+    }
+    if s.fencing && !s.use_autoscaling_group && s.ssm_parameter.is_none() {
+        return Err(err(
+            "ssm_parameter",
+            "fencing in tags mode needs the parameter's name (ssm_parameter = \"/muster/prod/cluster-id\")",
+        ));
+    }
+    if let Some(p) = &s.ssm_parameter
+        && !valid_parameter(p)
+    {
+        return Err(err(
+            "ssm_parameter",
+            format!("{p:?} is not an SSM parameter name (letters, digits, _.-/, up to 1011 characters)"),
+        ));
+    }
+    Ok(())
 }
 
 /// `eu-west-1`, `us-gov-west-1`, `ap-southeast-4`, `us-west-2-lax-1` is not a region (a Local

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration, on_this_machine};
+use muster_discovery_core::config::{Bound, ConfigError, Secret, check_bounds, duration, on_this_machine};
 use muster_discovery_core::{FormationConfig, Host, NodeName};
 use serde::Deserialize;
 
@@ -151,141 +151,11 @@ impl ConsulSettings {
         env: Env<'_>,
     ) -> Result<Resolved, ConfigError> {
         let s: ConsulSettings = config.backend_settings("consul")?;
-        let range = |key: &str, v: Duration, min: Duration, max: Duration| {
-            check_duration(&format!("{T}.{key}"), v, min, max)
-        };
-        range(
-            "check_ttl",
-            s.check_ttl,
-            Duration::from_secs(1),
-            Duration::from_secs(86_400),
-        )?;
-        range(
-            "deregister_critical_after",
-            s.deregister_critical_after,
-            Duration::from_secs(1),
-            Duration::from_secs(7 * 86_400),
-        )?;
-        range(
-            "lock_ttl",
-            s.lock_ttl,
-            Duration::from_secs(10),
-            Duration::from_secs(86_400),
-        )?;
-        range(
-            "lock_delay",
-            s.lock_delay,
-            Duration::ZERO,
-            Duration::from_secs(60),
-        )?;
-        range(
-            "lock_timeout",
-            s.lock_timeout,
-            Duration::from_millis(100),
-            Duration::from_secs(3600),
-        )?;
-        range(
-            "request_timeout",
-            s.request_timeout,
-            Duration::from_millis(100),
-            Duration::from_secs(120),
-        )?;
-        for (key, v) in [
-            ("service_name", &s.service_name),
-            ("cluster_name", &s.cluster_name),
-            ("key_prefix", &s.key_prefix),
-        ] {
-            if v.is_empty() || v.contains('/') || v.contains(char::is_whitespace) {
-                return Err(err(
-                    key,
-                    format!("{T}.{key} = {v:?} must be non-empty, without '/' or spaces"),
-                ));
-            }
-        }
-        for k in s.service_meta.keys() {
-            let ok = !k.is_empty()
-                && k.len() <= 128
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !ok || k.starts_with("consul-") || k == "muster-node" {
-                return Err(err(
-                    "service_meta",
-                    format!(
-                        "{T}.service_meta key {k:?}: 1-128 of [A-Za-z0-9_-], not consul-* and not muster-node"
-                    ),
-                ));
-            }
-        }
-        let address = s
-            .address
-            .clone()
-            .or_else(|| env("CONSUL_HTTP_ADDR"))
-            .unwrap_or_else(|| "http://127.0.0.1:8500".into());
-        let address = if address.contains("://") {
-            address
-        } else {
-            format!("http://{address}")
-        };
-        let address = address.trim_end_matches('/').to_string();
-        if !(address.starts_with("http://") || address.starts_with("https://")) {
-            return Err(err(
-                "address",
-                format!("{T}.address = {address:?}: use http:// or https://"),
-            ));
-        }
-        let token_file = s
-            .token_file
-            .clone()
-            .or_else(|| env("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from));
-        let token = match (&s.token, &token_file) {
-            (Some(t), _) => Some(t.expose().to_string()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| err("token_file", format!("{T}.token_file = {}: {e}", f.display())))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => env("CONSUL_HTTP_TOKEN"),
-        }
-        .filter(|t| !t.is_empty())
-        .map(Secret::new);
-        if token.is_some()
-            && address.starts_with("http://")
-            && !s.allow_token_over_http
-            && !on_this_machine(&address)
-        {
-            return Err(err(
-                "token",
-                format!(
-                    "{T}: a token would be sent in clear to {address}; use https://, or set \
-                     {T}.allow_token_over_http = true if that network is trusted"
-                ),
-            ));
-        }
-        let ca_file = s
-            .ca_file
-            .clone()
-            .or_else(|| env("CONSUL_CACERT").map(PathBuf::from));
-        let cert_file = s
-            .cert_file
-            .clone()
-            .or_else(|| env("CONSUL_CLIENT_CERT").map(PathBuf::from));
-        let key_file = s
-            .key_file
-            .clone()
-            .or_else(|| env("CONSUL_CLIENT_KEY").map(PathBuf::from));
-        if cert_file.is_some() != key_file.is_some() {
-            return Err(err(
-                "cert_file",
-                format!("{T}.cert_file and key_file go together"),
-            ));
-        }
-        if (ca_file.is_some() || cert_file.is_some()) && !address.starts_with("https://") {
-            return Err(err(
-                "ca_file",
-                format!("{T}.ca_file / cert_file need an https:// address (got {address})"),
-            ));
-        }
+        check_bounds(T, &s, BOUNDS)?;
+        check_names(&s)?;
+        let address = agent_address(&s, env)?;
+        let token = token(&s, env, &address)?;
+        let (ca_file, cert_file, key_file) = tls_files(&s, env, &address)?;
         let service_address = s.service_address.clone().unwrap_or_else(|| match local.host() {
             Host::Dns(h) => h.clone(),
             Host::V4(ip) => ip.to_string(),
@@ -305,6 +175,160 @@ impl ConsulSettings {
             settings: s,
         })
     }
+}
+
+/// The allowed range of every duration key.
+const BOUNDS: &[Bound<ConsulSettings>] = &[
+    Bound::duration(
+        "check_ttl",
+        |s| s.check_ttl,
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    ),
+    Bound::duration(
+        "deregister_critical_after",
+        |s| s.deregister_critical_after,
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+    ),
+    Bound::duration(
+        "lock_ttl",
+        |s| s.lock_ttl,
+        Duration::from_secs(10),
+        Duration::from_secs(86_400),
+    ),
+    Bound::duration(
+        "lock_delay",
+        |s| s.lock_delay,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    ),
+    Bound::duration(
+        "lock_timeout",
+        |s| s.lock_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    ),
+    Bound::duration(
+        "request_timeout",
+        |s| s.request_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(120),
+    ),
+];
+
+/// The names that become parts of KV keys and the service's metadata keys.
+fn check_names(s: &ConsulSettings) -> Result<(), ConfigError> {
+    for (key, v) in [
+        ("service_name", &s.service_name),
+        ("cluster_name", &s.cluster_name),
+        ("key_prefix", &s.key_prefix),
+    ] {
+        if v.is_empty() || v.contains('/') || v.contains(char::is_whitespace) {
+            return Err(err(
+                key,
+                format!("{T}.{key} = {v:?} must be non-empty, without '/' or spaces"),
+            ));
+        }
+    }
+    for k in s.service_meta.keys() {
+        let ok = !k.is_empty()
+            && k.len() <= 128
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok || k.starts_with("consul-") || k == "muster-node" {
+            return Err(err(
+                "service_meta",
+                format!(
+                    "{T}.service_meta key {k:?}: 1-128 of [A-Za-z0-9_-], not consul-* and not muster-node"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The agent's base URL: the setting, else `CONSUL_HTTP_ADDR`, else the local agent; `http://`
+/// when no scheme is written; no trailing slash.
+fn agent_address(s: &ConsulSettings, env: Env<'_>) -> Result<String, ConfigError> {
+    let address = s
+        .address
+        .clone()
+        .or_else(|| env("CONSUL_HTTP_ADDR"))
+        .unwrap_or_else(|| "http://127.0.0.1:8500".into());
+    let address = if address.contains("://") {
+        address
+    } else {
+        format!("http://{address}")
+    };
+    let address = address.trim_end_matches('/').to_string();
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        return Err(err(
+            "address",
+            format!("{T}.address = {address:?}: use http:// or https://"),
+        ));
+    }
+    Ok(address)
+}
+
+/// The token: the setting, else the token file (the setting's or `CONSUL_HTTP_TOKEN_FILE`),
+/// else `CONSUL_HTTP_TOKEN`; refused over plain http to another machine unless allowed.
+fn token(s: &ConsulSettings, env: Env<'_>, address: &str) -> Result<Option<Secret>, ConfigError> {
+    let token_file = s
+        .token_file
+        .clone()
+        .or_else(|| env("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from));
+    let token = match (&s.token, &token_file) {
+        (Some(t), _) => Some(t.expose().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| err("token_file", format!("{T}.token_file = {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => env("CONSUL_HTTP_TOKEN"),
+    }
+    .filter(|t| !t.is_empty())
+    .map(Secret::new);
+    if token.is_some()
+        && address.starts_with("http://")
+        && !s.allow_token_over_http
+        && !on_this_machine(address)
+    {
+        return Err(err(
+            "token",
+            format!(
+                "{T}: a token would be sent in clear to {address}; use https://, or set \
+                 {T}.allow_token_over_http = true if that network is trusted"
+            ),
+        ));
+    }
+    Ok(token)
+}
+
+/// The CA, the client certificate and its key.
+type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+
+/// The TLS files: the settings, else `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+/// `CONSUL_CLIENT_KEY`; certificate and key together, https only.
+fn tls_files(s: &ConsulSettings, env: Env<'_>, address: &str) -> Result<TlsFiles, ConfigError> {
+    let from = |set: &Option<PathBuf>, var: &str| set.clone().or_else(|| env(var).map(PathBuf::from));
+    let ca_file = from(&s.ca_file, "CONSUL_CACERT");
+    let cert_file = from(&s.cert_file, "CONSUL_CLIENT_CERT");
+    let key_file = from(&s.key_file, "CONSUL_CLIENT_KEY");
+    if cert_file.is_some() != key_file.is_some() {
+        return Err(err(
+            "cert_file",
+            format!("{T}.cert_file and key_file go together"),
+        ));
+    }
+    if (ca_file.is_some() || cert_file.is_some()) && !address.starts_with("https://") {
+        return Err(err(
+            "ca_file",
+            format!("{T}.ca_file / cert_file need an https:// address (got {address})"),
+        ));
+    }
+    Ok((ca_file, cert_file, key_file))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use muster_discovery_core::FormationConfig;
-use muster_discovery_core::config::{ConfigError, check_duration, check_range, duration};
+use muster_discovery_core::config::{Bound, ConfigError, check_bounds, duration};
 use serde::{Deserialize, Deserializer};
 
 /// How A/AAAA answers become node names.
@@ -82,6 +82,17 @@ fn nameservers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Er
 
 const T: &str = "cluster_formation.dns";
 
+/// The allowed range of every numeric and duration key.
+const BOUNDS: &[Bound<DnsSettings>] = &[
+    Bound::duration(
+        "timeout",
+        |s| s.timeout,
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+    ),
+    Bound::count("attempts", |s| u64::from(s.attempts), 1, 10),
+];
+
 impl DnsSettings {
     /// Reads and validates `[cluster_formation.dns]`.
     pub fn from_config(config: &FormationConfig) -> Result<Self, ConfigError> {
@@ -117,13 +128,7 @@ impl DnsSettings {
                 ));
             }
         }
-        check_duration(
-            &format!("{T}.timeout"),
-            self.timeout,
-            Duration::from_millis(50),
-            Duration::from_secs(60),
-        )?;
-        check_range(&format!("{T}.attempts"), self.attempts, 1, 10)?;
+        check_bounds(T, self, BOUNDS)?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use muster_discovery_core::FormationConfig;
-use muster_discovery_core::config::{ConfigError, Secret, check_duration, duration, on_this_machine};
+use muster_discovery_core::config::{Bound, ConfigError, Secret, check_bounds, duration, on_this_machine};
 use serde::Deserialize;
 
 /// The etcd backend's settings. Every key changes behaviour (tests prove it).
@@ -62,9 +62,27 @@ impl Default for EtcdSettings {
 
 const T: &str = "cluster_formation.etcd";
 
-fn range(key: &str, v: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
-    check_duration(&format!("{T}.{key}"), v, min, max)
-}
+/// The allowed range of every duration key.
+const BOUNDS: &[Bound<EtcdSettings>] = &[
+    Bound::duration(
+        "node_ttl",
+        |s| s.node_ttl,
+        Duration::from_secs(5),
+        Duration::from_secs(3600),
+    ),
+    Bound::duration(
+        "lock_timeout",
+        |s| s.lock_timeout,
+        Duration::from_secs(5),
+        Duration::from_secs(3600),
+    ),
+    Bound::duration(
+        "connect_timeout",
+        |s| s.connect_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    ),
+];
 
 fn path_component(key: &str, v: &str) -> Result<(), ConfigError> {
     if v.is_empty() || v.contains('/') {
@@ -94,24 +112,7 @@ impl EtcdSettings {
         }
         path_component("key_prefix", &self.key_prefix)?;
         path_component("cluster_name", &self.cluster_name)?;
-        range(
-            "node_ttl",
-            self.node_ttl,
-            Duration::from_secs(5),
-            Duration::from_secs(3600),
-        )?;
-        range(
-            "lock_timeout",
-            self.lock_timeout,
-            Duration::from_secs(5),
-            Duration::from_secs(3600),
-        )?;
-        range(
-            "connect_timeout",
-            self.connect_timeout,
-            Duration::from_millis(100),
-            Duration::from_secs(300),
-        )?;
+        check_bounds(T, self, BOUNDS)?;
         if self.username.is_some() != self.password.is_some() {
             return Err(ConfigError::new(
                 Some(format!("{T}.username")),

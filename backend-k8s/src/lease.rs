@@ -181,6 +181,45 @@ async fn changed_within(spot: &LeaseSpot, version: Option<String>, pause: Durati
 /// The least time between two reads of the Lease when a watch reports changes.
 const WATCH_FLOOR: Duration = Duration::from_millis(10);
 
+/// Creates the Lease, held by `identity`; a wait when another node created it first.
+async fn create(spot: &LeaseSpot, identity: &str) -> Result<Step, DiscoveryError> {
+    let fresh = Lease {
+        metadata: ObjectMeta {
+            name: Some(spot.name.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(identity.to_string()),
+            lease_duration_seconds: Some(seconds(spot.duration)),
+            acquire_time: Some(now()),
+            renew_time: Some(now()),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    };
+    let what = format!("creating the formation Lease {}", spot.label);
+    match raw(&what, spot.limit, spot.api.create(&PostParams::default(), &fresh)).await? {
+        Ok(lease) => Ok(Step::Held(Box::new(lease))),
+        Err(e) if status_code(&e) == Some(409) => {
+            Ok(Step::Wait("another node created the Lease first".into()))
+        }
+        Err(e) => Err(map(&what, CREATE, e)),
+    }
+}
+
+/// True once the Lease has stayed at `version` for `held_for` as this process saw it (a
+/// holder's clock is never trusted); a new version restarts the count.
+fn unchanged_for(seen: &Mutex<Option<(String, Instant)>>, version: &str, held_for: Duration) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    match &*seen {
+        Some((v, since)) if v == version => since.elapsed() >= held_for,
+        _ => {
+            *seen = Some((version.to_string(), Instant::now()));
+            false
+        }
+    }
+}
+
 async fn step(
     spot: &LeaseSpot,
     identity: &str,
@@ -189,28 +228,7 @@ async fn step(
     let what = format!("reading the formation Lease {}", spot.label);
     let current = bounded(&what, GET, spot.limit, spot.api.get_opt(&spot.name)).await?;
     let Some(mut lease) = current else {
-        let fresh = Lease {
-            metadata: ObjectMeta {
-                name: Some(spot.name.clone()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(identity.to_string()),
-                lease_duration_seconds: Some(seconds(spot.duration)),
-                acquire_time: Some(now()),
-                renew_time: Some(now()),
-                lease_transitions: Some(0),
-                ..LeaseSpec::default()
-            }),
-        };
-        let what = format!("creating the formation Lease {}", spot.label);
-        return match raw(&what, spot.limit, spot.api.create(&PostParams::default(), &fresh)).await? {
-            Ok(lease) => Ok(Step::Held(Box::new(lease))),
-            Err(e) if status_code(&e) == Some(409) => {
-                Ok(Step::Wait("another node created the Lease first".into()))
-            }
-            Err(e) => Err(map(&what, CREATE, e)),
-        };
+        return create(spot, identity).await;
     };
     let version = version_of(&lease).unwrap_or_default().to_string();
     let holder = holder_of(&lease).map(String::from);
@@ -221,16 +239,7 @@ async fn step(
         .and_then(|s| u64::try_from(s).ok())
         .map(Duration::from_secs)
         .unwrap_or(spot.duration);
-    let expired = {
-        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        match &*seen {
-            Some((v, since)) if *v == version => since.elapsed() >= held_for,
-            _ => {
-                *seen = Some((version.clone(), Instant::now()));
-                false
-            }
-        }
-    };
+    let expired = unchanged_for(seen, &version, held_for);
     if let Some(h) = &holder
         && h != identity
         && !expired

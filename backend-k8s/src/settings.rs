@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_discovery_core::config::{ConfigError, check_duration, duration};
+use muster_discovery_core::config::{Bound, ConfigError, check_bounds, duration};
 use muster_discovery_core::{FormationConfig, NodeName};
 use serde::Deserialize;
 
@@ -220,18 +220,7 @@ impl K8sSettings {
         namespace_file: &std::path::Path,
     ) -> Result<Resolved, ConfigError> {
         let s: K8sSettings = config.backend_settings("k8s")?;
-        check_duration(
-            &format!("{T}.request_timeout"),
-            s.request_timeout,
-            Duration::from_millis(100),
-            Duration::from_secs(120),
-        )?;
-        check_duration(
-            &format!("{T}.lease_duration"),
-            s.lease_duration,
-            Duration::from_secs(1),
-            Duration::from_secs(3600),
-        )?;
+        check_bounds(T, &s, BOUNDS)?;
         if s.lease_duration <= s.request_timeout * 2 {
             return Err(err(
                 "lease_duration",
@@ -258,26 +247,7 @@ impl K8sSettings {
             muster_discovery_core::Host::Dns(h) => h.split('.').collect(),
             _ => Vec::new(),
         };
-        let namespace = match &s.namespace {
-            Some(ns) => ns.clone(),
-            None => match env_namespace.filter(|v| !v.is_empty()) {
-                Some(ns) => ns,
-                None => std::fs::read_to_string(namespace_file)
-                    .map(|t| t.trim().to_string())
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| {
-                        err(
-                            "namespace",
-                            format!(
-                                "no namespace: set {T}.namespace, or POD_NAMESPACE (downward API: \
-                                 fieldRef metadata.namespace); {} is not readable",
-                                namespace_file.display()
-                            ),
-                        )
-                    })?,
-            },
-        };
+        let namespace = namespace(&s, env_namespace, namespace_file)?;
         check_name("namespace", &namespace)?;
         let service = match (&s.service, labels.get(1)) {
             (Some(svc), _) => svc.clone(),
@@ -293,26 +263,7 @@ impl K8sSettings {
             }
         };
         check_name("service", &service)?;
-        let statefulset = match (&s.statefulset, labels.first()) {
-            (Some(sts), _) => Some(sts.clone()),
-            (None, Some(pod)) => pod
-                .rsplit_once('-')
-                .filter(|(_, ordinal)| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
-                .map(|(sts, _)| sts.to_string()),
-            (None, None) => None,
-        };
-        if s.mode == Mode::Statefulset {
-            let Some(sts) = &statefulset else {
-                return Err(err(
-                    "statefulset",
-                    format!(
-                        "{T}.statefulset is required: the local node {local} is not named after a \
-                         StatefulSet pod (<statefulset>-<ordinal>.<service>...)"
-                    ),
-                ));
-            };
-            check_name("statefulset", sts)?;
-        }
+        let statefulset = statefulset(&s, labels.first().copied(), local)?;
         let base = statefulset.clone().unwrap_or_else(|| service.clone());
         let lease_name = s
             .lease_name
@@ -335,6 +286,74 @@ impl K8sSettings {
             settings: s,
         })
     }
+}
+
+/// The allowed range of every duration key.
+const BOUNDS: &[Bound<K8sSettings>] = &[
+    Bound::duration(
+        "request_timeout",
+        |s| s.request_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(120),
+    ),
+    Bound::duration(
+        "lease_duration",
+        |s| s.lease_duration,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    ),
+];
+
+/// The namespace: the setting, else `POD_NAMESPACE` (`env_namespace`), else the service
+/// account's namespace file.
+fn namespace(
+    s: &K8sSettings,
+    env_namespace: Option<String>,
+    namespace_file: &std::path::Path,
+) -> Result<String, ConfigError> {
+    if let Some(ns) = s.namespace.clone().or(env_namespace.filter(|v| !v.is_empty())) {
+        return Ok(ns);
+    }
+    std::fs::read_to_string(namespace_file)
+        .map(|t| t.trim().to_string())
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            err(
+                "namespace",
+                format!(
+                    "no namespace: set {T}.namespace, or POD_NAMESPACE (downward API: \
+                     fieldRef metadata.namespace); {} is not readable",
+                    namespace_file.display()
+                ),
+            )
+        })
+}
+
+/// The StatefulSet: the setting, else the local pod's name without its ordinal; required (and
+/// checked) in StatefulSet mode.
+fn statefulset(s: &K8sSettings, pod: Option<&str>, local: &NodeName) -> Result<Option<String>, ConfigError> {
+    let statefulset = match (&s.statefulset, pod) {
+        (Some(sts), _) => Some(sts.clone()),
+        (None, Some(pod)) => pod
+            .rsplit_once('-')
+            .filter(|(_, ordinal)| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(sts, _)| sts.to_string()),
+        (None, None) => None,
+    };
+    if s.mode == Mode::Statefulset {
+        let Some(sts) = &statefulset else {
+            return Err(err(
+                "statefulset",
+                format!(
+                    "{T}.statefulset is required: the local node {local} is not named after a \
+                     StatefulSet pod (<statefulset>-<ordinal>.<service>...)"
+                ),
+            ));
+        };
+        check_name("statefulset", sts)?;
+    }
+    Ok(statefulset)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! durations are written with units, and out-of-range values are rejected with the allowed range.
 
 mod accepted;
+mod bounds;
 pub mod duration;
 mod errors;
 mod secret;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use bounds::{Bound, check_bounds};
 pub use errors::{ConfigError, closest, from_toml_str, from_toml_table};
 pub use secret::{REDACTED, SECRET_KEYS, Secret, on_this_machine, redact_secrets};
 
