@@ -159,9 +159,10 @@ pub fn check_backend_tables(config: &FormationConfig) -> Result<Vec<&'static str
 /// A table under `[cluster_formation]` that neither the core nor a backend reads.
 fn unknown_table(table: &str) -> ConfigError {
     let key = format!("cluster_formation.{table}");
-    let tables: Vec<&str> = factories()
-        .map(|f| f.table)
-        .chain(BACKENDS.iter().copied())
+    // A compiled backend's own table; for one not compiled in, its name.
+    let tables: Vec<&str> = REGISTRY
+        .iter()
+        .map(|(name, f)| f.as_ref().map_or(*name, |f| f.table))
         .collect();
     let mut message = format!("unknown table `[{key}]`");
     if let Some(best) = config::closest(table, tables.iter().copied()) {
@@ -274,6 +275,10 @@ mod tests {
         let e = e.to_string();
         assert!(e.contains("unknown table `[cluster_formation.etdc]`"), "{e}");
         assert!(e.contains("did you mean `[cluster_formation.etcd]`?"), "{e}");
+        let listed = e.split("(backend tables: ").nth(1).unwrap().trim_end_matches(')');
+        let tables: Vec<&str> = listed.split(", ").collect();
+        assert_eq!(tables.len(), BACKENDS.len(), "each backend's table once: {e}");
+        assert!(tables.contains(&"etcd"), "{e}");
     }
 
     #[test]
