@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster::cleanup::Cleanup;
-use muster::layers::{Layer, MetricsLayer, TimeoutLayer};
+use muster::layers::{Layer, MetricsLayer};
 use muster::{FormationConfig, FormationEngine, FormationOutcome, Host, NodeName, Phase};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,10 +24,6 @@ use crate::metrics::ListingCounts;
 use crate::node::{Node, NodeMembership};
 use crate::state::Store;
 use crate::tls::PeerTls;
-
-/// The longest a backend's listing may take before the attempt counts it as unavailable and
-/// tries again: the backends bound their own calls; this is the backstop for a client that hangs.
-const LISTING_LIMIT: Duration = Duration::from_secs(30);
 
 pub use crate::apps::{AppError, AppHandler};
 
@@ -316,8 +312,9 @@ impl ClusterBuilder {
             Some((addr, detail)) => Some((bind(addr).await?, addr, detail)),
             None => None,
         };
-        let backend = MetricsLayer::new(ListingCounts(node.metrics.clone()))
-            .layer(TimeoutLayer::new(LISTING_LIMIT).layer(backend));
+        // No time limit is layered on here: each backend bounds its own calls by its settings
+        // (up to minutes for AWS), which a shorter limit would override.
+        let backend = MetricsLayer::new(ListingCounts(node.metrics.clone())).layer(backend);
         let membership = Arc::new(NodeMembership(node.clone()));
         let engine = Arc::new(FormationEngine::new(
             cf.clone(),
