@@ -167,16 +167,7 @@ async fn open(
     let (channel, answered) =
         Channel::connect(stream, &creds.cookie, &creds.cluster_name, creds.node.as_ref())
             .await
-            .map_err(|source| match source {
-                ChannelError::Tls(reason) => CallError::Tls {
-                    node: node.clone(),
-                    reason,
-                },
-                source => CallError::Auth {
-                    node: node.clone(),
-                    source,
-                },
-            })?;
+            .map_err(|source| handshake_error(node, source))?;
     if answered != *node {
         return Err(CallError::WrongNode {
             asked: node.clone(),
@@ -184,6 +175,21 @@ async fn open(
         });
     }
     Ok(channel)
+}
+
+/// A failed handshake as a [`CallError`]: only an answer that refuses (wrong cookie or cluster
+/// name, another protocol version, a rejection) is [`CallError::Auth`]; a connection cut or
+/// garbled mid-handshake (the peer stopping, a reset) is a broken connection, so a peer that shuts
+/// down while a probe is under way is never reported as refusing it.
+fn handshake_error(node: &NodeName, source: ChannelError) -> CallError {
+    let node = node.clone();
+    match source {
+        ChannelError::Tls(reason) => CallError::Tls { node, reason },
+        ChannelError::BadProof | ChannelError::Version(_) | ChannelError::Rejected(_) => {
+            CallError::Auth { node, source }
+        }
+        source => CallError::Frame { node, source },
+    }
 }
 
 /// Open connections to peers, shared by every call: one handshake per peer (and, since the
@@ -309,5 +315,75 @@ impl Pool {
             }
         };
         bounded(node, timeout, pooled).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn creds(cookie: &str) -> Credentials {
+        Credentials {
+            cookie: Cookie::parse(cookie, "test").unwrap(),
+            cluster_name: "local".into(),
+            node: Some("a@127.0.0.1".parse().unwrap()),
+            tls: None,
+        }
+    }
+
+    /// Calls a peer served by `serve` on a loopback port and returns the call's error.
+    async fn call_error<F, Fut>(serve: F) -> CallError
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(stream).await;
+        });
+        let peer: NodeName = "b@127.0.0.1".parse().unwrap();
+        let creds = creds("0123456789abcdef0123456789abcdef");
+        call_at(
+            &creds,
+            &peer,
+            Some(vec![addr]),
+            &Request::Ping,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_peer_refusing_the_cookie_is_an_authentication_failure() {
+        let e = call_error(|stream| async move {
+            let other = Cookie::parse("fedcba9876543210fedcba9876543210", "test").unwrap();
+            let me: NodeName = "b@127.0.0.1".parse().unwrap();
+            let _ = Channel::accept(tls::plain(stream), &other, "local", &me).await;
+        })
+        .await;
+        assert!(e.is_auth(), "{e}");
+        assert!(e.to_string().contains(crate::proto::channel::AUTH_FAILED), "{e}");
+    }
+
+    /// A peer that stops mid-handshake (it is shutting down) did not refuse anything: reporting
+    /// it as an authentication failure would hide the real refusal seen earlier.
+    #[tokio::test]
+    async fn a_handshake_cut_by_the_peer_is_a_broken_connection_not_a_refusal() {
+        let e = call_error(|mut stream| async move {
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        })
+        .await;
+        assert!(!e.is_auth(), "{e}");
+        assert!(matches!(e, CallError::Frame { .. }), "{e:?}");
     }
 }
