@@ -10,11 +10,11 @@ use std::time::Duration;
 use muster::NodeName;
 use muster_cli::launch::{Layout, Ports};
 
-use crate::aws::{FakeImds, Moto, Setup, add_loopback_address};
-use crate::consul_agent::ConsulAgent;
-use crate::dns::{CLUSTER_SRV, DnsServer, Zone, cluster_nodes};
-use crate::etcd::EtcdServer;
-use crate::k8s::{FakeApi, StatefulSetPods};
+use muster_test_support::aws::{FakeImds, Moto, Setup, add_loopback_address};
+use muster_test_support::consul_agent::ConsulAgent;
+use muster_test_support::dns::{CLUSTER_SRV, DnsServer, Zone, cluster_nodes};
+use muster_test_support::etcd::EtcdServer;
+use muster_test_support::k8s::{FakeApi, StatefulSetPods};
 
 /// A backend the benchmark can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

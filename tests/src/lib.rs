@@ -3,19 +3,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-pub mod aws;
 pub mod bench;
 pub mod bench_rig;
-pub mod certs;
-pub mod consul;
-pub mod consul_agent;
-pub mod dns;
-pub mod etcd;
 pub mod faults;
 pub mod flood;
-pub mod hosts;
-pub mod k8s;
-pub mod servers;
 
 pub use muster_cli::launch::{Layout, LocalCluster};
 
@@ -168,33 +159,6 @@ pub fn cluster_ids(cluster: &LocalCluster, which: &[usize]) -> std::collections:
                 .to_string()
         })
         .collect()
-}
-
-/// Polls `cond` every 50 ms until it holds or `limit` passes (the core retry mechanism);
-/// returns how long it took.
-pub async fn eventually<F: AsyncFnMut() -> bool>(
-    limit: std::time::Duration,
-    cond: F,
-) -> Option<std::time::Duration> {
-    use std::ops::ControlFlow;
-    let start = std::time::Instant::now();
-    // The retry closure is FnMut; the condition lives behind an (uncontended) async mutex.
-    let cond = tokio::sync::Mutex::new(cond);
-    let polled = muster::retry::Retry::every(std::time::Duration::from_millis(50))
-        .within(limit)
-        .run(|_| {
-            let cond = &cond;
-            async move {
-                let ready = (*cond.lock().await)().await;
-                if ready {
-                    ControlFlow::Break(Ok::<_, ()>(()))
-                } else {
-                    ControlFlow::Continue(())
-                }
-            }
-        })
-        .await;
-    polled.ok().map(|()| start.elapsed())
 }
 
 /// Raises the soft open-file limit to the hard one: a node derives its connection caps per

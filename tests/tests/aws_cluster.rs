@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use muster::NodeName;
 use muster_cli::launch::{Layout, LocalCluster, Ports};
-use muster_tests::aws::{FakeImds, FaultProxy, Moto, Setup, add_loopback_address};
+use muster_test_support::aws::{FakeImds, FaultProxy, Moto, Setup, add_loopback_address};
 use muster_tests::{cluster_ids, local_cluster_of, node_exe};
 
 const FORM: Duration = Duration::from_secs(30);

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use muster::{Discovery, FormationConfig, NodeName};
 use muster_backend_aws::AwsBackend;
-use muster_tests::aws::{FakeImds, FaultProxy, Moto, Setup, python, venv_bin};
+use muster_test_support::aws::{FakeImds, FaultProxy, Moto, Setup, python, venv_bin};
 use muster_tests::{node_exe, text};
 
 /// The binary's S3 object the stack test passes as MusterS3Object.

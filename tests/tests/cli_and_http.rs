@@ -202,7 +202,7 @@ async fn http_endpoints_report_liveness_readiness_status_and_metrics() {
         v["membership"]["in_sync"] == true && v["membership"]["running"].as_array().map(Vec::len) == Some(2)
     };
     assert!(
-        muster_tests::eventually(Duration::from_secs(10), healthy)
+        muster_test_support::eventually(Duration::from_secs(10), healthy)
             .await
             .is_some(),
         "/status: {}",

@@ -1,14 +1,15 @@
 //! End to end with the Consul backend: real `muster` processes against a real Consul dev agent
-//! (`muster_tests::consul_agent`, Consul 1.8.7 unless `MUSTER_CONSUL_BIN` names another), and
+//! (`muster_test_support::consul_agent`, Consul 1.8.7 unless `MUSTER_CONSUL_BIN` names another), and
 //! against the fake where only it can answer 500 `No cluster leader` for a while.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use muster_cli::launch::Layout;
-use muster_tests::consul::FakeConsul;
-use muster_tests::consul_agent::ConsulAgent;
-use muster_tests::{cluster_ids, cluster_status, eventually, local_cluster_of, node_exe};
+use muster_test_support::consul::FakeConsul;
+use muster_test_support::consul_agent::ConsulAgent;
+use muster_test_support::eventually;
+use muster_tests::{cluster_ids, cluster_status, local_cluster_of, node_exe};
 
 const FORM: Duration = Duration::from_secs(30);
 const CLEANUP: &str = "\n[cluster_formation.node_cleanup]\ninterval = \"1s\"\nonly_log_warning = false\nconsecutive_absences = 2\n";

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use muster_cli::launch::Ports;
-use muster_tests::dns::{DnsServer, Zone, cluster_nodes};
+use muster_test_support::dns::{DnsServer, Zone, cluster_nodes};
 use muster_tests::{Layout, cluster_status, local_cluster_of, members, node_exe};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use muster_tests::etcd::EtcdServer;
-use muster_tests::{
-    Layout, LocalCluster, cluster_status, eventually, http_get, local_cluster_of, members, node_exe,
-};
+use muster_test_support::etcd::EtcdServer;
+use muster_test_support::eventually;
+use muster_tests::{Layout, LocalCluster, cluster_status, http_get, local_cluster_of, members, node_exe};
 
 const FORM: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(5);

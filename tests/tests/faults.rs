@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use muster_node::state::Store;
-use muster_tests::etcd::EtcdServer;
+use muster_test_support::etcd::EtcdServer;
+use muster_test_support::hosts::{DelayProxy, Hosts};
 use muster_tests::faults::{Dice, Seen, check_end, persisted, probe, report, rounds};
-use muster_tests::hosts::{DelayProxy, Hosts};
 use muster_tests::{Layout, LocalCluster, local_cluster_of, node_exe};
 
 const FORM: Duration = Duration::from_secs(30);
@@ -255,7 +255,7 @@ async fn a_member_cut_off_from_etcd_and_one_peer_is_never_forgotten_while_anothe
     // Its key expires after at most 5 s; two 1 s cleanup rounds would then forget it.
     let mut etcd_client = etcd.client().await;
     let key = format!("/muster/default/nodes/{}", c.nodes[2].name);
-    let expired = muster_tests::eventually(Duration::from_secs(20), async || {
+    let expired = muster_test_support::eventually(Duration::from_secs(20), async || {
         etcd_client
             .get(key.as_str(), None)
             .await
@@ -289,7 +289,7 @@ async fn a_member_cut_off_from_etcd_and_one_peer_is_never_forgotten_while_anothe
     );
     hosts.heal();
     check_end(&mut c, &mut seen, &all(3), 3, FORM).await;
-    let back = muster_tests::eventually(Duration::from_secs(20), async || {
+    let back = muster_test_support::eventually(Duration::from_secs(20), async || {
         etcd_client
             .get(key.as_str(), None)
             .await
@@ -386,7 +386,7 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
         // The victim starts alone (a first formation needs every listed node), then its disk
         // fills, then the others start.
         c.start(victim).unwrap();
-        let mounted = muster_tests::eventually(Duration::from_secs(10), async || {
+        let mounted = muster_test_support::eventually(Duration::from_secs(10), async || {
             std::fs::read_to_string(format!("/proc/{}/mounts", c.pid(victim).unwrap()))
                 .is_ok_and(|m| m.contains(&c.nodes[victim].data_dir.display().to_string()))
                 && seen_data_dir(&c, victim).join("lock").exists()
@@ -404,7 +404,7 @@ async fn a_full_data_dir_at_form_or_join_time_is_named_retried_and_leaves_no_par
         }
         // Its first write of a slot (a new file) is the one the full disk refuses.
         let state = c.nodes[victim].data_dir.join("state.").display().to_string();
-        let named = muster_tests::eventually(Duration::from_secs(20), async || {
+        let named = muster_test_support::eventually(Duration::from_secs(20), async || {
             c.log_since_start(victim)
                 .contains(&format!("cannot write {state}"))
         })

@@ -1,5 +1,5 @@
 //! End to end on "Kubernetes": real `muster` processes as the pods of a StatefulSet, their pod
-//! IPs 127.0.20.x, the fake API server (`muster_tests::k8s`) serving the StatefulSet, the pods,
+//! IPs 127.0.20.x, the fake API server (`muster_test_support::k8s`) serving the StatefulSet, the pods,
 //! the EndpointSlices, the Lease and the fencing ConfigMap. Peers are resolved through the API
 //! (pod name → pod IP), as in a cluster.
 
@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use muster_cli::launch::{Layout, LocalCluster};
-use muster_tests::k8s::{FakeApi, StatefulSetPods};
-use muster_tests::{cluster_ids, cluster_status, ctl, eventually, local_cluster_of, node_exe, text};
+use muster_test_support::eventually;
+use muster_test_support::k8s::{FakeApi, StatefulSetPods};
+use muster_tests::{cluster_ids, cluster_status, ctl, local_cluster_of, node_exe, text};
 
 const NS: &str = "prod";
 const TOKEN: &str = "e2e-token";

@@ -135,7 +135,7 @@ async fn when_only_some_members_are_missing_the_waiting_ones_name_them_and_the_n
         log.contains(&format!("missing: {missing}")) && log.contains(&hint)
     };
     assert!(
-        muster_tests::eventually(Duration::from_secs(20), said)
+        muster_test_support::eventually(Duration::from_secs(20), said)
             .await
             .is_some(),
         "{}\n{}",

@@ -134,7 +134,7 @@ async fn a_member_whose_peers_are_in_another_cluster_shows_them_so_and_refuses_t
     assert_ne!(x, y);
 
     // Anti-entropy (every 500 ms here) meets a member of Y: node 1 stops serving X.
-    let stopped_serving = muster_tests::eventually(Duration::from_secs(10), async || {
+    let stopped_serving = muster_test_support::eventually(Duration::from_secs(10), async || {
         c.status(0).await.is_some_and(|s| !s.ready)
     })
     .await;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use muster_cli::launch::Ports;
-use muster_tests::dns::{DnsServer, Zone, cluster_nodes};
+use muster_test_support::dns::{DnsServer, Zone, cluster_nodes};
 use muster_tests::{Layout, LocalCluster, cluster_status, local_cluster_of, members, node_exe};
 
 /// The pause between two starts.

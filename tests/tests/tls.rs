@@ -9,7 +9,7 @@ use muster_node::client::{Credentials, call};
 use muster_node::cookie::Cookie;
 use muster_node::proto::{Request, Response};
 use muster_node::tls::{PeerTls, TlsSection};
-use muster_tests::certs::{ca, leaf, node_ext};
+use muster_test_support::certs::{ca, leaf, node_ext};
 use muster_tests::{Layout, local_cluster_of, node_exe, relist, text};
 
 fn section(dir: &std::path::Path, leaf: &str) -> TlsSection {

@@ -1,6 +1,6 @@
 //! The backend conformance suite, in the style of `object_store`'s: one set of checks that every
-//! backend's tests run against a real (or faithful) server. Each check panics with a message
-//! naming the backend and what it did wrong.
+//! backend crate runs from its own `tests/` folder against a real (or faithful) server. Each
+//! check panics with a message naming the backend and what it did wrong.
 //!
 //! ```ignore
 //! let subject = Subject::new(nodes.clone(), move |n| Arc::new(MyBackend::new(&server, n)) as _)

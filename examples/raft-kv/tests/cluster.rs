@@ -322,7 +322,7 @@ async fn forms_one_raft_cluster(c: &mut LocalCluster, apis: &[SocketAddr], what:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_through_etcd_form_one_raft_cluster() {
-    let server = muster_tests::etcd::EtcdServer::start().await;
+    let server = muster_test_support::etcd::EtcdServer::start().await;
     let tables = server.formation_table();
     let (_dir, mut c, apis) = kv_cluster_of(&Layout {
         nodes: 3,
@@ -335,11 +335,11 @@ async fn three_nodes_through_etcd_form_one_raft_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_of_a_statefulset_through_the_kubernetes_api_form_one_raft_cluster() {
-    let pods = muster_tests::k8s::StatefulSetPods {
+    let pods = muster_test_support::k8s::StatefulSetPods {
         ns: "prod",
         ip_prefix: "127.0.21",
     };
-    let fake = muster_tests::k8s::FakeApi::start("kv-token").await;
+    let fake = muster_test_support::k8s::FakeApi::start("kv-token").await;
     pods.scale(&fake, 3);
     let (_dir, mut c, apis) = kv_cluster_of(&pods.layout(&fake.kubeconfig("kv-token"), 3, "statefulset"));
     forms_one_raft_cluster(&mut c, &apis, "kubernetes").await;

@@ -371,7 +371,7 @@ async fn bench_backend(
     args: &Args,
     costs: &mut Vec<(usize, usize, f64, f64)>,
 ) -> Result<bool, String> {
-    if backend.needs_private_network() && muster_tests::hosts::interfaces() != ["lo"] {
+    if backend.needs_private_network() && muster_test_support::hosts::interfaces() != ["lo"] {
         return Err(format!(
             "--backend {} adds addresses to lo: run it in a private network namespace, \
              unshare -rn bash -c 'ip link set lo up && <this command>'",

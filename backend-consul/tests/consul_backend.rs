@@ -1,12 +1,12 @@
 //! The Consul backend against a real agent and against the fake.
 //!
-//! - A real dev agent (`muster_tests::consul_agent`, Consul 1.8.7 unless `MUSTER_CONSUL_BIN`
+//! - A real dev agent (`muster_test_support::consul_agent`, Consul 1.8.7 unless `MUSTER_CONSUL_BIN`
 //!   names another; fetched by `scripts/fetch-servers.sh`): registration passing at once and
 //!   kept passing by the heartbeat, a stopped heartbeat going critical, an agent restart that
 //!   forgets everything healed by re-registration, the session lock with its lock-delay, `cas=0`
 //!   fencing, blocking reads, every registration field, the conformance suite, and the raw API
 //!   calls the fake imitates, answered alike by both.
-//! - The fake agent (`muster_tests::consul`) for what a dev agent cannot do: Consul 1.11+
+//! - The fake agent (`muster_test_support::consul`) for what a dev agent cannot do: Consul 1.11+
 //!   answers, a restart of a client agent that keeps the KV store, injected 500s, delays and
 //!   dropped connections, leader loss, ACL denials, TLS, and scaled time (a dead holder's session
 //!   expiring at 2 x TTL, the reaper).
@@ -14,15 +14,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster::{
+use muster_backend_consul::ConsulBackend;
+use muster_discovery_core::testing::conformance;
+use muster_discovery_core::{
     ClaimError, ClusterId, Discovery, ErrorKind, Fencing, FormationConfig, FormationLock, LockWait, NodeName,
     Registration,
 };
-use muster_backend_consul::ConsulBackend;
-use muster_discovery_core::testing::conformance;
-use muster_tests::consul::FakeConsul;
-use muster_tests::consul_agent::{self, ConsulAgent};
-use muster_tests::eventually;
+use muster_test_support::consul::FakeConsul;
+use muster_test_support::consul_agent::{self, ConsulAgent};
+use muster_test_support::eventually;
 
 fn n(i: u32) -> NodeName {
     format!("m@127.0.0.{i}:4370").parse().unwrap()
@@ -810,7 +810,7 @@ async fn fake_a_blocking_wait_is_one_read_not_a_poll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_tls_with_a_ca_and_a_client_certificate() {
-    use muster_tests::certs;
+    use muster_test_support::certs;
     use rustls::pki_types::pem::PemObject;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

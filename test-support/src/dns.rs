@@ -28,7 +28,7 @@ pub const CLUSTER_SRV: &str = "_muster._tcp.cluster.test";
 
 /// `n` nodes named by their host in [`Zone::cluster`], each on a loopback address of its own
 /// (`127.0.10.i`) and a free port.
-pub fn cluster_nodes(n: usize, ports: &mut Ports) -> Vec<(muster::NodeName, SocketAddr)> {
+pub fn cluster_nodes(n: usize, ports: &mut Ports) -> Vec<(muster_discovery_core::NodeName, SocketAddr)> {
     (1..=n)
         .map(|i| {
             let port = ports.take().expect("a free port");

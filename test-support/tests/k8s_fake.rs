@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
-use muster_tests::k8s::FakeApi;
+use muster_test_support::k8s::FakeApi;
 use serde_json::json;
 
 async fn client(fake: &FakeApi) -> Client {

@@ -1029,7 +1029,7 @@ impl StatefulSetPods {
     /// `pods` nodes named as the pods (`muster@muster-<i>.muster-nodes.<ns>.svc.cluster.local`,
     /// one free port for all), each listening on its pod's address, with the Kubernetes backend
     /// in `mode` through `kubeconfig` and fast formation settings.
-    pub fn layout(&self, kubeconfig: &Path, pods: usize, mode: &str) -> crate::Layout {
+    pub fn layout(&self, kubeconfig: &Path, pods: usize, mode: &str) -> muster_cli::launch::Layout {
         let ns = self.ns;
         let port = muster_cli::launch::Ports::new().take().expect("a free port");
         let names = (0..pods)
@@ -1052,7 +1052,7 @@ impl StatefulSetPods {
                 "service = \"muster-nodes\"\naddress_type = \"hostname\"\nhostname_suffix = \".muster-nodes.{ns}.svc.cluster.local\"\n"
             ));
         }
-        crate::Layout {
+        muster_cli::launch::Layout {
             nodes: pods,
             names: Some(names),
             backend: Some(("k8s".into(), tables)),
@@ -1060,7 +1060,7 @@ impl StatefulSetPods {
                 "discovery_retry_interval = \"100ms\"\nprobe_timeout = \"250ms\"\nstable_margin = \"1s\"\n\
                         target_cluster_size_hint = 3\n"
                     .into(),
-            ..crate::Layout::default()
+            ..muster_cli::launch::Layout::default()
         }
     }
 }

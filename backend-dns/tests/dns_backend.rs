@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use muster::{Discovery, ErrorKind, NodeName};
 use muster_backend_dns::{AddressType, DnsBackend, DnsSettings, NameForm};
-use muster_tests::dns::{DnsServer, SilentDns, Zone};
+use muster_discovery_core::{Discovery, ErrorKind, NodeName};
+use muster_test_support::dns::{DnsServer, SilentDns, Zone};
 
 fn zone() -> Zone {
     let h = |n: &str, ip: &str| (format!("{n}.cluster.test"), ip.to_string());

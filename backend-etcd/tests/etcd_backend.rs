@@ -2,14 +2,14 @@
 //! expires and is re-established, the lock is exclusive and freed when its holder dies.
 
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use muster::{Discovery, ErrorKind, FormationLock, LockWait, NodeName, Registration};
 use muster_backend_etcd::{EtcdBackend, EtcdSettings};
-use muster_tests::etcd::{EtcdServer, Tls};
-use muster_tests::eventually;
+use muster_discovery_core::{Discovery, ErrorKind, FormationLock, LockWait, NodeName, Registration};
+use muster_test_support::etcd::{EtcdServer, Tls};
+use muster_test_support::{child, eventually};
 
 fn n(s: &str) -> NodeName {
     format!("m@{s}").parse().unwrap()
@@ -154,20 +154,46 @@ async fn the_lock_is_exclusive_and_released() {
     got.release().await.unwrap();
 }
 
+/// Where [`holder`] finds the server: the endpoint and the lock's `lock_timeout` in seconds.
+const HOLDER_ENV: &str = "MUSTER_TEST_ETCD_HOLDER";
+
+/// A child process of [`lock_timeout_frees_the_lock_of_a_sigkilled_holder_process`]: takes the
+/// lock, prints `locked`, and holds it until it is killed.
+#[tokio::test]
+#[ignore = "a child process of lock_timeout_frees_the_lock_of_a_sigkilled_holder_process, run by it"]
+async fn holder() {
+    let Ok(arg) = std::env::var(HOLDER_ENV) else {
+        return eprintln!("run by lock_timeout_frees_the_lock_of_a_sigkilled_holder_process");
+    };
+    let (endpoint, ttl) = arg.split_once(' ').expect("ENDPOINT SECS");
+    let settings = EtcdSettings {
+        endpoints: vec![endpoint.to_string()],
+        lock_timeout: Duration::from_secs(ttl.parse().expect("seconds")),
+        ..EtcdSettings::default()
+    };
+    let guard = EtcdBackend::new(settings, &n("holder"))
+        .lock(&n("holder"), &LockWait::within(Duration::from_secs(30)))
+        .await
+        .expect("lock");
+    println!("locked");
+    std::io::Write::flush(&mut std::io::stdout()).expect("stdout");
+    std::mem::forget(guard);
+    std::future::pending::<()>().await;
+}
+
 #[tokio::test]
 async fn lock_timeout_frees_the_lock_of_a_sigkilled_holder_process() {
     let server = EtcdServer::start().await;
-    let exe = env!("CARGO_BIN_EXE_etcd-lock-holder");
-    let mut holder = Command::new(exe)
-        .args([server.endpoint.as_str(), "muster", "6"])
+    let mut holder = child::command("holder")
+        .env(HOLDER_ENV, format!("{} 6", server.endpoint))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let locked = std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l == "locked");
+    assert!(locked, "the holder process took the lock");
     let b = EtcdBackend::new(settings(&server), &n("b"));
     assert!(
         b.lock(&n("b"), &LockWait::within(Duration::from_secs(3)))
@@ -226,7 +252,7 @@ async fn username_and_password_are_used() {
     c.auth_enable().await.unwrap();
     let with = |u: Option<&str>, p: Option<&str>| EtcdSettings {
         username: u.map(String::from),
-        password: p.map(muster::config::Secret::new),
+        password: p.map(muster_discovery_core::config::Secret::new),
         ..settings(&server)
     };
     let ok = EtcdBackend::new(with(Some("root"), Some("rootpw")), &n("a"));
@@ -291,7 +317,7 @@ async fn ca_file_cert_file_and_key_file_are_used_and_verification_is_never_skipp
 
 #[tokio::test]
 async fn fencing_claims_the_first_cluster_only_and_lists_it_with_the_key_to_delete() {
-    use muster::{ClaimError, ClusterId, Fencing};
+    use muster_discovery_core::{ClaimError, ClusterId, Fencing};
     let server = EtcdServer::start().await;
     let a = EtcdBackend::new(settings(&server), &n("a"));
     assert!(a.list().await.unwrap().recorded_cluster.is_none());
@@ -315,7 +341,7 @@ async fn fencing_claims_the_first_cluster_only_and_lists_it_with_the_key_to_dele
 
 #[tokio::test]
 async fn a_claim_under_a_lapsed_lock_is_refused_and_lost_resolves() {
-    use muster::{ClaimError, ClusterId, Fencing};
+    use muster_discovery_core::{ClaimError, ClusterId, Fencing};
     let server = EtcdServer::start().await;
     let a = EtcdBackend::new(settings(&server), &n("a"));
     let guard = a

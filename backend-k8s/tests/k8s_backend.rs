@@ -1,13 +1,16 @@
-//! The Kubernetes backend against the fake API server (`muster_tests::k8s`): both modes, every
+//! The Kubernetes backend against the fake API server (`muster_test_support::k8s`): both modes, every
 //! setting, the Lease lock, ConfigMap fencing, peer resolution, and errors that say what to do.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster::{ClaimError, ClusterId, Discovery, ErrorKind, FormationConfig, LockWait, Milestone, NodeName};
 use muster_backend_k8s::K8sBackend;
 use muster_discovery_core::testing::conformance;
-use muster_tests::k8s::FakeApi;
+use muster_discovery_core::{
+    ClaimError, ClusterId, Discovery, ErrorKind, FormationConfig, LockWait, Milestone, NodeName,
+};
+use muster_test_support::child;
+use muster_test_support::k8s::FakeApi;
 use serde_json::json;
 
 const NS: &str = "prod";
@@ -746,11 +749,9 @@ async fn in_cluster_config_uses_the_service_account_files() {
     let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
     let script = format!(
         "set -e; mount -t tmpfs tmpfs /run; mkdir -p {sa}; printf %s {TOKEN} > {sa}/token; cp {ca} {sa}/ca.crt; \
-         printf %s {NS} > {sa}/namespace; exec {exe} {config} {name}",
+         printf %s {NS} > {sa}/namespace; exec {child}",
         ca = fake.ca.display(),
-        exe = env!("CARGO_BIN_EXE_backend-list"),
-        config = config.display(),
-        name = pod_name(0),
+        child = child::argv("list_once").join(" "),
     );
     let port = fake.url.rsplit(':').next().unwrap().to_string();
     let out = tokio::process::Command::new("unshare")
@@ -758,6 +759,7 @@ async fn in_cluster_config_uses_the_service_account_files() {
         .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         .env("KUBERNETES_SERVICE_PORT", &port)
         .env_remove("POD_NAMESPACE")
+        .env(child::LIST_ENV, format!("{} {}", config.display(), pod_name(0)))
         .output()
         .await
         .expect("unshare (util-linux) runs");
@@ -768,7 +770,15 @@ async fn in_cluster_config_uses_the_service_account_files() {
         "in-cluster listing failed (needs root for the mount namespace): {stdout}{stderr}"
     );
     assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        [pod_name(0).to_string(), pod_name(1).to_string()]
+        child::lines(&stdout, "listed: "),
+        [pod_name(0).to_string(), pod_name(1).to_string()],
+        "{stdout}{stderr}"
     );
+}
+
+/// A child process of the test above that lists in a mount namespace of its own.
+#[tokio::test]
+#[ignore = "a child process of in_cluster_config_uses_the_service_account_files, run by it"]
+async fn list_once() {
+    child::list_once(&muster_backend_k8s::FACTORY).await;
 }

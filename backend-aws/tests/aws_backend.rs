@@ -7,10 +7,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster::{Discovery, DiscoveryError, ErrorKind, FormationConfig, NodeName};
 use muster_backend_aws::AwsBackend;
 use muster_discovery_core::testing::conformance;
-use muster_tests::aws::{FakeImds, FaultProxy, Moto, Setup};
+use muster_discovery_core::{Discovery, DiscoveryError, ErrorKind, FormationConfig, NodeName};
+use muster_test_support::aws::{FakeImds, FaultProxy, Moto, Setup};
+use muster_test_support::child;
 
 const PORT: u16 = 4370;
 
@@ -80,7 +81,7 @@ fn names(ips: &[String]) -> Vec<String> {
     v
 }
 
-fn list_err(r: Result<muster::DiscoveryResult, DiscoveryError>) -> DiscoveryError {
+fn list_err(r: Result<muster_discovery_core::DiscoveryResult, DiscoveryError>) -> DiscoveryError {
     match r {
         Ok(l) => panic!("expected an error, got a listing of {:?}", l.nodes),
         Err(e) => e,
@@ -578,7 +579,7 @@ async fn region_and_credentials_come_from_imds_and_its_failures_say_what_to_fix(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_records_one_cluster_id_in_ssm_and_a_listing_reports_it() {
-    use muster::{ClaimError, ClusterId};
+    use muster_discovery_core::{ClaimError, ClusterId};
     let Group { env, ips, imds, .. } = group("fenced", 2, "10.73.1.0/24").await;
     let off = backend(&env, &imds, &name(&ips[0]), "use_autoscaling_group = true\n");
     assert!(off.fencing().is_none(), "fencing is off unless asked for");
@@ -732,9 +733,8 @@ async fn profile_supplies_region_and_credentials() {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backend-list"))
-            .arg(&file)
-            .arg(name(&ips[0]).as_str())
+        let out = child::command("list_once")
+            .env(child::LIST_ENV, format!("{} {}", file.display(), name(&ips[0])))
             .env("AWS_CONFIG_FILE", &config)
             .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -748,12 +748,17 @@ async fn profile_supplies_region_and_credentials() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let listed = run("profile = \"muster-test\"\n");
-    let mut got: Vec<String> = listed.lines().map(str::to_string).collect();
+    let mut got = child::lines(&listed, "listed: ");
     got.sort();
     assert_eq!(got, names(&ips), "{listed}");
     let without = run("");
-    assert!(
-        without.starts_with("error:") && without.contains("no region"),
-        "{without}"
-    );
+    let error = child::lines(&without, "error: ").join("\n");
+    assert!(error.contains("no region"), "{without}");
+}
+
+/// A child process of the tests above that list in an environment of their own.
+#[tokio::test]
+#[ignore = "a child process of profile_supplies_region_and_credentials, run by it"]
+async fn list_once() {
+    child::list_once(&muster_backend_aws::FACTORY).await;
 }
