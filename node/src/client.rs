@@ -177,18 +177,17 @@ async fn open(
     Ok(channel)
 }
 
-/// A failed handshake as a [`CallError`]: only an answer that refuses (wrong cookie or cluster
-/// name, another protocol version, a rejection) is [`CallError::Auth`]; a connection cut or
-/// garbled mid-handshake (the peer stopping, a reset) is a broken connection, so a peer that shuts
-/// down while a probe is under way is never reported as refusing it.
+/// A failed handshake as a [`CallError`]: an answer that refuses (wrong cookie or cluster name,
+/// another protocol version, a rejection) or is not this protocol at all (a TLS alert from a peer
+/// that requires TLS) is [`CallError::Auth`]; a connection that ends or resets mid-handshake with
+/// no refusal to read is a broken connection, so a peer that shuts down while a probe is under way
+/// is not reported as refusing it.
 fn handshake_error(node: &NodeName, source: ChannelError) -> CallError {
     let node = node.clone();
     match source {
         ChannelError::Tls(reason) => CallError::Tls { node, reason },
-        ChannelError::BadProof | ChannelError::Version(_) | ChannelError::Rejected(_) => {
-            CallError::Auth { node, source }
-        }
-        source => CallError::Frame { node, source },
+        ChannelError::Closed | ChannelError::Io(_) => CallError::Frame { node, source },
+        source => CallError::Auth { node, source },
     }
 }
 
@@ -371,6 +370,26 @@ mod tests {
         .await;
         assert!(e.is_auth(), "{e}");
         assert!(e.to_string().contains(crate::proto::channel::AUTH_FAILED), "{e}");
+    }
+
+    /// A peer that refuses this side's protocol version at once and closes without reading the
+    /// rest: its refusal is what the call reports, whether the client's own send broke first or not.
+    #[tokio::test]
+    async fn a_refusal_sent_before_the_peer_closes_is_reported_as_the_refusal() {
+        for _ in 0..20 {
+            let e = call_error(|mut stream| async move {
+                use tokio::io::AsyncWriteExt;
+                let reason = "protocol version 9 is not supported: this node speaks protocol 3".to_string();
+                let json =
+                    serde_json::to_vec(&crate::proto::messages::Handshake::Rejected { reason }).unwrap();
+                let mut frame = u32::try_from(json.len()).unwrap().to_be_bytes().to_vec();
+                frame.extend(json);
+                stream.write_all(&frame).await.unwrap();
+            })
+            .await;
+            assert!(e.is_auth(), "{e:?}");
+            assert!(e.to_string().contains("protocol version 9"), "{e}");
+        }
     }
 
     /// A peer that stops mid-handshake (it is shutting down) did not refuse anything: reporting

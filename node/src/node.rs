@@ -1427,7 +1427,7 @@ pub struct NodeMembership(pub Arc<Node>);
 
 fn to_membership(peer: &NodeName, e: CallError) -> MembershipError {
     match e {
-        CallError::Auth { .. } => MembershipError::Refused(peer.clone(), e.to_string()),
+        e if e.is_auth() => MembershipError::Refused(peer.clone(), e.to_string()),
         other => MembershipError::Unreachable(peer.clone(), other.to_string()),
     }
 }

@@ -22,6 +22,7 @@
 //! reassembled up to [`MAX_MESSAGE`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
@@ -340,6 +341,27 @@ async fn reject<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Framed<S, LengthDeli
     }
 }
 
+/// How long a client whose handshake send failed looks for the refusal that may explain it.
+const REFUSAL_READ: Duration = Duration::from_millis(100);
+
+/// A send that fails mid-handshake may fail because the peer refused this side and closed (a
+/// version refusal comes before the peer reads the identity): its refusal, if it is still there
+/// to be read, names the cause better than the broken connection, which is returned otherwise.
+async fn refusal_or<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Framed<S, LengthDelimitedCodec>,
+    failed: ChannelError,
+) -> ChannelError {
+    if !matches!(failed, ChannelError::Io(_) | ChannelError::Closed) {
+        return failed;
+    }
+    match tokio::time::timeout(REFUSAL_READ, next(io)).await {
+        Ok(Ok(answer)) if matches!(serde_json::from_slice(&answer), Ok(Handshake::Rejected { .. })) => {
+            rejected(&answer)
+        }
+        _ => failed,
+    }
+}
+
 fn rejected(bytes: &[u8]) -> ChannelError {
     match serde_json::from_slice::<Handshake>(bytes) {
         Ok(Handshake::Rejected { reason }) if reason == AUTH_FAILED => ChannelError::BadProof,
@@ -359,9 +381,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     ) -> Result<(Channel<S>, NodeName), ChannelError> {
         let mut io = handshake_framing(io);
         // The cluster name stays off the wire: it is in the prologue each side builds itself.
-        io.send(Bytes::from(hello_bytes("")?)).await?;
+        if let Err(e) = io.send(Bytes::from(hello_bytes("")?)).await {
+            return Err(refusal_or(&mut io, e.into()).await);
+        }
         let mut hs = noise(cookie, cluster_name, true)?;
-        write_identity(&mut io, &mut hs, node).await?;
+        if let Err(e) = write_identity(&mut io, &mut hs, node).await {
+            return Err(refusal_or(&mut io, e).await);
+        }
         let answer = next(&mut io).await?;
         let server = match read_identity(&mut hs, &answer) {
             Some(named) => {

@@ -339,6 +339,23 @@ async fn an_older_server_gives_this_client_a_readable_version_error() {
     );
 }
 
+/// A server that refused and closed before this client sent its first message: the send breaks,
+/// and the refusal still waiting to be read is what the handshake reports, not the broken pipe.
+#[tokio::test]
+async fn a_refusal_waiting_behind_a_broken_send_is_what_the_client_reports() {
+    let (a, b) = tokio::io::duplex(4096);
+    let mut server = Framed::new(b, codec());
+    let reason = "protocol version 9 is not supported".to_string();
+    let bytes = serde_json::to_vec(&Handshake::Rejected { reason }).unwrap();
+    server.send(Bytes::from(bytes)).await.unwrap();
+    drop(server);
+    let e = Channel::connect(a, &cookie(COOKIE), "prod", None)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, ChannelError::Version(_)), "{e:?}");
+}
+
 #[tokio::test]
 async fn a_connector_that_stops_mid_handshake_is_left_to_the_callers_timeout() {
     let (a, b) = tokio::io::duplex(4096);
