@@ -33,7 +33,7 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use crate::sdk::Clients;
-use crate::settings::{AwsSettings, Resolved};
+use crate::settings::{AwsSettings, ResolvedAws};
 
 /// The backend's name in errors and logs.
 pub const NAME: &str = "aws";
@@ -49,7 +49,7 @@ pub const FACTORY: muster_discovery_core::BackendFactory = muster_discovery_core
 
 /// The AWS backend.
 pub struct AwsBackend {
-    r: Resolved,
+    r: ResolvedAws,
     local: NodeName,
     imds: imds::Client,
     clients: OnceCell<Clients>,
@@ -77,7 +77,7 @@ impl AwsBackend {
     }
 
     /// Builds the backend from resolved settings.
-    pub fn new(r: Resolved, local: &NodeName) -> Result<Self, ConfigError> {
+    pub fn new(r: ResolvedAws, local: &NodeName) -> Result<Self, ConfigError> {
         let imds = sdk::imds_client(&r.settings)?;
         Ok(AwsBackend {
             r,
@@ -92,7 +92,7 @@ impl AwsBackend {
     }
 
     /// The resolved settings.
-    pub fn settings(&self) -> &Resolved {
+    pub fn settings(&self) -> &ResolvedAws {
         &self.r
     }
 

@@ -8,7 +8,7 @@ use tracing::debug;
 use crate::NAME;
 use crate::errors::classify;
 use crate::sdk::Clients;
-use crate::settings::{AddressType, Resolved};
+use crate::settings::{AddressType, ResolvedAws};
 
 /// How many instance ids one `DescribeInstances` filter carries.
 const IDS_PER_CALL: usize = 200;
@@ -30,7 +30,7 @@ pub struct Group {
 /// The node name an instance gets: the local node's prefix and port, the configured address.
 /// `None` when the instance has no such address (no public IP, not yet assigned) or is in a
 /// state not asked for.
-pub fn node_for(r: &Resolved, inst: &Instance) -> Option<NodeName> {
+pub fn node_for(r: &ResolvedAws, inst: &Instance) -> Option<NodeName> {
     let state = inst
         .state()
         .and_then(|s| s.name())
@@ -87,7 +87,7 @@ fn filter(name: &str, values: impl IntoIterator<Item = String>) -> Filter {
 }
 
 /// The tag and state filters every `DescribeInstances` carries.
-pub fn filters(r: &Resolved) -> Vec<Filter> {
+pub fn filters(r: &ResolvedAws) -> Vec<Filter> {
     let mut f: Vec<Filter> = r
         .settings
         .instance_tags
@@ -101,7 +101,7 @@ pub fn filters(r: &Resolved) -> Vec<Filter> {
 /// `DescribeInstances` with the filters (plus `extra`), every page.
 pub async fn instances(
     c: &Clients,
-    r: &Resolved,
+    r: &ResolvedAws,
     extra: Option<Filter>,
     what: &str,
 ) -> Result<Vec<Instance>, DiscoveryError> {
@@ -192,7 +192,7 @@ pub async fn group(c: &Clients, name: &str) -> Result<Group, DiscoveryError> {
 
 /// The group members' instances (by an `instance-id` filter, which, unlike `InstanceIds`, does
 /// not fail the whole call when EC2 does not show a just-launched member yet).
-pub async fn members(c: &Clients, r: &Resolved, g: &Group) -> Result<Vec<Instance>, DiscoveryError> {
+pub async fn members(c: &Clients, r: &ResolvedAws, g: &Group) -> Result<Vec<Instance>, DiscoveryError> {
     let what = format!("listing the instances of autoscaling group {}", g.name);
     let mut out = Vec::new();
     for chunk in g.instance_ids.chunks(IDS_PER_CALL) {

@@ -120,7 +120,7 @@ fn err(key: &str, message: impl std::fmt::Display) -> ConfigError {
 
 /// The settings with every default resolved for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub struct ResolvedAws {
     /// The settings as written.
     pub settings: AwsSettings,
     /// The node name prefix peers get (the local node's).
@@ -131,12 +131,12 @@ pub struct Resolved {
 
 impl AwsSettings {
     /// Reads and validates `[cluster_formation.aws]` for node `local`.
-    pub fn resolve(config: &FormationConfig, local: &NodeName) -> Result<Resolved, ConfigError> {
+    pub fn resolve(config: &FormationConfig, local: &NodeName) -> Result<ResolvedAws, ConfigError> {
         let s: AwsSettings = config.backend_settings("aws")?;
         check_selection(&s)?;
         check_names(&s)?;
         check_bounds(T, &s, BOUNDS)?;
-        Ok(Resolved {
+        Ok(ResolvedAws {
             prefix: local.prefix().to_string(),
             port: local.port(),
             settings: s,

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::NAME;
-use crate::settings::{Consistency, Resolved};
+use crate::settings::{Consistency, ResolvedConsul};
 
 /// Consul's answer to a call.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ fn misconfigured(key: &str, message: String) -> ConfigError {
 
 impl Consul {
     /// A client for the resolved settings (reads the TLS files).
-    pub fn new(r: &Resolved) -> Result<Consul, ConfigError> {
+    pub fn new(r: &ResolvedConsul) -> Result<Consul, ConfigError> {
         // No redirects: one would resend X-Consul-Token to wherever it points, and the agent's
         // API never redirects.
         let mut b = reqwest::Client::builder()

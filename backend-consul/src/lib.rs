@@ -27,7 +27,7 @@ use muster_discovery_core::{
 use reqwest::Method;
 
 use crate::client::{Consul, failure, json, truth};
-use crate::settings::{Consistency, ConsulSettings, Resolved};
+use crate::settings::{Consistency, ConsulSettings, ResolvedConsul};
 
 /// The backend's name in errors and logs.
 pub const NAME: &str = "consul";
@@ -50,7 +50,7 @@ pub const META_NODE: &str = "muster-node";
 /// Shared by the backend and its background tasks.
 pub struct Inner {
     /// The resolved settings.
-    pub r: Resolved,
+    pub r: ResolvedConsul,
     /// The node.
     pub local: NodeName,
     /// The client.
@@ -79,7 +79,7 @@ impl ConsulBackend {
     }
 
     /// Builds the backend from resolved settings (reads the TLS files it names).
-    pub fn new(r: Resolved, local: &NodeName) -> Result<Self, ConfigError> {
+    pub fn new(r: ResolvedConsul, local: &NodeName) -> Result<Self, ConfigError> {
         let consul = Consul::new(&r)?;
         Ok(ConsulBackend {
             inner: Arc::new(Inner {

@@ -118,7 +118,7 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
 
 /// The settings with every default resolved for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub struct ResolvedConsul {
     /// The settings as written.
     pub settings: ConsulSettings,
     /// The agent's base URL, without a trailing slash.
@@ -149,7 +149,7 @@ impl ConsulSettings {
         config: &FormationConfig,
         local: &NodeName,
         env: Env<'_>,
-    ) -> Result<Resolved, ConfigError> {
+    ) -> Result<ResolvedConsul, ConfigError> {
         let s: ConsulSettings = config.backend_settings("consul")?;
         check_bounds(T, &s, BOUNDS)?;
         check_names(&s)?;
@@ -163,7 +163,7 @@ impl ConsulSettings {
         });
         let service_port = s.service_port.or(local.port()).unwrap_or(4370);
         let service_id = format!("{}:{}", s.service_name, local);
-        Ok(Resolved {
+        Ok(ResolvedConsul {
             address,
             token,
             ca_file,
@@ -335,7 +335,7 @@ fn tls_files(s: &ConsulSettings, env: Env<'_>, address: &str) -> Result<TlsFiles
 mod tests {
     use super::*;
 
-    fn resolve(table: &str, env: &[(&str, &str)]) -> Result<Resolved, String> {
+    fn resolve(table: &str, env: &[(&str, &str)]) -> Result<ResolvedConsul, String> {
         let cfg = FormationConfig::from_toml(&format!(
             "[cluster_formation]\npeer_discovery_backend = \"consul\"\n[cluster_formation.consul]\n{table}"
         ))

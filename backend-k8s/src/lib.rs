@@ -51,7 +51,7 @@ use tracing::{info, warn};
 
 use crate::errors::{Rule, bounded, map, raw, status_code};
 use crate::lease::LeaseSpot;
-use crate::settings::{AddressType, K8sSettings, Mode, NAMESPACE_FILE, Resolved, Toggle};
+use crate::settings::{AddressType, K8sSettings, Mode, NAMESPACE_FILE, ResolvedK8s, Toggle};
 
 /// The backend's name in errors and logs.
 pub const NAME: &str = "k8s";
@@ -76,7 +76,7 @@ const CLUSTER_ID_KEY: &str = "cluster_id";
 
 /// The Kubernetes backend.
 pub struct K8sBackend {
-    r: Resolved,
+    r: ResolvedK8s,
     local: NodeName,
     client: OnceCell<Client>,
     /// `lock = "auto"` found the Role without Lease rights.
@@ -124,7 +124,7 @@ impl K8sBackend {
     }
 
     /// The resolved settings.
-    pub fn resolved(&self) -> &Resolved {
+    pub fn resolved(&self) -> &ResolvedK8s {
         &self.r
     }
 

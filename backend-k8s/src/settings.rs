@@ -190,7 +190,7 @@ fn check_name(key: &str, v: &str) -> Result<(), ConfigError> {
 
 /// The settings with every default resolved for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub struct ResolvedK8s {
     /// The settings as written.
     pub settings: K8sSettings,
     /// The namespace.
@@ -218,7 +218,7 @@ impl K8sSettings {
         local: &NodeName,
         env_namespace: Option<String>,
         namespace_file: &std::path::Path,
-    ) -> Result<Resolved, ConfigError> {
+    ) -> Result<ResolvedK8s, ConfigError> {
         let s: K8sSettings = config.backend_settings("k8s")?;
         check_bounds(T, &s, BOUNDS)?;
         if s.lease_duration <= s.request_timeout * 2 {
@@ -275,7 +275,7 @@ impl K8sSettings {
             .clone()
             .unwrap_or_else(|| format!("{base}-muster-cluster"));
         check_name("fencing_name", &fencing_name)?;
-        Ok(Resolved {
+        Ok(ResolvedK8s {
             namespace,
             statefulset,
             service,
@@ -360,7 +360,7 @@ fn statefulset(s: &K8sSettings, pod: Option<&str>, local: &NodeName) -> Result<O
 mod tests {
     use super::*;
 
-    fn resolve(table: &str, local: &str, env: Option<&str>) -> Result<Resolved, String> {
+    fn resolve(table: &str, local: &str, env: Option<&str>) -> Result<ResolvedK8s, String> {
         let cfg = FormationConfig::from_toml(&format!(
             "[cluster_formation]\npeer_discovery_backend = \"k8s\"\n[cluster_formation.k8s]\n{table}"
         ))

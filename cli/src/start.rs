@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use muster_node::config::Resolved;
+use muster_node::config::ResolvedConfig;
 use muster_node::{Cluster, FormedError};
 use tracing::info;
 
 /// Runs the node `cfg` describes; an error ends the process with the message on stderr.
-pub async fn run(cfg: &Resolved) -> Result<(), String> {
+pub async fn run(cfg: &ResolvedConfig) -> Result<(), String> {
     let cluster = Cluster::from_config(cfg)
         .map_err(|e| e.to_string())?
         .start()

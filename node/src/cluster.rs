@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
-use crate::config::Resolved;
+use crate::config::ResolvedConfig;
 use crate::cookie::Cookie;
 use crate::members::{Events, Members, Metadata, MetadataError};
 use crate::metrics::ListingCounts;
@@ -447,7 +447,7 @@ impl Cluster {
 
     /// A builder from the TOML file that `muster start` reads (parsed with
     /// [`crate::config::NodeConfig::load`]): its cookie and TLS files are read and checked here.
-    pub fn from_config(cfg: &Resolved) -> Result<ClusterBuilder, StartError> {
+    pub fn from_config(cfg: &ResolvedConfig) -> Result<ClusterBuilder, StartError> {
         let (cookie, tls) = crate::preflight::preflight(cfg)?;
         let mut b = ClusterBuilder::new(cfg.name.clone(), cfg.data_dir.clone(), cookie)
             .listen(cfg.listen)

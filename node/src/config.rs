@@ -88,7 +88,7 @@ pub struct NodeConfig {
 
 /// A validated config with the required values resolved.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub struct ResolvedConfig {
     /// The file's content after overrides (printed by `config check`).
     pub file: NodeConfig,
     /// The node name.
@@ -179,12 +179,12 @@ pub fn peer_address(name: &NodeName) -> String {
 
 impl NodeConfig {
     /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+    pub fn load(path: &Path) -> Result<ResolvedConfig, ConfigError> {
         Self::from_text(&read(path)?)
     }
 
     /// Reads a config file, applies the `MUSTER_*` environment overrides, and validates it.
-    pub fn load_with_env(path: &Path) -> Result<Resolved, ConfigError> {
+    pub fn load_with_env(path: &Path) -> Result<ResolvedConfig, ConfigError> {
         Self::from_text_with_env(&read(path)?)
     }
 
@@ -208,16 +208,16 @@ impl NodeConfig {
     }
 
     /// Same as [`NodeConfig::load`] from text.
-    pub fn from_text(text: &str) -> Result<Resolved, ConfigError> {
+    pub fn from_text(text: &str) -> Result<ResolvedConfig, ConfigError> {
         Self::parse(text, false)
     }
 
     /// Same as [`NodeConfig::load_with_env`] from text.
-    pub fn from_text_with_env(text: &str) -> Result<Resolved, ConfigError> {
+    pub fn from_text_with_env(text: &str) -> Result<ResolvedConfig, ConfigError> {
         Self::parse(text, true)
     }
 
-    fn parse(text: &str, environment: bool) -> Result<Resolved, ConfigError> {
+    fn parse(text: &str, environment: bool) -> Result<ResolvedConfig, ConfigError> {
         let mut file: NodeConfig = from_toml_str(text)?;
         file.cluster_formation.derive_unset(text);
         if environment {
@@ -254,7 +254,7 @@ impl NodeConfig {
         Ok(())
     }
 
-    fn resolve(self) -> Result<Resolved, ConfigError> {
+    fn resolve(self) -> Result<ResolvedConfig, ConfigError> {
         self.cluster_formation.validate()?;
         let unchecked_tables = muster::check_backend_tables(&self.cluster_formation)?;
         let name = self.node.name.clone().ok_or_else(|| {
@@ -304,7 +304,7 @@ impl NodeConfig {
             Duration::from_secs(3600),
         )?;
         let http = self.http.as_ref().and_then(|h| h.listen);
-        Ok(Resolved {
+        Ok(ResolvedConfig {
             file: self,
             name,
             listen,

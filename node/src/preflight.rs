@@ -1,7 +1,7 @@
 //! What a node needs from its files before it starts, shared by `Cluster::from_config` and the
 //! `muster config check` command so that check refuses what start would.
 
-use crate::config::Resolved;
+use crate::config::ResolvedConfig;
 use crate::cookie::Cookie;
 use crate::state::Store;
 use crate::tls::PeerTls;
@@ -9,7 +9,7 @@ use crate::tls::PeerTls;
 /// Reads and checks the cookie (present, private, strong; from `MUSTER_COOKIE` too when the
 /// config was read with its environment overrides), the data dir (a writable directory, or
 /// creatable) and the TLS files.
-pub fn preflight(cfg: &Resolved) -> Result<(Cookie, Option<PeerTls>), PreflightError> {
+pub fn preflight(cfg: &ResolvedConfig) -> Result<(Cookie, Option<PeerTls>), PreflightError> {
     let file = cfg.file.node.cookie_file.as_deref();
     let cookie = if cfg.environment {
         Cookie::load(file)?

@@ -6,7 +6,7 @@ fn local() -> NodeName {
     "muster@10.0.1.4:4370".parse().unwrap()
 }
 
-fn resolve(table: &str) -> Result<Resolved, ConfigError> {
+fn resolve(table: &str) -> Result<ResolvedAws, ConfigError> {
     let text =
         format!("[cluster_formation]\npeer_discovery_backend = \"aws\"\n[cluster_formation.aws]\n{table}");
     AwsSettings::resolve(&FormationConfig::from_toml(&text)?, &local())

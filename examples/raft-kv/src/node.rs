@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_node::config::Resolved;
+use muster_node::config::ResolvedConfig;
 use muster_node::muster::NodeName;
 use muster_node::{Cluster, Event, apps};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -93,7 +93,7 @@ fn raft_config() -> Result<Arc<openraft::Config>, StartError> {
 }
 
 /// Starts the node `cfg` describes: Raft first (the bootstrap hook needs it), then Muster.
-pub async fn start(cfg: &Resolved) -> Result<KvNode, StartError> {
+pub async fn start(cfg: &ResolvedConfig) -> Result<KvNode, StartError> {
     let settings: Settings = cfg.file.service()?;
     let path = cfg.data_dir.join("raft-kv.redb");
     let store_err = |reason: String| StartError::Store {
