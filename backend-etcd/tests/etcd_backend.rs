@@ -184,12 +184,14 @@ async fn holder() {
 #[tokio::test]
 async fn lock_timeout_frees_the_lock_of_a_sigkilled_holder_process() {
     let server = EtcdServer::start().await;
-    let mut holder = child::command("holder")
-        .env(HOLDER_ENV, format!("{} 6", server.endpoint))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let locked = std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+    let mut holder = child::Running(
+        child::command("holder")
+            .env(HOLDER_ENV, format!("{} 6", server.endpoint))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let locked = std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())
         .lines()
         .map_while(Result::ok)
         .any(|l| l == "locked");
@@ -201,8 +203,8 @@ async fn lock_timeout_frees_the_lock_of_a_sigkilled_holder_process() {
             .is_err(),
         "held while the holder lives (lease kept alive)"
     );
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    holder.0.kill().unwrap();
+    holder.0.wait().unwrap();
     let killed = Instant::now();
     let got = b
         .lock(&n("b"), &LockWait::within(Duration::from_secs(15)))

@@ -751,7 +751,11 @@ async fn in_cluster_config_uses_the_service_account_files() {
         "set -e; mount -t tmpfs tmpfs /run; mkdir -p {sa}; printf %s {TOKEN} > {sa}/token; cp {ca} {sa}/ca.crt; \
          printf %s {NS} > {sa}/namespace; exec {child}",
         ca = fake.ca.display(),
-        child = child::argv("list_once").join(" "),
+        child = child::argv("list_once")
+            .iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     let port = fake.url.rsplit(':').next().unwrap().to_string();
     let out = tokio::process::Command::new("unshare")

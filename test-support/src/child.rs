@@ -68,3 +68,13 @@ pub async fn list_once(factory: &muster_discovery_core::BackendFactory) {
         Err(e) => println!("error: {e}"),
     }
 }
+
+/// A child process killed and reaped when dropped, so that a failing test leaves none behind.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -2,14 +2,20 @@
 //! fakes of APIs no server can be had for here, test hosts, and polling. A missing server fails
 //! the test that needs it with the command that fetches or installs it.
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod certs;
 pub mod child;
+#[cfg(feature = "consul")]
 pub mod consul;
+#[cfg(feature = "consul")]
 pub mod consul_agent;
+#[cfg(feature = "dns")]
 pub mod dns;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod hosts;
+#[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod servers;
 
