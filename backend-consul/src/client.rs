@@ -119,6 +119,11 @@ impl Consul {
         })
     }
 
+    /// [`Consul::call`] with no query, body or blocking: a plain agent or KV request.
+    pub async fn call_bare(&self, what: &str, method: Method, path: &str) -> Result<Reply, DiscoveryError> {
+        self.call(what, method, path, &[], None, None).await
+    }
+
     /// One call. `what` says what it was for, in errors.
     pub async fn call(
         &self,

@@ -128,13 +128,10 @@ async fn create_session(inner: &Inner, owner: &NodeName) -> Result<String, Disco
 
 async fn destroy(consul: &Consul, session: &str) {
     let _ = consul
-        .call(
+        .call_bare(
             "destroying the lock session",
             Method::PUT,
             &format!("/v1/session/destroy/{session}"),
-            &[],
-            None,
-            None,
         )
         .await;
 }

@@ -98,13 +98,10 @@ async fn pass(inner: &Inner) -> Result<bool, DiscoveryError> {
     let what = format!("heartbeat of {}", inner.r.service_id);
     let r = inner
         .consul
-        .call(
+        .call_bare(
             &what,
             Method::PUT,
             &format!("/v1/agent/check/pass/{}", check_id(inner)),
-            &[],
-            None,
-            None,
         )
         .await?;
     let unknown = |b: &str| b.contains("Unknown check") || b.contains("does not have associated TTL");
@@ -121,13 +118,10 @@ async fn present(inner: &Inner) -> Result<bool, DiscoveryError> {
     let what = format!("looking up {} on the agent", inner.r.service_id);
     let r = inner
         .consul
-        .call(
+        .call_bare(
             &what,
             Method::GET,
             &format!("/v1/agent/service/{}", inner.r.service_id),
-            &[],
-            None,
-            None,
         )
         .await?;
     match r.status.as_u16() {
@@ -214,13 +208,10 @@ pub async fn stop(inner: &Inner) -> Result<(), DiscoveryError> {
     let what = format!("deregistering {}", inner.r.service_id);
     let r = inner
         .consul
-        .call(
+        .call_bare(
             &what,
             Method::PUT,
             &format!("/v1/agent/service/deregister/{}", inner.r.service_id),
-            &[],
-            None,
-            None,
         )
         .await?;
     inner.reg.set(|s| {
