@@ -22,9 +22,9 @@
 //! reassembled up to [`MAX_MESSAGE`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream, StreamExt};
