@@ -5,7 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::child::Running;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,7 @@ fn free_port() -> u16 {
 pub struct Moto {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
-    child: Child,
+    _child: Running,
 }
 
 impl Moto {
@@ -81,14 +83,10 @@ impl Moto {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Moto { url, child }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Moto {
+            url,
+            _child: Running(child),
+        }
     }
 }
 

@@ -69,7 +69,9 @@ pub async fn list_once(factory: &muster_discovery_core::BackendFactory) {
     }
 }
 
-/// A child process killed and reaped when dropped, so that a failing test leaves none behind.
+/// A process killed and reaped when dropped, so that a failing test leaves none behind: a
+/// child test, a server, a namespace's holder.
+#[derive(Debug)]
 pub struct Running(pub std::process::Child);
 
 impl Drop for Running {

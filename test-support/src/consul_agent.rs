@@ -10,7 +10,9 @@
 //! back, through the same HTTP API.
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
+
+use crate::child::Running;
 use std::time::Duration;
 
 use muster_cli::launch::Ports;
@@ -47,7 +49,7 @@ pub struct ConsulAgent {
     serf_lan_port: u16,
     serf_wan_port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Option<Running>,
     http: reqwest::Client,
 }
 
@@ -109,10 +111,9 @@ impl ConsulAgent {
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("the log file again"))
         .stderr(log);
-        self.child = Some(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("cannot start consul ({e}); get it with: {INSTALL}")),
-        );
+        self.child = Some(Running(cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start consul ({e}); get it with: {INSTALL}")
+        })));
     }
 
     /// Waits until a leader is elected and the agent's own node is in the catalog, passing.
@@ -140,7 +141,7 @@ impl ConsulAgent {
             let exited = self
                 .child
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
+                .and_then(|c| c.0.try_wait().ok().flatten())
                 .map(|s| format!(" (it exited: {s})"))
                 .unwrap_or_default();
             panic!(
@@ -152,10 +153,7 @@ impl ConsulAgent {
 
     /// Kills the agent: every call then fails to connect.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child = None;
     }
 
     /// Kills the agent and starts it again on the same ports, and waits until it is ready. A dev

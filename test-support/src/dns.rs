@@ -5,7 +5,9 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::child::Running;
 use std::time::Duration;
 
 use muster_cli::launch::Ports;
@@ -68,8 +70,9 @@ impl Zone {
 pub struct DnsServer {
     /// Where it answers (UDP and TCP).
     pub addr: SocketAddr,
+    // Declared before the directory: the server ends before its files go.
+    _child: Running,
     dir: tempfile::TempDir,
-    child: Child,
     kind: &'static str,
 }
 
@@ -207,8 +210,8 @@ impl DnsServer {
             .unwrap_or_else(|e| panic!("cannot start {program} ({e}); {INSTALL}"));
         let s = DnsServer {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _child: Running(child),
             dir,
-            child,
             kind,
         };
         s.wait_ready().await;
@@ -272,13 +275,6 @@ impl DnsServer {
         let mut s = std::fs::read_to_string(p.join("stderr.log")).unwrap_or_default();
         s.push_str(&std::fs::read_to_string(p.join("dnsmasq.log")).unwrap_or_default());
         s
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,7 +4,9 @@
 //! missing binary fails the test with the command that fetches it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
+
+use crate::child::Running;
 use std::time::Duration;
 
 use muster_cli::launch::Ports;
@@ -67,7 +69,7 @@ pub struct EtcdServer {
     peer_port: u16,
     data: tempfile::TempDir,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
-    child: Option<Child>,
+    child: Option<Running>,
     /// Where it listens (127.0.0.1, or a test host's address).
     ip: std::net::Ipv4Addr,
     /// The command it runs under (`nsenter` into a test host), empty for none.
@@ -164,10 +166,10 @@ impl EtcdServer {
             cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
             cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(ca);
         }
-        self.child = Some(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("cannot start etcd ({e}); get it with: {INSTALL}")),
-        );
+        self.child =
+            Some(Running(cmd.spawn().unwrap_or_else(|e| {
+                panic!("cannot start etcd ({e}); get it with: {INSTALL}")
+            })));
     }
 
     /// Waits until the client port accepts connections (and etcd answers a plain request).
@@ -198,10 +200,7 @@ impl EtcdServer {
 
     /// Kills etcd (its data stays).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child = None;
     }
 
     /// Starts etcd again on the same ports and data dir, and waits until it answers.

@@ -13,7 +13,9 @@
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::child::Running;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -26,13 +28,13 @@ pub const INSTALL: &str =
 pub struct Host {
     /// Its address on the bridge.
     pub ip: Ipv4Addr,
-    holder: Child,
+    holder: Running,
 }
 
 impl Host {
     /// The namespace's path (`/proc/<holder>/ns/net`).
     pub fn netns(&self) -> String {
-        format!("/proc/{}/ns/net", self.holder.id())
+        format!("/proc/{}/ns/net", self.holder.0.id())
     }
 
     /// The command prefix that runs a program in this host (`nsenter --net=… --`); nsenter execs
@@ -143,7 +145,10 @@ impl Hosts {
                 .spawn()
                 .unwrap_or_else(|e| panic!("unshare -n sleep: {e}; install with: {INSTALL}"));
             let host_ip = Ipv4Addr::new(10, subnet.0, subnet.1, 11 + i as u8);
-            let host = Host { ip: host_ip, holder };
+            let host = Host {
+                ip: host_ip,
+                holder: Running(holder),
+            };
             // The holder has unshared once /proc/<pid>/ns/net differs from ours.
             let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
             let mut waited = 0;
@@ -152,7 +157,7 @@ impl Hosts {
                 waited += 1;
             }
             let veth = format!("mv{tag}h{i}");
-            let pid = host.holder.id().to_string();
+            let pid = host.holder.0.id().to_string();
             ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid,
             ]);
@@ -244,10 +249,8 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for h in &mut self.hosts {
-            let _ = h.holder.kill();
-            let _ = h.holder.wait();
-        }
+        // The namespaces' holders end before the bridge goes.
+        self.hosts.clear();
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
