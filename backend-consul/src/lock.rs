@@ -238,7 +238,7 @@ fn keep_alive(consul: Consul, session: String, ttl: Duration) -> LeaseKeeper {
         async move {
             let path = format!("/v1/session/renew/{session}");
             match consul
-                .call("renewing the lock session", Method::PUT, &path, &[], None, None)
+                .call_bare("renewing the lock session", Method::PUT, &path)
                 .await
             {
                 Ok(r) if r.status.is_success() => {

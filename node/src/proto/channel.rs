@@ -355,19 +355,20 @@ async fn refusal_or<S: AsyncRead + AsyncWrite + Unpin>(
         return failed;
     }
     match tokio::time::timeout(REFUSAL_READ, next(io)).await {
-        Ok(Ok(answer)) if matches!(serde_json::from_slice(&answer), Ok(Handshake::Rejected { .. })) => {
-            rejected(&answer)
-        }
+        Ok(Ok(answer)) => rejected(&answer).unwrap_or(failed),
         _ => failed,
     }
 }
 
-fn rejected(bytes: &[u8]) -> ChannelError {
+/// A plaintext refusal as the error it stands for; `None` when `bytes` are not a refusal.
+fn rejected(bytes: &[u8]) -> Option<ChannelError> {
     match serde_json::from_slice::<Handshake>(bytes) {
-        Ok(Handshake::Rejected { reason }) if reason == AUTH_FAILED => ChannelError::BadProof,
-        Ok(Handshake::Rejected { reason }) if reason.contains("version") => ChannelError::Version(reason),
-        Ok(Handshake::Rejected { reason }) => ChannelError::Rejected(reason),
-        _ => ChannelError::BadProof,
+        Ok(Handshake::Rejected { reason }) if reason == AUTH_FAILED => Some(ChannelError::BadProof),
+        Ok(Handshake::Rejected { reason }) if reason.contains("version") => {
+            Some(ChannelError::Version(reason))
+        }
+        Ok(Handshake::Rejected { reason }) => Some(ChannelError::Rejected(reason)),
+        _ => None,
     }
 }
 
@@ -394,7 +395,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 named?.ok_or_else(|| ChannelError::Malformed("the server sent no node name".into()))?
             }
             // Not a Noise answer: a plaintext refusal (version, cluster name, cookie).
-            None => return Err(rejected(&answer)),
+            None => return Err(rejected(&answer).unwrap_or(ChannelError::BadProof)),
         };
         let noise = hs.into_transport_mode().map_err(noise_err)?;
         authenticated(&mut io);
