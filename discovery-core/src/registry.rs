@@ -32,11 +32,17 @@ pub struct BackendFactory {
 impl BackendFactory {
     /// True when `name` (any case, surrounding blanks ignored) selects this backend.
     pub fn answers_to(&self, name: &str) -> bool {
-        let name = name.trim();
-        std::iter::once(self.name)
-            .chain(self.aliases.iter().copied())
-            .any(|n| n.eq_ignore_ascii_case(name))
+        answers_to(self.name, self.aliases, name)
     }
+}
+
+/// True when `given` (any case, surrounding blanks ignored) is `name` or one of `aliases`: how
+/// a configured backend name is matched, for a backend compiled in or only known by name.
+pub fn answers_to(name: &str, aliases: &[&str], given: &str) -> bool {
+    let given = given.trim();
+    std::iter::once(name)
+        .chain(aliases.iter().copied())
+        .any(|n| n.eq_ignore_ascii_case(given))
 }
 
 impl fmt::Debug for BackendFactory {

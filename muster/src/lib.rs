@@ -36,11 +36,13 @@ use std::sync::Arc;
 
 pub use muster_discovery_core::*;
 
-/// Lists every backend Muster knows, one line each: `"name" => module: crate`. The backend's
-/// cargo feature is its name; when it is on, the crate is re-exported as `module` and its
-/// factory registered.
+/// Lists every backend Muster knows, one line each: `"name" (table "t", aliases "a" …) =>
+/// module: crate`. The backend's cargo feature is its name; when it is on, the crate is
+/// re-exported as `module` and its factory registered. The table and aliases are written here
+/// too, so that a backend not compiled in is still recognised by them (a test checks that they
+/// agree with the compiled factories).
 macro_rules! backends {
-    ($($name:literal => $module:ident: $krate:ident),* $(,)?) => {
+    ($($name:literal (table $table:literal $(, aliases $($alias:literal)+)?) => $module:ident: $krate:ident),* $(,)?) => {
         $(
             #[cfg(feature = $name)]
             pub use $krate as $module;
@@ -49,29 +51,42 @@ macro_rules! backends {
         /// Every backend Muster knows, compiled in or not.
         pub const BACKENDS: &[&str] = &[$($name),*];
 
-        /// Every backend by name, with its factory when compiled in.
-        const REGISTRY: &[(&str, Option<BackendFactory>)] = &[$(
-            ($name, {
-                #[cfg(feature = $name)]
-                {
-                    Some($module::FACTORY)
-                }
-                #[cfg(not(feature = $name))]
-                {
-                    None
-                }
-            }),
+        /// Every backend Muster knows, with its factory when compiled in.
+        const REGISTRY: &[Known] = &[$(
+            Known {
+                name: $name,
+                table: $table,
+                aliases: &[$($($alias),+)?],
+                factory: {
+                    #[cfg(feature = $name)]
+                    {
+                        Some($module::FACTORY)
+                    }
+                    #[cfg(not(feature = $name))]
+                    {
+                        None
+                    }
+                },
+            },
         )*];
     };
 }
 
+/// A backend Muster knows: its names and table, and its factory when compiled in.
+struct Known {
+    name: &'static str,
+    table: &'static str,
+    aliases: &'static [&'static str],
+    factory: Option<BackendFactory>,
+}
+
 backends! {
-    "classic" => classic: muster_backend_classic,
-    "dns" => dns: muster_backend_dns,
-    "k8s" => k8s: muster_backend_k8s,
-    "aws" => aws: muster_backend_aws,
-    "consul" => consul: muster_backend_consul,
-    "etcd" => etcd: muster_backend_etcd,
+    "classic" (table "classic_config", aliases "classic_config" "config") => classic: muster_backend_classic,
+    "dns" (table "dns") => dns: muster_backend_dns,
+    "k8s" (table "k8s", aliases "kubernetes") => k8s: muster_backend_k8s,
+    "aws" (table "aws") => aws: muster_backend_aws,
+    "consul" (table "consul") => consul: muster_backend_consul,
+    "etcd" (table "etcd") => etcd: muster_backend_etcd,
 }
 
 /// Why no backend could be built.
@@ -125,7 +140,7 @@ impl From<ConfigError> for BuildError {
 
 /// The factories of the backends compiled into this build.
 fn factories() -> impl Iterator<Item = &'static BackendFactory> {
-    REGISTRY.iter().filter_map(|(_, f)| f.as_ref())
+    REGISTRY.iter().filter_map(|k| k.factory.as_ref())
 }
 
 /// The backends this build can construct.
@@ -136,21 +151,15 @@ pub fn compiled_backends() -> Vec<&'static str> {
 /// Checks every backend table in `config`, the selected backend's and the others': a typo in
 /// `[cluster_formation.dns]` is named even while the classic backend runs, so that a later
 /// switch of backend does not meet it first, and a table no backend reads is refused with the
-/// closest table name. Returns the tables this build cannot check (their backend is known but
-/// not compiled in; a backend's table is its name, or its name with `_config`), for the caller
-/// to mention.
+/// closest table name. Returns the backends whose tables this build cannot check (known, not
+/// compiled in), for the caller to mention.
 pub fn check_backend_tables(config: &FormationConfig) -> Result<Vec<&'static str>, ConfigError> {
     let mut unchecked = Vec::new();
     for table in config.backend_tables.keys() {
-        if let Some(f) = factories().find(|f| f.table == table.as_str()) {
-            (f.check)(config)?;
-        } else if let Some(known) = BACKENDS
-            .iter()
-            .find(|b| table.strip_suffix("_config").unwrap_or(table) == **b)
-        {
-            unchecked.push(*known);
-        } else {
-            return Err(unknown_table(table));
+        match REGISTRY.iter().find(|k| k.table == table.as_str()) {
+            Some(Known { factory: Some(f), .. }) => (f.check)(config)?,
+            Some(known) => unchecked.push(known.name),
+            None => return Err(unknown_table(table)),
         }
     }
     Ok(unchecked)
@@ -159,11 +168,7 @@ pub fn check_backend_tables(config: &FormationConfig) -> Result<Vec<&'static str
 /// A table under `[cluster_formation]` that neither the core nor a backend reads.
 fn unknown_table(table: &str) -> ConfigError {
     let key = format!("cluster_formation.{table}");
-    // A compiled backend's own table; for one not compiled in, its name.
-    let tables: Vec<&str> = REGISTRY
-        .iter()
-        .map(|(name, f)| f.as_ref().map_or(*name, |f| f.table))
-        .collect();
+    let tables: Vec<&str> = REGISTRY.iter().map(|k| k.table).collect();
     let mut message = format!("unknown table `[{key}]`");
     if let Some(best) = config::closest(table, tables.iter().copied()) {
         message.push_str(&format!("; did you mean `[cluster_formation.{best}]`?"));
@@ -175,15 +180,15 @@ fn unknown_table(table: &str) -> ConfigError {
 /// Builds the backend named by `cluster_formation.peer_discovery_backend` for node `local`.
 pub fn build_backend(config: &FormationConfig, local: &NodeName) -> Result<Arc<dyn Discovery>, BuildError> {
     let name = &config.peer_discovery_backend;
-    if let Some(f) = factories().find(|f| f.answers_to(name)) {
-        return Ok((f.build)(config, local)?);
-    }
-    let lower = name.trim().to_ascii_lowercase();
-    match BACKENDS.iter().find(|b| **b == lower) {
-        Some(known) => Err(BuildError::NotCompiled(known)),
+    match REGISTRY
+        .iter()
+        .find(|k| registry::answers_to(k.name, k.aliases, name))
+    {
+        Some(Known { factory: Some(f), .. }) => Ok((f.build)(config, local)?),
+        Some(known) => Err(BuildError::NotCompiled(known.name)),
         None => Err(BuildError::Unknown {
             name: name.clone(),
-            suggestion: config::closest(&lower, BACKENDS.iter().copied()),
+            suggestion: config::closest(&name.trim().to_ascii_lowercase(), BACKENDS.iter().copied()),
         }),
     }
 }
@@ -218,8 +223,10 @@ mod tests {
     #[test]
     #[cfg(not(feature = "k8s"))]
     fn a_known_backend_not_compiled_in_says_how_to_get_it() {
-        let e = build_backend(&cfg("k8s"), &local()).err().unwrap().to_string();
-        assert_eq!(e, "backend 'k8s' is not compiled in; rebuild with --features k8s");
+        for name in ["k8s", "kubernetes"] {
+            let e = build_backend(&cfg(name), &local()).err().unwrap().to_string();
+            assert_eq!(e, "backend 'k8s' is not compiled in; rebuild with --features k8s");
+        }
         if !cfg!(feature = "etcd") {
             let e = build_backend(&cfg("etcd"), &local()).err().unwrap().to_string();
             assert_eq!(
@@ -244,10 +251,11 @@ mod tests {
     }
 
     #[test]
-    fn each_registered_factory_answers_to_its_registry_name_and_reads_its_own_table() {
-        for (name, factory) in REGISTRY {
-            let Some(f) = factory else { continue };
-            assert_eq!(f.name, *name);
+    fn each_registered_factory_agrees_with_its_registry_line_and_reads_its_own_table() {
+        for known in REGISTRY {
+            let Some(f) = &known.factory else { continue };
+            let name = known.name;
+            assert_eq!((f.name, f.table, f.aliases), (name, known.table, known.aliases));
             assert!(f.answers_to(&name.to_uppercase()), "{name}");
             let c =
                 FormationConfig::from_toml(&format!("[cluster_formation.{}]\nno_such_key = 1\n", f.table))
@@ -265,6 +273,20 @@ mod tests {
     fn the_table_of_a_backend_not_compiled_in_is_returned_unchecked() {
         let c = FormationConfig::from_toml("[cluster_formation.etcd]\nendpoints = []\n").unwrap();
         assert_eq!(check_backend_tables(&c).unwrap(), ["etcd"]);
+    }
+
+    /// A backend's name is not its table when the two differ, compiled in or not.
+    #[test]
+    fn a_backend_name_used_as_a_table_it_is_not_is_refused() {
+        for table in ["classic", "dns_config"] {
+            let c = FormationConfig::from_toml(&format!("[cluster_formation.{table}]\nx = 1\n")).unwrap();
+            let e = check_backend_tables(&c).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("unknown table `[cluster_formation.{table}]`")),
+                "{e}"
+            );
+            assert!(e.contains("(backend tables: classic_config, dns, k8s,"), "{e}");
+        }
     }
 
     #[test]
