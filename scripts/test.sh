@@ -72,6 +72,20 @@ MUSTER_SERVERS=${MUSTER_SERVERS:-$HOME/.cache/muster/servers}
 export MUSTER_SERVERS
 bash scripts/fetch-servers.sh
 
+# One build, run once: incremental compilation would only add its caches (gigabytes) to the
+# build's disk use. CARGO_INCREMENTAL=1 keeps them for repeated runs on a workstation.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
+# A fresh build of every test takes about 6 GB. When the disk fills during a link, the linker dies
+# with a bus error that does not say why, so say it first.
+target_dir=${CARGO_TARGET_DIR:-target}
+[[ -d "$target_dir" ]] || target_dir=.
+free_kb=$(df -Pk "$target_dir" 2>/dev/null | awk 'NR == 2 { print $4 }')
+if [[ -n "$free_kb" ]] && ((free_kb < 8 * 1024 * 1024)); then
+  echo "warning: only $((free_kb / 1024)) MB free for $target_dir; a fresh build of the tests needs about 6 GB" \
+    "(\`cargo clean\` frees an old target directory)" >&2
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
