@@ -179,9 +179,9 @@ async fn dispatch(cli: Cli) -> Result<i32, String> {
             // The backend's own table too (building it reads no network: clients connect lazily).
             muster::build_backend(&cfg.file.cluster_formation, &cfg.name).map_err(|e| e.to_string())?;
             println!("# {} is valid. Effective settings:", file.display());
-            for backend in &cfg.unchecked_tables {
+            for table in &cfg.unchecked_tables {
                 println!(
-                    "# note: the {backend} backend is not compiled into this binary, so its table's keys were not checked"
+                    "# note: [cluster_formation.{table}] was not checked: its backend is not compiled into this binary"
                 );
             }
             println!(

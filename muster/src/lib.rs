@@ -151,14 +151,19 @@ pub fn compiled_backends() -> Vec<&'static str> {
 /// Checks every backend table in `config`, the selected backend's and the others': a typo in
 /// `[cluster_formation.dns]` is named even while the classic backend runs, so that a later
 /// switch of backend does not meet it first, and a table no backend reads is refused with the
-/// closest table name. Returns the backends whose tables this build cannot check (known, not
+/// closest table name. Returns the tables this build cannot check (their backend is known, not
 /// compiled in), for the caller to mention.
 pub fn check_backend_tables(config: &FormationConfig) -> Result<Vec<&'static str>, ConfigError> {
+    check_tables(REGISTRY, config)
+}
+
+/// [`check_backend_tables`] against the backends of `registry`.
+fn check_tables(registry: &[Known], config: &FormationConfig) -> Result<Vec<&'static str>, ConfigError> {
     let mut unchecked = Vec::new();
     for table in config.backend_tables.keys() {
-        match REGISTRY.iter().find(|k| k.table == table.as_str()) {
+        match registry.iter().find(|k| k.table == table.as_str()) {
             Some(Known { factory: Some(f), .. }) => (f.check)(config)?,
-            Some(known) => unchecked.push(known.name),
+            Some(known) => unchecked.push(known.table),
             None => return Err(unknown_table(table)),
         }
     }
@@ -268,11 +273,17 @@ mod tests {
         }
     }
 
+    /// The caller is given the table, which is not always the backend's name.
     #[test]
-    #[cfg(not(feature = "etcd"))]
-    fn the_table_of_a_backend_not_compiled_in_is_returned_unchecked() {
-        let c = FormationConfig::from_toml("[cluster_formation.etcd]\nendpoints = []\n").unwrap();
-        assert_eq!(check_backend_tables(&c).unwrap(), ["etcd"]);
+    fn the_tables_of_backends_not_compiled_in_are_returned_unchecked() {
+        let registry: Vec<Known> = REGISTRY.iter().map(|k| Known { factory: None, ..*k }).collect();
+        let c = FormationConfig::from_toml(
+            "[cluster_formation.etcd]\nendpoints = []\n[cluster_formation.classic_config]\nnodes = []\n",
+        )
+        .unwrap();
+        let mut unchecked = check_tables(&registry, &c).unwrap();
+        unchecked.sort_unstable();
+        assert_eq!(unchecked, ["classic_config", "etcd"]);
     }
 
     /// A backend's name is not its table when the two differ, compiled in or not.

@@ -266,10 +266,10 @@ impl ClusterBuilder {
 
     /// Warns of the backend tables this binary cannot check.
     fn warn_unchecked(&self) {
-        for backend in &self.unchecked_tables {
+        for table in &self.unchecked_tables {
             tracing::warn!(
                 node = %self.name,
-                "[cluster_formation.{backend}] is not checked: the {backend} backend is not compiled into this binary"
+                "[cluster_formation.{table}] is not checked: its backend is not compiled into this binary"
             );
         }
     }
