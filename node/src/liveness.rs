@@ -5,7 +5,9 @@
 //! whether they heard from it lately, and only when none did is it marked unreachable. One
 //! stalled connection (a lost segment waiting for its retransmission) therefore never marks a
 //! live member unreachable, while a dead or paused one is reported by every member within about
-//! `suspect_after` plus one round trip to the helpers. Liveness never removes a member.
+//! `suspect_after` plus one round trip to the helpers. Members are judged only once pings have run
+//! for `suspect_after`: the silence of the warm-up, when nobody pings, says nothing of a member.
+//! Liveness never removes a member.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,8 @@ pub struct LivenessConfig {
     pub suspect_after: Duration,
     /// How many other members are asked before a member is marked unreachable (default 2).
     pub helpers: usize,
-    /// How long a node that just became ready waits before it starts pinging (default 2 s):
+    /// How long a node that just became ready waits before it starts pinging (default 2 s; it
+    /// judges members from `suspect_after` later):
     /// a forming cluster's joins and pushes go first, and every pair's connection is opened
     /// once, after them, instead of in the middle of a crowd of joins.
     pub warmup: Duration,
@@ -57,7 +60,8 @@ impl LivenessConfig {
 /// Runs the detector while the node runs: pings go out every `interval` in tasks of their own
 /// (a member that does not answer never delays the others), and members are judged twice per
 /// interval, so that a member is marked within about half an interval of the moment the
-/// freshest report of it grew older than `suspect_after`.
+/// freshest report of it grew older than `suspect_after`. Judging starts `suspect_after` after
+/// pinging does, so that every live member has been heard from by then.
 pub async fn run(node: Arc<Node>, cfg: LivenessConfig) {
     let mut pinger = tokio::time::interval(cfg.interval);
     pinger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -76,11 +80,10 @@ pub async fn run(node: Arc<Node>, cfg: LivenessConfig) {
             ready_since = None;
             continue;
         }
-        if ready_since
+        let ready_for = ready_since
             .get_or_insert_with(tokio::time::Instant::now)
-            .elapsed()
-            < cfg.warmup
-        {
+            .elapsed();
+        if ready_for < cfg.warmup {
             continue;
         }
         let mut others = node.members_now();
@@ -88,7 +91,7 @@ pub async fn run(node: Arc<Node>, cfg: LivenessConfig) {
         if ping {
             let (node, targets) = (node.clone(), to_ping(&node, &others, &cfg));
             pings.spawn(async move { ping_all(&node, &targets, cfg.interval).await });
-        } else {
+        } else if ready_for >= cfg.warmup + cfg.suspect_after {
             judge(&node, &others, &cfg).await;
         }
     }

@@ -331,3 +331,32 @@ async fn a_node_killed_during_its_on_form_hook_completes_that_cluster_at_restart
 async fn a_node_whose_on_form_hook_fails_stops_and_completes_that_cluster_at_restart() {
     an_interrupted_on_form_hook_completes_that_cluster_at_restart(true).await;
 }
+
+/// A member that vanishes right after formation, before the others' detectors have started, is
+/// reported unreachable; the two live members never report each other, though each has no helper
+/// left to ask and heard nothing from the other during the warm-up, when nobody pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_lost_during_the_warm_up_never_makes_the_live_ones_unreachable() {
+    let s = Setup::new(3);
+    let (a, b, c) = tokio::join!(s.builder(0).start(), s.builder(1).start(), s.builder(2).start());
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    for node in [&a, &b, &c] {
+        node.formed(WAIT).await.unwrap();
+    }
+    let mut events = [a.events(), b.events()];
+    drop(c);
+    // Warm-up, then suspicion, then a round trip: by then c is reported, and a false report of
+    // a live member would have come before it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    for (i, events) in events.iter_mut().enumerate() {
+        let mut unreachable = Vec::new();
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {
+            if let Event::Unreachable { member } = event {
+                unreachable.push(member.name);
+            }
+        }
+        assert_eq!(unreachable, [s.names[2].clone()], "node {i} reported unreachable");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -289,8 +289,10 @@ async fn one_size(exe: &std::path::Path, n: usize, runs: usize, steady: Duration
         let _ = c.kill(victim);
         c.start(victim).map_err(|e| e.to_string())?;
         wait_up_everywhere(&c, &addrs, n).await?;
-        // Steady state again: the restarted node's detector starts after its warm-up.
-        tokio::time::sleep(muster_node::LivenessConfig::default().warmup + Duration::from_secs(1)).await;
+        // Steady state again: the restarted node's detector judges from its warm-up and one
+        // suspicion window on.
+        let liveness = muster_node::LivenessConfig::default();
+        tokio::time::sleep(liveness.warmup + liveness.suspect_after + Duration::from_secs(1)).await;
 
         // SIGSTOP of another member, then SIGCONT.
         let victim = 1 + (run + n / 2) % (n - 1);
