@@ -206,6 +206,22 @@ async fn real_agent_clusters_and_service_names_separate_what_is_listed_and_stale
     assert!(!default.list().await.unwrap().authoritative);
 }
 
+/// `short` (`lock_timeout = "1s"`) gives up on a held lock long before the engine's 30 s wait.
+async fn gives_up_within_its_lock_timeout(short: &ConsulBackend) {
+    let t = Instant::now();
+    assert!(
+        short
+            .lock(&n(3), &LockWait::within(Duration::from_secs(30)))
+            .await
+            .is_err()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "lock_timeout = 1s: {:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agent_the_lock_is_exclusive_and_a_dead_holders_lock_delay_is_applied() {
     let agent = ConsulAgent::start().await;
@@ -227,19 +243,7 @@ async fn real_agent_the_lock_is_exclusive_and_a_dead_holders_lock_delay_is_appli
         "a second holder is refused while the first holds"
     );
     // lock_timeout bounds the engine's longer wait.
-    let short = backend_at(&agent.addr(), &n(3), "lock_timeout = \"1s\"");
-    let t = Instant::now();
-    assert!(
-        short
-            .lock(&n(3), &LockWait::within(Duration::from_secs(30)))
-            .await
-            .is_err()
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(4),
-        "lock_timeout = 1s: {:?}",
-        t.elapsed()
-    );
+    gives_up_within_its_lock_timeout(&backend_at(&agent.addr(), &n(3), "lock_timeout = \"1s\"")).await;
     held.release().await.unwrap();
     assert_eq!(
         agent.key(key).await.map(|k| k.0),
@@ -308,13 +312,8 @@ async fn real_agent_the_lock_is_exclusive_and_a_dead_holders_lock_delay_is_appli
     taken.release().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_agent_forgets_it() {
-    let mut agent = ConsulAgent::start().await;
-    let (a, b) = (
-        backend_at(&agent.addr(), &n(1), ""),
-        backend_at(&agent.addr(), &n(2), ""),
-    );
+/// `a` claims the id "aaaa" under the lock; `b` is then refused another id and accepted the same.
+async fn claimed_once(a: &ConsulBackend, b: &ConsulBackend) {
     let guard = a
         .lock(&n(1), &LockWait::within(Duration::from_secs(5)))
         .await
@@ -323,18 +322,16 @@ async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_
         .await
         .unwrap();
     guard.release().await.unwrap();
-    let key = "muster/default/cluster-id";
-    assert_eq!(agent.key(key).await, Some((None, "aaaa".into())));
     assert!(
         matches!(b.claim(&ClusterId("bbbb".into()), None).await, Err(ClaimError::Taken(id)) if id.0 == "aaaa")
     );
     b.claim(&ClusterId("aaaa".into()), None)
         .await
         .expect("the same id again is Ok");
-    // A second create is refused by Consul itself.
-    let again = agent.put(&format!("/v1/kv/{key}?cas=0"), "zzzz").await.unwrap();
-    assert_eq!((again.status, again.body.trim()), (200, "false"));
-    assert_eq!(agent.key(key).await, Some((None, "aaaa".into())));
+}
+
+/// `b`'s listing records "aaaa" and says how to delete the record.
+async fn listed_with_the_fencing_hint(b: &ConsulBackend) {
     let listed = b.list().await.unwrap();
     assert_eq!(listed.recorded_cluster, Some(ClusterId("aaaa".into())));
     assert!(
@@ -343,14 +340,36 @@ async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_
             .unwrap()
             .contains("consul kv delete muster/default/cluster-id")
     );
-    // Under a lock that is no longer held (the dev agent restarted: sessions and keys gone).
+}
+
+/// `b` takes the lock, `lose` takes it away, and a claim under it is refused as lost.
+async fn refused_under_a_lost_lock(b: &ConsulBackend, lose: impl std::future::Future<Output = ()>) {
     let guard = b
         .lock(&n(2), &LockWait::within(Duration::from_secs(5)))
         .await
         .unwrap();
-    agent.restart().await;
+    lose.await;
     let r = b.claim(&ClusterId("cccc".into()), Some(guard.as_ref())).await;
     assert!(matches!(r, Err(ClaimError::LockLost)), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_the_cluster_id_is_claimed_once_by_cas_0_and_a_restarted_dev_agent_forgets_it() {
+    let mut agent = ConsulAgent::start().await;
+    let (a, b) = (
+        backend_at(&agent.addr(), &n(1), ""),
+        backend_at(&agent.addr(), &n(2), ""),
+    );
+    claimed_once(&a, &b).await;
+    let key = "muster/default/cluster-id";
+    assert_eq!(agent.key(key).await, Some((None, "aaaa".into())));
+    // A second create is refused by Consul itself.
+    let again = agent.put(&format!("/v1/kv/{key}?cas=0"), "zzzz").await.unwrap();
+    assert_eq!((again.status, again.body.trim()), (200, "false"));
+    assert_eq!(agent.key(key).await, Some((None, "aaaa".into())));
+    listed_with_the_fencing_hint(&b).await;
+    // Under a lock that is no longer held (the dev agent restarted: sessions and keys gone).
+    refused_under_a_lost_lock(&b, agent.restart()).await;
     assert_eq!(
         agent.key(key).await,
         None,
@@ -521,19 +540,7 @@ async fn fake_the_lock_is_freed_after_a_dead_holders_session_ttl_and_lock_delay_
             .is_err()
     );
     // lock_timeout bounds the engine's longer wait.
-    let short = backend(&fake, &n(3), "lock_timeout = \"1s\"");
-    let t = Instant::now();
-    assert!(
-        short
-            .lock(&n(3), &LockWait::within(Duration::from_secs(30)))
-            .await
-            .is_err()
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(4),
-        "lock_timeout = 1s: {:?}",
-        t.elapsed()
-    );
+    gives_up_within_its_lock_timeout(&backend(&fake, &n(3), "lock_timeout = \"1s\"")).await;
     let before_release = fake.requests().len();
     held.release().await.unwrap();
     let after: Vec<String> = fake.requests()[before_release..].to_vec();
@@ -582,36 +589,10 @@ async fn fake_the_lock_is_freed_after_a_dead_holders_session_ttl_and_lock_delay_
 async fn fake_a_client_agent_restart_keeps_the_cluster_id_and_loses_the_lock() {
     let fake = FakeConsul::start(1.0).await;
     let (a, b) = (backend(&fake, &n(1), ""), backend(&fake, &n(2), ""));
-    let guard = a
-        .lock(&n(1), &LockWait::within(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    a.claim(&ClusterId("aaaa".into()), Some(guard.as_ref()))
-        .await
-        .unwrap();
-    guard.release().await.unwrap();
-    assert!(
-        matches!(b.claim(&ClusterId("bbbb".into()), None).await, Err(ClaimError::Taken(id)) if id.0 == "aaaa")
-    );
-    b.claim(&ClusterId("aaaa".into()), None)
-        .await
-        .expect("the same id again is Ok");
-    let listed = b.list().await.unwrap();
-    assert_eq!(listed.recorded_cluster, Some(ClusterId("aaaa".into())));
-    assert!(
-        listed
-            .fencing_hint
-            .unwrap()
-            .contains("consul kv delete muster/default/cluster-id")
-    );
-    // Under a lock that is no longer held: refused.
-    let guard = b
-        .lock(&n(2), &LockWait::within(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    fake.agent_restart(); // sessions gone, the key released
-    let r = b.claim(&ClusterId("cccc".into()), Some(guard.as_ref())).await;
-    assert!(matches!(r, Err(ClaimError::LockLost)), "{r:?}");
+    claimed_once(&a, &b).await;
+    listed_with_the_fencing_hint(&b).await;
+    // Under a lock that is no longer held: refused (sessions gone, the key released).
+    refused_under_a_lost_lock(&b, async { fake.agent_restart() }).await;
     assert_eq!(
         b.list().await.unwrap().recorded_cluster,
         Some(ClusterId("aaaa".into())),
