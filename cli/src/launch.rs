@@ -120,11 +120,16 @@ pub struct LocalCluster {
 
 /// Hands out distinct free loopback ports below the kernel's ephemeral range, so that outgoing
 /// connections (which take ephemeral ports) can never grab a port before its node binds it.
+/// Every allocator of a process draws from one cursor, so two of them (a cluster's and a test's
+/// own) never hand out the same port while neither is bound yet.
 pub struct Ports {
-    next: u16,
     lo: u16,
     hi: u16,
 }
+
+/// The next port to try, shared by every [`Ports`] of this process (`None` until the first take,
+/// which starts at a random port).
+static NEXT_PORT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
 
 impl Default for Ports {
     fn default() -> Self {
@@ -133,7 +138,7 @@ impl Default for Ports {
 }
 
 impl Ports {
-    /// A new allocator starting at a random port below the ephemeral range.
+    /// An allocator of the ports below the ephemeral range.
     pub fn new() -> Ports {
         let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
@@ -141,24 +146,25 @@ impl Ports {
             .unwrap_or(32768);
         let hi = ephemeral_lo.max(11_000);
         let lo = hi.saturating_sub(20_000).max(10_000);
-        let r = muster_node::random::nonzero_u64().unwrap_or(1);
-        let next = lo + (r % u64::from(hi - lo)) as u16;
-        Ports { next, lo, hi }
+        Ports { lo, hi }
     }
 
     /// The next free port.
     pub fn take(&mut self) -> std::io::Result<u16> {
-        for _ in 0..(self.hi - self.lo) {
-            let port = self.next;
-            self.next = if self.next + 1 >= self.hi {
-                self.lo
-            } else {
-                self.next + 1
-            };
+        let mut cursor = NEXT_PORT.lock().unwrap_or_else(|e| e.into_inner());
+        let (lo, hi) = (self.lo, self.hi);
+        let mut next = cursor.filter(|p| (lo..hi).contains(p)).unwrap_or_else(|| {
+            lo + (muster_node::random::nonzero_u64().unwrap_or(1) % u64::from(hi - lo)) as u16
+        });
+        for _ in 0..(hi - lo) {
+            let port = next;
+            next = if next + 1 >= hi { lo } else { next + 1 };
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                *cursor = Some(next);
                 return Ok(port);
             }
         }
+        *cursor = Some(next);
         Err(std::io::Error::other("no free port below the ephemeral range"))
     }
 }
@@ -532,4 +538,20 @@ fn node_names(
     }
     let listens = vec![None; names.len()];
     Ok((names, listens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports taken by two allocators of one process are all distinct, though none is bound.
+    #[test]
+    fn two_allocators_never_hand_out_the_same_port() {
+        let (mut a, mut b) = (Ports::new(), Ports::new());
+        let mut taken = std::collections::HashSet::new();
+        for _ in 0..200 {
+            assert!(taken.insert(a.take().unwrap()));
+            assert!(taken.insert(b.take().unwrap()));
+        }
+    }
 }
